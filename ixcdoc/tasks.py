@@ -1,0 +1,96 @@
+"""Task presets in one place: prompt text, tier floor and ceiling, generation length.
+
+The floor keeps small images from being read too coarsely (upstream always upscales to fill
+the budget, so a floor costs nothing in detail); the ceiling bounds time and memory per page.
+``ask`` and ``chart`` stop at 25, the tier the official evaluation uses for ChartQA, TextVQA
+and most benchmarks; ``extract`` goes up to 55, the tier used for DocVQA/InfoVQA val, because
+transcription needs every glyph.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ixcdoc.errors import UsageError
+
+
+@dataclass(frozen=True)
+class TaskPreset:
+    """What one command asks the model and how finely it looks."""
+
+    name: str
+    prompt: str  # the instruction; for ``ask`` the user's question replaces it
+    hd_floor: int
+    hd_ceiling: int
+    max_new_tokens: int
+    description: str
+
+
+ASK = TaskPreset(
+    name="ask",
+    prompt="{question}",
+    hd_floor=9,
+    hd_ceiling=25,
+    max_new_tokens=512,
+    description="answer a question about the page",
+)
+EXTRACT = TaskPreset(
+    name="extract",
+    prompt=(
+        "Transcribe all the text in this image in natural reading order. Use Markdown for "
+        "headings, lists and tables. Output only the transcription."
+    ),
+    hd_floor=16,
+    hd_ceiling=55,
+    max_new_tokens=2048,
+    description="transcribe every page",
+)
+CHART = TaskPreset(
+    name="chart",
+    prompt=(
+        "Summarize this chart: what kind of chart it is, what it measures, the main trends "
+        "and the most notable values."
+    ),
+    hd_floor=9,
+    hd_ceiling=25,
+    max_new_tokens=512,
+    description="summarize a chart",
+)
+CHART_TABLE = TaskPreset(
+    name="chart",
+    prompt=(
+        "Read the data shown in this chart and write it as a Markdown table with a header row. "
+        "Output only the table."
+    ),
+    hd_floor=9,
+    hd_ceiling=25,
+    max_new_tokens=1024,
+    description="chart data as a table",
+)
+
+PRESETS: dict[str, TaskPreset] = {"ask": ASK, "extract": EXTRACT, "chart": CHART}
+
+
+def preset(name: str) -> TaskPreset:
+    """The preset for a task name."""
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise UsageError(f"unknown task {name!r}; expected one of {', '.join(PRESETS)}") from None
+
+
+def parse_hd(value: str | int) -> int | None:
+    """``auto`` -> None, otherwise a whole number >= 1 (usage error otherwise)."""
+    if isinstance(value, int):
+        n = value
+    else:
+        text = value.strip().lower().removeprefix("hd")
+        if text == "auto":
+            return None
+        try:
+            n = int(text)
+        except ValueError:
+            raise UsageError(f"--hd must be 'auto' or a whole number >= 1, got {value!r}") from None
+    if n < 1:
+        raise UsageError(f"--hd must be 'auto' or a whole number >= 1, got {value!r}")
+    return n

@@ -1,0 +1,147 @@
+"""Peak GPU memory estimate per tier and precision: arithmetic only, no torch.
+
+peak = weights + KV cache + prefill activations + vision-tower activations + CUDA overhead
+
+- weights: every parameter group counted from the config's shapes. bf16: 2 bytes each.
+  4-bit: the base weights of the decoder linears (wqkv, wo, w1, w2, w3) are NF4, 0.5 byte per
+  weight plus one fp32 absmax per 64-weight block (0.0625 byte); everything else (PLoRA A/B,
+  embeddings, output head, vision tower, projector, norms) stays bf16.
+- KV cache: ixcdoc preallocates a static cache for prompt + max_new_tokens positions:
+  layers x 2 (K, V) x kv_heads x head_dim x 2 bytes per position (128 KiB for the 7B).
+- prefill activations: attention runs in SDPA/flash kernels, so no seq x seq matrix exists;
+  the largest transient is the SwiGLU MLP of one layer (w1 and w3 outputs and their product,
+  3 x seq x intermediate) plus a few seq x hidden buffers (residual, normed input, attention
+  output, q/k/v) and the PLoRA branch. Logits are computed for the last position only.
+- vision tower: (crops + 1) x 577 tokens through one CLIP layer at a time (MLP 4x wide).
+- overhead: CUDA context, cuBLAS workspace and allocator slack, a fixed amount.
+
+The constants ``ACT_HIDDEN_BUFFERS`` and ``CUDA_OVERHEAD`` are the calibration knobs; they are
+stated in docs/vram.md with how they were obtained.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ixcdoc.config import ModelConfig
+
+GiB = 1024**3
+BF16 = 2
+NF4_BYTES_PER_WEIGHT = 0.5 + 4 / 64  # 4-bit code + fp32 absmax per block of 64
+ACT_HIDDEN_BUFFERS = 8  # seq x hidden bf16 buffers alive at the prefill peak
+CUDA_OVERHEAD = int(0.75 * GiB)
+PROMPT_TEXT_TOKENS = 400  # system block + template + a long question, in tokens
+QUANTS = ("bf16", "4bit")
+
+
+@dataclass(frozen=True)
+class ParamCounts:
+    """Parameter counts by group (numbers of weights, not bytes)."""
+
+    decoder_linear: int  # base weights of wqkv, wo, w1, w2, w3: the 4-bit part
+    plora: int
+    embeddings: int  # tok_embeddings + output head
+    norms: int
+    vision: int  # CLIP tower
+    projector: int  # vision_proj + the two separator vectors
+
+    @property
+    def total(self) -> int:
+        return (
+            self.decoder_linear
+            + self.plora
+            + self.embeddings
+            + self.norms
+            + self.vision
+            + self.projector
+        )
+
+
+def param_counts(cfg: ModelConfig) -> ParamCounts:
+    """Count parameters from the config's shapes (no model built)."""
+    d, i, nl = cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers
+    qkv_out = (cfg.num_attention_heads + 2 * cfg.num_key_value_heads) * cfg.head_dim
+    linears = [(d, qkv_out), (d, d), (d, i), (d, i), (i, d)]  # (in, out): wqkv wo w1 w3 w2
+    ranks = [cfg.wqkv_lora_rank] + [cfg.lora_rank] * 4
+    decoder_linear = nl * sum(a * b for a, b in linears)
+    plora = nl * sum(r * (a + b) for (a, b), r in zip(linears, ranks, strict=True))
+    v = cfg.vision
+    grid = v.image_size // v.patch_size
+    vd, vi = v.hidden_size, v.intermediate_size
+    vit_layer = 4 * (vd * vd + vd) + (vd * vi + vi) + (vi * vd + vd) + 4 * vd
+    vision = (
+        vd  # class embedding
+        + v.num_channels * v.patch_size**2 * vd  # patch embedding (no bias)
+        + (grid * grid + 1) * vd  # position embedding
+        + 2 * vd  # pre_layrnorm
+        + v.num_hidden_layers * vit_layer
+    )
+    m = cfg.merged_dim
+    projector = (m * d + d) + (d * d + d) + 2 * m
+    return ParamCounts(
+        decoder_linear=decoder_linear,
+        plora=plora,
+        embeddings=2 * cfg.vocab_size * d,
+        norms=(2 * nl + 1) * d,
+        vision=vision,
+        projector=projector,
+    )
+
+
+def weight_bytes(cfg: ModelConfig, quant: str) -> int:
+    """Bytes of weights on the GPU for ``bf16`` or ``4bit``."""
+    p = param_counts(cfg)
+    if quant == "bf16":
+        return p.total * BF16
+    if quant == "4bit":
+        return int(p.decoder_linear * NF4_BYTES_PER_WEIGHT) + (p.total - p.decoder_linear) * BF16
+    raise ValueError(f"unknown precision {quant!r}")
+
+
+def kv_bytes_per_token(cfg: ModelConfig) -> int:
+    """KV cache bytes per position (bf16 K and V in every layer)."""
+    return cfg.num_hidden_layers * 2 * cfg.num_key_value_heads * cfg.head_dim * BF16
+
+
+@dataclass(frozen=True)
+class VramEstimate:
+    """Estimated peak GPU memory for one page, in bytes, by part."""
+
+    quant: str
+    weights: int
+    kv_cache: int
+    activations: int
+    vision: int
+    overhead: int
+
+    @property
+    def total(self) -> int:
+        return self.weights + self.kv_cache + self.activations + self.vision + self.overhead
+
+    @property
+    def total_gib(self) -> float:
+        return self.total / GiB
+
+
+def estimate_vram(
+    cfg: ModelConfig,
+    image_tokens: int,
+    crops: int,
+    *,
+    quant: str,
+    max_new_tokens: int = 512,
+    text_tokens: int = PROMPT_TEXT_TOKENS,
+) -> VramEstimate:
+    """Peak GPU memory for a page of ``image_tokens`` (``crops`` local crops) at ``quant``."""
+    seq = image_tokens + text_tokens
+    kv = (seq + max_new_tokens) * kv_bytes_per_token(cfg)
+    d, i = cfg.hidden_size, cfg.intermediate_size
+    mlp = 3 * seq * i * BF16
+    lora = seq * cfg.lora_rank * BF16 * 2
+    act = mlp + ACT_HIDDEN_BUFFERS * seq * d * BF16 + lora + cfg.vocab_size * 4
+    v = cfg.vision
+    vis_tokens = (crops + 1) * ((v.image_size // v.patch_size) ** 2 + 1)
+    vision = vis_tokens * (v.intermediate_size + 4 * v.hidden_size) * BF16
+    # the merged, projected image features live until prefill ends
+    vision += image_tokens * (cfg.merged_dim + cfg.hidden_size) * BF16
+    return VramEstimate(quant, weight_bytes(cfg, quant), kv, act, vision, CUDA_OVERHEAD)
