@@ -10,43 +10,10 @@ from collections.abc import Sequence
 _WORD = re.compile(r"\w+", re.UNICODE)
 # Words that carry no topic: left out of the query only (pages keep them for length norms).
 STOPWORDS = frozenset(
-    [
-        "a",
-        "an",
-        "and",
-        "are",
-        "as",
-        "at",
-        "be",
-        "by",
-        "do",
-        "does",
-        "for",
-        "from",
-        "has",
-        "have",
-        "how",
-        "in",
-        "is",
-        "it",
-        "its",
-        "of",
-        "on",
-        "or",
-        "that",
-        "the",
-        "this",
-        "to",
-        "was",
-        "were",
-        "what",
-        "when",
-        "where",
-        "which",
-        "who",
-        "why",
-        "with",
-    ]
+    (
+        "a an and are as at be by do does for from has have how in is it its of on or that the "
+        "this to was were what when where which who why with"
+    ).split()
 )
 K1 = 1.5
 B = 0.75
