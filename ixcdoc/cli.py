@@ -299,6 +299,55 @@ def _error_row(e: IxcdocError) -> dict[str, Any]:
     }
 
 
+@app.command()
+@handles_errors
+def tiers(
+    aspect: Annotated[
+        str, typer.Option("--aspect", help="Page shape as W:H, e.g. 1:1, 8.5:11, 16:9.")
+    ] = "1:1",
+    vram: VramOpt = None,
+    max_new_tokens: Annotated[
+        int, typer.Option("--max-new-tokens", min=1, help="Generation length to budget for.")
+    ] = 512,
+    json_out: JsonOpt = False,
+) -> None:
+    """The HD tier table: grid, image tokens and estimated peak VRAM per tier.
+
+    \b
+    ixcdoc tiers
+    ixcdoc tiers --aspect 8.5:11 --vram 24
+    """
+    from ixcdoc.pipeline import tier_rows
+
+    try:
+        aw, ah = (float(x) for x in aspect.split(":"))
+        if aw <= 0 or ah <= 0:
+            raise ValueError
+    except ValueError:
+        raise typer.BadParameter(f"--aspect must look like 8.5:11, got {aspect!r}") from None
+    rows = tier_rows(aspect=(ah, aw), vram_gib=vram, max_new_tokens=max_new_tokens)
+    if json_out or not sys.stdout.isatty():
+        for row in rows:
+            sys.stdout.write(json.dumps(row) + "\n")
+        return
+    from rich.table import Table
+
+    t = Table(title=f"HD tiers for a {aspect} page (estimated peak VRAM, see docs/vram.md)")
+    for col in ("tier", "grid", "image tokens", "bf16 GiB", "4bit GiB", "fits"):
+        t.add_column(col, justify="right")
+    for r in rows:
+        fits = r["fits"]
+        t.add_row(
+            f"HD{r['tier']}",
+            "{}x{}".format(*r["grid"]),
+            str(r["image_tokens"]),
+            f"{r['vram_gib']['bf16']:.1f}",
+            f"{r['vram_gib']['4bit']:.1f}",
+            "no GPU" if fits is None else ", ".join(q for q, ok in fits.items() if ok) or "none",
+        )
+    Console().print(t)
+
+
 # ---- model commands ------------------------------------------------------------------------
 
 

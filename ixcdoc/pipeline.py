@@ -117,3 +117,39 @@ def plan_pages(
             }
         )
     return rows, failures
+
+
+TIER_LADDER = (1, 4, 9, 16, 25, 36, 45, 55, 65)
+
+
+def tier_rows(
+    *,
+    aspect: tuple[float, float] = (1.0, 1.0),
+    tiers: Sequence[int] = TIER_LADDER,
+    vram_gib: float | None = None,
+    max_new_tokens: int = 512,
+    cfg: ModelConfig | None = None,
+) -> list[dict[str, Any]]:
+    """The tier table for a page of aspect (h, w): grid, tokens, estimated VRAM, fit."""
+    from ixcdoc.tasks import TaskPreset
+
+    cfg = cfg or ModelConfig()
+    gpu = assumed_gpu(vram_gib) if vram_gib else detect_gpu()
+    h, w = aspect
+    scale = 10000 / max(h, w)  # a large page, so every tier's budget is the limit
+    ph, pw = max(1, round(h * scale)), max(1, round(w * scale))
+    any_task = TaskPreset("tiers", "", 1, 10**6, max_new_tokens, "")
+    rows = []
+    for hd in tiers:
+        c = choose_tier(ph, pw, any_task, hd=hd, cfg=cfg, gpu=gpu)
+        rows.append(
+            {
+                "tier": hd,
+                "grid": [c.geometry.rows, c.geometry.cols],
+                "padded_size": [c.geometry.padded_h, c.geometry.padded_w],
+                "image_tokens": c.image_tokens,
+                "vram_gib": {q: round(e.total_gib, 2) for q, e in c.vram.items()},
+                "fits": None if gpu is None else c.fits,
+            }
+        )
+    return rows
