@@ -1,0 +1,738 @@
+"""Output records: the JSONL schema, a crash-safe appending writer and the resume index.
+
+Pure standard library. One JSON object per page and per line; the keys, their order and their
+types are the documented contract (docs/output.md). The writer appends whole lines and fsyncs
+each one, so a crash leaves at most one torn final line, which ``load_existing`` repairs. When a
+key appears more than once in a file, the latest record wins.
+"""
+
+from __future__ import annotations
+
+import codecs
+import dataclasses
+import json
+import math
+import os
+import re
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, NamedTuple, TextIO
+
+from ixcdoc.errors import EXIT_FATAL, IxcdocError
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: concurrent writers go undetected
+    fcntl = None  # type: ignore[assignment]
+
+SCHEMA_VERSION = 1
+TASKS = ("ask", "extract", "chart")
+STATUSES = ("ok", "error")
+FLAGS = ("blank", "repetition", "tier_fallback")
+PRECISIONS = ("bf16", "4bit", "fp32")
+TIMING_KEYS = ("render_ms", "preprocess_ms", "prefill_ms", "decode_ms", "tokens")
+TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"  # what jq's fromdateiso8601 reads
+
+PathLike = str | os.PathLike[str]
+
+
+class RecordsError(IxcdocError):
+    """The output JSONL cannot be read, repaired or written; the message names file and line."""
+
+    exit_code = EXIT_FATAL
+    code = "output"
+
+
+def utc_now() -> str:
+    """The current time as ISO-8601 UTC with a Z suffix, to the second."""
+    return datetime.now(timezone.utc).strftime(TIME_FORMAT)
+
+
+@dataclass(frozen=True)
+class ErrorInfo:
+    """Why a page failed: a machine-readable code and a message for people."""
+
+    code: str
+    message: str
+
+    @classmethod
+    def from_exception(cls, exc: BaseException) -> ErrorInfo:
+        """The code and message of an IxcdocError (code "error" for anything else)."""
+        code = exc.code if isinstance(exc, IxcdocError) else "error"
+        return cls(code=code, message=str(exc) or type(exc).__name__)
+
+
+@dataclass(frozen=True)
+class Timings:
+    """Per-page timings in milliseconds (None: the stage did not run) and generated tokens."""
+
+    render_ms: float | None = None
+    preprocess_ms: float | None = None
+    prefill_ms: float | None = None
+    decode_ms: float | None = None
+    tokens: int | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class PageRecord:
+    """One output line: the result (or failure) of one task on one page. Fields in key order."""
+
+    schema_version: int = SCHEMA_VERSION
+    source: str
+    content_sha256: str | None  # None only for an error where the bytes could not be read
+    page: int | None  # 1-based; None only for an error about the whole file
+    page_count: int | None
+    task: str
+    question: str | None = None
+    prompt: str
+    text: str = ""
+    status: str
+    error: ErrorInfo | None = None
+    flags: tuple[str, ...] = ()
+    hd_setting: str = "auto"
+    tier: int | None = None
+    grid: tuple[int, int] | None = None
+    image_tokens: int | None = None
+    native_size: tuple[int, int] | None = None
+    render_dpi: float | None = None
+    model: str
+    model_revision: str | None = None
+    precision: str
+    device: str
+    timings: Timings = field(default_factory=Timings)
+    created_at: str = field(default_factory=utc_now)
+
+    def __post_init__(self) -> None:
+        validate_record(self.to_dict())
+        # Normalize what JSON (or a caller) gives as lists and dicts, so equal records compare
+        # equal and a record round-trips through its JSON line unchanged.
+        fix = object.__setattr__
+        fix(self, "flags", tuple(self.flags))
+        for name in ("grid", "native_size"):
+            value = getattr(self, name)
+            if value is not None:
+                fix(self, name, tuple(value))
+        if isinstance(self.error, Mapping):
+            fix(self, "error", ErrorInfo(**self.error))
+        timings = self.timings
+        if isinstance(timings, Mapping):
+            timings = Timings(**timings)
+        fix(self, "timings", _floats(timings, ("tokens",)))
+        if self.render_dpi is not None:
+            fix(self, "render_dpi", float(self.render_dpi))
+
+    def to_dict(self) -> dict[str, Any]:
+        """The record as a plain JSON-ready dict, keys in schema order."""
+        return {name: _plain(getattr(self, name)) for name in FIELDS}
+
+    def to_json(self, *, ensure_ascii: bool = False) -> str:
+        """The record as one JSON line (no newline at the end; never NaN)."""
+        text = json.dumps(
+            self.to_dict(), ensure_ascii=ensure_ascii, allow_nan=False, separators=(",", ":")
+        )
+        # JSON allows these raw, but str.splitlines() and some readers split on them, and lone
+        # surrogates (from a bad decode) cannot be encoded as UTF-8: escape them.
+        return _UNSAFE_CHARS.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> PageRecord:
+        """Build a record from a parsed JSON object; ValueError names wrong or missing keys."""
+        if not isinstance(d, Mapping) or set(d) != _FIELD_SET:
+            validate_record(d)  # raises, naming missing and unexpected keys
+        return cls(**d)  # __post_init__ validates the values
+
+
+FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(PageRecord))
+_FIELD_SET = frozenset(FIELDS)
+_UNSAFE_CHARS = re.compile("[\x85\u2028\u2029\ud800-\udfff]")
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, (ErrorInfo, Timings)):
+        return dataclasses.asdict(value)
+    if isinstance(value, tuple):
+        return list(value)
+    return value
+
+
+def _floats(timings: Timings, keep: tuple[str, ...]) -> Timings:
+    changes = {
+        f.name: float(getattr(timings, f.name))
+        for f in dataclasses.fields(timings)
+        if f.name not in keep and getattr(timings, f.name) is not None
+    }
+    return dataclasses.replace(timings, **changes)
+
+
+# --- validation -------------------------------------------------------------------------------
+
+_SHA_RE = re.compile(r"[0-9a-f]{64}")
+_HD_RE = re.compile(r"auto|[1-9][0-9]*")
+_CODE_RE = re.compile(r"[a-z][a-z0-9_]*")
+_TIME_RE = re.compile(r"(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})Z")  # TIME_FORMAT
+
+Check = Callable[[Any], bool]
+
+
+def _is_int(v: Any, low: int = 0) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= low
+
+
+def _is_num(v: Any, positive: bool = False) -> bool:
+    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    return ok and (v > 0 if positive else v >= 0)
+
+
+def _is_str(v: Any) -> bool:
+    return isinstance(v, str) and v != ""
+
+
+def _is_pair(v: Any) -> bool:
+    return isinstance(v, (list, tuple)) and len(v) == 2 and all(_is_int(x, 1) for x in v)
+
+
+def _is_time(v: Any) -> bool:
+    match = _TIME_RE.fullmatch(v) if isinstance(v, str) else None
+    if match is None:
+        return False
+    try:
+        datetime(*map(int, match.groups()))  # a real date and time (strptime is 10x slower)
+    except ValueError:
+        return False
+    return True
+
+
+def _is_flags(v: Any) -> bool:
+    return (
+        isinstance(v, (list, tuple))
+        and all(isinstance(x, str) and x in FLAGS for x in v)
+        and len(set(v)) == len(v)
+    )
+
+
+def _is_error(v: Any) -> bool:
+    if isinstance(v, ErrorInfo):
+        v = dataclasses.asdict(v)
+    return (
+        isinstance(v, Mapping)
+        and set(v) == {"code", "message"}
+        and isinstance(v["code"], str)
+        and _CODE_RE.fullmatch(v["code"]) is not None
+        and isinstance(v["message"], str)
+    )
+
+
+def _is_timings(v: Any) -> bool:
+    if isinstance(v, Timings):
+        v = dataclasses.asdict(v)
+    if not (isinstance(v, Mapping) and set(v) == set(TIMING_KEYS)):
+        return False
+    ms_ok = all(v[k] is None or _is_num(v[k]) for k in TIMING_KEYS if k != "tokens")
+    return ms_ok and (v["tokens"] is None or _is_int(v["tokens"]))
+
+
+def _opt(check: Check) -> Check:
+    return lambda v: v is None or check(v)
+
+
+def _one_of(choices: tuple[str, ...]) -> Check:
+    return lambda v: isinstance(v, str) and v in choices
+
+
+# field -> (check, what is expected, as the error message says it)
+_CHECKS: dict[str, tuple[Check, str]] = {
+    "schema_version": (lambda v: _is_int(v) and v == SCHEMA_VERSION, f"{SCHEMA_VERSION}"),
+    "source": (_is_str, "a non-empty string"),
+    "content_sha256": (
+        _opt(lambda v: isinstance(v, str) and _SHA_RE.fullmatch(v) is not None),
+        "64 lowercase hex digits or null",
+    ),
+    "page": (_opt(lambda v: _is_int(v, 1)), "an integer >= 1 or null"),
+    "page_count": (_opt(_is_int), "an integer >= 0 or null"),
+    "task": (_one_of(TASKS), " | ".join(TASKS)),
+    "question": (_opt(lambda v: isinstance(v, str)), "a string or null"),
+    "prompt": (lambda v: isinstance(v, str), "a string"),
+    "text": (lambda v: isinstance(v, str), 'a string ("" when none)'),
+    "status": (_one_of(STATUSES), " | ".join(STATUSES)),
+    "error": (_opt(_is_error), '{"code": lowercase_code, "message": string} or null'),
+    "flags": (_is_flags, "a list of distinct flags from " + ", ".join(FLAGS)),
+    "hd_setting": (
+        lambda v: isinstance(v, str) and _HD_RE.fullmatch(v) is not None,
+        '"auto" or a whole number >= 1 as a string',
+    ),
+    "tier": (_opt(lambda v: _is_int(v, 1)), "an integer >= 1 or null"),
+    "grid": (_opt(_is_pair), "[rows, cols] (integers >= 1) or null"),
+    "image_tokens": (_opt(_is_int), "an integer >= 0 or null"),
+    "native_size": (_opt(_is_pair), "[height, width] (integers >= 1) or null"),
+    "render_dpi": (_opt(lambda v: _is_num(v, positive=True)), "a number > 0 or null"),
+    "model": (_is_str, "a non-empty string"),
+    "model_revision": (_opt(_is_str), "a non-empty string or null"),
+    "precision": (_one_of(PRECISIONS), " | ".join(PRECISIONS)),
+    "device": (_is_str, "a non-empty string"),
+    "timings": (
+        _is_timings,
+        "{" + ", ".join(TIMING_KEYS) + "} with numbers >= 0 or null (tokens an integer)",
+    ),
+    "created_at": (_is_time, "ISO-8601 UTC like 2026-01-31T12:00:00Z"),
+}
+assert set(_CHECKS) == _FIELD_SET, "every field has exactly one check"
+
+
+def _show(v: Any) -> str:
+    text = repr(v)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def validate_record(d: Mapping[str, Any]) -> None:
+    """Check a parsed record against the schema; ValueError lists every problem by key."""
+    if not isinstance(d, Mapping):
+        raise ValueError(f"a record must be a JSON object, got {type(d).__name__}")
+    missing = [k for k in FIELDS if k not in d]
+    extra = [str(k) for k in d if k not in _FIELD_SET]
+    if missing or extra:
+        parts = []
+        if missing:
+            parts.append("missing keys: " + ", ".join(missing))
+        if extra:
+            parts.append("unexpected keys: " + ", ".join(extra))
+        raise ValueError("; ".join(parts))
+    problems = [
+        f"{name}: expected {expected}, got {_show(d[name])}"
+        for name, (check, expected) in _CHECKS.items()
+        if not check(d[name])
+    ]
+    if not problems:
+        problems = _cross_checks(d)
+    if problems:
+        raise ValueError("; ".join(problems))
+
+
+def _cross_checks(d: Mapping[str, Any]) -> list[str]:
+    problems = []
+    if d["status"] == "ok":
+        if d["error"] is not None:
+            problems.append('error: must be null when status is "ok"')
+        if d["page"] is None or d["content_sha256"] is None:
+            problems.append('page and content_sha256: required when status is "ok"')
+    elif d["error"] is None:
+        problems.append('error: required when status is "error"')
+    if d["page"] is not None and d["page_count"] is not None and d["page"] > d["page_count"]:
+        problems.append(f"page: {d['page']} is beyond page_count {d['page_count']}")
+    if "blank" in d["flags"] and (d["status"] != "ok" or d["text"] != ""):
+        problems.append('flags: a "blank" page has status "ok" and text ""')
+    if d["task"] == "ask" and not d["question"]:
+        problems.append('question: required when task is "ask"')
+    return problems
+
+
+def validate_line(line: str | bytes) -> PageRecord:
+    """Check one output line exactly as written: one line, valid JSON, keys in schema order."""
+    if isinstance(line, bytes):
+        line = line.decode("utf-8")
+    body = line[:-1] if line.endswith("\n") else line
+    if "\n" in body or "\r" in body:
+        raise ValueError("a record must be a single line")
+    d = _loads(body)
+    if tuple(d) != FIELDS:
+        raise ValueError(f"keys out of schema order: {', '.join(map(str, d))}")
+    return PageRecord.from_dict(d)
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _loads(text: str) -> dict[str, Any]:
+    d = json.loads(text, parse_constant=_reject_constant)
+    if not isinstance(d, dict):
+        raise ValueError(f"a record must be a JSON object, got {type(d).__name__}")
+    validate_record(d)
+    return d
+
+
+# --- resume keys and state ---------------------------------------------------------------------
+
+
+class ResumeKey(NamedTuple):
+    """What makes two records the same job; a record with an equal key is not done twice."""
+
+    content: str  # content_sha256, or "source:<path>" when the bytes could not be read
+    page: int | None  # None: an error about the whole file
+    task: str
+    prompt: str
+    hd_setting: str
+    model: str  # model_revision when known, else the model id or path
+
+    def document(self) -> ResumeKey:
+        """The key of a whole-file error for the same document and job."""
+        return self._replace(page=None)
+
+
+def make_key(
+    *,
+    content_sha256: str | None,
+    source: str,
+    page: int | None,
+    task: str,
+    prompt: str,
+    hd_setting: str,
+    model: str,
+    model_revision: str | None,
+) -> ResumeKey:
+    """The resume key of a job, computed before running it (the same rule as ``resume_key``)."""
+    return ResumeKey(
+        content=content_sha256 if content_sha256 is not None else f"source:{source}",
+        page=page,
+        task=task,
+        prompt=prompt,
+        hd_setting=hd_setting,
+        model=model_revision if model_revision is not None else model,
+    )
+
+
+def resume_key(rec: PageRecord | Mapping[str, Any]) -> ResumeKey:
+    """The resume key of a record (or of a validated record dict)."""
+    get = rec.__getitem__ if isinstance(rec, Mapping) else rec.__getattribute__
+    return make_key(
+        content_sha256=get("content_sha256"),
+        source=get("source"),
+        page=get("page"),
+        task=get("task"),
+        prompt=get("prompt"),
+        hd_setting=get("hd_setting"),
+        model=get("model"),
+        model_revision=get("model_revision"),
+    )
+
+
+@dataclass
+class ResumeState:
+    """What an existing output file already holds, by resume key (the latest record wins)."""
+
+    path: Path | None = None
+    done: set[ResumeKey] = field(default_factory=set)
+    failed: dict[ResumeKey, PageRecord] = field(default_factory=dict)
+    count: int = 0  # valid records read or added
+    repaired_bytes: int = 0  # bytes of a torn final line cut off when loading
+
+    def should_skip(self, key: ResumeKey, *, redo_failed: bool) -> bool:
+        """True when the job is done, or failed before and failures are not being redone."""
+        if key in self.done:
+            return True
+        return key in self.failed and not redo_failed
+
+    def add(self, rec: PageRecord) -> None:
+        """Account for a record just written, so later jobs in the same run see it."""
+        self._add(resume_key(rec), rec.status, lambda: rec)
+
+    def _add(self, key: ResumeKey, status: str, record: Callable[[], PageRecord]) -> None:
+        self.count += 1
+        if status == "ok":
+            self.done.add(key)
+            self.failed.pop(key, None)
+        else:
+            self.done.discard(key)
+            self.failed.pop(key, None)  # re-insert: dict order follows the latest record
+            self.failed[key] = record()
+        if key.page is not None:
+            # A page-level result means the file opened after all: an earlier whole-file error
+            # for the same job is stale.
+            self.failed.pop(key.document(), None)
+
+
+def load_existing(path: PathLike) -> ResumeState:
+    """Read an output JSONL for resuming; repair a torn final line, raise on a corrupt middle."""
+    path = Path(path)
+    _check_parent(path)
+    state = ResumeState(path=path)
+    if not path.exists():
+        return state
+    intern: dict[str, str] = {}
+
+    def on_record(d: dict[str, Any]) -> None:
+        key = resume_key(d)
+        # Millions of keys share a handful of prompts and model names: keep one copy of each.
+        key = key._replace(
+            prompt=intern.setdefault(key.prompt, key.prompt),
+            model=intern.setdefault(key.model, key.model),
+        )
+        state._add(key, d["status"], lambda: PageRecord.from_dict(d))
+
+    scan = _scan(path, on_record)
+    if scan.tail_problem is not None:
+        _truncate(path, scan.good_end, expected_size=scan.size)
+        state.repaired_bytes = scan.size - scan.good_end
+    return state
+
+
+def latest_records(path: PathLike) -> list[PageRecord]:
+    """The last record per resume key, in first-seen order; a torn final line is ignored."""
+    path = Path(path)
+    if not path.is_file():
+        raise RecordsError(f"{path}: no such output file", code="not_found")
+    latest: dict[ResumeKey, dict[str, Any]] = {}
+
+    def on_record(d: dict[str, Any]) -> None:
+        key = resume_key(d)
+        latest[key] = d  # an existing key keeps its first-seen position
+        if key.page is not None:
+            latest.pop(key.document(), None)
+
+    _scan(path, on_record)
+    return [PageRecord.from_dict(d) for d in latest.values()]
+
+
+@dataclass
+class _Scan:
+    size: int  # bytes read
+    good_end: int  # offset just past the last valid, newline-terminated record
+    tail_problem: str | None  # why the final line is unusable, when it is
+
+
+def _scan(path: Path, on_record: Callable[[dict[str, Any]], None]) -> _Scan:
+    """Stream the records of a JSONL file; only the final line may be torn or invalid."""
+    offset = good_end = lineno = 0
+    pending: tuple[int, str] | None = None  # an invalid line that is fine only if it is the last
+    tail: str | None = None
+    try:
+        f = open(path, "rb")  # noqa: SIM115 - closed below; iteration splits on b"\n" only
+    except OSError as e:
+        raise RecordsError(f"cannot read {path}: {e.strerror or e}", code="output") from e
+    with f:
+        for raw in f:
+            lineno += 1
+            offset += len(raw)
+            if not raw.endswith(b"\n"):  # only the final segment can lack a newline
+                if pending is not None:
+                    _corrupt(path, *pending)
+                tail = f"line {lineno} is incomplete (no newline at the end)"
+                break
+            if not raw.strip():
+                continue
+            if pending is not None:
+                _corrupt(path, *pending)
+            try:
+                d = _loads(raw.decode("utf-8"))
+            except ValueError as e:  # UnicodeDecodeError and JSONDecodeError included
+                pending = (lineno, str(e))
+                continue
+            on_record(d)
+            good_end = offset
+    if tail is None and pending is not None:
+        tail = f"line {pending[0]}: {pending[1]}"
+    return _Scan(size=offset, good_end=good_end, tail_problem=tail)
+
+
+def _corrupt(path: Path, lineno: int, why: str) -> None:
+    raise RecordsError(
+        f"{path} line {lineno}: not a valid record ({why}); only a torn final line is repaired "
+        "automatically, so fix or remove this line and run again",
+        code="corrupt_output",
+    )
+
+
+def _check_parent(path: Path) -> None:
+    if not path.parent.is_dir():
+        raise RecordsError(
+            f"cannot use {path}: directory {path.parent} does not exist", code="output_dir"
+        )
+    if path.is_dir():
+        raise RecordsError(f"cannot use {path}: it is a directory", code="output")
+
+
+def _lock(fd: int, path: Path) -> None:
+    """Take an exclusive advisory lock, or fail if another process writes this file."""
+    if fcntl is None:  # pragma: no cover
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError as e:
+        raise RecordsError(
+            f"{path} is being written by another process; wait for it or choose another output",
+            code="output_locked",
+        ) from e
+    except OSError:  # pragma: no cover - file systems without flock (some NFS): carry on
+        pass
+
+
+def _truncate(path: Path, size: int, *, expected_size: int) -> None:
+    """Cut a torn final line off, unless another process is writing the file."""
+    try:
+        fd = os.open(path, os.O_RDWR)
+    except OSError as e:
+        raise RecordsError(f"cannot repair {path}: {e.strerror or e}", code="output") from e
+    try:
+        _lock(fd, path)
+        if os.fstat(fd).st_size != expected_size:
+            raise RecordsError(
+                f"{path} changed while being read; is another process writing it?",
+                code="output_locked",
+            )
+        os.ftruncate(fd, size)
+        os.fsync(fd)
+    except OSError as e:
+        raise RecordsError(f"cannot repair {path}: {e.strerror or e}", code="output") from e
+    finally:
+        os.close(fd)
+
+
+# --- writer ------------------------------------------------------------------------------------
+
+
+class JsonlWriter:
+    """Appends records as JSON lines: to a file (each line flushed and fsynced) or to stdout.
+
+    ``path`` "-" means ``sys.stdout``; a text stream is written to as is (flushed per line,
+    never closed). The writer does not deduplicate: ask ``ResumeState.should_skip`` first.
+    """
+
+    def __init__(self, path: PathLike | TextIO, *, fsync: bool = True) -> None:
+        self.count = 0  # records written by this writer
+        self._fd: int | None = None
+        self._stream: TextIO | None = None
+        self._closed = False
+        self._broken: str | None = None
+        if isinstance(path, (str, os.PathLike)) and os.fspath(path) != "-":
+            self.path: Path | None = Path(path)
+            self._fsync = fsync
+            self._fd = _open_append(self.path, fsync=fsync)
+            self._ascii = False
+        else:
+            self.path = None
+            self._fsync = False
+            self._stream = sys.stdout if isinstance(path, (str, os.PathLike)) else path
+            self._ascii = not _is_utf8(self._stream)
+
+    def write(self, rec: PageRecord) -> None:
+        """Write one record as one complete line, then flush (and fsync a file)."""
+        if not isinstance(rec, PageRecord):
+            raise TypeError(f"JsonlWriter.write takes a PageRecord, got {type(rec).__name__}")
+        if self._closed:
+            raise ValueError("write to a closed JsonlWriter")
+        if self._broken is not None:
+            raise RecordsError(self._broken, code="write_failed")
+        if self._stream is not None:
+            self._stream.write(rec.to_json(ensure_ascii=self._ascii) + "\n")
+            self._stream.flush()
+        else:
+            self._append((rec.to_json() + "\n").encode("utf-8"))
+        self.count += 1
+
+    def _append(self, data: bytes) -> None:
+        fd = self._fd
+        assert fd is not None
+        before = os.fstat(fd).st_size
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            if self._fsync:
+                os.fsync(fd)
+        except BaseException as e:
+            # Never leave a partial line that the next record would follow: that would turn a
+            # repairable torn tail into a corrupt middle line.
+            try:
+                os.ftruncate(fd, before)
+            except OSError:
+                self._broken = f"{self.path} ends with a partial line after a failed write"
+            if isinstance(e, OSError):
+                raise RecordsError(
+                    f"cannot write to {self.path}: {e.strerror or e}", code="write_failed"
+                ) from e
+            raise
+
+    def close(self) -> None:
+        """Flush and close (a stream is flushed, not closed); closing twice is harmless."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._fd is not None:
+            os.close(self._fd)  # also releases the lock
+            self._fd = None
+        elif self._stream is not None:
+            self._stream.flush()
+
+    def __enter__(self) -> JsonlWriter:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def _is_utf8(stream: TextIO) -> bool:
+    encoding = getattr(stream, "encoding", None)
+    if not encoding:  # in-memory text (StringIO): no encoding step at all
+        return True
+    try:
+        return codecs.lookup(encoding).name == "utf-8"
+    except LookupError:
+        return False
+
+
+def _open_append(path: Path, *, fsync: bool) -> int:
+    """Open for appending, locked; refuse a file whose last line is torn (load it first)."""
+    _check_parent(path)
+    existed = path.exists()
+    flags = os.O_RDWR | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(path, flags, 0o644)
+    except OSError as e:
+        raise RecordsError(f"cannot open {path} for writing: {e.strerror or e}") from e
+    try:
+        _lock(fd, path)
+        size = os.fstat(fd).st_size
+        if size:
+            os.lseek(fd, size - 1, os.SEEK_SET)
+            if os.read(fd, 1) != b"\n":
+                raise RecordsError(
+                    f"{path} ends with an incomplete line; call load_existing() on it first, "
+                    "which repairs it",
+                    code="torn_output",
+                )
+        if not existed and fsync:
+            _fsync_dir(path.parent)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make a newly created file's directory entry durable too."""
+    try:
+        dfd = os.open(directory, os.O_RDONLY)
+    except OSError:  # pragma: no cover - platforms that cannot open directories
+        return
+    try:
+        os.fsync(dfd)
+    except OSError:  # pragma: no cover
+        pass
+    finally:
+        os.close(dfd)
+
+
+__all__ = [
+    "FIELDS",
+    "FLAGS",
+    "PRECISIONS",
+    "SCHEMA_VERSION",
+    "STATUSES",
+    "TASKS",
+    "ErrorInfo",
+    "JsonlWriter",
+    "PageRecord",
+    "RecordsError",
+    "ResumeKey",
+    "ResumeState",
+    "Timings",
+    "latest_records",
+    "load_existing",
+    "make_key",
+    "resume_key",
+    "utc_now",
+    "validate_line",
+    "validate_record",
+]
