@@ -1,0 +1,349 @@
+"""PDF documents through PyMuPDF: each page rendered at a DPI chosen from its own content.
+
+The rule (docs/inputs.md explains the reasoning):
+
+1. scan: one raster image covers >= SCAN_COVERAGE of the page -> render on that image's own
+   pixel grid (x and y zoom = image pixels / image points), so a full-page scan comes out
+   pixel for pixel, never resampled. Enough visible text drawn over it (not an invisible OCR
+   layer, not a stamp) may raise the DPI further, by rule 2.
+2. text: the dominant body font size (most non-space characters, 0.5 pt buckets) gives
+   dpi = 72 * TARGET_TEXT_PX / body_pt, clamped to [MIN_TEXT_DPI, MAX_TEXT_DPI].
+3. otherwise DEFAULT_DPI.
+
+Then the size is capped at --max-pixels by lowering the DPI (a PDF page is never refused for
+its size). Page sizes and the DPI come from the page's text and image metadata only; nothing
+is rasterized until render().
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import pymupdf
+from PIL import Image
+
+from ixcdoc.errors import InputError
+from ixcdoc.inputs.document import Document, PageInfo, RenderedPage
+
+# 24 px per em: the vision tower reads 14-px patches of 336-px crops; a 24-px em gives an
+# x-height of ~11-12 px and a cap height of ~17 px, i.e. a 10-pt page scanned at ~170 dpi,
+# the resolution of the DocVQA/InfoVQA scans the model was trained and evaluated on.
+TARGET_TEXT_PX = 24.0
+MIN_TEXT_DPI = 72.0  # below this, body glyphs are ~10 px or less and blur into each other
+MAX_TEXT_DPI = 300.0  # a footnote-only (4-6 pt) page would otherwise ask for 300-430 dpi
+DEFAULT_DPI = 150.0  # vector art, charts, blank pages: print-preview resolution
+SCAN_COVERAGE = 0.85  # fraction of the page area one image must cover to count as a scan
+SIZE_BUCKET_PT = 0.5  # font sizes are grouped to this step before taking the mode
+ANISOTROPY_TOLERANCE = 0.01  # x/y zooms closer than this are kept apart (exact pixel grid)
+# Visible characters over a scan needed before the text rule may raise its DPI: real text
+# printed over a background image, not a Bates number or a "COPY" stamp.
+TEXT_OVER_SCAN_CHARS = 200
+
+_TEXT_FLAGS = pymupdf.TEXT_MEDIABOX_CLIP  # no images in the dict: they would be decoded
+
+# MuPDF's context is process-global and not thread-safe: every call into PyMuPDF from this
+# package holds this lock, so a render thread and the main thread can share documents.
+_MUPDF_LOCK = threading.RLock()
+_quieted = False
+
+
+def _quiet_mupdf() -> None:
+    # MuPDF prints its repair chatter ("format error: ...") straight to stderr; ixcdoc reports
+    # damage through Document.note and InputError instead. Done on first use, not at import.
+    global _quieted
+    if not _quieted:
+        pymupdf.TOOLS.mupdf_display_errors(False)
+        pymupdf.TOOLS.mupdf_display_warnings(False)
+        _quieted = True
+
+
+def text_dpi(body_pt: float) -> float:
+    """Render DPI for a page whose body text is ``body_pt`` points (clamped)."""
+    raw = 72.0 * TARGET_TEXT_PX / body_pt
+    return min(MAX_TEXT_DPI, max(MIN_TEXT_DPI, raw))
+
+
+def pixel_size(width_pt: float, height_pt: float, zoom_x: float, zoom_y: float) -> tuple[int, int]:
+    """(height, width) in pixels of a page rendered at the given zooms (MuPDF's rounding)."""
+    r = pymupdf.Rect(0, 0, width_pt, height_pt) * pymupdf.Matrix(zoom_x, zoom_y)
+    ir = r.irect
+    return (ir.height, ir.width)
+
+
+@dataclass(frozen=True)
+class _Layout:
+    info: PageInfo
+    zoom_x: float
+    zoom_y: float
+    has_text: bool
+
+
+def _image_zoom(t: pymupdf.Matrix, w_px: int, h_px: int) -> tuple[float, float]:
+    """Device zoom (x, y) that puts one image pixel on one output pixel.
+
+    ``t`` maps the image's unit square to the rotated page (points): its first row is the
+    image's x axis (w_px pixels long), its second row the y axis (h_px pixels).
+    """
+    a, b, c, d = abs(t.a), abs(t.b), abs(t.c), abs(t.d)
+    eps = 1e-6 * max(a, b, c, d)
+    if b <= eps and c <= eps and a > eps and d > eps:  # upright or flipped
+        return (w_px / a, h_px / d)
+    if a <= eps and d <= eps and b > eps and c > eps:  # turned by 90 degrees
+        return (h_px / c, w_px / b)
+    det = abs(t.a * t.d - t.b * t.c)  # skewed or turned by some angle: keep the pixel density
+    z = math.sqrt(w_px * h_px / det) if det > 0 else 0.0
+    return (z, z)
+
+
+def _analyze(
+    page: pymupdf.Page, source: str, number: int, page_count: int, max_pixels: int
+) -> _Layout:
+    rect = page.rect
+    if rect.is_empty or rect.width < 1e-3 or rect.height < 1e-3:
+        raise InputError(source, f"page has no area ({rect})", code="corrupt", page=number)
+
+    # Text layer: characters per (bucketed) font size, visible and invisible (OCR) alike.
+    by_size: dict[float, int] = {}
+    total = visible = 0
+    for block in page.get_text("dict", flags=_TEXT_FLAGS)["blocks"]:
+        for line in block.get("lines", ()):
+            for span in line["spans"]:
+                text = span["text"]
+                n = len(text) - text.count(" ") - text.count("\t")
+                size = span["size"]
+                if n <= 0 or not size > 0:
+                    continue
+                total += n
+                if span.get("alpha", 255):
+                    visible += n
+                key = round(size / SIZE_BUCKET_PT) * SIZE_BUCKET_PT or SIZE_BUCKET_PT
+                by_size[key] = by_size.get(key, 0) + n
+
+    # Scan: the highest-resolution image that on its own covers most of the page.
+    unrotated = rect * page.derotation_matrix
+    area = abs(unrotated.width * unrotated.height)
+    scan: tuple[float, float, int, int] | None = None  # zoom_x, zoom_y, w_px, h_px
+    for img in page.get_image_info():
+        w_px, h_px = int(img.get("width") or 0), int(img.get("height") or 0)
+        if w_px <= 0 or h_px <= 0:
+            continue
+        box = pymupdf.Rect(img["bbox"]) & unrotated
+        if box.is_empty or abs(box.width * box.height) < SCAN_COVERAGE * area:
+            continue
+        zx, zy = _image_zoom(pymupdf.Matrix(img["transform"]) * page.rotation_matrix, w_px, h_px)
+        if zx <= 0 or zy <= 0:
+            continue
+        if scan is None or zx * zy > scan[0] * scan[1]:
+            scan = (zx, zy, w_px, h_px)
+
+    body_pt = None
+    if by_size:
+        # Most characters wins; on a tie the smaller size (more pixels, nothing lost).
+        body_pt = max(by_size, key=lambda s: (by_size[s], -s))
+    if scan is not None:
+        zx, zy, w_px, h_px = scan
+        if max(zx, zy) / min(zx, zy) - 1.0 > ANISOTROPY_TOLERANCE:
+            zx = zy = max(zx, zy)  # non-square pixels: keep the finer axis, square output
+        scan_dpi = 72.0 * math.sqrt(zx * zy)
+        rule = f"scan: embedded image {w_px}x{h_px} ({scan_dpi:.0f} dpi)"
+        if body_pt is not None and visible >= TEXT_OVER_SCAN_CHARS and text_dpi(body_pt) > scan_dpi:
+            dpi = text_dpi(body_pt)
+            zx = zy = dpi / 72.0
+            rule = (
+                f"text over scan: body {body_pt:.1f}pt -> {dpi:.0f} dpi "
+                f"(image {w_px}x{h_px} is only {scan_dpi:.0f} dpi)"
+            )
+    elif body_pt is not None:
+        raw = 72.0 * TARGET_TEXT_PX / body_pt
+        dpi = text_dpi(body_pt)
+        zx = zy = dpi / 72.0
+        rule = f"text: body {body_pt:.1f}pt -> {dpi:.0f} dpi"
+        if dpi != raw:
+            rule += f" (clamped from {raw:.0f})"
+    else:
+        zx = zy = DEFAULT_DPI / 72.0
+        rule = f"default {DEFAULT_DPI:.0f} dpi: no text, no dominant image"
+
+    h, w = pixel_size(rect.width, rect.height, zx, zy)
+    if h * w > max_pixels:
+        before = 72.0 * math.sqrt(zx * zy)
+        f = math.sqrt(max_pixels / (h * w))
+        while h * w > max_pixels:
+            zx, zy = zx * f, zy * f
+            h, w = pixel_size(rect.width, rect.height, zx, zy)
+            f = 0.999
+        rule += (
+            f"; lowered from {before:.0f} dpi to stay within {max_pixels:,} pixels (--max-pixels)"
+        )
+    if h < 1 or w < 1:
+        raise InputError(
+            source,
+            f"page renders to {w}x{h} pixels within --max-pixels {max_pixels}",
+            code="too_large",
+            page=number,
+        )
+    info = PageInfo(
+        source=source,
+        page=number,
+        page_count=page_count,
+        native_h=h,
+        native_w=w,
+        dpi=round(72.0 * math.sqrt(zx * zy), 2),
+        dpi_rule=rule,
+        kind="pdf",
+    )
+    return _Layout(info, zx, zy, total > 0)
+
+
+class PdfDocument(Document):
+    """A PDF opened with PyMuPDF (MuPDF); pages are rasterized on demand."""
+
+    kind = "pdf"
+
+    def __init__(
+        self,
+        source: str,
+        path: Path | None,
+        data: bytes | None,
+        *,
+        password: str | None,
+        max_pixels: int,
+        note: str | None = None,
+    ) -> None:
+        super().__init__(source, path, data, format="PDF", note=note)
+        self.max_pixels = max_pixels
+        self._layouts: dict[int, _Layout] = {}
+        with _MUPDF_LOCK:
+            _quiet_mupdf()
+            try:
+                if data is not None:
+                    doc = pymupdf.open(stream=data, filetype="pdf")
+                else:
+                    # filetype: the content decides, not the extension (sniffed before here).
+                    doc = pymupdf.open(str(path), filetype="pdf")
+            except pymupdf.EmptyFileError as e:
+                raise InputError(source, "file is empty", code="empty") from e
+            except PermissionError as e:
+                raise InputError(source, "permission denied", code="unreadable") from e
+            except Exception as e:
+                raise InputError(source, f"not a readable PDF: {e}", code="corrupt") from e
+            try:
+                if doc.needs_pass:
+                    if password is None:
+                        raise InputError(
+                            source, "encrypted; pass --password", code="password_required"
+                        )
+                    if not doc.authenticate(password):
+                        raise InputError(
+                            source,
+                            "encrypted, and the --password given does not open it",
+                            code="bad_password",
+                        )
+                count = doc.page_count
+                if count < 1:
+                    raise InputError(source, "PDF has no pages (damaged?)", code="corrupt")
+                if doc.is_repaired:
+                    repaired = "damaged file, repaired by MuPDF: some pages may be incomplete"
+                    self.note = repaired if self.note is None else f"{self.note}; {repaired}"
+            except InputError:
+                doc.close()
+                raise
+            except Exception as e:
+                doc.close()
+                raise InputError(source, f"not a readable PDF: {e}", code="corrupt") from e
+            finally:
+                pymupdf.TOOLS.reset_mupdf_warnings()  # MuPDF keeps them all otherwise
+        self._doc = doc
+        self.page_count = count
+
+    def _load(self, page: int) -> pymupdf.Page:
+        try:
+            return self._doc.load_page(page - 1)
+        except Exception as e:
+            raise InputError(
+                self.source, f"cannot load page: {e}", code="corrupt", page=page
+            ) from e
+
+    def _layout(self, page: int) -> _Layout:
+        self._check_open()
+        self.check_page(page)
+        layout = self._layouts.get(page)
+        if layout is None:
+            with _MUPDF_LOCK:
+                p = self._load(page)
+                try:
+                    layout = _analyze(p, self.source, page, self.page_count, self.max_pixels)
+                except InputError:
+                    raise
+                except Exception as e:
+                    raise InputError(
+                        self.source, f"cannot read page: {e}", code="corrupt", page=page
+                    ) from e
+                finally:
+                    pymupdf.TOOLS.reset_mupdf_warnings()
+            self._layouts[page] = layout
+        return layout
+
+    def page_info(self, page: int) -> PageInfo:
+        """Native size and DPI from the page's text and image metadata (no rasterizing)."""
+        return self._layout(page).info
+
+    def render(self, page: int) -> RenderedPage:
+        """Rasterize one page (RGB, no alpha) at its native DPI."""
+        t0 = time.perf_counter()
+        layout = self._layout(page)
+        info = layout.info
+        with _MUPDF_LOCK:
+            try:
+                p = self._load(page)
+                pix = p.get_pixmap(
+                    matrix=pymupdf.Matrix(layout.zoom_x, layout.zoom_y),
+                    colorspace=pymupdf.csRGB,
+                    alpha=False,
+                )
+                # Straight from MuPDF's buffer into PIL: one copy, no PNG round trip.
+                image = Image.frombytes(
+                    "RGB", (pix.width, pix.height), pix.samples_mv, "raw", "RGB", pix.stride
+                )
+                del pix
+            except InputError:
+                raise
+            except Exception as e:
+                raise InputError(
+                    self.source, f"cannot render page: {e}", code="corrupt", page=page
+                ) from e
+            finally:
+                pymupdf.TOOLS.reset_mupdf_warnings()
+        if image.size != (info.native_w, info.native_h):  # never seen; keep the truth if so
+            info = replace(info, native_h=image.size[1], native_w=image.size[0])
+        return RenderedPage(image, info, (time.perf_counter() - t0) * 1000.0)
+
+    def has_text_layer(self, page: int) -> bool:
+        """True when the page has any extractable characters (an OCR layer counts)."""
+        return self._layout(page).has_text
+
+    def page_text(self, page: int) -> str:
+        """The page's text layer in reading order as MuPDF extracts it."""
+        self._check_open()
+        self.check_page(page)
+        with _MUPDF_LOCK:
+            p = self._load(page)
+            try:
+                return p.get_text("text")
+            except Exception as e:
+                raise InputError(
+                    self.source, f"cannot extract text: {e}", code="corrupt", page=page
+                ) from e
+            finally:
+                pymupdf.TOOLS.reset_mupdf_warnings()
+
+    def close(self) -> None:
+        """Close the PDF."""
+        if not self._closed:
+            with _MUPDF_LOCK:
+                self._doc.close()
+        super().close()
