@@ -1,0 +1,212 @@
+"""Prefill + decode with the static KV cache: stopping, sampling, streaming, timings.
+
+Never prints. Works on any model with the ``InternLM2ForCausalLM`` interface
+(``setup_caches``, ``embed_tokens``, ``forward(embeds, im_mask, input_pos, last_only=...)``).
+
+Logits processing follows Hugging Face ``generate`` (what upstream ``model.chat`` runs), in the
+same order: repetition penalty, then temperature, top-k, top-p, then sample (or argmax when
+``do_sample`` is False, where the warpers are skipped as in HF greedy search). The penalty runs
+over the *generated* tokens only: upstream passes the prompt as ``inputs_embeds``, so HF's
+``input_ids`` starts empty.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass
+
+import torch
+
+OnToken = Callable[[int], "bool | None"]
+ShouldStop = Callable[[Sequence[int]], "str | None"]
+
+# Stop reasons
+STOP_TOKEN = "stop_token"
+MAX_NEW_TOKENS = "max_new_tokens"
+MAX_LENGTH = "max_length"  # the position budget (max_position_embeddings) ran out
+CALLBACK = "callback"  # on_token returned False
+HOOK = "hook"  # should_stop returned a reason (in ``detail``)
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """Decoding options. Defaults: greedy, no penalty (the document-reading setting)."""
+
+    max_new_tokens: int = 1024
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_p: float = 0.8
+    top_k: int = 50  # HF's default, which upstream chat inherits when sampling; 0 disables
+    repetition_penalty: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 0:
+            raise ValueError("max_new_tokens must be >= 0")
+        if self.do_sample and self.temperature <= 0:
+            raise ValueError("temperature must be > 0 when sampling")
+        if not 0 < self.top_p <= 1:
+            raise ValueError("top_p must be in (0, 1]")
+        if self.top_k < 0:
+            raise ValueError("top_k must be >= 0")
+        if self.repetition_penalty <= 0:
+            raise ValueError("repetition_penalty must be > 0")
+
+
+@dataclass
+class GenerationResult:
+    """Generated token ids (stop token excluded), why it stopped, and timings."""
+
+    token_ids: list[int]
+    stop_reason: str
+    stop_token_id: int | None = None
+    prefill_ms: float = 0.0  # prompt forward + first token choice
+    decode_ms: float = 0.0  # every later step
+    prompt_tokens: int = 0
+    decode_steps: int = 0  # forward passes after the prefill
+    detail: str | None = None  # the should_stop hook's reason, if it stopped generation
+
+    @property
+    def n_tokens(self) -> int:
+        return len(self.token_ids)
+
+    @property
+    def decode_tokens_per_s(self) -> float:
+        """Decode throughput (0.0 when nothing was decoded)."""
+        return self.decode_steps / (self.decode_ms / 1000) if self.decode_ms > 0 else 0.0
+
+    @property
+    def timings(self) -> dict[str, float]:
+        return {
+            "prefill_ms": self.prefill_ms,
+            "decode_ms": self.decode_ms,
+            "n_tokens": float(self.n_tokens),
+            "prompt_tokens": float(self.prompt_tokens),
+        }
+
+
+def apply_repetition_penalty(
+    logits: torch.Tensor, previous: torch.Tensor, penalty: float
+) -> torch.Tensor:
+    """HF semantics: for seen ids, positive logits / penalty, negative logits * penalty. [V]."""
+    if penalty == 1.0 or previous.numel() == 0:
+        return logits
+    score = logits.gather(0, previous)
+    score = torch.where(score < 0, score * penalty, score / penalty)
+    return logits.scatter(0, previous, score)
+
+
+def top_k_filter(logits: torch.Tensor, k: int) -> torch.Tensor:
+    """Keep the k largest logits [V] (ties with the k-th kept, as HF), others -inf."""
+    if k <= 0 or k >= logits.shape[-1]:
+        return logits
+    kth = torch.topk(logits, k).values[-1]
+    return logits.masked_fill(logits < kth, float("-inf"))
+
+
+def top_p_filter(logits: torch.Tensor, top_p: float) -> torch.Tensor:
+    """Nucleus filter on [V] as HF: drop tokens whose ascending cumprob <= 1 - top_p."""
+    if top_p >= 1.0:
+        return logits
+    sorted_logits, sorted_idx = torch.sort(logits, descending=False)
+    cum = sorted_logits.softmax(-1).cumsum(-1)
+    remove = cum <= (1 - top_p)
+    remove[-1] = False  # always keep the most likely token
+    return logits.masked_fill(remove.scatter(0, sorted_idx, remove), float("-inf"))
+
+
+def next_token(
+    logits: torch.Tensor,
+    generated: torch.Tensor,
+    cfg: SamplingConfig,
+    generator: torch.Generator | None = None,
+) -> int:
+    """Choose the next token from fp32 logits [V] given the generated ids [n]."""
+    logits = apply_repetition_penalty(logits, generated, cfg.repetition_penalty)
+    if not cfg.do_sample:
+        return int(logits.argmax())
+    logits = logits / cfg.temperature
+    logits = top_k_filter(logits, cfg.top_k)
+    logits = top_p_filter(logits, cfg.top_p)
+    probs = logits.softmax(-1)
+    return int(torch.multinomial(probs, 1, generator=generator))
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _cache_length(needed: int) -> int:
+    # Round up so nearby prompt lengths share one cache (and one captured decode graph).
+    return -(-needed // 256) * 256
+
+
+@torch.inference_mode()
+def generate(
+    model: torch.nn.Module,
+    inputs_embeds: torch.Tensor,
+    im_mask: torch.Tensor | None,
+    *,
+    stop_ids: Collection[int] = (),
+    config: SamplingConfig | None = None,
+    on_token: OnToken | None = None,
+    should_stop: ShouldStop | None = None,
+    generator: torch.Generator | None = None,
+) -> GenerationResult:
+    """Generate from a spliced prompt: inputs_embeds [1, L, D], im_mask [1, L] bool.
+
+    Stops at the first id in ``stop_ids`` (not included in the result), after
+    ``max_new_tokens``, when ``on_token(id)`` returns False (that token is kept), or when
+    ``should_stop(ids)`` returns a reason string (kept in ``detail``).
+    """
+    cfg = config or SamplingConfig()
+    if inputs_embeds.dim() != 3 or inputs_embeds.shape[0] != 1:
+        raise ValueError(f"expected inputs_embeds [1, L, D], got {tuple(inputs_embeds.shape)}")
+    device = inputs_embeds.device
+    prompt_len = inputs_embeds.shape[1]
+    max_pos = model.config.max_position_embeddings
+    budget = min(cfg.max_new_tokens, max(max_pos - prompt_len, 0))
+    stops = {int(s) for s in stop_ids}
+    result = GenerationResult([], MAX_NEW_TOKENS, prompt_tokens=prompt_len)
+    if budget == 0:
+        result.stop_reason = MAX_NEW_TOKENS if cfg.max_new_tokens == 0 else MAX_LENGTH
+        return result
+
+    model.setup_caches(1, min(_cache_length(prompt_len + budget), max_pos))
+    generated = torch.empty(budget, dtype=torch.long, device=device)
+
+    _sync(device)
+    t0 = time.perf_counter()
+    logits = model(inputs_embeds, im_mask, None, last_only=True)[0, -1]  # [V]
+    tok = next_token(logits, generated[:0], cfg, generator)
+    _sync(device)
+    t1 = time.perf_counter()
+    result.prefill_ms = (t1 - t0) * 1000
+
+    pos = prompt_len
+    for i in range(budget):
+        if tok in stops:
+            result.stop_reason, result.stop_token_id = STOP_TOKEN, tok
+            break
+        result.token_ids.append(tok)
+        generated[i] = tok
+        if on_token is not None and on_token(tok) is False:
+            result.stop_reason = CALLBACK
+            break
+        if should_stop is not None and (why := should_stop(result.token_ids)):
+            result.stop_reason, result.detail = HOOK, why
+            break
+        if i == budget - 1:
+            result.stop_reason = MAX_NEW_TOKENS if budget == cfg.max_new_tokens else MAX_LENGTH
+            break
+        x = model.embed_tokens(torch.tensor([[tok]], device=device))  # [1, 1, D]
+        input_pos = torch.tensor([pos], device=device)  # [1]
+        logits = model(x, None, input_pos)[0, -1]  # [V]
+        tok = next_token(logits, generated[: i + 1], cfg, generator)
+        result.decode_steps += 1
+        pos += 1
+
+    _sync(device)
+    result.decode_ms = (time.perf_counter() - t1) * 1000
+    return result

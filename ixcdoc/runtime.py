@@ -1,0 +1,392 @@
+"""The library API over the native model: load once, then encode, score and chat.
+
+    >>> import ixcdoc
+    >>> m = ixcdoc.load("internlm/internlm-xcomposer2-4khd-7b")          # CUDA, bf16
+    >>> a = m.chat([page_image], "What is the total?", hd=16)
+    >>> a.text, a.grid, a.n_image_tokens, a.timings["decode_ms"]
+
+See docs/api.md. Everything heavy (torch, the model) is imported here, never by ``ixcdoc.cli``
+at import time.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from ixcdoc.config import ModelConfig
+from ixcdoc.errors import DeviceError, UsageError, WeightsError
+from ixcdoc.generate import GenerationResult, OnToken, SamplingConfig, ShouldStop, generate
+from ixcdoc.prompt import (
+    DEFAULT_META_INSTRUCTION,
+    ImagePart,
+    TextPart,
+    build_chat_prompt,
+    split_prompt,
+)
+from ixcdoc.tiling import check_hd, hd_geometry
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+    from ixcdoc.model.xcomposer import XComposer2
+    from ixcdoc.tokenizer import Tokenizer
+
+DEFAULT_HD = 25  # upstream model.chat's hd_num default
+QUANT_CHOICES = ("auto", "none", "bf16", "4bit")
+_DTYPES = {
+    "bf16": torch.bfloat16,
+    "bfloat16": torch.bfloat16,
+    "fp16": torch.float16,
+    "float16": torch.float16,
+    "half": torch.float16,
+    "fp32": torch.float32,
+    "float32": torch.float32,
+    "float": torch.float32,
+}
+_S = SamplingConfig  # generation defaults live there, once
+
+
+@dataclass
+class Prepared:
+    """A spliced prompt ready for the decoder, and what went into it."""
+
+    inputs_embeds: torch.Tensor  # [1, L, D]
+    im_mask: torch.Tensor  # [1, L] bool, True at image positions
+    grids: list[tuple[int, int]]  # (rows, cols) per image
+    n_image_tokens: int  # over all images, before truncation
+    prompt_tokens: int  # L after truncation
+    truncated: bool  # the spliced sequence was cut at config.max_length
+    vision_ms: float = 0.0
+
+
+@dataclass
+class Answer:
+    """The result of ``DocModel.chat``."""
+
+    text: str
+    token_ids: list[int]
+    stop_reason: str  # stop_token | max_new_tokens | max_length | callback | hook
+    hd: int
+    grids: list[tuple[int, int]]
+    n_image_tokens: int
+    prompt_tokens: int
+    truncated: bool = False
+    timings: dict[str, float] = field(default_factory=dict)
+    stop_detail: str | None = None
+
+    @property
+    def grid(self) -> tuple[int, int] | None:
+        """(rows, cols) of the first image (the usual one-page case), None without images."""
+        return self.grids[0] if self.grids else None
+
+    @property
+    def tier(self) -> int:
+        """The HD tier used (alias of ``hd``)."""
+        return self.hd
+
+
+def _resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        raise DeviceError(
+            "no CUDA GPU found; pass device='cpu' (--device cpu) to run on the CPU "
+            "in float32 (very slow: minutes per page for the 7B model)"
+        )
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise UsageError(f"unknown device {device!r} ({e})") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise DeviceError(f"device {device!r} requested but CUDA is not available")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise DeviceError(
+                f"device {device!r} requested but only {torch.cuda.device_count()} GPU(s) exist"
+            )
+    elif dev.type != "cpu":
+        raise DeviceError(f"device {device!r} is not supported (use 'cuda', 'cuda:N' or 'cpu')")
+    return dev
+
+
+def _resolve_precision(
+    dev: torch.device, quant: str, dtype: str | torch.dtype | None
+) -> tuple[str, torch.dtype]:
+    """(quant label, compute dtype) for a device and the user's choices."""
+    if quant not in QUANT_CHOICES:
+        raise UsageError(
+            f"unknown quantization {quant!r}; choose one of {', '.join(QUANT_CHOICES)}"
+        )
+    if isinstance(dtype, str):
+        if dtype.lower() not in _DTYPES:
+            raise UsageError(f"unknown dtype {dtype!r}; use bfloat16, float16 or float32")
+        dtype = _DTYPES[dtype.lower()]
+    if quant == "auto":
+        # TODO(lead): pick 4bit when bf16 does not fit (ixcdoc.vram); for now bf16 on CUDA.
+        cuda_bf16 = dev.type == "cuda" and dtype in (None, torch.bfloat16)
+        quant = "bf16" if cuda_bf16 else "none"
+    if dtype is None:
+        dtype = torch.bfloat16 if (dev.type == "cuda" or quant == "bf16") else torch.float32
+    if quant == "bf16" and dtype != torch.bfloat16:
+        raise UsageError(f"quant='bf16' conflicts with dtype={dtype}")
+    if quant == "none" and dtype == torch.bfloat16:
+        quant = "bf16"
+    return quant, dtype
+
+
+def _resolve_path(
+    model: str | Path | None, revision: str | None, progress: Any
+) -> tuple[Path, str]:
+    """Local checkpoint folder and a display id for ``model`` (a folder or a hub id)."""
+    try:
+        from ixcdoc import hub
+    except ImportError:  # hub support not installed in this build: paths only
+        if model is None:
+            raise WeightsError("no model given; pass a checkpoint folder") from None
+        return Path(model).expanduser(), str(model)
+    path = hub.resolve_model(model, revision=revision, progress=progress)
+    return Path(path), str(model if model is not None else path)
+
+
+class DocModel:
+    """A loaded IXC2-4KHD: model, tokenizer and the settings it was loaded with."""
+
+    def __init__(
+        self,
+        model: XComposer2,
+        tokenizer: Tokenizer,
+        *,
+        device: torch.device,
+        dtype: torch.dtype,
+        quant: str,
+        path: Path | None = None,
+        model_id: str | None = None,
+        revision: str | None = None,
+    ) -> None:
+        """Wrap an already loaded model; use ``ixcdoc.load`` to build one."""
+        self.model = model
+        self.tokenizer = tokenizer
+        self.config: ModelConfig = model.config
+        self.device = device
+        self.dtype = dtype
+        self.quant = quant
+        self.path = path
+        self.model_id = model_id
+        self.revision = revision
+
+    @property
+    def tile(self) -> int:
+        """Side of one HD crop in pixels (336 for the real model)."""
+        return self.config.tile
+
+    def __repr__(self) -> str:
+        return (
+            f"DocModel({self.model_id!r}, device={self.device}, dtype={self.dtype}, "
+            f"quant={self.quant!r}, tile={self.tile})"
+        )
+
+    # -- vision --------------------------------------------------------------------------------
+
+    def pixels(self, image: Image.Image, hd: int) -> torch.Tensor:
+        """Upstream HD_transform + CLIP normalize: PIL image -> [1, 3, H, W] float32 (CPU)."""
+        from ixcdoc.preprocess import to_pixels
+
+        return to_pixels(image, check_hd(hd), self.tile)
+
+    @torch.inference_mode()
+    def encode_image(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Normalized HD tensor [1, 3, H, W] -> image embeddings [N, hidden] (separators in)."""
+        return self.model.encode_image(pixel_values.to(self.device))
+
+    # -- prompt ----------------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def prepare(
+        self,
+        images: Sequence[Image.Image],
+        query: str,
+        *,
+        hd: int = DEFAULT_HD,
+        meta_instruction: str = DEFAULT_META_INSTRUCTION,
+    ) -> Prepared:
+        """Build the chat prompt, encode every image and splice: embeddings + im_mask."""
+        check_hd(hd)
+        t0 = time.perf_counter()
+        prompt = build_chat_prompt(query, meta_instruction=meta_instruction, n_images=len(images))
+        parts = split_prompt(prompt, self.tokenizer, len(images))
+        tensors: list[torch.Tensor] = []
+        grids: list[tuple[int, int]] = []
+        n_img = 0
+        for part in parts:
+            if isinstance(part, TextPart):
+                tensors.append(torch.tensor(part.ids, dtype=torch.long))
+            elif isinstance(part, ImagePart):
+                img = images[part.index]
+                w, h = img.size  # PIL (W, H) -> our (H, W)
+                g = hd_geometry(h, w, hd, self.tile)
+                emb = self.encode_image(self.pixels(img, hd))  # [N, D]
+                grids.append((g.rows, g.cols))
+                n_img += emb.shape[0]
+                tensors.append(emb)
+        embeds, im_mask = self.model.splice(tensors)
+        total = sum(t.shape[0] for t in tensors)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return Prepared(
+            inputs_embeds=embeds,
+            im_mask=im_mask,
+            grids=grids,
+            n_image_tokens=n_img,
+            prompt_tokens=embeds.shape[1],
+            truncated=total > embeds.shape[1],
+            vision_ms=(time.perf_counter() - t0) * 1000,
+        )
+
+    @torch.inference_mode()
+    def prompt_logits(
+        self,
+        images: Sequence[Image.Image],
+        query: str,
+        hd: int = DEFAULT_HD,
+        meta_instruction: str = DEFAULT_META_INSTRUCTION,
+    ) -> torch.Tensor:
+        """fp32 logits of every prompt position: [seq_len, vocab] (seq_len x vocab x 4 bytes)."""
+        p = self.prepare(images, query, hd=hd, meta_instruction=meta_instruction)
+        return self.model(p.inputs_embeds, p.im_mask)[0]
+
+    # -- generation ------------------------------------------------------------------------------
+
+    def chat(
+        self,
+        images: Sequence[Image.Image],
+        query: str,
+        *,
+        hd: int = DEFAULT_HD,
+        meta_instruction: str = DEFAULT_META_INSTRUCTION,
+        max_new_tokens: int = _S.max_new_tokens,
+        do_sample: bool = _S.do_sample,
+        temperature: float = _S.temperature,
+        top_p: float = _S.top_p,
+        top_k: int = _S.top_k,
+        repetition_penalty: float = _S.repetition_penalty,
+        on_token: OnToken | None = None,
+        should_stop: ShouldStop | None = None,
+        seed: int | None = None,
+    ) -> Answer:
+        """Answer ``query`` about ``images`` (one ``<ImageHere>`` per image; prepended if absent).
+
+        Greedy by default. ``on_token(id)`` streams every generated token; returning False
+        stops. Stops at EOS or ``[UNUSED_TOKEN_145]`` (neither is part of the answer).
+        """
+        try:
+            cfg = SamplingConfig(
+                max_new_tokens=max_new_tokens,
+                do_sample=do_sample,
+                temperature=temperature,
+                top_p=top_p,
+                top_k=top_k,
+                repetition_penalty=repetition_penalty,
+            )
+        except ValueError as e:
+            raise UsageError(str(e)) from None
+        gen = None
+        if seed is not None:
+            gen = torch.Generator(device=self.device).manual_seed(seed)
+        try:
+            p = self.prepare(images, query, hd=hd, meta_instruction=meta_instruction)
+            res: GenerationResult = generate(
+                self.model,
+                p.inputs_embeds,
+                p.im_mask,
+                stop_ids=self.tokenizer.stop_ids,
+                config=cfg,
+                on_token=on_token,
+                should_stop=should_stop,
+                generator=gen,
+            )
+        except torch.cuda.OutOfMemoryError:
+            raise DeviceError(
+                f"out of GPU memory at HD{hd}; try a lower tier or quant='4bit'",
+                code="oom",
+            ) from None
+        timings: dict[str, Any] = {
+            "vision_ms": p.vision_ms,
+            "prefill_ms": res.prefill_ms,
+            "decode_ms": res.decode_ms,
+            "n_tokens": res.n_tokens,
+            "decode_tokens_per_s": res.decode_tokens_per_s,
+        }
+        return Answer(
+            text=self.tokenizer.decode(res.token_ids, skip_special=True),
+            token_ids=res.token_ids,
+            stop_reason=res.stop_reason,
+            hd=hd,
+            grids=p.grids,
+            n_image_tokens=p.n_image_tokens,
+            prompt_tokens=p.prompt_tokens,
+            truncated=p.truncated,
+            timings=timings,
+            stop_detail=res.detail,
+        )
+
+
+def load(
+    model: str | Path | None = None,
+    device: str = "auto",
+    quant: str = "auto",
+    dtype: str | torch.dtype | None = None,
+    *,
+    revision: str | None = None,
+    progress: Any = None,
+) -> DocModel:
+    """Load a checkpoint (folder or hub id; None = $IXCDOC_MODEL or the official 4KHD id).
+
+    device: 'auto' (CUDA, else DeviceError), 'cuda', 'cuda:N' or 'cpu' (float32, slow).
+    quant: 'auto' (bf16 on CUDA, none on CPU), 'none', 'bf16' or '4bit' (bitsandbytes NF4).
+    dtype: compute dtype override ('bfloat16', 'float16', 'float32').
+    revision / progress: passed to ``ixcdoc.hub.resolve_model`` for hub ids.
+    """
+    from ixcdoc.model.weights import load_model
+    from ixcdoc.tokenizer import Tokenizer
+
+    dev = _resolve_device(device)
+    quant, torch_dtype = _resolve_precision(dev, quant, dtype)
+    path, model_id = _resolve_path(model, revision, progress)
+    tokenizer = Tokenizer.from_dir(path)
+    try:
+        net = load_model(
+            path, dtype=torch_dtype, device=dev, quant="4bit" if quant == "4bit" else None
+        )
+    except torch.cuda.OutOfMemoryError:
+        raise DeviceError(
+            f"out of GPU memory while loading {model_id} in {quant}; try quant='4bit'",
+            code="oom",
+        ) from None
+    if tokenizer.vocab_size > net.config.vocab_size:
+        raise WeightsError(
+            f"{path}: tokenizer has {tokenizer.vocab_size} ids but the model only "
+            f"{net.config.vocab_size}"
+        )
+    revision = None
+    try:
+        from ixcdoc.hub import model_revision
+
+        revision = model_revision(path)
+    except ImportError:
+        pass
+    return DocModel(
+        net,
+        tokenizer,
+        device=dev,
+        dtype=torch_dtype,
+        quant=quant,
+        path=path,
+        model_id=model_id,
+        revision=revision,
+    )
