@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 from collections.abc import Callable
 from enum import Enum
@@ -21,13 +22,21 @@ import typer
 from rich.console import Console
 
 from ixcdoc import __version__
-from ixcdoc.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, IxcdocError
+from ixcdoc.errors import (
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_PARTIAL,
+    EXIT_USAGE,
+    IxcdocError,
+    UsageError,
+)
 from ixcdoc.tasks import parse_hd
 
 try:  # Typer >= 0.22 vendors Click under typer._click; older Typer uses Click itself.
-    from typer._click.exceptions import NoArgsIsHelpError, UsageError
+    from typer._click.exceptions import NoArgsIsHelpError
+    from typer._click.exceptions import UsageError as ClickUsageError
 except ImportError:  # pragma: no cover
-    from click.exceptions import UsageError
+    from click.exceptions import UsageError as ClickUsageError
 
     NoArgsIsHelpError = None  # type: ignore[assignment,misc]
 
@@ -350,12 +359,276 @@ def tiers(
 
 # ---- model commands ------------------------------------------------------------------------
 
+RedoOpt = Annotated[
+    bool, typer.Option("--redo-failed", help="With -o: retry pages recorded as failed.")
+]
+TopKOpt = Annotated[
+    int, typer.Option("--top-k", min=1, help="PDFs with text: read the N best-matching pages.")
+]
+AllPagesOpt = Annotated[
+    bool, typer.Option("--all-pages", help="Answer every selected page in turn.")
+]
 
-def _not_yet(command: str) -> None:
-    raise IxcdocError(
-        f"`ixcdoc {command}` needs the model runtime, which is not in this build yet; "
-        "`ixcdoc plan` works today"
+
+def _load_model(model: str | None, device: str, quant: Quant, quiet: bool) -> Any:
+    """Load once per process, with a spinner on a terminal."""
+    from ixcdoc.runtime import load
+
+    label = model or os.environ.get("IXCDOC_MODEL") or "internlm/internlm-xcomposer2-4khd-7b"
+    if quiet or not err.is_terminal:
+        return load(model, device=device, quant=quant.value)
+    with err.status(f"loading {label} ({quant.value}, {device})"):
+        return load(model, device=device, quant=quant.value)
+
+
+class _Display:
+    """What a run shows: streamed text or records on stdout, progress and notes on stderr."""
+
+    def __init__(
+        self, *, json_out: bool, quiet: bool, markers: bool, stream: bool, text_out: bool = True
+    ) -> None:
+        self.json_out = json_out or not text_out  # records only: no text on stdout
+        self.quiet = quiet
+        self.markers = markers
+        self.tty = sys.stdout.isatty()
+        self.stream = stream and not json_out
+        self.progress: Any = None
+        self.task_id: Any = None
+        self.live: Any = None
+        self.text = ""
+        self.out = Console(highlight=False, soft_wrap=True)
+
+    # progress bar (stderr, terminal only)
+    def start_progress(self, total: int) -> None:
+        if self.quiet or not err.is_terminal or total <= 1:
+            return
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        self.progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[rate]}"),
+            TimeElapsedColumn(),
+            TextColumn("eta"),
+            TimeRemainingColumn(),
+            console=err,
+            transient=False,
+        )
+        self.progress.start()
+        self.task_id = self.progress.add_task("pages", total=total, rate="")
+
+    def advance(self) -> None:
+        if self.progress is not None:
+            t = self.progress.tasks[0]
+            self.progress.advance(self.task_id)
+            speed = t.finished_speed or t.speed
+            self.progress.update(self.task_id, rate=f"{speed:.2f} pages/s" if speed else "")
+
+    def stop(self) -> None:
+        if self.live is not None:
+            self.live.stop()
+            self.live = None
+        if self.progress is not None:
+            self.progress.stop()
+            self.progress = None
+
+    def note(self, message: str) -> None:
+        if not self.quiet:
+            err.print(message, markup=False)
+
+    # per page
+    def on_start(self, prep: Any, tier: int) -> None:
+        if self.progress is not None:
+            self.progress.update(self.task_id, description=f"{prep.source} p{prep.page} HD{tier}")
+        self.text = ""
+        if self.stream and self.tty and self.progress is None:
+            from rich.live import Live
+            from rich.markdown import Markdown
+
+            self.live = Live(Markdown(""), console=self.out, refresh_per_second=8)
+            self.live.start()
+
+    def on_text(self, delta: str) -> None:
+        self.text += delta
+        if self.live is not None:
+            from rich.markdown import Markdown
+
+            self.live.update(Markdown(self.text))
+
+    def on_record(self, prep: Any, rec: Any) -> None:
+        if self.live is not None:
+            self.live.stop()
+            self.live = None
+            streamed = True
+        else:
+            streamed = False
+        if rec.status == "error":
+            line = f"[bold red]error:[/] {rec.error.message}"
+            (self.progress.console if self.progress else err).print(line, markup=True)
+        elif self.json_out:
+            pass
+        else:
+            where = f"{rec.source} page {rec.page}/{rec.page_count}"
+            if self.markers:
+                header = f"==> {where} <=="
+                if self.tty:
+                    self.out.rule(where, style="dim")
+                else:
+                    sys.stdout.write(header + "\n")
+            if self.tty and not streamed:
+                from rich.markdown import Markdown
+
+                self.out.print(Markdown(rec.text))
+            elif not self.tty:
+                sys.stdout.write(rec.text + "\n")
+                sys.stdout.flush()
+            notes = []
+            if "blank" in rec.flags:
+                notes.append("blank page: not sent to the model")
+            if "repetition" in rec.flags:
+                notes.append("stopped a repetition loop; output trimmed")
+            if "tier_fallback" in rec.flags:
+                notes.append(f"out of GPU memory; retried at HD{rec.tier}")
+            if not self.quiet:
+                tier = f", HD{rec.tier} {rec.grid[0]}x{rec.grid[1]}" if rec.grid else ""
+                t = rec.timings
+                speed = ""
+                if t.decode_ms and t.tokens:
+                    speed = f", {t.tokens} tokens, {1000 * t.tokens / t.decode_ms:.1f} tok/s"
+                msg = f"({where}{tier}{speed}{'; ' + '; '.join(notes) if notes else ''})"
+                (self.progress.console if self.progress else err).print(
+                    msg, style="dim", markup=False
+                )
+        self.advance()
+
+
+def _run_task(
+    paths: list[str],
+    spec: Any,
+    *,
+    model: str | None,
+    device: str,
+    quant: Quant,
+    pages: str | None,
+    password: str | None,
+    max_pixels: int | None,
+    output: Path | None,
+    json_out: bool,
+    quiet: bool,
+    redo_failed: bool = False,
+    stdin_data: bytes | None = None,
+    stream: bool = True,
+    markers: bool | None = None,
+) -> None:
+    """Load the model once and run ``spec`` on every page; exit 0, 3 or 130."""
+    import io
+
+    from ixcdoc.pipeline import Runner, count_pages, run_batch
+    from ixcdoc.records import JsonlWriter, load_existing
+
+    if "-" in paths and stdin_data is None:
+        stdin_data = sys.stdin.buffer.read()  # read once: counted, then run
+    state = None
+    if output is not None:
+        state = load_existing(output)
+        if state.repaired_bytes and not quiet:
+            err.print(
+                f"repaired {output}: cut a torn last line ({state.repaired_bytes} bytes) "
+                "left by an interrupted run",
+                markup=False,
+            )
+    dm = _load_model(model, device, quant, quiet)
+    runner = Runner(
+        dm,
+        model_name=str(dm.model_id),
+        revision=dm.revision,
+        gpu=dm.gpu_budget(),
     )
+
+    def stdin() -> Any:
+        return None if stdin_data is None else io.BytesIO(stdin_data)
+
+    total = count_pages(paths, pages=pages, password=password, max_pixels=max_pixels, stdin=stdin())
+    if markers is None:
+        markers = total != 1
+    display = _Display(
+        json_out=json_out,
+        quiet=quiet,
+        markers=markers,
+        stream=stream,
+        text_out=output is None,  # with -o the records are the output; stdout stays empty
+    )
+    writers = []
+    if output is not None:
+        writers.append(JsonlWriter(output))
+    if json_out:
+        writers.append(JsonlWriter("-"))
+
+    def sink(rec: Any) -> None:
+        for w in writers:
+            w.write(rec)
+
+    display.start_progress(total)
+    stats = None
+    try:
+        stats = run_batch(
+            runner,
+            spec,
+            paths,
+            pages=pages,
+            password=password,
+            max_pixels=max_pixels,
+            stdin=stdin(),
+            state=state,
+            redo_failed=redo_failed,
+            sink=sink,
+            on_start=display.on_start,
+            on_text=display.on_text if display.stream and display.tty else None,
+            on_record=display.on_record,
+            on_skip=lambda prep: display.advance(),
+        )
+    except KeyboardInterrupt:
+        display.stop()
+        for w in writers:
+            w.close()
+        hint = " (every finished page is saved; run the same command again to resume)"
+        err.print(f"interrupted{hint if output is not None else ''}", markup=False)
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+    finally:
+        display.stop()
+        for w in writers:
+            w.close()
+    if not quiet and (total > 1 or stats.skipped or stats.skipped_failed):
+        parts = [f"{stats.ok} ok"]
+        if stats.failed:
+            parts.append(f"{stats.failed} failed")
+        if stats.blank:
+            parts.append(f"{stats.blank} blank")
+        if stats.skipped:
+            parts.append(f"{stats.skipped} already done")
+        if stats.skipped_failed:
+            parts.append(f"{stats.skipped_failed} failed earlier (retry with --redo-failed)")
+        err.print(", ".join(parts) + (f"; records in {output}" if output else ""), markup=False)
+    if stats.any_failed:
+        raise typer.Exit(EXIT_PARTIAL)
+
+
+def _question_from_stdin(doc: str, question: str | None) -> str:
+    if question is not None and question.strip():
+        return question.strip()
+    if doc != "-" and not sys.stdin.isatty():
+        text = sys.stdin.read().strip()
+        if text:
+            return text
+    raise UsageError("no question given: pass it after DOC, or pipe it on stdin")
 
 
 @app.command()
@@ -371,17 +644,57 @@ def ask(
     device: DeviceOpt = "auto",
     max_new_tokens: MaxNewOpt = None,
     pages: PagesOpt = None,
+    all_pages: AllPagesOpt = False,
+    top_k: TopKOpt = 1,
     password: PasswordOpt = None,
+    max_pixels: MaxPixelsOpt = None,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
     """Answer a question about a document, citing the page.
 
+    Multi-page PDFs with a text layer: the page(s) that best match the question (BM25) are
+    read. Scans and pages without text: every selected page is answered in turn.
+
     \b
     ixcdoc ask paper.pdf "What dataset is used in Table 3?"
     maim -s | ixcdoc ask - "what does the error say?"
+    echo "what is the total?" | ixcdoc ask invoice.pdf
     """
-    _not_yet("ask")
+    import io
+
+    from ixcdoc.pipeline import RunSpec, ask_pages
+    from ixcdoc.tasks import ASK
+
+    q = _question_from_stdin(doc, question)
+    spec = RunSpec(task=ASK, prompt=q, question=q, hd=parse_hd(hd), max_new_tokens=max_new_tokens)
+    data = sys.stdin.buffer.read() if doc == "-" else None
+    if not all_pages:
+        chosen = ask_pages(
+            doc,
+            q,
+            stdin=None if data is None else io.BytesIO(data),
+            pages=pages,
+            top_k=top_k,
+            password=password,
+            max_pixels=max_pixels,
+        )
+        if chosen:
+            pages = ",".join(map(str, chosen))
+    _run_task(
+        [doc],
+        spec,
+        model=model,
+        device=device,
+        quant=quant,
+        pages=pages,
+        password=password,
+        max_pixels=max_pixels,
+        output=None,
+        json_out=json_out,
+        quiet=quiet,
+        stdin_data=data,
+    )
 
 
 @app.command()
@@ -397,24 +710,55 @@ def extract(
     max_new_tokens: MaxNewOpt = None,
     pages: PagesOpt = None,
     password: PasswordOpt = None,
+    max_pixels: MaxPixelsOpt = None,
     prompt: PromptOpt = None,
+    redo_failed: RedoOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
     """Transcribe every page of files and folders.
 
+    Text goes to stdout (pages marked "==> FILE page N/M <=="); --json prints one record
+    per page; -o FILE.jsonl appends records and resumes where an earlier run stopped.
+
     \b
     ixcdoc extract scans/ -o scans.jsonl
     ixcdoc extract invoice.pdf --json | jq -r .text
+    ixcdoc extract tiny-print.pdf --hd 55
     """
-    _not_yet("extract")
+    from ixcdoc.pipeline import RunSpec
+    from ixcdoc.tasks import EXTRACT
+
+    if redo_failed and output is None:
+        raise UsageError("--redo-failed needs -o/--output (the file that records failures)")
+    spec = RunSpec(
+        task=EXTRACT,
+        prompt=prompt or EXTRACT.prompt,
+        hd=parse_hd(hd),
+        max_new_tokens=max_new_tokens,
+    )
+    _run_task(
+        paths,
+        spec,
+        model=model,
+        device=device,
+        quant=quant,
+        pages=pages,
+        password=password,
+        max_pixels=max_pixels,
+        output=output,
+        json_out=json_out,
+        quiet=quiet,
+        redo_failed=redo_failed,
+        stream=output is None,
+    )
 
 
 @app.command()
 @handles_errors
 def chart(
-    image: Annotated[str, typer.Argument(help="Chart image or PDF page, or - for stdin.")],
+    image: Annotated[str, typer.Argument(help="Chart image or PDF, or - for stdin.")],
     table: Annotated[
-        bool, typer.Option("--table", help="Give the chart's data as a table.")
+        bool, typer.Option("--table", help="Give the chart's data as a Markdown table.")
     ] = False,
     hd: HdOpt = "auto",
     quant: QuantOpt = Quant.auto,
@@ -422,6 +766,7 @@ def chart(
     device: DeviceOpt = "auto",
     max_new_tokens: MaxNewOpt = None,
     pages: PagesOpt = None,
+    password: PasswordOpt = None,
     json_out: JsonOpt = False,
     prompt: PromptOpt = None,
     quiet: QuietOpt = False,
@@ -432,14 +777,36 @@ def chart(
     ixcdoc chart revenue.png
     ixcdoc chart revenue.png --table
     """
-    _not_yet("chart")
+    from ixcdoc.pipeline import RunSpec
+    from ixcdoc.tasks import CHART, CHART_TABLE
+
+    preset = CHART_TABLE if table else CHART
+    spec = RunSpec(
+        task=preset,
+        prompt=prompt or preset.prompt,
+        hd=parse_hd(hd),
+        max_new_tokens=max_new_tokens,
+    )
+    _run_task(
+        [image],
+        spec,
+        model=model,
+        device=device,
+        quant=quant,
+        pages=pages,
+        password=password,
+        max_pixels=None,
+        output=None,
+        json_out=json_out,
+        quiet=quiet,
+    )
 
 
 def main() -> None:
     """Console entry point: one red line for usage errors, exit codes as documented."""
     try:
         code = app(standalone_mode=False)
-    except UsageError as e:
+    except ClickUsageError as e:
         if NoArgsIsHelpError is not None and isinstance(e, NoArgsIsHelpError):
             typer.echo(e.ctx.get_help() if e.ctx else "", err=True)
             sys.exit(EXIT_USAGE)

@@ -153,3 +153,476 @@ def tier_rows(
             }
         )
     return rows
+
+
+# ---- running tasks with a loaded model ---------------------------------------------------
+
+
+@dataclass
+class Prepared:
+    """A page made ready on the producer thread: rendered, or the reason it could not be."""
+
+    source: str
+    sha256: str | None
+    page: int | None
+    page_count: int | None
+    rendered: Any = None  # ixcdoc.inputs.RenderedPage
+    blank: bool = False
+    error: IxcdocError | None = None
+    skipped: bool = False  # already in the output file (resume)
+
+
+def background(items: Iterator[Any], depth: int = 2) -> Iterator[Any]:
+    """Run an iterator on a worker thread, ``depth`` items ahead of the consumer.
+
+    Rendering and preprocessing of the next pages overlap with the model on the current one.
+    All PyMuPDF work happens on that one thread (PyMuPDF objects are not shared across
+    threads). Closing the returned generator stops the worker at its next item.
+    """
+    import queue
+    import threading
+
+    q: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=max(1, depth))
+    stop = threading.Event()
+
+    def put(kind: str, value: Any) -> bool:
+        while not stop.is_set():
+            try:
+                q.put((kind, value), timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def work() -> None:
+        try:
+            for item in items:
+                if not put("item", item):
+                    break
+        except BaseException as e:  # handed to the consumer, raised there
+            put("error", e)
+        finally:
+            if hasattr(items, "close"):
+                items.close()
+            put("end", None)
+
+    t = threading.Thread(target=work, name="ixcdoc-prefetch", daemon=True)
+    t.start()
+    try:
+        while True:
+            kind, value = q.get()
+            if kind == "end":
+                return
+            if kind == "error":
+                raise value
+            yield value
+    finally:
+        stop.set()
+
+
+def prepare_pages(
+    paths: Sequence[str],
+    *,
+    pages: str | None = None,
+    password: str | None = None,
+    max_pixels: int | None = None,
+    stdin: BinaryIO | None = None,
+    choose: Callable[[Any, list[int]], list[int]] | None = None,
+    skip: Callable[[str, int], bool] | None = None,
+) -> Iterator[Prepared]:
+    """Open, select, render and blank-check pages in order (run it under ``background``).
+
+    ``choose(doc, numbers)`` narrows the pages of a document (``ask`` ranks them);
+    ``skip(sha256, page)`` says a page is already done, so it is not even rendered.
+    """
+    from ixcdoc.guards import is_blank
+    from ixcdoc.inputs import DEFAULT_MAX_PIXELS, open_sources, select_pages
+
+    limit = DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels
+    for item in open_sources(list(paths), stdin=stdin, password=password, max_pixels=limit):
+        if isinstance(item, IxcdocError):
+            yield Prepared(
+                getattr(item, "source", "?"), None, getattr(item, "page", None), None, error=item
+            )
+            continue
+        doc = item
+        try:
+            numbers = select_pages(pages, doc.page_count, source=doc.source)
+            if choose is not None:
+                numbers = choose(doc, numbers)
+        except InputError as e:
+            doc.close()
+            yield Prepared(doc.source, doc.sha256, e.page, doc.page_count, error=e)
+            continue
+        try:
+            for n in numbers:
+                base = (doc.source, doc.sha256, n, doc.page_count)
+                if skip is not None and skip(doc.sha256, n):
+                    yield Prepared(*base, skipped=True)
+                    continue
+                try:
+                    r = doc.render(n)
+                except InputError as e:
+                    yield Prepared(*base, error=e)
+                    continue
+                yield Prepared(*base, rendered=r, blank=is_blank(r.image))
+        finally:
+            doc.close()
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """What to do with every page: the task, the exact prompt, tier and length settings."""
+
+    task: Any  # ixcdoc.tasks.TaskPreset
+    prompt: str  # the instruction sent with the page (the question for ask)
+    question: str | None = None
+    hd: int | None = None  # None: automatic
+    max_new_tokens: int | None = None
+
+    @property
+    def hd_setting(self) -> str:
+        return "auto" if self.hd is None else str(self.hd)
+
+
+def _is_oom(e: BaseException) -> bool:
+    """A CUDA out-of-memory error, raw from torch or as the runtime reports it (code oom)."""
+    if isinstance(e, IxcdocError):
+        return e.code == "oom"
+    import torch
+
+    oom = getattr(torch, "OutOfMemoryError", None) or torch.cuda.OutOfMemoryError
+    return isinstance(e, oom)
+
+
+def lower_tier(h: int, w: int, hd: int, tile: int) -> int | None:
+    """The next tier below ``hd`` that really uses fewer crops, or None below HD1."""
+    from ixcdoc.tiling import hd_geometry
+
+    crops = hd_geometry(h, w, hd, tile).crops
+    for lower in range(hd - 1, 0, -1):
+        if hd_geometry(h, w, lower, tile).crops < crops:
+            return lower
+    return None
+
+
+class Runner:
+    """A loaded model plus what every record needs to say about it; runs one page at a time."""
+
+    def __init__(
+        self,
+        model: Any,
+        *,
+        model_name: str,
+        revision: str | None = None,
+        gpu: GpuInfo | None = None,
+    ) -> None:
+        self.model = model
+        self.model_name = model_name
+        self.revision = revision
+        self.gpu = gpu
+
+    @property
+    def precision(self) -> str:
+        return str(self.model.precision)
+
+    @property
+    def device(self) -> str:
+        return str(self.model.device)
+
+    def key(self, spec: RunSpec, sha256: str | None, source: str, page: int | None) -> Any:
+        from ixcdoc.records import make_key
+
+        return make_key(
+            content_sha256=sha256,
+            source=source,
+            page=page,
+            task=spec.task.name,
+            prompt=spec.prompt,
+            hd_setting=spec.hd_setting,
+            model=self.model_name,
+            model_revision=self.revision,
+        )
+
+    def _record(self, spec: RunSpec, prep: Prepared, **fields: Any) -> Any:
+        from ixcdoc.records import PageRecord
+
+        info = prep.rendered.info if prep.rendered is not None else None
+        base: dict[str, Any] = {
+            "source": prep.source,
+            "content_sha256": prep.sha256,
+            "page": prep.page,
+            "page_count": prep.page_count,
+            "task": spec.task.name,
+            "question": spec.question,
+            "prompt": spec.prompt,
+            "hd_setting": spec.hd_setting,
+            "native_size": None if info is None else (info.native_h, info.native_w),
+            "render_dpi": None if info is None else info.dpi,
+            "model": self.model_name,
+            "model_revision": self.revision,
+            "precision": self.precision,
+            "device": self.device,
+        }
+        base.update(fields)
+        return PageRecord(**base)
+
+    def run_page(
+        self,
+        prep: Prepared,
+        spec: RunSpec,
+        *,
+        on_start: Callable[[Prepared, int], None] | None = None,
+        on_text: Callable[[str], None] | None = None,
+    ) -> Any:
+        """Run the task on one prepared page and return its record (never raises for a page)."""
+        from ixcdoc.guards import RepetitionGuard
+        from ixcdoc.records import ErrorInfo, Timings
+
+        if prep.error is not None:
+            return self._record(
+                spec, prep, status="error", error=ErrorInfo.from_exception(prep.error)
+            )
+        r = prep.rendered
+        render_ms = round(r.render_ms, 3)
+        if prep.blank:
+            return self._record(
+                spec,
+                prep,
+                status="ok",
+                text="",
+                flags=("blank",),
+                timings=Timings(render_ms=render_ms),
+            )
+        cfg = self.model.config
+        choice = choose_tier(
+            r.info.native_h,
+            r.info.native_w,
+            spec.task,
+            hd=spec.hd,
+            cfg=cfg,
+            gpu=self.gpu,
+            quant=self.precision,
+            max_new_tokens=spec.max_new_tokens,
+        )
+        tier = choice.hd
+        flags: list[str] = []
+        max_new = spec.max_new_tokens or spec.task.max_new_tokens
+        while True:
+            guard = RepetitionGuard()
+            stream = self.model.tokenizer.stream() if on_text is not None else None
+
+            def on_token(tid: int, guard: RepetitionGuard = guard, stream: Any = stream) -> bool:
+                keep = guard(tid)
+                if stream is not None and on_text is not None:
+                    delta = stream.push(tid)
+                    if delta:
+                        on_text(delta)
+                return keep
+
+            if on_start is not None:
+                on_start(prep, tier)
+            try:
+                ans = self.model.chat(
+                    [r.image], spec.prompt, hd=tier, max_new_tokens=max_new, on_token=on_token
+                )
+                if stream is not None and on_text is not None:
+                    tail = stream.flush()  # a character split across the last tokens
+                    if tail:
+                        on_text(tail)
+                break
+            except Exception as e:
+                if not _is_oom(e):
+                    raise
+                self.model.release_memory()
+                lower = lower_tier(r.info.native_h, r.info.native_w, tier, cfg.tile)
+                if lower is None:
+                    return self._record(
+                        spec,
+                        prep,
+                        status="error",
+                        tier=tier,
+                        flags=tuple(flags),
+                        error=ErrorInfo(
+                            "oom",
+                            f"{prep.source} page {prep.page}: out of GPU "
+                            f"memory even at HD{tier}; try --quant 4bit",
+                        ),
+                        timings=Timings(render_ms=render_ms),
+                    )
+                tier = lower
+                if "tier_fallback" not in flags:
+                    flags.append("tier_fallback")
+        text = ans.text
+        if guard.triggered:
+            flags.append("repetition")
+            text = self.model.tokenizer.decode(guard.trimmed())
+        t = ans.timings
+        return self._record(
+            spec,
+            prep,
+            status="ok",
+            text=text.strip(),
+            flags=tuple(flags),
+            tier=ans.hd,
+            grid=ans.grid,
+            image_tokens=ans.n_image_tokens,
+            timings=Timings(
+                render_ms=render_ms,
+                preprocess_ms=t.get("vision_ms"),
+                prefill_ms=t.get("prefill_ms"),
+                decode_ms=t.get("decode_ms"),
+                tokens=len(ans.token_ids),
+            ),
+        )
+
+
+@dataclass
+class BatchStats:
+    """What a batch did, for the summary line and the exit code."""
+
+    ok: int = 0
+    failed: int = 0  # pages (or files) that failed in this run
+    skipped: int = 0  # already done in the output file
+    skipped_failed: int = 0  # failed in an earlier run and not retried (no --redo-failed)
+    blank: int = 0
+    flagged: int = 0  # repetition or tier_fallback
+
+    @property
+    def any_failed(self) -> bool:
+        return bool(self.failed or self.skipped_failed)
+
+
+def count_pages(
+    paths: Sequence[str],
+    *,
+    pages: str | None = None,
+    password: str | None = None,
+    max_pixels: int | None = None,
+    stdin: BinaryIO | None = None,
+) -> int:
+    """How many pages a batch will visit (for the progress bar); bad inputs count as one."""
+    n = 0
+    for job in iter_page_jobs(
+        paths, pages=pages, password=password, max_pixels=max_pixels, stdin=stdin
+    ):
+        n += 1
+        del job
+    return n
+
+
+def run_batch(
+    runner: Runner,
+    spec: RunSpec,
+    paths: Sequence[str],
+    *,
+    pages: str | None = None,
+    password: str | None = None,
+    max_pixels: int | None = None,
+    stdin: BinaryIO | None = None,
+    state: Any = None,  # ixcdoc.records.ResumeState: skip what is done, account what is new
+    redo_failed: bool = False,
+    sink: Callable[[Any], None] | None = None,
+    on_start: Callable[[Prepared, int], None] | None = None,
+    on_text: Callable[[str], None] | None = None,
+    on_record: Callable[[Prepared, Any], None] | None = None,
+    on_skip: Callable[[Prepared], None] | None = None,
+) -> BatchStats:
+    """Run the task on every page, one record each, rendering ahead on a worker thread.
+
+    ``sink(record)`` stores a record (file and/or stdout); it runs before ``state.add`` so a
+    crash can never mark a page done that was not written. KeyboardInterrupt propagates after
+    the worker is stopped; every record written so far is complete.
+    """
+    stats = BatchStats()
+
+    def done_before(sha: str, page: int) -> bool:
+        if state is None:
+            return False
+        return bool(state.should_skip(runner.key(spec, sha, "", page), redo_failed=redo_failed))
+
+    produced = background(
+        prepare_pages(
+            paths,
+            pages=pages,
+            password=password,
+            max_pixels=max_pixels,
+            stdin=stdin,
+            skip=done_before,
+        )
+    )
+    try:
+        for prep in produced:
+            if prep.skipped:
+                key = runner.key(spec, prep.sha256, prep.source, prep.page)
+                if state is not None and key in state.failed:
+                    stats.skipped_failed += 1
+                else:
+                    stats.skipped += 1
+                if on_skip:
+                    on_skip(prep)
+                continue
+            if prep.error is not None and prep.page is None and state is not None:
+                key = runner.key(spec, prep.sha256, prep.source, None)
+                if state.should_skip(key, redo_failed=redo_failed):
+                    stats.skipped_failed += 1
+                    if on_skip:
+                        on_skip(prep)
+                    continue
+            rec = runner.run_page(prep, spec, on_start=on_start, on_text=on_text)
+            if sink is not None:
+                sink(rec)
+            if state is not None:
+                state.add(rec)
+            if rec.status == "ok":
+                stats.ok += 1
+                stats.blank += "blank" in rec.flags
+                stats.flagged += bool({"repetition", "tier_fallback"} & set(rec.flags))
+            else:
+                stats.failed += 1
+            if on_record:
+                on_record(prep, rec)
+    finally:
+        produced.close()
+    return stats
+
+
+def ask_pages(
+    doc: str,
+    question: str,
+    *,
+    stdin: BinaryIO | None = None,
+    pages: str | None = None,
+    top_k: int = 1,
+    password: str | None = None,
+    max_pixels: int | None = None,
+) -> list[int] | None:
+    """Which pages ``ask`` reads: the ``top_k`` best BM25 matches of the question.
+
+    A one-page document, a document with no text layer on the selected pages, and a text
+    layer that shares no word with the question all keep every selected page (each is
+    answered in turn). None when the document does not open (the run will report why).
+    """
+    from ixcdoc.ranking import rank_pages
+
+    for job in iter_page_jobs(
+        [doc], pages=pages, password=password, max_pixels=max_pixels, stdin=stdin
+    ):
+        if isinstance(job, IxcdocError):
+            return None
+        numbers = select_numbers(job.doc, pages)
+        if len(numbers) <= 1:
+            return numbers
+        texts = [job.doc.page_text(n) for n in numbers]
+        if not any(t.strip() for t in texts):
+            return numbers
+        best = rank_pages(question, texts, top_k=top_k)
+        return [numbers[i] for i in best] if best else numbers
+    return None
+
+
+def select_numbers(doc: Any, pages: str | None) -> list[int]:
+    """The selected page numbers of an open document."""
+    from ixcdoc.inputs import select_pages
+
+    return select_pages(pages, doc.page_count, source=doc.source)

@@ -60,9 +60,15 @@ def normalize(img: Image.Image) -> torch.Tensor:
 
 def torch_from_hwc(arr: object) -> torch.Tensor:
     """uint8 [H, W, 3] array -> contiguous uint8 Tensor [3, H, W] (planar copy, no float)."""
+    import warnings
+
     import torch
 
-    return torch.from_numpy(arr).permute(2, 0, 1).contiguous()  # type: ignore[arg-type]
+    with warnings.catch_warnings():
+        # PIL's array view is read-only; the tensor is only read before the planar copy.
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        view = torch.from_numpy(arr)  # type: ignore[arg-type]
+    return view.permute(2, 0, 1).contiguous()
 
 
 def normalize_uint8(x: torch.Tensor) -> torch.Tensor:

@@ -32,7 +32,7 @@ SCHEMA_VERSION = 1
 TASKS = ("ask", "extract", "chart")
 STATUSES = ("ok", "error")
 FLAGS = ("blank", "repetition", "tier_fallback")
-PRECISIONS = ("bf16", "4bit", "fp32")
+PRECISIONS = ("bf16", "fp16", "4bit", "fp32")
 TIMING_KEYS = ("render_ms", "preprocess_ms", "prefill_ms", "decode_ms", "tokens")
 TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"  # what jq's fromdateiso8601 reads
 

@@ -96,8 +96,10 @@ def _resolve_device(device: str) -> torch.device:
         if torch.cuda.is_available():
             return torch.device("cuda")
         raise DeviceError(
-            "no CUDA GPU found; pass device='cpu' (--device cpu) to run on the CPU "
-            "in float32 (very slow: minutes per page for the 7B model)"
+            f"no CUDA GPU found (torch {torch.__version__}): ixcdoc runs the model on an "
+            "NVIDIA GPU (`ixcdoc tiers` shows the memory each tier needs); to run on the CPU "
+            "instead, in float32 with ~35 GB of RAM and minutes per page, add --device cpu "
+            "(device='cpu' from Python)"
         )
     try:
         dev = torch.device(device)
@@ -128,9 +130,8 @@ def _resolve_precision(
             raise UsageError(f"unknown dtype {dtype!r}; use bfloat16, float16 or float32")
         dtype = _DTYPES[dtype.lower()]
     if quant == "auto":
-        # TODO(lead): pick 4bit when bf16 does not fit (ixcdoc.vram); for now bf16 on CUDA.
         cuda_bf16 = dev.type == "cuda" and dtype in (None, torch.bfloat16)
-        quant = "bf16" if cuda_bf16 else "none"
+        quant = "bf16" if cuda_bf16 else "none"  # load() turns this into 4bit when it won't fit
     if dtype is None:
         dtype = torch.bfloat16 if (dev.type == "cuda" or quant == "bf16") else torch.float32
     if quant == "bf16" and dtype != torch.bfloat16:
@@ -138,6 +139,20 @@ def _resolve_precision(
     if quant == "none" and dtype == torch.bfloat16:
         quant = "bf16"
     return quant, dtype
+
+
+AUTO_QUANT_TIER_TOKENS = 3817  # HD25 on a square page: the tier ask and chart stop at
+
+
+def _bf16_fits(path: Path, dev: torch.device) -> bool:
+    """True when bf16 weights plus an HD25 page fit the GPU's free memory (ixcdoc.vram)."""
+    from ixcdoc.planning import VRAM_HEADROOM
+    from ixcdoc.vram import estimate_vram
+
+    cfg = ModelConfig.from_file(path / "config.json")
+    free, _total = torch.cuda.mem_get_info(dev)
+    est = estimate_vram(cfg, AUTO_QUANT_TIER_TOKENS, 25, quant="bf16")
+    return est.total <= free * VRAM_HEADROOM
 
 
 def _resolve_path(
@@ -194,10 +209,50 @@ class DocModel:
     # -- vision --------------------------------------------------------------------------------
 
     def pixels(self, image: Image.Image, hd: int) -> torch.Tensor:
-        """Upstream HD_transform + CLIP normalize: PIL image -> [1, 3, H, W] float32 (CPU)."""
-        from ixcdoc.preprocess import to_pixels
+        """Upstream HD_transform + CLIP normalize: PIL image -> [1, 3, H, W] float32 on device.
 
-        return to_pixels(image, check_hd(hd), self.tile)
+        Resizing runs on the CPU; the uint8 pixels travel to the device and are normalized
+        there (4x fewer bytes over PCIe, the same float32 ops, so the same values).
+        """
+        import numpy as np
+
+        from ixcdoc.preprocess import hd_transform, normalize_uint8, torch_from_hwc
+
+        hd_img = hd_transform(image, check_hd(hd), self.tile)
+        planar = torch_from_hwc(np.asarray(hd_img, dtype=np.uint8))  # [3, H, W] uint8
+        if self.device.type == "cuda":
+            planar = planar.pin_memory().to(self.device, non_blocking=True)
+        return normalize_uint8(planar)
+
+    @property
+    def precision(self) -> str:
+        """What output records call the weights' precision: bf16, fp16, fp32 or 4bit."""
+        if self.quant == "4bit":
+            return "4bit"
+        return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(self.dtype, "fp32")
+
+    def gpu_budget(self) -> Any:
+        """The GPU as the tier estimate should see it (free memory as if nothing were loaded).
+
+        Returns an ``ixcdoc.gpu.GpuInfo`` or None on the CPU. The estimate counts the weights
+        itself, so what this process already holds is added back to the free memory.
+        """
+        if self.device.type != "cuda":
+            return None
+        from ixcdoc.gpu import GpuInfo
+
+        free, total = torch.cuda.mem_get_info(self.device)
+        held = torch.cuda.memory_reserved(self.device)
+        name = torch.cuda.get_device_name(self.device)
+        return GpuInfo(name, total, free + held, "torch")
+
+    def release_memory(self) -> None:
+        """Give cached GPU memory back after an out-of-memory error, before a retry."""
+        import gc
+
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
 
     @torch.inference_mode()
     def encode_image(self, pixel_values: torch.Tensor) -> torch.Tensor:
@@ -348,16 +403,20 @@ def load(
     """Load a checkpoint (folder or hub id; None = $IXCDOC_MODEL or the official 4KHD id).
 
     device: 'auto' (CUDA, else DeviceError), 'cuda', 'cuda:N' or 'cpu' (float32, slow).
-    quant: 'auto' (bf16 on CUDA, none on CPU), 'none', 'bf16' or '4bit' (bitsandbytes NF4).
+    quant: 'auto' (bf16 on CUDA if an HD25 page fits, else 4bit; none on CPU), 'none', 'bf16'
+           or '4bit' (bitsandbytes NF4).
     dtype: compute dtype override ('bfloat16', 'float16', 'float32').
     revision / progress: passed to ``ixcdoc.hub.resolve_model`` for hub ids.
     """
     from ixcdoc.model.weights import load_model
     from ixcdoc.tokenizer import Tokenizer
 
-    dev = _resolve_device(device)
+    dev = _resolve_device(device)  # before any download: no GPU means nothing to fetch
+    auto = quant == "auto"
     quant, torch_dtype = _resolve_precision(dev, quant, dtype)
     path, model_id = _resolve_path(model, revision, progress)
+    if auto and quant == "bf16" and not _bf16_fits(path, dev):
+        quant = "4bit"
     tokenizer = Tokenizer.from_dir(path)
     try:
         net = load_model(

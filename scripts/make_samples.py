@@ -1,6 +1,6 @@
 """Regenerate the sample inputs in samples/ (deterministic: same bytes on every run).
 
-    python samples/make_samples.py [OUTDIR]
+    python scripts/make_samples.py [OUTDIR]
 
 Uses PyMuPDF and Pillow only (fonts: the Base-14 Nimbus fonts that ship inside PyMuPDF).
 
@@ -397,4 +397,8 @@ def main(outdir: Path) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).resolve().parent)
+    main(
+        Path(sys.argv[1])
+        if len(sys.argv) > 1
+        else Path(__file__).resolve().parent.parent / "samples"
+    )
