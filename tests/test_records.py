@@ -160,7 +160,7 @@ def test_extra_key_is_named() -> None:
         ("flags", ["repetition", "repetition"]),
         ("hd_setting", 25),
         ("hd_setting", "HD25"),
-        ("precision", "fp16"),
+        ("precision", "int8"),
         ("task", "summarize"),
         ("status", "skipped"),
         ("content_sha256", "ABC"),
