@@ -29,6 +29,18 @@ class IxcdocError(Exception):
     def message(self) -> str:
         return str(self)
 
+    def __reduce__(self) -> tuple[object, ...]:
+        # Subclasses take other __init__ arguments; rebuild from args and attributes so the
+        # error survives pickling (pages are rendered in a worker process).
+        return (_restore, (type(self), self.args, self.__dict__))
+
+
+def _restore(cls: type[IxcdocError], args: tuple[object, ...], state: dict) -> IxcdocError:
+    err = cls.__new__(cls)
+    Exception.__init__(err, *args)
+    err.__dict__.update(state)
+    return err
+
 
 class UsageError(IxcdocError):
     """Bad arguments: a page range that does not parse, an unknown tier, conflicting options."""

@@ -220,6 +220,104 @@ def background(items: Iterator[Any], depth: int = 2) -> Iterator[Any]:
         stop.set()
 
 
+def _child_pages(q: Any, kwargs: dict[str, Any], parent: int) -> None:
+    """Worker-process entry: put every Prepared (or the error that ended it) on ``q``."""
+    import io
+    import os
+    import queue
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+
+    def put(item: tuple[str, Any]) -> bool:
+        while True:
+            try:
+                q.put(item, timeout=0.5)
+                return True
+            except queue.Full:
+                if os.getppid() != parent:  # the parent died (killed): stop, don't linger
+                    return False
+
+    data = kwargs.pop("stdin_data", None)
+    kwargs["stdin"] = None if data is None else io.BytesIO(data)
+    try:
+        for item in prepare_pages(**kwargs):
+            if not put(("item", item)):
+                return
+    except BaseException as e:
+        put(("error", e))
+    put(("end", None))
+
+
+def background_process(depth: int = 2, **kwargs: Any) -> Iterator[Prepared]:
+    """``prepare_pages(**kwargs)`` in a worker process, ``depth`` pages ahead.
+
+    A process, not a thread: PyMuPDF holds the GIL while it renders, which would stall the
+    main thread's decode loop. ``stdin`` travels as bytes (``stdin_data``); ``skip`` must be
+    picklable. Closing the generator stops the worker.
+    """
+    import multiprocessing as mp
+    import os
+
+    ctx = mp.get_context("spawn")  # never fork a process that holds CUDA and OpenMP state
+    q = ctx.Queue(maxsize=max(1, depth))
+    proc = ctx.Process(
+        target=_child_pages, args=(q, kwargs, os.getpid()), name="ixcdoc-render", daemon=True
+    )
+    proc.start()
+    try:
+        while True:
+            try:
+                kind, value = q.get(timeout=1.0)
+            except Exception:  # queue.Empty: check the worker is still alive
+                if not proc.is_alive():
+                    raise IxcdocError(
+                        f"the page-rendering worker stopped unexpectedly (exit {proc.exitcode})"
+                    ) from None
+                continue
+            if kind == "end":
+                return
+            if kind == "error":
+                raise value
+            yield value
+    finally:
+        if proc.is_alive():
+            proc.terminate()
+        proc.join(timeout=5)
+        q.close()
+
+
+class SkipDone:
+    """Picklable ``skip(sha256, page)``: the (content, page) pairs a resume state has done."""
+
+    def __init__(self, pairs: set[tuple[str, int | None]]) -> None:
+        self.pairs = frozenset(pairs)
+
+    def __call__(self, sha: str, page: int) -> bool:
+        return (sha, page) in self.pairs
+
+
+def _file_sha256(source: str) -> str | None:
+    """SHA-256 of a regular file whose bytes were read but did not open as a document.
+
+    docs/output.md: ``content_sha256`` is null only when the bytes could not be read; the
+    hash also keys the whole-file error, so a later page of the same file supersedes it.
+    """
+    import hashlib
+    import os
+
+    if source == "-" or not os.path.isfile(source):  # stdin, pipes, folders: no bytes to hash
+        return None
+    h = hashlib.sha256()
+    try:
+        with open(source, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    except OSError:
+        return None
+    return h.hexdigest()
+
+
 def prepare_pages(
     paths: Sequence[str],
     *,
@@ -241,9 +339,9 @@ def prepare_pages(
     limit = DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels
     for item in open_sources(list(paths), stdin=stdin, password=password, max_pixels=limit):
         if isinstance(item, IxcdocError):
-            yield Prepared(
-                getattr(item, "source", "?"), None, getattr(item, "page", None), None, error=item
-            )
+            source = getattr(item, "source", "?")
+            sha = _file_sha256(source) if item.code not in ("not_found", "unreadable") else None
+            yield Prepared(source, sha, getattr(item, "page", None), None, error=item)
             continue
         doc = item
         try:
@@ -527,30 +625,45 @@ def run_batch(
     on_text: Callable[[str], None] | None = None,
     on_record: Callable[[Prepared, Any], None] | None = None,
     on_skip: Callable[[Prepared], None] | None = None,
+    prefetch: int = 2,
+    workers: str = "thread",
 ) -> BatchStats:
     """Run the task on every page, one record each, rendering ahead on a worker thread.
 
     ``sink(record)`` stores a record (file and/or stdout); it runs before ``state.add`` so a
     crash can never mark a page done that was not written. KeyboardInterrupt propagates after
-    the worker is stopped; every record written so far is complete.
+    the worker is stopped; every record written so far is complete. ``prefetch`` is how many
+    pages the worker renders ahead (0: none, everything on the calling thread); ``workers``
+    is "thread" (the default) or "process". PyMuPDF holds the GIL while it renders, yet on
+    the CPU benchmark the thread wins: a process must pickle every page image back to the
+    main thread (docs/benchmarks.md).
     """
     stats = BatchStats()
+    skip = None
+    if state is not None:
+        # The (content, page) pairs this job already has: skipped before they are rendered.
+        probe = runner.key(spec, "", "", 0)
+        pairs = {
+            (k.content, k.page)
+            for k in [*state.done, *([] if redo_failed else state.failed)]
+            if k._replace(content="", page=0) == probe
+        }
+        skip = SkipDone(pairs)
+    data = stdin.read() if stdin is not None else None
+    args: dict[str, Any] = {
+        "paths": list(paths),
+        "pages": pages,
+        "password": password,
+        "max_pixels": max_pixels,
+        "skip": skip,
+    }
+    import io
 
-    def done_before(sha: str, page: int) -> bool:
-        if state is None:
-            return False
-        return bool(state.should_skip(runner.key(spec, sha, "", page), redo_failed=redo_failed))
-
-    produced = background(
-        prepare_pages(
-            paths,
-            pages=pages,
-            password=password,
-            max_pixels=max_pixels,
-            stdin=stdin,
-            skip=done_before,
-        )
-    )
+    if prefetch > 0 and workers == "process":
+        produced: Iterator[Prepared] = background_process(depth=prefetch, stdin_data=data, **args)
+    else:
+        producer = prepare_pages(stdin=None if data is None else io.BytesIO(data), **args)
+        produced = background(producer, depth=prefetch) if prefetch > 0 else producer
     try:
         for prep in produced:
             if prep.skipped:

@@ -1,0 +1,106 @@
+"""What rendering ahead on a worker thread buys: pages/s with and without overlap.
+
+    python benchmarks/overlap.py [PATH ...] [--max-new-tokens 24] [--repeat 3] [--json out.json]
+
+Runs ``pipeline.run_batch`` (the code behind ``ixcdoc extract``) with a tiny random model
+in the official layout on the CPU: with ``prefetch=0`` (render, then run, page after
+page) and with ``prefetch=2`` (the default: the next pages render while the model
+works) on a worker thread, and with ``workers="process"``. Default input: the README samples
+six times over (36 pages: born-digital, scanned, a screenshot and a chart).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+from ixcdoc.pipeline import Runner, RunSpec, run_batch
+from ixcdoc.runtime import load
+from ixcdoc.tasks import EXTRACT
+from ixcdoc.tinyckpt import write_tiny_checkpoint
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("paths", nargs="*", default=[str(ROOT / "samples")] * 6)
+    ap.add_argument("--max-new-tokens", type=int, default=24)
+    ap.add_argument("--hd", type=int, default=16)
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument(
+        "--torch-threads",
+        type=int,
+        default=1,
+        help="threads for the model; 1 leaves a core free, as a GPU run leaves the CPU free",
+    )
+    ap.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "overlap.json"))
+    args = ap.parse_args()
+    torch.set_num_threads(args.torch_threads)
+    with tempfile.TemporaryDirectory() as tmp:
+        ckpt = write_tiny_checkpoint(Path(tmp) / "tiny", layers=8)
+        model = load(ckpt, device="cpu")
+        runner = Runner(model, model_name="tiny")
+        spec = RunSpec(
+            task=EXTRACT, prompt=EXTRACT.prompt, hd=args.hd, max_new_tokens=args.max_new_tokens
+        )
+        rows = []
+        modes = [("sequential", 0, "thread"), ("thread", 2, "thread"), ("process", 2, "process")]
+        for _ in range(args.repeat):  # interleaved, so drift hits every mode
+            for name, prefetch, workers in modes:
+                t0 = time.perf_counter()
+                stats = run_batch(runner, spec, args.paths, prefetch=prefetch, workers=workers)
+                rows.append((name, stats.ok, time.perf_counter() - t0))
+    result = []
+    for name, prefetch, _ in modes:
+        times = [t for m, _, t in rows if m == name]
+        pages = next(n for m, n, _ in rows if m == name)
+        best = min(times)
+        result.append(
+            {
+                "mode": name,
+                "prefetch": prefetch,
+                "pages": pages,
+                "seconds_best": round(best, 3),
+                "pages_per_s": round(pages / best, 2),
+            }
+        )
+    gain = result[2]["pages_per_s"] / result[0]["pages_per_s"]
+    print(
+        f"tiny model (8 layers), CPU, {torch.get_num_threads()} torch threads, HD{args.hd}, "
+        f"{args.max_new_tokens} new tokens per page"
+    )
+    print(f"{'mode':<22} {'pages':>6} {'best s':>8} {'pages/s':>8}")
+    for r in result:
+        print(f"{r['mode']:<22} {r['pages']:>6} {r['seconds_best']:>8} {r['pages_per_s']:>8}")
+    print(f"gain of the default (process) over sequential: x{gain:.2f}")
+    out = {
+        "benchmark": "overlap",
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "machine": {
+            "cpu_count": os.cpu_count(),
+            "platform": platform.platform(),
+            "torch": torch.__version__,
+        },
+        "command": "python benchmarks/overlap.py " + " ".join(sys.argv[1:]),
+        "hd": args.hd,
+        "max_new_tokens": args.max_new_tokens,
+        "rows": result,
+        "gain": round(gain, 3),
+    }
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(out, indent=1) + "\n")
+    print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()
