@@ -238,10 +238,22 @@ def load_model(
     expected = expected_shapes(model)
     check_keys(expected, src.shapes, source=str(ckpt.index or ckpt.files[0]))
 
+    return _materialize(model, expected, src.get, dtype=dtype, device=device)
+
+
+def _materialize(
+    model: XComposer2,
+    names: dict[str, tuple[int, ...]],
+    get: Callable[[str], torch.Tensor],
+    *,
+    dtype: torch.dtype,
+    device: torch.device,
+) -> XComposer2:
+    """Replace every meta parameter by ``get(name)`` cast to dtype/device (4-bit in place)."""
     modules = dict(model.named_modules())
     state: dict[str, torch.Tensor] = {}
-    for name in expected:
-        t = src.get(name)
+    for name in names:
+        t = get(name)
         t = t.to(device=device, dtype=dtype) if t.is_floating_point() else t.to(device=device)
         owner, _, leaf = name.rpartition(".")
         mod = modules.get(owner)
@@ -255,3 +267,36 @@ def load_model(
         raise AssertionError(f"parameters left on meta after loading: {leftover[:5]}")
     model.requires_grad_(False)
     return model.eval()
+
+
+def random_model(
+    cfg: ModelConfig,
+    *,
+    dtype: torch.dtype = torch.bfloat16,
+    device: str | torch.device = "cpu",
+    quant: str | None = None,
+    seed: int = 0,
+) -> XComposer2:
+    """A model of ``cfg``'s shapes with random weights made on ``device`` (benchmarks).
+
+    Linears ~ N(0, 0.02), norms 1: realistic magnitudes, so kernels and memory behave as
+    with the real checkpoint. Nothing is read from disk.
+    """
+    device = torch.device(device)
+    make_linear = default_linear
+    if quant == "4bit":
+        from ixcdoc.model import quant as q4
+
+        make_linear = q4.make_linear_4bit()
+    model = build_meta_model(cfg, make_linear)
+    expected = expected_shapes(model)
+    gen = torch.Generator(device=device).manual_seed(seed)
+
+    def get(name: str) -> torch.Tensor:
+        shape = expected[name]
+        if name.endswith(".weight") and len(shape) == 1:  # RMSNorm / LayerNorm scales
+            return torch.ones(shape, device=device, dtype=dtype)
+        t = torch.empty(shape, device=device, dtype=dtype)
+        return t.normal_(0.0, 0.02, generator=gen)
+
+    return _materialize(model, expected, get, dtype=dtype, device=device)

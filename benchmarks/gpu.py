@@ -1,0 +1,264 @@
+"""Full-size IXC2-4KHD on one CUDA GPU: load, peak VRAM, vision, prefill, decode, per tier.
+
+    python benchmarks/gpu.py [--quant bf16,4bit] [--tiers 9,16,25,55] [--new-tokens 512]
+                             [--reference] [--compile] [--json out.json]
+    python benchmarks/gpu.py --tiny          # the same code on the CPU with tiny shapes
+
+The model has the official shapes (ModelConfig() = the 7B) and random weights made on the
+device (``weights.random_model``), so no checkpoint is needed. Each tier runs one synthetic
+letter page (2200x1700 px) through the vision tower and a prefill of the spliced prompt,
+then decodes exactly ``--new-tokens`` tokens (no stop ids). Reported per (precision, tier):
+
+- peak VRAM (torch.cuda.max_memory_allocated) against the ``ixcdoc.vram`` estimate;
+- vision ms, prefill ms, decode tokens/s and seconds per page;
+- decode against the memory-bandwidth bound: bytes of weights read per token over the
+  device-copy bandwidth measured in the same run;
+- with ``--reference``: the upstream-style loop of benchmarks/_reference.py (dynamic cache,
+  eager fp32 attention, HF-style generate) on the same weights, and the speed ratio;
+- a least-squares fit of prefill ms against image tokens (linear means no N^2 term).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+from PIL import Image, ImageDraw
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # for _reference
+
+from ixcdoc.config import ModelConfig, VisionConfig
+from ixcdoc.generate import SamplingConfig, generate
+from ixcdoc.model.weights import random_model
+from ixcdoc.preprocess import hd_transform, normalize_uint8, torch_from_hwc
+from ixcdoc.tiling import hd_geometry
+from ixcdoc.vram import estimate_vram, param_counts
+
+TINY = ModelConfig(
+    vocab_size=1000,
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=8,
+    num_key_value_heads=2,
+    wqkv_lora_rank=8,
+    lora_rank=16,
+    vision=VisionConfig(
+        image_size=56,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+    ),
+)
+
+
+def page_image() -> Image.Image:
+    """A synthetic letter page at 200 dpi: lines of text on white."""
+    img = Image.new("RGB", (1700, 2200), "white")
+    d = ImageDraw.Draw(img)
+    for i in range(60):
+        d.text((150, 120 + 32 * i), f"{i:02d} The quick brown fox jumps over 1,234.56", fill=0)
+    return img
+
+
+def sync(dev: torch.device) -> None:
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+
+
+def copy_bandwidth(dev: torch.device) -> float | None:
+    """Device-to-device copy bandwidth in bytes/s (read + write), or None on the CPU."""
+    if dev.type != "cuda":
+        return None
+    n = 1 << 30
+    a = torch.empty(n, dtype=torch.uint8, device=dev)
+    b = torch.empty_like(a)
+    for _ in range(3):
+        b.copy_(a)
+    sync(dev)
+    t0 = time.perf_counter()
+    reps = 20
+    for _ in range(reps):
+        b.copy_(a)
+    sync(dev)
+    return 2 * n * reps / (time.perf_counter() - t0)
+
+
+def decode_bytes_per_token(cfg: ModelConfig, quant: str) -> int:
+    """Weight bytes one decode step must read: everything but the embedding table and ViT."""
+    p = param_counts(cfg)
+    per = 0.5 + 4 / 64 if quant == "4bit" else 2
+    dec = int(p.decoder_linear * per) + 2 * (p.plora + p.norms)
+    return dec + 2 * cfg.vocab_size * cfg.hidden_size  # the output head
+
+
+def splice(model: torch.nn.Module, img_emb: torch.Tensor, dev: torch.device) -> tuple:
+    """[BOS + 40 text ids] [image] [BOS + 20 text ids] -> embeds [1, L, D], im_mask [1, L]."""
+    g = torch.Generator().manual_seed(0)
+    vocab = model.config.vocab_size
+    a = torch.randint(3, vocab - 8, (41,), generator=g).to(dev)
+    b = torch.randint(3, vocab - 8, (21,), generator=g).to(dev)
+    return model.splice([a, img_emb, b])
+
+
+def run_one(model, cfg, dev, quant, hd, new_tokens, img, ref, compile_decode) -> dict:
+    if dev.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(dev)
+    t0 = time.perf_counter()
+    hd_img = hd_transform(img, hd, cfg.tile)
+    planar = torch_from_hwc(__import__("numpy").asarray(hd_img))
+    pixels = normalize_uint8(planar.to(dev)).to(model.vision_dtype)
+    with torch.inference_mode():
+        emb = model.encode_image(pixels)
+        sync(dev)
+        vision_ms = (time.perf_counter() - t0) * 1000
+        embeds, im_mask = splice(model, emb, dev)
+        res = generate(
+            model,
+            embeds,
+            im_mask,
+            stop_ids=(),
+            config=SamplingConfig(max_new_tokens=new_tokens),
+            compile_decode=compile_decode,
+        )
+    peak = torch.cuda.max_memory_allocated(dev) if dev.type == "cuda" else None
+    w, h = img.size
+    geo = hd_geometry(h, w, hd, cfg.tile)
+    n_img = emb.shape[0]
+    est = estimate_vram(cfg, n_img, geo.crops, quant=quant, max_new_tokens=new_tokens)
+    row = {
+        "quant": quant,
+        "tier": hd,
+        "grid": [geo.rows, geo.cols],
+        "image_tokens": n_img,
+        "prompt_tokens": embeds.shape[1],
+        "vision_ms": round(vision_ms, 1),
+        "prefill_ms": round(res.prefill_ms, 1),
+        "decode_tokens": res.n_tokens,
+        "decode_tok_s": round(res.decode_tokens_per_s, 2),
+        "s_per_page": round((vision_ms + res.prefill_ms + res.decode_ms) / 1000, 3),
+        "peak_vram_gib": None if peak is None else round(peak / 2**30, 3),
+        "estimate_gib": round(est.total_gib, 3),
+        # torch's allocator peak excludes the CUDA context the estimate includes
+        "estimate_minus_overhead_gib": round((est.total - est.overhead) / 2**30, 3),
+    }
+    if ref is not None:
+        from _reference import greedy_generate
+
+        with torch.inference_mode():
+            sync(dev)
+            t1 = time.perf_counter()
+            r = greedy_generate(
+                ref,
+                embeds,
+                im_mask,
+                max_new_tokens=new_tokens,
+                eos_token_id=[-1],
+                pad_token_id=0,
+            )
+            sync(dev)
+        ref_s = time.perf_counter() - t1
+        row["reference_s"] = round(ref_s, 3)
+        row["reference_same_tokens"] = list(r.token_ids) == list(res.token_ids)
+        row["speedup_vs_reference"] = round(ref_s / ((res.prefill_ms + res.decode_ms) / 1000), 2)
+    return row
+
+
+def fit_line(xs: list[float], ys: list[float]) -> dict:
+    """Least squares y = a + b x with R^2."""
+    n = len(xs)
+    if n < 2:
+        return {}
+    mx, my = sum(xs) / n, sum(ys) / n
+    sxx = sum((x - mx) ** 2 for x in xs)
+    b = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sxx
+    a = my - b * mx
+    ss_res = sum((y - a - b * x) ** 2 for x, y in zip(xs, ys, strict=True))
+    ss_tot = sum((y - my) ** 2 for y in ys) or 1.0
+    return {
+        "ms_at_0": round(a, 2),
+        "ms_per_1k_tokens": round(1000 * b, 2),
+        "r2": round(1 - ss_res / ss_tot, 4),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quant", default="bf16,4bit")
+    ap.add_argument("--tiers", default="9,16,25,55")
+    ap.add_argument("--new-tokens", type=int, default=512)
+    ap.add_argument("--reference", action="store_true", help="also time the upstream-style loop")
+    ap.add_argument("--compile", action="store_true", help="compile the decode step")
+    ap.add_argument("--tiny", action="store_true", help="tiny shapes on the CPU (smoke test)")
+    ap.add_argument("--json", default=str(Path(__file__).parent / "results" / "gpu.json"))
+    args = ap.parse_args()
+    if args.tiny:
+        cfg, dev, dtype = TINY, torch.device("cpu"), torch.float32
+    else:
+        if not torch.cuda.is_available():
+            sys.exit("no CUDA device: run with --tiny for the CPU smoke test")
+        cfg, dev, dtype = ModelConfig(), torch.device("cuda"), torch.bfloat16
+    img = page_image()
+    bw = copy_bandwidth(dev)
+    rows = []
+    for quant in args.quant.split(","):
+        sync(dev)
+        t0 = time.perf_counter()
+        model = random_model(cfg, dtype=dtype, device=dev, quant=None if quant == "bf16" else quant)
+        sync(dev)
+        load_s = time.perf_counter() - t0
+        ref = None
+        if args.reference and quant == "bf16":
+            from _reference import from_ixcdoc
+
+            ref = from_ixcdoc(model)
+        tiers = [int(t) for t in args.tiers.split(",")]
+        run_one(model, cfg, dev, quant, tiers[0], 4, img, None, args.compile)  # warm-up
+        for hd in tiers:
+            row = run_one(model, cfg, dev, quant, hd, args.new_tokens, img, ref, args.compile)
+            row["load_s"] = round(load_s, 2)
+            if bw:
+                bound = bw / 2 / decode_bytes_per_token(cfg, quant)  # reads only: half the copy
+                row["decode_bound_tok_s"] = round(bound, 1)
+                row["decode_vs_bound"] = round(row["decode_tok_s"] / bound, 3)
+            rows.append(row)
+            print(json.dumps(row))
+        del model, ref
+        if dev.type == "cuda":
+            torch.cuda.empty_cache()
+    fits = {
+        q: fit_line(
+            [r["image_tokens"] for r in rows if r["quant"] == q],
+            [r["prefill_ms"] for r in rows if r["quant"] == q],
+        )
+        for q in args.quant.split(",")
+    }
+    device = torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor()
+    out = {
+        "benchmark": "gpu",
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "device": device,
+        "torch": torch.__version__,
+        "command": "python benchmarks/gpu.py " + " ".join(sys.argv[1:]),
+        "copy_bandwidth_gb_s": None if bw is None else round(bw / 1e9, 1),
+        "rows": rows,
+        "prefill_fit": fits,
+        "cpu_count": os.cpu_count(),
+    }
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(out, indent=1) + "\n")
+    print(f"prefill fit: {fits}")
+    print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()
