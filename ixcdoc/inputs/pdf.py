@@ -58,6 +58,10 @@ def _quiet_mupdf() -> None:
     if not _quieted:
         pymupdf.TOOLS.mupdf_display_errors(False)
         pymupdf.TOOLS.mupdf_display_warnings(False)
+        # No ICC colour management: the model reads text, not colour. It makes a greyscale
+        # scan render 3x faster (67 -> 22 ms a page for samples/scan.pdf) and the samples'
+        # pixels stay identical; only ICC-tagged or CMYK images shift slightly in colour.
+        pymupdf.TOOLS.set_icc(False)
         _quieted = True
 
 
