@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # for _reference
 from ixcdoc.config import ModelConfig, VisionConfig
 from ixcdoc.generate import SamplingConfig, generate
 from ixcdoc.model.weights import random_model
-from ixcdoc.preprocess import hd_transform, normalize_uint8, torch_from_hwc
+from ixcdoc.preprocess import hd_transform, hwc_uint8, normalize_uint8
 from ixcdoc.tiling import hd_geometry
 from ixcdoc.vram import estimate_vram, param_counts
 
@@ -115,8 +115,7 @@ def run_one(model, cfg, dev, quant, hd, new_tokens, img, ref, compile_decode) ->
         torch.cuda.reset_peak_memory_stats(dev)
     t0 = time.perf_counter()
     hd_img = hd_transform(img, hd, cfg.tile)
-    planar = torch_from_hwc(__import__("numpy").asarray(hd_img))
-    pixels = normalize_uint8(planar.to(dev)).to(model.vision_dtype)
+    pixels = normalize_uint8(hwc_uint8(hd_img).to(dev)).to(model.vision_dtype)
     with torch.inference_mode():
         emb = model.encode_image(pixels)
         sync(dev)

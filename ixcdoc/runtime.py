@@ -214,15 +214,12 @@ class DocModel:
         Resizing runs on the CPU; the uint8 pixels travel to the device and are normalized
         there (4x fewer bytes over PCIe, the same float32 ops, so the same values).
         """
-        import numpy as np
+        from ixcdoc.preprocess import hd_transform, hwc_uint8, normalize_uint8
 
-        from ixcdoc.preprocess import hd_transform, normalize_uint8, torch_from_hwc
-
-        hd_img = hd_transform(image, check_hd(hd), self.tile)
-        planar = torch_from_hwc(np.asarray(hd_img, dtype=np.uint8))  # [3, H, W] uint8
+        hwc = hwc_uint8(hd_transform(image, check_hd(hd), self.tile))  # [H, W, 3] uint8
         if self.device.type == "cuda":
-            planar = planar.pin_memory().to(self.device, non_blocking=True)
-        return normalize_uint8(planar)
+            hwc = hwc.pin_memory().to(self.device, non_blocking=True)
+        return normalize_uint8(hwc)
 
     @property
     def precision(self) -> str:
