@@ -531,7 +531,19 @@ class Runner:
                 break
             except Exception as e:
                 if not _is_oom(e):
-                    raise
+                    # docs/output.md: an unexpected failure is this page's error record (code
+                    # "error", the message names the exception); the batch goes on.
+                    why = e.message if isinstance(e, IxcdocError) else f"{type(e).__name__}: {e}"
+                    code = ErrorInfo.from_exception(e).code
+                    return self._record(
+                        spec,
+                        prep,
+                        status="error",
+                        tier=tier,
+                        flags=tuple(flags),
+                        error=ErrorInfo(code, f"{prep.source} page {prep.page}: {why}"),
+                        timings=Timings(render_ms=render_ms),
+                    )
                 self.model.release_memory()
                 lower = lower_tier(r.info.native_h, r.info.native_w, tier, cfg.tile)
                 if lower is None:

@@ -1,0 +1,114 @@
+"""``ixcdoc ask``: the question from the argument or stdin, the document from a path or stdin,
+and the page chosen by the text layer."""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+from pathlib import Path
+
+from tests.cli.helpers import (
+    IXCDOC,
+    Checkpoints,
+    Invoke,
+    model_args,
+    parse_lines,
+    subprocess_env,
+    text_pdf,
+    text_png,
+)
+
+REPORT = [
+    "Meeting notes about the office move and the parking rules.",
+    "Quarterly revenue table: invoice totals and the balance due per month.",
+    "Signature page with the contract stamp and the witness address.",
+]
+
+
+def test_piped_image_bytes_with_the_question_as_argument(
+    tmp_path: Path, ckpts: Checkpoints
+) -> None:
+    """``maim -s | ixcdoc ask - "..."``: real stdin bytes, sniffed as PNG, answer on stdout."""
+    png = text_png(tmp_path / "shot.png", "ERROR: disk full")
+    proc = subprocess.run(
+        [*IXCDOC, "ask", "-", "what does the error say?", "--json", *model_args(ckpts.normal)],
+        input=png.read_bytes(),
+        capture_output=True,
+        cwd=tmp_path,
+        env=subprocess_env(),
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr.decode()
+    (rec,) = parse_lines(proc.stdout.decode())
+    assert rec.source == "-"
+    assert rec.task == "ask"
+    assert rec.question == rec.prompt == "what does the error say?"
+    assert rec.content_sha256 == hashlib.sha256(png.read_bytes()).hexdigest()
+    assert rec.native_size == (120, 160)
+    assert rec.status == "ok"
+
+
+def test_question_from_stdin(tmp_path: Path, ckpts: Checkpoints, invoke: Invoke) -> None:
+    """``echo "what is the total?" | ixcdoc ask invoice.png``."""
+    png = text_png(tmp_path / "invoice.png", "Total 12.50")
+    res = invoke(["ask", png, "--json", *model_args(ckpts.normal)], input="what is the total?\n")
+    assert res.exit_code == 0, res.stderr
+    (rec,) = parse_lines(res.stdout)
+    assert rec.question == "what is the total?"
+    assert rec.source == str(png)
+
+    plain = invoke(["ask", png, *model_args(ckpts.normal)], input="what is the total?\n")
+    assert plain.exit_code == 0
+    assert plain.stdout == rec.text + "\n"  # the answer alone on stdout
+
+
+def test_argument_question_wins_over_stdin(
+    tmp_path: Path, ckpts: Checkpoints, invoke: Invoke
+) -> None:
+    png = text_png(tmp_path / "p.png", "x")
+    res = invoke(["ask", png, "which year?", "--json", *model_args(ckpts.normal)], input="other\n")
+    assert res.exit_code == 0
+    assert parse_lines(res.stdout)[0].question == "which year?"
+
+
+def test_no_question_at_all_is_a_usage_error(tmp_path: Path, invoke: Invoke) -> None:
+    png = text_png(tmp_path / "p.png", "x")
+    for stdin in ("", "   \n"):
+        res = invoke(["ask", png], input=stdin)
+        assert res.exit_code == 2
+        assert res.stdout == ""
+        assert len(res.stderr.splitlines()) == 1 and "question" in res.stderr
+
+
+def test_text_layer_picks_the_matching_page(
+    tmp_path: Path, ckpts: Checkpoints, invoke: Invoke
+) -> None:
+    pdf = text_pdf(tmp_path / "report.pdf", REPORT, size=(400, 150))
+    base = ["--json", *model_args(ckpts.normal), "--hd", "4"]
+    res = invoke(["ask", pdf, "What is the quarterly revenue in the table?", *base])
+    assert res.exit_code == 0, res.stderr
+    (rec,) = parse_lines(res.stdout)
+    assert (rec.page, rec.page_count) == (2, 3)
+    assert rec.render_dpi is not None
+
+    res = invoke(["ask", pdf, "Who signed the contract and where is the witness?", *base])
+    assert [r.page for r in parse_lines(res.stdout)] == [3]
+
+    # --top-k 2 reads the two best pages; --all-pages reads every page in turn.
+    two = parse_lines(invoke(["ask", pdf, "revenue table and stamp", *base, "--top-k", "2"]).stdout)
+    assert sorted(r.page for r in two) == [2, 3]
+    every = parse_lines(invoke(["ask", pdf, "anything", *base, "--all-pages"]).stdout)
+    assert [r.page for r in every] == [1, 2, 3]
+
+
+def test_pages_option_limits_the_ranking(
+    tmp_path: Path, ckpts: Checkpoints, invoke: Invoke
+) -> None:
+    pdf = text_pdf(tmp_path / "report.pdf", REPORT, size=(400, 150))
+    args = ["--pages", "1,3", "--json", *model_args(ckpts.normal), "--hd", "4"]
+    res = invoke(["ask", pdf, "quarterly revenue", *args])
+    assert res.exit_code == 0, res.stderr
+    # Neither selected page mentions revenue: no text match, so both are answered in turn.
+    assert [r.page for r in parse_lines(res.stdout)] == [1, 3]
+    res = invoke(["ask", pdf, "the contract stamp", *args])
+    assert [r.page for r in parse_lines(res.stdout)] == [3]
