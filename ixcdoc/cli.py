@@ -270,7 +270,7 @@ def plan_table(rows: list[dict[str, Any]], *, task: str) -> Any:
         ("dpi", "right"),
         ("tier", "right"),
         ("why", "left"),
-        ("grid", "right"),
+        ("grid RxC", "right"),
         ("padded WxH", "right"),
         ("tokens", "right"),
         ("bf16 GiB", "right"),

@@ -22,15 +22,16 @@ class PageJob:
     page: int
 
 
-def iter_page_jobs(
+def iter_documents(
     paths: Sequence[str],
     *,
     pages: str | None = None,
     password: str | None = None,
     max_pixels: int | None = None,
     stdin: BinaryIO | None = None,
-) -> Iterator[PageJob | IxcdocError]:
-    """Expand paths into page jobs in order; input problems are yielded, not raised."""
+) -> Iterator[tuple[Any, list[int]] | IxcdocError]:
+    """Each open document with its selected page numbers, in order; input problems are
+    yielded, not raised. A document is closed when the consumer asks for the next item."""
     from ixcdoc.inputs import DEFAULT_MAX_PIXELS, open_sources, select_pages
 
     limit = DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels
@@ -45,10 +46,29 @@ def iter_page_jobs(
             yield e
             continue
         try:
-            for n in numbers:
-                yield PageJob(item, n)
+            yield item, numbers
         finally:
-            item.close()  # the consumer is done with the last page when it asks for more
+            item.close()
+
+
+def iter_page_jobs(
+    paths: Sequence[str],
+    *,
+    pages: str | None = None,
+    password: str | None = None,
+    max_pixels: int | None = None,
+    stdin: BinaryIO | None = None,
+) -> Iterator[PageJob | IxcdocError]:
+    """Expand paths into page jobs in order; input problems are yielded, not raised."""
+    for item in iter_documents(
+        paths, pages=pages, password=password, max_pixels=max_pixels, stdin=stdin
+    ):
+        if isinstance(item, IxcdocError):
+            yield item
+            continue
+        doc, numbers = item
+        for n in numbers:
+            yield PageJob(doc, n)
 
 
 def plan_pages(
@@ -159,7 +179,7 @@ def tier_rows(
 
 
 @dataclass
-class Prepared:
+class PreparedPage:
     """A page made ready on the producer thread: rendered, or the reason it could not be."""
 
     source: str
@@ -221,7 +241,7 @@ def background(items: Iterator[Any], depth: int = 2) -> Iterator[Any]:
 
 
 def _child_pages(q: Any, kwargs: dict[str, Any], parent: int) -> None:
-    """Worker-process entry: put every Prepared (or the error that ended it) on ``q``."""
+    """Worker-process entry: put every PreparedPage (or the error that ended it) on ``q``."""
     import io
     import os
     import queue
@@ -249,7 +269,7 @@ def _child_pages(q: Any, kwargs: dict[str, Any], parent: int) -> None:
     put(("end", None))
 
 
-def background_process(depth: int = 2, **kwargs: Any) -> Iterator[Prepared]:
+def background_process(depth: int = 2, **kwargs: Any) -> Iterator[PreparedPage]:
     """``prepare_pages(**kwargs)`` in a worker process, ``depth`` pages ahead.
 
     A process, not a thread: PyMuPDF holds the GIL while it renders, which would stall the
@@ -325,47 +345,34 @@ def prepare_pages(
     password: str | None = None,
     max_pixels: int | None = None,
     stdin: BinaryIO | None = None,
-    choose: Callable[[Any, list[int]], list[int]] | None = None,
     skip: Callable[[str, int], bool] | None = None,
-) -> Iterator[Prepared]:
+) -> Iterator[PreparedPage]:
     """Open, select, render and blank-check pages in order (run it under ``background``).
 
-    ``choose(doc, numbers)`` narrows the pages of a document (``ask`` ranks them);
     ``skip(sha256, page)`` says a page is already done, so it is not even rendered.
     """
     from ixcdoc.guards import is_blank
-    from ixcdoc.inputs import DEFAULT_MAX_PIXELS, open_sources, select_pages
 
-    limit = DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels
-    for item in open_sources(list(paths), stdin=stdin, password=password, max_pixels=limit):
+    for item in iter_documents(
+        paths, pages=pages, password=password, max_pixels=max_pixels, stdin=stdin
+    ):
         if isinstance(item, IxcdocError):
             source = getattr(item, "source", "?")
             sha = _file_sha256(source) if item.code not in ("not_found", "unreadable") else None
-            yield Prepared(source, sha, getattr(item, "page", None), None, error=item)
+            yield PreparedPage(source, sha, getattr(item, "page", None), None, error=item)
             continue
-        doc = item
-        try:
-            numbers = select_pages(pages, doc.page_count, source=doc.source)
-            if choose is not None:
-                numbers = choose(doc, numbers)
-        except InputError as e:
-            doc.close()
-            yield Prepared(doc.source, doc.sha256, e.page, doc.page_count, error=e)
-            continue
-        try:
-            for n in numbers:
-                base = (doc.source, doc.sha256, n, doc.page_count)
-                if skip is not None and skip(doc.sha256, n):
-                    yield Prepared(*base, skipped=True)
-                    continue
-                try:
-                    r = doc.render(n)
-                except InputError as e:
-                    yield Prepared(*base, error=e)
-                    continue
-                yield Prepared(*base, rendered=r, blank=is_blank(r.image))
-        finally:
-            doc.close()
+        doc, numbers = item
+        for n in numbers:
+            base = (doc.source, doc.sha256, n, doc.page_count)
+            if skip is not None and skip(doc.sha256, n):
+                yield PreparedPage(*base, skipped=True)
+                continue
+            try:
+                r = doc.render(n)
+            except InputError as e:
+                yield PreparedPage(*base, error=e)
+                continue
+            yield PreparedPage(*base, rendered=r, blank=is_blank(r.image))
 
 
 @dataclass(frozen=True)
@@ -442,7 +449,7 @@ class Runner:
             model_revision=self.revision,
         )
 
-    def _record(self, spec: RunSpec, prep: Prepared, **fields: Any) -> Any:
+    def _record(self, spec: RunSpec, prep: PreparedPage, **fields: Any) -> Any:
         from ixcdoc.records import PageRecord
 
         info = prep.rendered.info if prep.rendered is not None else None
@@ -467,10 +474,10 @@ class Runner:
 
     def run_page(
         self,
-        prep: Prepared,
+        prep: PreparedPage,
         spec: RunSpec,
         *,
-        on_start: Callable[[Prepared, int], None] | None = None,
+        on_start: Callable[[PreparedPage, int], None] | None = None,
         on_text: Callable[[str], None] | None = None,
     ) -> Any:
         """Run the task on one prepared page and return its record (never raises for a page)."""
@@ -633,10 +640,10 @@ def run_batch(
     state: Any = None,  # ixcdoc.records.ResumeState: skip what is done, account what is new
     redo_failed: bool = False,
     sink: Callable[[Any], None] | None = None,
-    on_start: Callable[[Prepared, int], None] | None = None,
+    on_start: Callable[[PreparedPage, int], None] | None = None,
     on_text: Callable[[str], None] | None = None,
-    on_record: Callable[[Prepared, Any], None] | None = None,
-    on_skip: Callable[[Prepared], None] | None = None,
+    on_record: Callable[[PreparedPage, Any], None] | None = None,
+    on_skip: Callable[[PreparedPage], None] | None = None,
     prefetch: int = 2,
     workers: str = "thread",
 ) -> BatchStats:
@@ -672,7 +679,9 @@ def run_batch(
     import io
 
     if prefetch > 0 and workers == "process":
-        produced: Iterator[Prepared] = background_process(depth=prefetch, stdin_data=data, **args)
+        produced: Iterator[PreparedPage] = background_process(
+            depth=prefetch, stdin_data=data, **args
+        )
     else:
         producer = prepare_pages(stdin=None if data is None else io.BytesIO(data), **args)
         produced = background(producer, depth=prefetch) if prefetch > 0 else producer
@@ -730,27 +739,20 @@ def ask_pages(
     """
     from ixcdoc.ranking import rank_pages
 
-    for job in iter_page_jobs(
+    for item in iter_documents(
         [doc], pages=pages, password=password, max_pixels=max_pixels, stdin=stdin
     ):
-        if isinstance(job, IxcdocError):
+        if isinstance(item, IxcdocError):
             return None
-        numbers = select_numbers(job.doc, pages)
+        opened, numbers = item
         if len(numbers) <= 1:
             return numbers
-        texts = [job.doc.page_text(n) for n in numbers]
+        texts = [opened.page_text(n) for n in numbers]
         if not any(t.strip() for t in texts):
             return numbers
         best = rank_pages(question, texts, top_k=top_k)
         return [numbers[i] for i in best] if best else numbers
     return None
-
-
-def select_numbers(doc: Any, pages: str | None) -> list[int]:
-    """The selected page numbers of an open document."""
-    from ixcdoc.inputs import select_pages
-
-    return select_pages(pages, doc.page_count, source=doc.source)
 
 
 # ---- installation check ----------------------------------------------------------------------
