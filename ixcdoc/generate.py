@@ -8,10 +8,18 @@ same order: repetition penalty, then temperature, top-k, top-p, then sample (or 
 ``do_sample`` is False, where the warpers are skipped as in HF greedy search). The penalty runs
 over the *generated* tokens only: upstream passes the prompt as ``inputs_embeds``, so HF's
 ``input_ids`` starts empty.
+
+Per-token host work is kept to what a step needs: the chosen token stays on the device and feeds
+the next step directly (no host-to-device copy), positions are sliced from one tensor allocated
+before the loop, the generated-ids tensor exists only when a repetition penalty needs it, and
+the only device-to-host sync per token is reading the token id for the stop checks and
+callbacks. The one-token step (embedding + decoder on the static KV cache) can be captured with
+``torch.compile`` (``compile_decode=True``; off by default, see ``compiled_decode_step``).
 """
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
@@ -20,6 +28,8 @@ import torch
 
 OnToken = Callable[[int], "bool | None"]
 ShouldStop = Callable[[Sequence[int]], "str | None"]
+# One decode step: token ids [1, 1] (long) at positions [1] -> fp32 logits [V].
+DecodeStep = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 # Stop reasons
 STOP_TOKEN = "stop_token"
@@ -115,6 +125,28 @@ def top_p_filter(logits: torch.Tensor, top_p: float) -> torch.Tensor:
     return logits.masked_fill(remove.scatter(0, sorted_idx, remove), float("-inf"))
 
 
+def choose_token(
+    logits: torch.Tensor,
+    generated: torch.Tensor | None,
+    cfg: SamplingConfig,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Next token id from fp32 logits [V] and the generated ids [n] (None: no penalty), on device.
+
+    Returns a one-element long tensor on the logits' device; reading it (``int``) is the
+    caller's one sync per token.
+    """
+    if generated is not None:
+        logits = apply_repetition_penalty(logits, generated, cfg.repetition_penalty)
+    if not cfg.do_sample:
+        return logits.argmax()
+    logits = logits / cfg.temperature
+    logits = top_k_filter(logits, cfg.top_k)
+    logits = top_p_filter(logits, cfg.top_p)
+    probs = logits.softmax(-1)
+    return torch.multinomial(probs, 1, generator=generator)
+
+
 def next_token(
     logits: torch.Tensor,
     generated: torch.Tensor,
@@ -122,14 +154,51 @@ def next_token(
     generator: torch.Generator | None = None,
 ) -> int:
     """Choose the next token from fp32 logits [V] given the generated ids [n]."""
-    logits = apply_repetition_penalty(logits, generated, cfg.repetition_penalty)
-    if not cfg.do_sample:
-        return int(logits.argmax())
-    logits = logits / cfg.temperature
-    logits = top_k_filter(logits, cfg.top_k)
-    logits = top_p_filter(logits, cfg.top_p)
-    probs = logits.softmax(-1)
-    return int(torch.multinomial(probs, 1, generator=generator))
+    return int(choose_token(logits, generated, cfg, generator))
+
+
+def _decode_one(model: torch.nn.Module, ids: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
+    """ids [1, 1] at positions [1] through the static KV cache -> fp32 logits [V]."""
+    return model(model.embed_tokens(ids), None, input_pos)[0, -1]
+
+
+def decode_step(model: torch.nn.Module) -> DecodeStep:
+    """The eager one-token step of ``model``: ids [1, 1], positions [1] -> logits [V]."""
+    return functools.partial(_decode_one, model)
+
+
+@functools.cache
+def _compiled_decode_one(backend: str, mode: str | None) -> Callable[..., torch.Tensor]:
+    # One wrapper per (backend, mode) for the whole process: dynamo keeps its graphs on
+    # ``_decode_one``'s code, guarded on the model and its cache shapes, so later generate()
+    # calls reuse them instead of compiling again.
+    return torch.compile(_decode_one, backend=backend, mode=mode, fullgraph=True, dynamic=False)
+
+
+def compiled_decode_step(
+    model: torch.nn.Module, *, backend: str = "inductor", mode: str | None = "auto"
+) -> DecodeStep:
+    """``decode_step(model)`` captured by ``torch.compile(fullgraph=True, dynamic=False)``.
+
+    ``mode="auto"``: ``"reduce-overhead"`` (CUDA graphs) when the model is on CUDA, the default
+    inductor mode on CPU. The step has static shapes (the cache length is fixed, positions are
+    a tensor), so it compiles once per cache size and never per token. The first call pays the
+    compilation: tens of seconds on a small CPU, so this is opt-in.
+    """
+    if mode == "auto":
+        param = next(model.parameters(), None)
+        on_cuda = param is not None and param.device.type == "cuda"
+        mode = "reduce-overhead" if on_cuda and backend == "inductor" else None
+    fn = _compiled_decode_one(backend, mode)
+    if mode != "reduce-overhead":
+        return functools.partial(fn, model)
+
+    def step(ids: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
+        # The logits of the previous replay are consumed (argmax) before this one starts.
+        torch.compiler.cudagraph_mark_step_begin()
+        return fn(model, ids, input_pos)
+
+    return step
 
 
 def _sync(device: torch.device) -> None:
@@ -153,13 +222,20 @@ def generate(
     on_token: OnToken | None = None,
     should_stop: ShouldStop | None = None,
     generator: torch.Generator | None = None,
+    compile_decode: bool = False,
+    decode: DecodeStep | None = None,
 ) -> GenerationResult:
     """Generate from a spliced prompt: inputs_embeds [1, L, D], im_mask [1, L] bool.
 
     Stops at the first id in ``stop_ids`` (not included in the result), after
     ``max_new_tokens``, when ``on_token(id)`` returns False (that token is kept), or when
-    ``should_stop(ids)`` returns a reason string (kept in ``detail``).
+    ``should_stop(ids)`` returns a reason string (kept in ``detail``). ``compile_decode=True``
+    runs the decode steps through ``compiled_decode_step(model)`` (off by default: compiling
+    takes tens of seconds on a CPU); ``decode`` passes any other step, e.g. one compiled with
+    another backend. The prefill always runs eagerly.
     """
+    if compile_decode and decode is not None:
+        raise ValueError("pass either compile_decode=True or a decode step, not both")
     cfg = config or SamplingConfig()
     if inputs_embeds.dim() != 3 or inputs_embeds.shape[0] != 1:
         raise ValueError(f"expected inputs_embeds [1, L, D], got {tuple(inputs_embeds.shape)}")
@@ -174,23 +250,32 @@ def generate(
         return result
 
     model.setup_caches(1, min(_cache_length(prompt_len + budget), max_pos))
-    generated = torch.empty(budget, dtype=torch.long, device=device)
+    if decode is None:
+        decode = compiled_decode_step(model) if compile_decode else decode_step(model)
+    # Allocated once: step i reads positions[i : i + 1] (a view, no per-step host-to-device
+    # copy); the generated ids are only kept on the device when the penalty reads them.
+    positions = torch.arange(prompt_len, prompt_len + budget, device=device)  # [budget]
+    generated = None
+    if cfg.repetition_penalty != 1.0:
+        generated = torch.empty(budget, dtype=torch.long, device=device)
 
     _sync(device)
     t0 = time.perf_counter()
     logits = model(inputs_embeds, im_mask, None, last_only=True)[0, -1]  # [V]
-    tok = next_token(logits, generated[:0], cfg, generator)
+    history = None if generated is None else generated[:0]
+    tok_t = choose_token(logits, history, cfg, generator)
     _sync(device)
     t1 = time.perf_counter()
     result.prefill_ms = (t1 - t0) * 1000
 
-    pos = prompt_len
     for i in range(budget):
+        tok = int(tok_t)  # the one device-to-host sync per token
         if tok in stops:
             result.stop_reason, result.stop_token_id = STOP_TOKEN, tok
             break
         result.token_ids.append(tok)
-        generated[i] = tok
+        if generated is not None:
+            generated[i] = tok_t.view(())
         if on_token is not None and on_token(tok) is False:
             result.stop_reason = CALLBACK
             break
@@ -200,12 +285,10 @@ def generate(
         if i == budget - 1:
             result.stop_reason = MAX_NEW_TOKENS if budget == cfg.max_new_tokens else MAX_LENGTH
             break
-        x = model.embed_tokens(torch.tensor([[tok]], device=device))  # [1, 1, D]
-        input_pos = torch.tensor([pos], device=device)  # [1]
-        logits = model(x, None, input_pos)[0, -1]  # [V]
-        tok = next_token(logits, generated[: i + 1], cfg, generator)
+        logits = decode(tok_t.view(1, 1), positions[i : i + 1])  # [V]
+        history = None if generated is None else generated[: i + 1]
+        tok_t = choose_token(logits, history, cfg, generator)
         result.decode_steps += 1
-        pos += 1
 
     _sync(device)
     result.decode_ms = (time.perf_counter() - t1) * 1000

@@ -14,6 +14,10 @@ This file knows nothing about files, devices or sampling: it is the maths only.
 - KV cache: preallocated [B, n_kv, max_seq, head_dim] per layer, written at ``input_pos``; a
   decode step has constant shapes (mask over the whole cache) so it can be captured by
   torch.compile / CUDA graphs.
+- Per-token host overhead: a decode step dispatches every op from Python, so the per-layer path
+  avoids ops that do nothing (no-op dtype casts, full-batch slices), ropes q and k in one pass,
+  and uses one additive cache mask built per forward (not per layer). Each of these computes
+  exactly the same values as the straightforward form.
 
 Forward contract (``InternLM2ForCausalLM.forward``):
 ``input_pos=None`` means a fresh sequence at positions 0..S-1 (prefill): causal attention over
@@ -47,9 +51,9 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dtype = x.dtype
-        h = x.float()
+        h = x if dtype == torch.float32 else x.float()  # a no-op cast still costs a dispatch
         h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * h.to(dtype)
+        return self.weight * (h if dtype == torch.float32 else h.to(dtype))
 
 
 def rope_cos_sin(
@@ -69,8 +73,26 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x: [B, H, S, D], cos/sin: [S, D] -> [B, H, S, D]."""
+    """x: [B, H, S, D], cos/sin: [S, D] -> [B, H, S, D] (any shapes that broadcast)."""
     return x * cos + rotate_half(x) * sin
+
+
+def cache_mask(
+    positions: torch.Tensor, max_seq: int, q_per_kv: int, dtype: torch.dtype
+) -> torch.Tensor:
+    """Additive mask over the cache for queries at positions [S] -> [1, 1, g*S, max_seq].
+
+    Query at position p sees cache slots 0..p (0.0), the rest is -inf. Rows are folded like the
+    queries in ``Attention._attend_cache`` (row j*S + s is query s of head j of a KV group).
+    SDPA turns a bool mask into exactly this tensor on every call; building it once per forward
+    saves that conversion in every layer.
+    """
+    slots = torch.arange(max_seq, device=positions.device)
+    visible = slots[None, :] <= positions[:, None]  # [S, M]
+    if q_per_kv > 1:
+        visible = visible.repeat(q_per_kv, 1)  # [g*S, M]
+    mask = torch.zeros(visible.shape, dtype=dtype, device=positions.device)
+    return mask.masked_fill_(~visible, float("-inf"))[None, None]
 
 
 class KVCache(nn.Module):
@@ -100,10 +122,14 @@ class KVCache(nn.Module):
         self, input_pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Write k/v [B, n_kv, S, D] at positions [S]; return the full caches [B, n_kv, M, D]."""
-        b = k.shape[0]
-        self.k[:b].index_copy_(2, input_pos, k.to(self.k.dtype))
-        self.v[:b].index_copy_(2, input_pos, v.to(self.v.dtype))
-        return self.k[:b], self.v[:b]
+        kc, vc = self.k, self.v
+        if k.shape[0] != kc.shape[0]:  # smaller batch than allocated: use the leading rows
+            kc, vc = kc[: k.shape[0]], vc[: k.shape[0]]
+        if k.dtype != kc.dtype:
+            k, v = k.to(kc.dtype), v.to(vc.dtype)
+        kc.index_copy_(2, input_pos, k)
+        vc.index_copy_(2, input_pos, v)
+        return kc, vc
 
 
 def _flash_attn_func():
@@ -160,16 +186,15 @@ class Attention(nn.Module):
     def _attend_cache(
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
     ) -> torch.Tensor:
-        """q [B, H, S, D] over the cache k/v [B, n_kv, M, D] with mask [1, 1, S, M] -> [B, H, S, D].
+        """q [B, H, S, D] over the cache k/v [B, n_kv, M, D], mask [1, 1, g*S, M] -> [B, H, S, D].
 
         The g query heads of a KV group are folded into the query length, so the (long) cache
-        is read once per KV head and never repeated; the mask is repeated per folded head.
+        is read once per KV head and never repeated; ``mask`` comes folded the same way
+        (``cache_mask``).
         """
         b, h, s, d = q.shape
-        g = self.q_per_kv
-        qg = q.reshape(b, self.n_kv, g * s, d)  # head 4*grp+j -> group grp, row j*S + s
-        mg = mask.expand(1, g, s, mask.shape[-1]).reshape(1, 1, g * s, mask.shape[-1])
-        o = F.scaled_dot_product_attention(qg, k, v, attn_mask=mg)  # [B, n_kv, g*S, D]
+        qg = q.reshape(b, self.n_kv, self.q_per_kv * s, d)  # head 4*grp+j -> grp, row j*S + s
+        o = F.scaled_dot_product_attention(qg, k, v, attn_mask=mask)  # [B, n_kv, g*S, D]
         return o.reshape(b, h, s, d)
 
     def forward(
@@ -181,12 +206,21 @@ class Attention(nn.Module):
         mask: torch.Tensor | None,
         im_mask: torch.Tensor | None,
     ) -> torch.Tensor:
-        """x: [B, S, D]; mask None = fresh causal prefill, else [1, 1, S, max_seq] bool."""
+        """x: [B, S, D], cos/sin: [S, D] or [S, 1, 1, D]; positions: [S].
+
+        ``mask`` None = fresh causal prefill, else the additive cache mask [1, 1, g*S, max_seq]
+        from ``cache_mask``.
+        """
         b, s, _ = x.shape
-        q, k, v = self.unpack_qkv(self.wqkv(x, im_mask))
-        q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # [B, heads, S, D]
-        q = apply_rope(q, cos, sin)
-        k = apply_rope(k, cos, sin)
+        g, d = self.q_per_kv, self.head_dim
+        if cos.dim() == 2:
+            cos, sin = cos.view(s, 1, 1, d), sin.view(s, 1, 1, d)
+        qkv = self.wqkv(x, im_mask).view(b, s, self.n_kv, g + 2, d)  # [B, S, n_kv, g+2, D]
+        # q and k rotated in one pass (same elementwise maths as per tensor): [B, S, n_kv, g+1, D]
+        qk = apply_rope(qkv[:, :, :, : g + 1], cos, sin)
+        q = qk[:, :, :, :g].reshape(b, s, self.n_heads, d).transpose(1, 2)  # [B, H, S, D]
+        k = qk[:, :, :, g].transpose(1, 2)  # [B, n_kv, S, D]
+        v = qkv[:, :, :, g + 1].transpose(1, 2)  # [B, n_kv, S, D]
         if mask is None:
             if self.kv_cache is not None:
                 self.kv_cache.update(positions, k, v)
@@ -327,14 +361,16 @@ class InternLM2ForCausalLM(nn.Module):
             m = self.max_seq_length
             if m == 0:
                 raise RuntimeError("input_pos given but no KV cache: call setup_caches() first")
-            # [1, 1, S, M]: query at position p sees cache slots 0..p.
-            mask = (torch.arange(m, device=x.device)[None, :] <= positions[:, None])[None, None]
+            g = self.config.num_attention_heads // self.config.num_key_value_heads
+            mask = cache_mask(positions, m, g, x.dtype)  # [1, 1, g*S, M], shared by all layers
         if im_mask is not None and not bool(im_mask.any()):
             im_mask = None  # text-only: skip the per-layer LoRA gather entirely
-        cos, sin = rope_cos_sin(positions, self.config.head_dim, self.config.rope_theta, x.dtype)
+        d = self.config.head_dim
+        cos, sin = rope_cos_sin(positions, d, self.config.rope_theta, x.dtype)
+        cos, sin = cos.view(s, 1, 1, d), sin.view(s, 1, 1, d)  # broadcast over [B, S, n_kv, g, D]
         for layer in self.model.layers:
             x = layer(x, cos, sin, positions, mask, im_mask)
         if last_only:
             x = x[:, -1:]
-        x = self.model.norm(x)
-        return self.output(x).float()
+        logits = self.output(self.model.norm(x))
+        return logits if logits.dtype == torch.float32 else logits.float()
