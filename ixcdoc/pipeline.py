@@ -187,6 +187,7 @@ class PreparedPage:
     page: int | None
     page_count: int | None
     rendered: Any = None  # ixcdoc.inputs.RenderedPage
+    hd_image: Any = None  # ixcdoc.preprocess.HDImage, made ahead for the expected tier
     blank: bool = False
     error: IxcdocError | None = None
     skipped: bool = False  # already in the output file (resume)
@@ -346,10 +347,12 @@ def prepare_pages(
     max_pixels: int | None = None,
     stdin: BinaryIO | None = None,
     skip: Callable[[str, int], bool] | None = None,
+    preprocess: Callable[[Any], Any] | None = None,
 ) -> Iterator[PreparedPage]:
     """Open, select, render and blank-check pages in order (run it under ``background``).
 
-    ``skip(sha256, page)`` says a page is already done, so it is not even rendered.
+    ``skip(sha256, page)`` says a page is already done, so it is not even rendered;
+    ``preprocess(rendered)`` makes the HD image ahead (``Runner.preprocess``).
     """
     from ixcdoc.guards import is_blank
 
@@ -372,7 +375,9 @@ def prepare_pages(
             except InputError as e:
                 yield PreparedPage(*base, error=e)
                 continue
-            yield PreparedPage(*base, rendered=r, blank=is_blank(r.image))
+            blank = is_blank(r.image)
+            hd_img = preprocess(r) if preprocess is not None and not blank else None
+            yield PreparedPage(*base, rendered=r, hd_image=hd_img, blank=blank)
 
 
 @dataclass(frozen=True)
@@ -472,6 +477,30 @@ class Runner:
         base.update(fields)
         return PageRecord(**base)
 
+    def tier_for(self, spec: RunSpec, info: Any) -> Any:
+        """The tier choice (``planning.TierChoice``) for a page of ``info``'s native size."""
+        return choose_tier(
+            info.native_h,
+            info.native_w,
+            spec.task,
+            hd=spec.hd,
+            cfg=self.model.config,
+            gpu=self.gpu,
+            quant=self.precision,
+            max_new_tokens=spec.max_new_tokens,
+        )
+
+    def preprocess(self, spec: RunSpec) -> Callable[[Any], Any]:
+        """``page -> HDImage`` at the tier ``run_page`` will pick: run on the render worker."""
+        from ixcdoc.preprocess import hd_image
+
+        tile = self.model.config.tile
+
+        def prepare(rendered: Any) -> Any:
+            return hd_image(rendered.image, self.tier_for(spec, rendered.info).hd, tile)
+
+        return prepare
+
     def run_page(
         self,
         prep: PreparedPage,
@@ -500,16 +529,7 @@ class Runner:
                 timings=Timings(render_ms=render_ms),
             )
         cfg = self.model.config
-        choice = choose_tier(
-            r.info.native_h,
-            r.info.native_w,
-            spec.task,
-            hd=spec.hd,
-            cfg=cfg,
-            gpu=self.gpu,
-            quant=self.precision,
-            max_new_tokens=spec.max_new_tokens,
-        )
+        choice = self.tier_for(spec, r.info)
         tier = choice.hd
         flags: list[str] = []
         max_new = spec.max_new_tokens or spec.task.max_new_tokens
@@ -528,8 +548,9 @@ class Runner:
             if on_start is not None:
                 on_start(prep, tier)
             try:
+                page = prep.hd_image if prep.hd_image is not None else r.image
                 ans = self.model.chat(
-                    [r.image], spec.prompt, hd=tier, max_new_tokens=max_new, on_token=on_token
+                    [page], spec.prompt, hd=tier, max_new_tokens=max_new, on_token=on_token
                 )
                 if stream is not None and on_text is not None:
                     tail = stream.flush()  # a character split across the last tokens
@@ -683,7 +704,11 @@ def run_batch(
             depth=prefetch, stdin_data=data, **args
         )
     else:
-        producer = prepare_pages(stdin=None if data is None else io.BytesIO(data), **args)
+        producer = prepare_pages(
+            stdin=None if data is None else io.BytesIO(data),
+            preprocess=runner.preprocess(spec) if prefetch > 0 else None,
+            **args,
+        )
         produced = background(producer, depth=prefetch) if prefetch > 0 else producer
     try:
         for prep in produced:

@@ -8,6 +8,7 @@ fills with the given colour, so Pillow alone reproduces it. No torchvision.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from PIL import Image
@@ -49,6 +50,36 @@ def hd_transform(img: Image.Image, hd: int, tile: int = REAL_TILE) -> Image.Imag
         canvas.paste(out, (g.pad_left, g.pad_top))
         out = canvas
     return out
+
+
+@dataclass(frozen=True)
+class HDImage:
+    """A page already HD-transformed for one tier: made ahead on a worker thread.
+
+    ``source`` is the page at native resolution (kept for a retry at another tier),
+    ``image`` is ``hd_transform(source, hd, tile)``.
+    """
+
+    source: Image.Image
+    image: Image.Image
+    hd: int
+    tile: int
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """PIL's (W, H) of the native page, like ``Image.size``."""
+        return self.source.size
+
+    def at(self, hd: int, tile: int) -> Image.Image:
+        """The HD image for (hd, tile): the prepared one, or a fresh transform."""
+        if (hd, tile) == (self.hd, self.tile):
+            return self.image
+        return hd_transform(self.source, hd, tile)
+
+
+def hd_image(img: Image.Image, hd: int, tile: int = REAL_TILE) -> HDImage:
+    """Transform ``img`` for tier ``hd`` now, keeping the native page for other tiers."""
+    return HDImage(img, hd_transform(img, hd, tile), hd, tile)
 
 
 def normalize(img: Image.Image) -> torch.Tensor:

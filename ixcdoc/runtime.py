@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from PIL import Image
 
     from ixcdoc.model.xcomposer import XComposer2
+    from ixcdoc.preprocess import HDImage
     from ixcdoc.tokenizer import Tokenizer
 
 DEFAULT_HD = 25  # upstream model.chat's hd_num default
@@ -208,15 +209,21 @@ class DocModel:
 
     # -- vision --------------------------------------------------------------------------------
 
-    def pixels(self, image: Image.Image, hd: int) -> torch.Tensor:
+    def pixels(self, image: Image.Image | HDImage, hd: int) -> torch.Tensor:
         """Upstream HD_transform + CLIP normalize: PIL image -> [1, 3, H, W] float32 on device.
 
-        Resizing runs on the CPU; the uint8 pixels travel to the device and are normalized
-        there (4x fewer bytes over PCIe, the same float32 ops, so the same values).
+        Resizing runs on the CPU (already done when ``image`` is an ``HDImage`` made ahead for
+        this tier); the uint8 pixels travel to the device and are normalized there (4x fewer
+        bytes over PCIe, the same float32 ops, so the same values).
         """
-        from ixcdoc.preprocess import hd_transform, hwc_uint8, normalize_uint8
+        from ixcdoc.preprocess import HDImage, hd_transform, hwc_uint8, normalize_uint8
 
-        hwc = hwc_uint8(hd_transform(image, check_hd(hd), self.tile))  # [H, W, 3] uint8
+        check_hd(hd)
+        if isinstance(image, HDImage):
+            hd_img = image.at(hd, self.tile)
+        else:
+            hd_img = hd_transform(image, hd, self.tile)
+        hwc = hwc_uint8(hd_img)  # [H, W, 3] uint8
         if self.device.type == "cuda":
             hwc = hwc.pin_memory().to(self.device, non_blocking=True)
         return normalize_uint8(hwc)

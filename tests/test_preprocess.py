@@ -79,3 +79,15 @@ def test_global_view_keeps_dtype_and_computes_in_float32() -> None:
     assert out.dtype == torch.bfloat16
     ref = global_view(pix.to(torch.bfloat16).float(), tile=56)
     assert torch.equal(out, ref.to(torch.bfloat16))
+
+
+def test_hd_image_made_ahead_equals_a_fresh_transform_at_any_tier() -> None:
+    from ixcdoc.preprocess import hd_image
+
+    rng = np.random.default_rng(3)
+    img = Image.fromarray(rng.integers(0, 256, size=(90, 60, 3), dtype=np.uint8), "RGB")
+    ahead = hd_image(img, 9, tile=56)
+    assert ahead.size == img.size
+    assert np.array_equal(np.asarray(ahead.at(9, 56)), np.asarray(hd_transform(img, 9, tile=56)))
+    lower = ahead.at(4, 56)  # an OOM retry at a lower tier starts from the native page
+    assert np.array_equal(np.asarray(lower), np.asarray(hd_transform(img, 4, tile=56)))
