@@ -440,6 +440,14 @@ class _Display:
             self.progress.stop()
             self.progress = None
 
+    def _screen(self) -> Console:
+        """Where results go on a terminal: above the live progress bar while it runs.
+
+        A second Console on stdout would write past Rich's live display and tear the bar;
+        both streams are the same terminal here, so the progress console prints them.
+        """
+        return self.progress.console if self.progress is not None else self.out
+
     def note(self, message: str) -> None:
         if not self.quiet:
             err.print(message, markup=False)
@@ -480,13 +488,13 @@ class _Display:
             if self.markers:
                 header = f"==> {where} <=="
                 if self.tty:
-                    self.out.rule(where, style="dim")
+                    self._screen().rule(where, style="dim")
                 else:
                     sys.stdout.write(header + "\n")
             if self.tty and not streamed:
                 from rich.markdown import Markdown
 
-                self.out.print(Markdown(rec.text))
+                self._screen().print(Markdown(rec.text))
             elif not self.tty:
                 sys.stdout.write(rec.text + "\n")
                 sys.stdout.flush()
