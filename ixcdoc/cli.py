@@ -23,6 +23,7 @@ from rich.console import Console
 
 from ixcdoc import __version__
 from ixcdoc.errors import (
+    EXIT_BROKEN_PIPE,
     EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_PARTIAL,
@@ -91,6 +92,11 @@ def handles_errors(fn: F) -> F:
         except KeyboardInterrupt:
             err.print("interrupted")
             raise typer.Exit(EXIT_INTERRUPTED) from None
+        except BrokenPipeError:
+            # The reader went away (`| head`): stop quietly with SIGPIPE's status, as Unix
+            # tools do. stdout now points at devnull so the final flush cannot raise again.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            raise typer.Exit(EXIT_BROKEN_PIPE) from None
 
     return wrapper  # type: ignore[return-value]
 
@@ -453,14 +459,24 @@ class _Display:
             err.print(message, markup=False)
 
     # per page
+    def will_stream(self, total: int) -> bool:
+        """True when page text is shown live as it is generated (one page on a terminal)."""
+        progress = not self.quiet and err.is_terminal and total > 1
+        return self.stream and self.tty and not progress
+
     def on_start(self, prep: Any, tier: int) -> None:
         if self.progress is not None:
             self.progress.update(self.task_id, description=f"{prep.source} p{prep.page} HD{tier}")
+        if self.live is not None:  # a retry at a lower tier: drop the partial text
+            self.live.stop()
+            self.live = None
         self.text = ""
         if self.stream and self.tty and self.progress is None:
             from rich.live import Live
             from rich.markdown import Markdown
 
+            if self.markers:  # the header goes above the text that streams under it
+                self.out.rule(f"{prep.source} page {prep.page}/{prep.page_count}", style="dim")
             self.live = Live(Markdown(""), console=self.out, refresh_per_second=8)
             self.live.start()
 
@@ -485,7 +501,7 @@ class _Display:
             pass
         else:
             where = f"{rec.source} page {rec.page}/{rec.page_count}"
-            if self.markers:
+            if self.markers and not streamed:
                 header = f"==> {where} <=="
                 if self.tty:
                     self._screen().rule(where, style="dim")
@@ -539,7 +555,7 @@ def _run_task(
     """Load the model once and run ``spec`` on every page; exit 0, 3 or 130."""
     import io
 
-    from ixcdoc.pipeline import Runner, count_pages, run_batch
+    from ixcdoc.pipeline import NotLoaded, Runner, count_pages, run_batch
     from ixcdoc.records import JsonlWriter, load_existing
 
     if "-" in paths and stdin_data is None:
@@ -553,18 +569,20 @@ def _run_task(
                 "left by an interrupted run",
                 markup=False,
             )
-    dm = _load_model(model, device, quant, quiet)
-    runner = Runner(
-        dm,
-        model_name=str(dm.model_id),
-        revision=dm.revision,
-        gpu=dm.gpu_budget(),
-    )
 
     def stdin() -> Any:
         return None if stdin_data is None else io.BytesIO(stdin_data)
 
-    total = count_pages(paths, pages=pages, password=password, max_pixels=max_pixels, stdin=stdin())
+    # Inputs first: a mistyped path must not cost a 17 GB load (or download) to report.
+    counted = count_pages(
+        paths, pages=pages, password=password, max_pixels=max_pixels, stdin=stdin()
+    )
+    total = counted.pages + counted.errors
+    if counted.pages:
+        dm = _load_model(model, device, quant, quiet)
+        runner = Runner(dm, model_name=str(dm.model_id), revision=dm.revision, gpu=dm.gpu_budget())
+    else:  # nothing readable: record the failures without loading anything
+        runner = Runner(NotLoaded(model, device), model_name=NotLoaded.name_of(model))
     if markers is None:
         markers = total != 1
     display = _Display(
@@ -599,7 +617,7 @@ def _run_task(
             redo_failed=redo_failed,
             sink=sink,
             on_start=display.on_start,
-            on_text=display.on_text if display.stream and display.tty else None,
+            on_text=display.on_text if display.will_stream(total) else None,
             on_record=display.on_record,
             on_skip=lambda prep: display.advance(),
         )

@@ -12,6 +12,7 @@ EXIT_FATAL = 1  # no usable device, weights missing or broken, model error outsi
 EXIT_USAGE = 2  # bad arguments
 EXIT_PARTIAL = 3  # the run finished but some pages (or files) failed; their records say why
 EXIT_INTERRUPTED = 130  # Ctrl-C
+EXIT_BROKEN_PIPE = 141  # the reader of stdout went away (`| head`), as 128 + SIGPIPE
 
 
 class IxcdocError(Exception):

@@ -294,3 +294,11 @@ def model_revision(path: str | Path) -> str | None:
         ):
             return folder.name
     return None
+
+
+def model_name(model: str | Path | None = None) -> str:
+    """How records name a model: a local folder's absolute path (however it was typed), else
+    the hub id (``model``, else $IXCDOC_MODEL, else the official id). Part of the resume key."""
+    name = str(model) if model is not None else os.environ.get(ENV_MODEL) or DEFAULT_MODEL_ID
+    path = Path(name).expanduser()
+    return str(path.resolve()) if path.is_dir() else name

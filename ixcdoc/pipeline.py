@@ -433,8 +433,9 @@ class Runner:
         self.gpu = gpu
 
     @property
-    def precision(self) -> str:
-        return str(self.model.precision)
+    def precision(self) -> str | None:
+        p = self.model.precision
+        return None if p is None else str(p)
 
     @property
     def device(self) -> str:
@@ -490,9 +491,14 @@ class Runner:
             max_new_tokens=spec.max_new_tokens,
         )
 
-    def preprocess(self, spec: RunSpec) -> Callable[[Any], Any]:
-        """``page -> HDImage`` at the tier ``run_page`` will pick: run on the render worker."""
+    def preprocess(self, spec: RunSpec) -> Callable[[Any], Any] | None:
+        """``page -> HDImage`` at the tier ``run_page`` will pick: run on the render worker.
+
+        None when no model is loaded (nothing will be run)."""
         from ixcdoc.preprocess import hd_image
+
+        if self.model.config is None:
+            return None
 
         tile = self.model.config.tile
 
@@ -572,25 +578,27 @@ class Runner:
                         error=ErrorInfo(code, f"{prep.source} page {prep.page}: {why}"),
                         timings=Timings(render_ms=render_ms),
                     )
-                self.model.release_memory()
-                lower = lower_tier(r.info.native_h, r.info.native_w, tier, cfg.tile)
-                if lower is None:
-                    return self._record(
-                        spec,
-                        prep,
-                        status="error",
-                        tier=tier,
-                        flags=tuple(flags),
-                        error=ErrorInfo(
-                            "oom",
-                            f"{prep.source} page {prep.page}: out of GPU "
-                            f"memory even at HD{tier}; try --quant 4bit",
-                        ),
-                        timings=Timings(render_ms=render_ms),
-                    )
-                tier = lower
-                if "tier_fallback" not in flags:
-                    flags.append("tier_fallback")
+            # Outside the except block: the exception's traceback holds the failed forward's
+            # tensors until it is gone, and only then can the cached blocks be released.
+            self.model.release_memory()
+            lower = lower_tier(r.info.native_h, r.info.native_w, tier, cfg.tile)
+            if lower is None:
+                return self._record(
+                    spec,
+                    prep,
+                    status="error",
+                    tier=tier,
+                    flags=tuple(flags),
+                    error=ErrorInfo(
+                        "oom",
+                        f"{prep.source} page {prep.page}: out of GPU "
+                        f"memory even at HD{tier}; try --quant 4bit",
+                    ),
+                    timings=Timings(render_ms=render_ms),
+                )
+            tier = lower
+            if "tier_fallback" not in flags:
+                flags.append("tier_fallback")
         text = ans.text
         if guard.triggered:
             flags.append("repetition")
@@ -631,6 +639,14 @@ class BatchStats:
         return bool(self.failed or self.skipped_failed)
 
 
+@dataclass(frozen=True)
+class PageCount:
+    """What a batch will visit: readable pages, and inputs that already failed to open."""
+
+    pages: int
+    errors: int
+
+
 def count_pages(
     paths: Sequence[str],
     *,
@@ -638,15 +654,36 @@ def count_pages(
     password: str | None = None,
     max_pixels: int | None = None,
     stdin: BinaryIO | None = None,
-) -> int:
-    """How many pages a batch will visit (for the progress bar); bad inputs count as one."""
-    n = 0
+) -> PageCount:
+    """Count the pages a batch will visit (for the progress bar, and to load no model when
+    nothing is readable). Opening is cheap: no page is rendered."""
+    n = errors = 0
     for job in iter_page_jobs(
         paths, pages=pages, password=password, max_pixels=max_pixels, stdin=stdin
     ):
-        n += 1
-        del job
-    return n
+        if isinstance(job, IxcdocError):
+            errors += 1
+        else:
+            n += 1
+    return PageCount(n, errors)
+
+
+class NotLoaded:
+    """Stands in for the model when no input is readable: records say what was asked for."""
+
+    precision = None
+    config = None
+
+    def __init__(self, model: str | None, device: str) -> None:
+        self.device = device
+        self.model = model
+
+    @staticmethod
+    def name_of(model: str | None) -> str:
+        """The model as the records name it (``hub.model_name``)."""
+        from ixcdoc.hub import model_name
+
+        return model_name(model)
 
 
 def run_batch(
@@ -725,6 +762,14 @@ def run_batch(
                 key = runner.key(spec, prep.sha256, prep.source, None)
                 if state.should_skip(key, redo_failed=redo_failed):
                     stats.skipped_failed += 1
+                    if on_skip:
+                        on_skip(prep)
+                    continue
+            if state is not None and prep.page is not None and prep.sha256 is not None:
+                # Identical bytes seen earlier in this run are the same job (docs/output.md).
+                key = runner.key(spec, prep.sha256, prep.source, prep.page)
+                if key in state.done:
+                    stats.skipped += 1
                     if on_skip:
                         on_skip(prep)
                     continue

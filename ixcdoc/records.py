@@ -100,7 +100,7 @@ class PageRecord:
     render_dpi: float | None = None
     model: str
     model_revision: str | None = None
-    precision: str
+    precision: str | None  # None: no page reached the model, so none was loaded
     device: str
     timings: Timings = field(default_factory=Timings)
     created_at: str = field(default_factory=utc_now)
@@ -270,7 +270,7 @@ _CHECKS: dict[str, tuple[Check, str]] = {
     "render_dpi": (_opt(lambda v: _is_num(v, positive=True)), "a number > 0 or null"),
     "model": (_is_str, "a non-empty string"),
     "model_revision": (_opt(_is_str), "a non-empty string or null"),
-    "precision": (_one_of(PRECISIONS), " | ".join(PRECISIONS)),
+    "precision": (_opt(_one_of(PRECISIONS)), " | ".join(PRECISIONS) + " | null"),
     "device": (_is_str, "a non-empty string"),
     "timings": (
         _is_timings,

@@ -159,15 +159,11 @@ def _bf16_fits(path: Path, dev: torch.device) -> bool:
 def _resolve_path(
     model: str | Path | None, revision: str | None, progress: Any
 ) -> tuple[Path, str]:
-    """Local checkpoint folder and a display id for ``model`` (a folder or a hub id)."""
-    try:
-        from ixcdoc import hub
-    except ImportError:  # hub support not installed in this build: paths only
-        if model is None:
-            raise WeightsError("no model given; pass a checkpoint folder") from None
-        return Path(model).expanduser(), str(model)
+    """Local checkpoint folder and the name records use for ``model`` (a folder or a hub id)."""
+    from ixcdoc import hub
+
     path = hub.resolve_model(model, revision=revision, progress=progress)
-    return Path(path), str(model if model is not None else path)
+    return Path(path), hub.model_name(model)
 
 
 class DocModel:
