@@ -57,10 +57,14 @@ def wait_for_records(proc: subprocess.Popen, out: Path, n: int) -> None:
     while time.monotonic() < deadline:
         if out.exists() and out.read_bytes().count(b"\n") >= n:
             return
-        if proc.poll() is not None:
-            _, err = proc.communicate()
-            pytest.fail(f"ixcdoc exited ({proc.returncode}) before writing: {err.decode()}")
-        time.sleep(0.02)
+        try:  # wait on the process itself between looks at the file, not a bare sleep
+            proc.wait(timeout=0.02)
+        except subprocess.TimeoutExpired:
+            continue
+        if out.exists() and out.read_bytes().count(b"\n") >= n:
+            return
+        _, err = proc.communicate()
+        pytest.fail(f"ixcdoc exited ({proc.returncode}) before writing: {err.decode()}")
     proc.kill()
     proc.communicate()
     pytest.fail(f"no record in {out} after {WAIT_S} s")
