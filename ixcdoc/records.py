@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, NamedTuple, TextIO
 
 from ixcdoc.errors import EXIT_FATAL, IxcdocError
+from ixcdoc.tasks import PRESETS
 
 try:
     import fcntl
@@ -29,7 +30,7 @@ except ImportError:  # pragma: no cover - Windows: concurrent writers go undetec
     fcntl = None  # type: ignore[assignment]
 
 SCHEMA_VERSION = 1
-TASKS = ("ask", "extract", "chart")
+TASKS = tuple(PRESETS)  # the task names, from the presets
 STATUSES = ("ok", "error")
 FLAGS = ("blank", "repetition", "tier_fallback")
 PRECISIONS = ("bf16", "fp16", "4bit", "fp32")

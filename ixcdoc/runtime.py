@@ -142,17 +142,17 @@ def _resolve_precision(
     return quant, dtype
 
 
-AUTO_QUANT_TIER_TOKENS = 3817  # HD25 on a square page: the tier ask and chart stop at
-
-
 def _bf16_fits(path: Path, dev: torch.device) -> bool:
-    """True when bf16 weights plus an HD25 page fit the GPU's free memory (ixcdoc.vram)."""
+    """True when bf16 weights plus a square page at the ``ask`` ceiling (HD25, the tier ask
+    and chart stop at) fit the GPU's free memory (ixcdoc.vram)."""
     from ixcdoc.planning import VRAM_HEADROOM
+    from ixcdoc.tasks import ASK
     from ixcdoc.vram import estimate_vram
 
     cfg = ModelConfig.from_file(path / "config.json")
     free, _total = torch.cuda.mem_get_info(dev)
-    est = estimate_vram(cfg, AUTO_QUANT_TIER_TOKENS, 25, quant="bf16")
+    g = hd_geometry(10**4, 10**4, ASK.hd_ceiling, cfg.tile)
+    est = estimate_vram(cfg, g.image_tokens(cfg.vision.patch_size), g.crops, quant="bf16")
     return est.total <= free * VRAM_HEADROOM
 
 

@@ -171,7 +171,7 @@ def test_plan_table_for_a_terminal(tmp_path: Path, invoke: Invoke) -> None:
     """On a terminal, plan prints a table; its cells come from the same rows as --json."""
     from rich.console import Console
 
-    from ixcdoc.cli import plan_table
+    from ixcdoc.cli.commands import plan_table
 
     png = tall_png(tmp_path)
     (row,) = json_lines(invoke(["plan", png, "--vram", "8"]).stdout)
