@@ -4,20 +4,23 @@ path on a tiny random checkpoint on the CPU."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+from ixcdoc.errors import UsageError
 
-def selftest(log: Callable[[str, float, str], None]) -> None:
+
+def selftest(log: Callable[[str, float, str], None], keep: Path | None = None) -> None:
     """Run the whole path on a tiny random checkpoint in the official layout, on the CPU.
 
-    Writes the checkpoint to a temporary folder, renders a generated PDF page, loads through
-    the real loader (and in 4-bit when bitsandbytes is installed), encodes and generates.
+    Writes the checkpoint to a temporary folder (or to ``keep``, which must not exist yet, and
+    stays there for ``--model``), renders a generated PDF page, loads through the real loader
+    (and in 4-bit when bitsandbytes is installed), encodes and generates.
     ``log(step, ms, detail)`` reports each step; any failure raises.
     """
     import importlib.util
     import tempfile
     import time
-    from pathlib import Path
 
     import pymupdf
 
@@ -32,8 +35,12 @@ def selftest(log: Callable[[str, float, str], None]) -> None:
         detail = fn()
         log(name, (time.perf_counter() - t0) * 1000, detail)
 
+    if keep is not None and keep.exists():
+        raise UsageError(f"--keep {keep}: already exists; name a folder to create")
+    if keep is not None and not keep.parent.is_dir():
+        raise UsageError(f"--keep {keep}: folder {keep.parent} does not exist")
     with tempfile.TemporaryDirectory(prefix="ixcdoc-selftest-") as tmp:
-        ckpt = Path(tmp) / "tiny"
+        ckpt = Path(tmp) / "tiny" if keep is None else keep
         ctx: dict[str, Any] = {}
 
         def write() -> str:
@@ -108,7 +115,10 @@ def doctor_report() -> dict[str, Any]:
             f"{torch.cuda.get_device_name()} ({free / 2**30:.1f} GiB free of {total / 2**30:.1f})"
         )
     else:
-        report["gpu"] = "none (CUDA not available): --device cpu runs float32, slowly"
+        report["gpu"] = (
+            "none (CUDA not available): --device cpu runs float32, or bf16 with --quant bf16, "
+            "slowly"
+        )
     bnb = version("bitsandbytes")
     report["bitsandbytes"] = bnb or "not installed (pip install 'ixcdoc[quant]' for --quant 4bit)"
     fa = version("flash-attn") if importlib.util.find_spec("flash_attn") else None

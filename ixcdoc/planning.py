@@ -17,7 +17,7 @@ from ixcdoc.errors import InputError, IxcdocError
 from ixcdoc.gpu import GpuInfo, assumed_gpu, detect_gpu
 from ixcdoc.tasks import TaskPreset, preset
 from ixcdoc.tiling import TIER_LADDER, TierGeometry, hd_geometry, min_tier_for_native_tile
-from ixcdoc.vram import QUANTS, VramEstimate, estimate_vram
+from ixcdoc.vram import PROMPT_TEXT_TOKENS, QUANTS, VramEstimate, estimate_vram
 
 if TYPE_CHECKING:
     from ixcdoc.inputs import PageInfo, Sources
@@ -58,25 +58,21 @@ def _fits(est: VramEstimate, gpu: GpuInfo | None) -> bool | None:
     return est.total <= gpu.free_bytes * VRAM_HEADROOM
 
 
-def choose_tier(
+def fits_context(cfg: ModelConfig, image_tokens: int, max_new_tokens: int) -> bool:
+    """True when a page's image tokens, the prompt text and the answer fit the positions the
+    model takes (``max_length``, where upstream truncates the spliced prompt)."""
+    return image_tokens + PROMPT_TEXT_TOKENS + max_new_tokens <= cfg.max_length
+
+
+def _auto_tier(
     native_h: int,
     native_w: int,
     task: TaskPreset,
-    *,
-    hd: int | None = None,
-    cfg: ModelConfig | None = None,
-    gpu: GpuInfo | None = None,
-    quant: str = "bf16",
-    max_new_tokens: int | None = None,
-) -> TierChoice:
-    """Pick the tier for a page of native size (h, w); ``hd`` forces one."""
-    cfg = cfg or ModelConfig()
-    mnt = task.max_new_tokens if max_new_tokens is None else max_new_tokens
-    if hd is not None:
-        g, n, est = _estimate(cfg, native_h, native_w, hd, mnt)
-        return TierChoice(
-            hd, "forced by --hd", g, n, est, {q: _fits(e, gpu) for q, e in est.items()}
-        )
+    cfg: ModelConfig,
+    gpu: GpuInfo | None,
+    quant: str,
+    mnt: int,
+) -> tuple[int, str, TierGeometry, int, dict[str, VramEstimate]]:
     need = min_tier_for_native_tile(native_h, native_w, cfg.tile)
     if need < task.hd_floor:
         tier, reason = task.hd_floor, f"native fits HD{need}; {task.name} floor {task.hd_floor}"
@@ -97,6 +93,42 @@ def choose_tier(
         else:
             g, n, est = _estimate(cfg, native_h, native_w, tier, mnt)
             reason += f"; does not fit {gpu.name} in {quant} at any tier"
+    return tier, reason, g, n, est
+
+
+def choose_tier(
+    native_h: int,
+    native_w: int,
+    task: TaskPreset,
+    *,
+    hd: int | None = None,
+    cfg: ModelConfig | None = None,
+    gpu: GpuInfo | None = None,
+    quant: str = "bf16",
+    max_new_tokens: int | None = None,
+) -> TierChoice:
+    """Pick the tier for a page of native size (h, w); ``hd`` forces one."""
+    cfg = cfg or ModelConfig()
+    mnt = task.max_new_tokens if max_new_tokens is None else max_new_tokens
+    if hd is not None:
+        tier, reason = hd, "forced by --hd"
+        g, n, est = _estimate(cfg, native_h, native_w, tier, mnt)
+    else:
+        tier, reason, g, n, est = _auto_tier(native_h, native_w, task, cfg, gpu, quant, mnt)
+    if not fits_context(cfg, n, mnt):
+        # The spliced prompt would be cut at the model's positions (upstream truncates
+        # silently): take the largest tier below that still fits, and say so.
+        wanted, lowered = tier, tier
+        while lowered > 1 and not fits_context(cfg, n, mnt):
+            lowered -= 1
+            g, n, est = _estimate(cfg, native_h, native_w, lowered, mnt)
+        tier = lowered
+        reason = (
+            f"{reason}; HD{wanted} with {mnt} new tokens exceeds the model's "
+            f"{cfg.max_length} positions, lowered to HD{tier}"
+        )
+        if not fits_context(cfg, n, mnt):
+            reason += f" (still too long: lower --max-new-tokens below {mnt})"
     return TierChoice(tier, reason, g, n, est, {q: _fits(e, gpu) for q, e in est.items()})
 
 

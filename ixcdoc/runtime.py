@@ -98,9 +98,11 @@ def _resolve_device(device: str) -> torch.device:
             return torch.device("cuda")
         raise DeviceError(
             f"no CUDA GPU found (torch {torch.__version__}): ixcdoc runs the model on an "
-            "NVIDIA GPU (`ixcdoc tiers` shows the memory each tier needs); to run on the CPU "
-            "instead, in float32 with ~35 GB of RAM and minutes per page, add --device cpu "
-            "(device='cpu' from Python)"
+            "NVIDIA GPU (`ixcdoc tiers` shows the memory each tier needs). Without one, add "
+            "--device cpu --quant bf16 (the 17.2 GB of bf16 weights in RAM, minutes per page; "
+            "device='cpu', quant='bf16' from Python), or try every command on a tiny random "
+            "model: `ixcdoc doctor --selftest --keep tiny-model`, then --model tiny-model "
+            "--device cpu"
         )
     try:
         dev = torch.device(device)

@@ -36,6 +36,23 @@ except ImportError:  # pragma: no cover
 
     NoArgsIsHelpError = None  # type: ignore[assignment,misc]
 
+
+def _plain_argument_help() -> None:
+    """Help shows arguments as ``PATH...`` and ``[QUESTION]``, as Unix tools do.
+
+    Typer 0.2x prints ``{PATH...}`` in the usage line and a ``<list[str]>`` type next to each
+    argument; our arguments carry their own metavars, so both are noise. Older Typer has
+    neither hook and needs nothing.
+    """
+    arg = getattr(typer.core, "TyperArgument", None)
+    if arg is None or not hasattr(arg, "_usage_display_name"):  # pragma: no cover
+        return
+    arg.display_type_rich = lambda self, ctx: None
+    arg._usage_display_name = lambda self: self.metavar or self.name.upper()
+
+
+_plain_argument_help()
+
 EXAMPLES = """\
 Examples:
 
@@ -120,10 +137,19 @@ def _pages_callback(value: str | None) -> str | None:
     return value
 
 
+def _device_callback(value: str) -> str:
+    import re
+
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", value.strip()):
+        raise typer.BadParameter(f"use auto, cuda, cuda:N or cpu, got {value!r}")
+    return value.strip()
+
+
 HdOpt = Annotated[
     str,
     typer.Option(
         "--hd",
+        metavar="auto|N",
         help="HD tier: 'auto' (per page) or N = max 336-px crops (9, 16, 25, 55, ...).",
         callback=_hd_callback,
     ),
@@ -143,7 +169,9 @@ Task = Enum("Task", [(name, name) for name in PRESETS], type=str)  # type: ignor
 QuantOpt = Annotated[
     Quant,
     typer.Option(
-        "--quant", help="Weights precision on CUDA: auto (bf16 if it fits, else 4bit), bf16, 4bit."
+        "--quant",
+        metavar="auto|bf16|4bit",
+        help="Weights: auto (CUDA: bf16 if it fits, else 4bit; CPU: float32), bf16, 4bit.",
     ),
 ]
 ModelOpt = Annotated[
@@ -151,43 +179,71 @@ ModelOpt = Annotated[
     typer.Option(
         "--model",
         envvar="IXCDOC_MODEL",
+        metavar="ID|PATH",
         help="Hub id or local checkpoint folder [default: internlm/internlm-xcomposer2-4khd-7b].",
     ),
 ]
 DeviceOpt = Annotated[
-    str, typer.Option("--device", help="auto, cuda, cuda:N, or cpu (float32, slow).")
+    str,
+    typer.Option(
+        "--device",
+        metavar="DEVICE",
+        help="auto, cuda, cuda:N, or cpu (slow; float32 unless --quant bf16).",
+        callback=_device_callback,
+    ),
 ]
 MaxNewOpt = Annotated[
     int | None,
-    typer.Option("--max-new-tokens", min=1, help="Generation limit [default: per task]."),
+    typer.Option(
+        "--max-new-tokens", min=1, metavar="N", help="Generation limit [default: per task]."
+    ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="One JSON object per page on stdout.")]
 OutputOpt = Annotated[
     Path | None,
-    typer.Option("--output", "-o", help="Append JSON lines to this file (resumable)."),
+    typer.Option(
+        "--output", "-o", metavar="FILE", help="Append JSON lines to this file (resumable)."
+    ),
 ]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress or notes on stderr.")]
 PagesOpt = Annotated[
     str | None,
     typer.Option(
         "--pages",
+        metavar="RANGES",
         help="Pages to read, 1-based: 1,3-5 (applies to every file).",
         callback=_pages_callback,
     ),
 ]
-PasswordOpt = Annotated[str | None, typer.Option("--password", help="Password for encrypted PDFs.")]
+PasswordOpt = Annotated[
+    str | None,
+    typer.Option("--password", metavar="TEXT", help="Password for encrypted PDFs."),
+]
 MaxPixelsOpt = Annotated[
     int | None,
     typer.Option(
-        "--max-pixels", min=1, help="Refuse images larger than this [default: 100000000]."
+        "--max-pixels",
+        min=1,
+        metavar="N",
+        help="Refuse images larger than this [default: 100000000].",
     ),
 ]
 VramOpt = Annotated[
     float | None,
-    typer.Option("--vram", min=1, help="Plan for a GPU with this many GiB free (no GPU needed)."),
+    typer.Option(
+        "--vram",
+        min=1,
+        metavar="GIB",
+        help="Plan for a GPU with this many GiB free (no GPU needed).",
+    ),
 ]
 PromptOpt = Annotated[
-    str | None, typer.Option("--prompt", help="Replace the task's preset instruction.")
+    str | None,
+    typer.Option("--prompt", metavar="TEXT", help="Replace the task's preset instruction."),
+]
+PathsArg = Annotated[
+    list[str],
+    typer.Argument(metavar="PATH...", help="Files, folders, globs, or - for stdin."),
 ]
 
 
@@ -215,7 +271,10 @@ RedoOpt = Annotated[
     bool, typer.Option("--redo-failed", help="With -o: retry pages recorded as failed.")
 ]
 TopKOpt = Annotated[
-    int, typer.Option("--top-k", min=1, help="PDFs with text: read the N best-matching pages.")
+    int,
+    typer.Option(
+        "--top-k", min=1, metavar="N", help="PDFs with text: read the N best-matching pages."
+    ),
 ]
 AllPagesOpt = Annotated[
     bool, typer.Option("--all-pages", help="Answer every selected page in turn.")

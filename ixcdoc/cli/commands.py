@@ -22,6 +22,7 @@ from ixcdoc.cli.app import (
     OutputOpt,
     PagesOpt,
     PasswordOpt,
+    PathsArg,
     PromptOpt,
     Quant,
     QuantOpt,
@@ -36,11 +37,13 @@ from ixcdoc.cli.app import (
     handles_errors,
 )
 from ixcdoc.errors import EXIT_INTERRUPTED, EXIT_PARTIAL, IxcdocError, UsageError
-from ixcdoc.tasks import parse_hd
+from ixcdoc.tasks import PRESETS, parse_hd
 
 if TYPE_CHECKING:
     from ixcdoc.inputs import Sources
     from ixcdoc.runner import Job
+
+TableJsonOpt = Annotated[bool, typer.Option("--json", help="One JSON object per tier.")]
 
 # ---- plan ----------------------------------------------------------------------------------
 
@@ -48,9 +51,12 @@ if TYPE_CHECKING:
 @app.command()
 @handles_errors
 def plan(
-    paths: Annotated[list[str], typer.Argument(help="Files, folders, globs, or - for stdin.")],
+    paths: PathsArg,
     task: Annotated[
-        Task, typer.Option("--task", help="Which command's tier policy to plan for.")
+        Task,
+        typer.Option(
+            "--task", metavar="|".join(PRESETS), help="Which command's tier policy to plan for."
+        ),
     ] = Task.extract,  # type: ignore[attr-defined]
     hd: HdOpt = "auto",
     pages: PagesOpt = None,
@@ -150,13 +156,17 @@ def _error_row(e: IxcdocError) -> dict[str, Any]:
 @handles_errors
 def tiers(
     aspect: Annotated[
-        str, typer.Option("--aspect", help="Page shape as W:H, e.g. 1:1, 8.5:11, 16:9.")
+        str,
+        typer.Option("--aspect", metavar="W:H", help="Page shape as W:H, e.g. 1:1, 8.5:11, 16:9."),
     ] = "1:1",
     vram: VramOpt = None,
     max_new_tokens: Annotated[
-        int, typer.Option("--max-new-tokens", min=1, help="Generation length to budget for.")
+        int,
+        typer.Option(
+            "--max-new-tokens", min=1, metavar="N", help="Generation length to budget for."
+        ),
     ] = 512,
-    json_out: JsonOpt = False,
+    json_out: TableJsonOpt = False,
 ) -> None:
     """The HD tier table: grid, image tokens and estimated peak VRAM per tier.
 
@@ -254,6 +264,11 @@ def run_job(
         raise typer.Exit(EXIT_PARTIAL)
 
 
+def _needs_output(redo_failed: bool, output: Path | None) -> None:
+    if redo_failed and output is None:
+        raise UsageError("--redo-failed needs -o/--output (the file that records failures)")
+
+
 def _question_from_stdin(doc: str, question: str | None) -> str:
     if question is not None and question.strip():
         return question.strip()
@@ -267,9 +282,12 @@ def _question_from_stdin(doc: str, question: str | None) -> str:
 @app.command()
 @handles_errors
 def ask(
-    doc: Annotated[str, typer.Argument(help="PDF or image, or - for bytes on stdin.")],
+    doc: Annotated[
+        str, typer.Argument(metavar="DOC", help="PDF or image, or - for bytes on stdin.")
+    ],
     question: Annotated[
-        str | None, typer.Argument(help="The question (else read from stdin).")
+        str | None,
+        typer.Argument(metavar="[QUESTION]", help="The question (else read from stdin)."),
     ] = None,
     hd: HdOpt = "auto",
     quant: QuantOpt = Quant.auto,
@@ -282,6 +300,8 @@ def ask(
     password: PasswordOpt = None,
     max_pixels: MaxPixelsOpt = None,
     json_out: JsonOpt = False,
+    output: OutputOpt = None,
+    redo_failed: RedoOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
     """Answer a question about a document, citing the page.
@@ -307,6 +327,7 @@ def ask(
         max_new_tokens=max_new_tokens,
         top_k=None if all_pages else top_k,
     )
+    _needs_output(redo_failed, output)
     sources = Sources.read([doc], pages=pages, password=password, max_pixels=max_pixels)
     run_job(
         job,
@@ -314,16 +335,18 @@ def ask(
         model=model,
         device=device,
         quant=quant,
-        output=None,
+        output=output,
         json_out=json_out,
         quiet=quiet,
+        redo_failed=redo_failed,
+        stream=output is None,
     )
 
 
 @app.command()
 @handles_errors
 def extract(
-    paths: Annotated[list[str], typer.Argument(help="Files, folders, globs, or - for stdin.")],
+    paths: PathsArg,
     output: OutputOpt = None,
     json_out: JsonOpt = False,
     hd: HdOpt = "auto",
@@ -352,8 +375,7 @@ def extract(
     from ixcdoc.runner import Job
     from ixcdoc.tasks import EXTRACT
 
-    if redo_failed and output is None:
-        raise UsageError("--redo-failed needs -o/--output (the file that records failures)")
+    _needs_output(redo_failed, output)
     job = Job(EXTRACT, prompt or EXTRACT.prompt, hd=parse_hd(hd), max_new_tokens=max_new_tokens)
     sources = Sources.read(
         paths,
@@ -379,7 +401,9 @@ def extract(
 @app.command()
 @handles_errors
 def chart(
-    image: Annotated[str, typer.Argument(help="Chart image or PDF, or - for stdin.")],
+    image: Annotated[
+        str, typer.Argument(metavar="IMAGE", help="Chart image or PDF, or - for stdin.")
+    ],
     table: Annotated[
         bool, typer.Option("--table", help="Give the chart's data as a Markdown table.")
     ] = False,
@@ -390,7 +414,10 @@ def chart(
     max_new_tokens: MaxNewOpt = None,
     pages: PagesOpt = None,
     password: PasswordOpt = None,
+    max_pixels: MaxPixelsOpt = None,
     json_out: JsonOpt = False,
+    output: OutputOpt = None,
+    redo_failed: RedoOpt = False,
     prompt: PromptOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
@@ -406,16 +433,19 @@ def chart(
 
     preset = CHART_TABLE if table else CHART
     job = Job(preset, prompt or preset.prompt, hd=parse_hd(hd), max_new_tokens=max_new_tokens)
-    sources = Sources.read([image], pages=pages, password=password)
+    _needs_output(redo_failed, output)
+    sources = Sources.read([image], pages=pages, password=password, max_pixels=max_pixels)
     run_job(
         job,
         sources,
         model=model,
         device=device,
         quant=quant,
-        output=None,
+        output=output,
         json_out=json_out,
         quiet=quiet,
+        redo_failed=redo_failed,
+        stream=output is None,
     )
 
 
@@ -431,20 +461,34 @@ def doctor(
             "--selftest", help="Run the whole path on a tiny random model (CPU, seconds)."
         ),
     ] = False,
+    keep: Annotated[
+        Path | None,
+        typer.Option(
+            "--keep",
+            metavar="DIR",
+            help="With --selftest: keep the tiny checkpoint in DIR, to try any command with "
+            "--model DIR --device cpu.",
+        ),
+    ] = None,
     vram: VramOpt = None,
-    json_out: JsonOpt = False,
+    json_out: Annotated[
+        bool, typer.Option("--json", help="The report as one JSON object.")
+    ] = False,
 ) -> None:
     """Check GPU, CUDA, torch, bitsandbytes, flash-attn and cached weights; tiers that fit.
 
     \b
     ixcdoc doctor
     ixcdoc doctor --selftest
+    ixcdoc doctor --selftest --keep tiny-model
     """
     from ixcdoc.doctor import doctor_report
     from ixcdoc.doctor import selftest as run_selftest
     from ixcdoc.planning import tier_rows
     from ixcdoc.tiling import DOCUMENT_TIERS
 
+    if keep is not None and not selftest:
+        raise UsageError("--keep needs --selftest (it keeps the self-test's tiny checkpoint)")
     report = doctor_report()
     rows = tier_rows(vram_gib=vram, tiers=DOCUMENT_TIERS)
     if json_out or not sys.stdout.isatty():
@@ -476,9 +520,15 @@ def doctor(
             if not json_out:
                 err.print(f"  ok  {step:<48} {ms:8.0f} ms  {detail}", markup=False)
 
-        run_selftest(log)
+        run_selftest(log, keep=keep)
         if not json_out:
             err.print("selftest passed: this installation can load and run the model", markup=False)
+            if keep is not None:
+                err.print(
+                    f"kept the tiny random checkpoint in {keep}: try any command with "
+                    f"--model {keep} --device cpu (its answers are random text)",
+                    markup=False,
+                )
 
 
 @app.command()
@@ -486,10 +536,13 @@ def doctor(
 def download(
     model: Annotated[
         str | None,
-        typer.Argument(help="Hub id [default: $IXCDOC_MODEL or the official 4KHD checkpoint]."),
+        typer.Argument(
+            metavar="[ID]",
+            help="Hub id [default: $IXCDOC_MODEL or the official 4KHD checkpoint].",
+        ),
     ] = None,
     revision: Annotated[
-        str | None, typer.Option("--revision", help="Branch, tag or commit.")
+        str | None, typer.Option("--revision", metavar="REF", help="Branch, tag or commit.")
     ] = None,
     quiet: QuietOpt = False,
 ) -> None:
