@@ -101,7 +101,7 @@ def _tier(model: Any, job: EvalJob, image: Any, max_new_tokens: int) -> int:
 
 
 def answer_all(
-    model: Any, jobs: Iterable[EvalJob], *, max_new_tokens: int, batch_size: int = BATCH_SIZE
+    model: Any, jobs: Iterable[EvalJob], *, max_new_tokens: int, batch_size: int | None = None
 ) -> Iterator[Outcome]:
     """Answer every job, in order; batched through ``model.chat_batch`` when the model has it.
 
@@ -110,6 +110,7 @@ def answer_all(
     failure lands on the question that caused it.
     """
     batched = hasattr(model, "chat_batch")
+    batch_size = batch_size or BATCH_SIZE
     pending: list[tuple[EvalJob, Any, int]] = []
 
     def one(job: EvalJob, image: Any, hd: int) -> Outcome:
