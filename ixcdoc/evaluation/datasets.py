@@ -59,7 +59,7 @@ class Benchmark:
     name: str
     title: str
     metric: str  # anls | relaxed_accuracy | ocrbench
-    hd: int  # upstream's tier for it in VLMEvalKit (``XComposer2_4KHD.generate``)
+    hd: int  # the tier upstream's VLMEvalKit code runs it at (``XComposer2_4KHD.generate``)
     prompt: str = VQA_PROMPT
     max_new_tokens: int = VQA_MAX_NEW_TOKENS
     splits: tuple[str, ...] = ("val",)
@@ -104,7 +104,11 @@ BENCHMARKS: dict[str, Benchmark] = {
             name="ocrbench",
             title="OCRBench",
             metric="ocrbench",
-            hd=55,
+            # Upstream means 55 but runs 25: its test is ``listinstr([..., 'OCRBench'],
+            # dataset.lower())`` and 'OCRBench' never occurs in a lower-cased name, so OCRBench
+            # falls to the default branch. We default to what upstream runs; --hd 55 is the
+            # intent.
+            hd=25,
             splits=("test",),
             paper=PaperNumber(675.0, "all 1000 questions (67.5%)", PAPER_SOURCE),
             unit="/1000",

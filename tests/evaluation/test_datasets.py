@@ -85,13 +85,14 @@ def test_unknown_benchmark() -> None:
 
 
 def test_upstream_settings() -> None:
-    # VLMEvalKit's XComposer2_4KHD: HD55 for DocVQA/InfoVQA val and OCRBench, HD25 otherwise;
-    # VQA answers capped at 100 tokens.
+    # VLMEvalKit's XComposer2_4KHD: HD55 for DocVQA/InfoVQA val, HD25 otherwise; OCRBench is
+    # listed for 55 but its capitalized name never matches the lower-cased dataset name, so
+    # upstream runs it at 25. VQA answers are capped at 100 tokens.
     assert {n: b.hd for n, b in BENCHMARKS.items()} == {
         "docvqa": 55,
         "infovqa": 55,
         "chartqa": 25,
-        "ocrbench": 55,
+        "ocrbench": 25,
     }
     assert all(b.max_new_tokens == 100 for b in BENCHMARKS.values())
     q = BENCHMARKS["docvqa"].query("What is it?")

@@ -42,7 +42,7 @@ def lines(path: Path) -> list[dict[str, Any]]:
         ("docvqa", builders.docvqa, 3, 55),
         ("infovqa", builders.infovqa, 2, 55),
         ("chartqa", builders.chartqa, 3, 25),
-        ("ocrbench", builders.ocrbench, 2, 55),
+        ("ocrbench", builders.ocrbench, 2, 25),
     ],
 )
 def test_each_format_end_to_end(
