@@ -999,6 +999,8 @@ def eval_(
         sys.stdout.write(json.dumps(report_dict(rows), ensure_ascii=False) + "\n")
     else:
         Console().print(eval_table(rows))
+    if benchmark != "report" and any(r.failed for r in rows):
+        raise typer.Exit(EXIT_PARTIAL)  # as extract: the records say which questions failed
 
 
 # ---- setup commands --------------------------------------------------------------------------

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ixcdoc.errors import EXIT_FATAL, EXIT_OK, EXIT_USAGE
+from ixcdoc.errors import EXIT_FATAL, EXIT_OK, EXIT_PARTIAL, EXIT_USAGE
 from tests.evaluation import builders
 from tests.evaluation.conftest import EvalCkpts
 
@@ -82,3 +82,16 @@ def test_eval_errors_before_loading(invoke, tmp_path: Path) -> None:
     r = invoke(["eval", "report", tmp_path / "none.jsonl"])
     assert r.exit_code == EXIT_FATAL
     assert "no such records file" in r.stderr
+
+
+def test_eval_failed_question_exits_partial(invoke, eval_ckpts: EvalCkpts, tmp_path: Path) -> None:
+    data = builders.docvqa(tmp_path / "docvqa", n=2)
+    (data / "documents" / "doc0.png").unlink()
+    out = tmp_path / "out.jsonl"
+    r = invoke(["eval", "docvqa", data, "-o", out, "--json", *model_args(eval_ckpts.normal)])
+    assert r.exit_code == EXIT_PARTIAL
+    [row] = json.loads(r.stdout)["rows"]
+    assert (row["n"], row["failed"]) == (2, 1)
+    assert "1 failed" in r.stderr
+    # the report of the file alone is not a failed run
+    assert invoke(["eval", "report", out, "--json"]).exit_code == EXIT_OK
