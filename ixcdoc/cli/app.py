@@ -117,7 +117,8 @@ def handles_errors(fn: F) -> F:
 # ---- shared options: one definition each ------------------------------------------------
 
 
-def _hd_callback(value: str) -> str:
+def hd_callback(value: str) -> str:
+    """Validate --hd (auto or a whole number) as a usage error."""
     try:
         parse_hd(value)
     except IxcdocError as e:
@@ -151,7 +152,7 @@ HdOpt = Annotated[
         "--hd",
         metavar="auto|N",
         help="HD tier: 'auto' (per page) or N = max 336-px crops (9, 16, 25, 55, ...).",
-        callback=_hd_callback,
+        callback=hd_callback,
     ),
 ]
 
@@ -279,6 +280,18 @@ TopKOpt = Annotated[
 AllPagesOpt = Annotated[
     bool, typer.Option("--all-pages", help="Answer every selected page in turn.")
 ]
+
+
+def load_model(model: str | None, device: str, quant: Quant, quiet: bool) -> Any:
+    """Load once per process, with a spinner on a terminal (for commands that hold a model
+    themselves; the batch commands load through ``ixcdoc.batch.run``)."""
+    from ixcdoc.hub import model_name
+    from ixcdoc.runtime import load
+
+    if quiet or not err.is_terminal:
+        return load(model, device=device, quant=quant.value)
+    with err.status(f"loading {model_name(model)} ({quant.value}, {device})"):
+        return load(model, device=device, quant=quant.value)
 
 
 def main() -> None:

@@ -12,7 +12,7 @@ import torch
 from ixcdoc.errors import EXIT_USAGE
 from tests.cli.helpers import model_args, read_records, text_png
 
-COMMANDS = ["plan", "tiers", "ask", "extract", "chart", "doctor", "download"]
+COMMANDS = ["plan", "tiers", "ask", "extract", "chart", "eval", "doctor", "download"]
 
 
 @pytest.mark.parametrize("command", COMMANDS)
