@@ -73,6 +73,8 @@ class BatchStats:
     flagged: int = 0  # repetition or tier_fallback
     pages: int = 0  # pages (and unreadable files) visited
     loaded: bool = False  # the model was loaded
+    files_written: int = 0  # document files written to the output folder
+    records_path: Path | None = None  # where the records went (also out_dir's own file)
 
     @property
     def any_failed(self) -> bool:
@@ -136,6 +138,8 @@ def run(
     redo_failed: bool = False,
     events: Events | None = None,
     read_ahead: int = 2,
+    out_dir: str | os.PathLike[str] | None = None,
+    out_format: str = "md",
 ) -> BatchStats:
     """Run ``job`` on every page of ``sources``, one record each; return what happened.
 
@@ -145,8 +149,10 @@ def run(
     ``output``: a JSONL file to append records to; pages it already holds for this job are
     skipped (failed ones too, unless ``redo_failed``). ``json_stream``: also write each record
     there as a JSON line. Pages are read ``read_ahead`` pages in front of the model on a worker
-    thread (0: on the calling thread). KeyboardInterrupt propagates after the reader stops;
-    every record written before it is complete.
+    thread (0: on the calling thread). ``out_dir``: also write one file per document there
+    (``out_format`` md, txt or json; ``ixcdoc.outdir``), with the records in ``output`` or, if
+    none is given, in ``out_dir/.ixcdoc/records.jsonl``. KeyboardInterrupt propagates after
+    the reader stops; every record written before it is complete.
     """
     from ixcdoc.records import load_existing
 
@@ -159,6 +165,14 @@ def run(
     else:
         runner = PageRunner.loaded(model)
         to_load = None
+    docs = None
+    if out_dir is not None:
+        from ixcdoc.outdir import DocumentFiles
+
+        docs = DocumentFiles(out_dir, out_format, sources.paths)
+        if output is None:
+            output = Path(out_dir) / ".ixcdoc" / "records.jsonl"
+            output.parent.mkdir(parents=True, exist_ok=True)
     state = None
     if output is not None:
         state = load_existing(output)
@@ -193,14 +207,27 @@ def run(
                 w.write(rec)
             if state is not None:
                 state.add(rec)
+            if docs is not None:
+                earlier.remember(rec)
+                docs.add(rec, fresh=True)
+
+        earlier = _Earlier(output)
 
         try:
             for item in items:
                 if isinstance(item, Opened):
                     events.opened(item.source, item.pages, single=single_arg and item.pages == 1)
+                    if docs is not None:
+                        docs.opened(item.source, item.pages)
                     continue
                 stats.pages += 1
                 if _skip(item, runner, job, state, redo_failed, stats):
+                    if docs is not None:
+                        before = earlier.get(runner.key(job, item.sha256, item.source, item.page))
+                        if before is None:
+                            docs.skip_page()
+                        else:
+                            docs.add(before, fresh=False)
                     events.skipped(item)
                     continue
                 if item.error is None and not item.blank and runner.model is None:
@@ -219,7 +246,35 @@ def run(
         finally:
             if hasattr(items, "close"):
                 items.close()
+            stats.files_written = 0 if docs is None else docs.written
+            stats.records_path = None if output is None else Path(output)
     return stats
+
+
+class _Earlier:
+    """The records of pages that are skipped now: read from the records file on first need
+    (only documents whose file must be written need them), plus those written in this run."""
+
+    def __init__(self, path: str | os.PathLike[str] | None) -> None:
+        self.path = path
+        self._from_file: dict[Any, PageRecord] | None = None
+        self._this_run: dict[Any, PageRecord] = {}
+
+    def remember(self, rec: PageRecord) -> None:
+        from ixcdoc.records import resume_key
+
+        self._this_run[resume_key(rec)] = rec
+
+    def get(self, key: Any) -> PageRecord | None:
+        if key in self._this_run:
+            return self._this_run[key]
+        if self._from_file is None:
+            from ixcdoc.records import latest_records, resume_key
+
+            exists = self.path is not None and Path(self.path).is_file()
+            recs = latest_records(self.path) if exists else []  # type: ignore[arg-type]
+            self._from_file = {resume_key(r): r for r in recs}
+        return self._from_file.get(key)
 
 
 def _skip(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -36,12 +37,14 @@ from ixcdoc.cli.app import (
     handles_errors,
 )
 from ixcdoc.errors import EXIT_INTERRUPTED, EXIT_PARTIAL, IxcdocError, UsageError
+from ixcdoc.outdir import FORMATS
 from ixcdoc.tasks import PRESETS, parse_hd
 
 if TYPE_CHECKING:
     from ixcdoc.inputs import Sources
     from ixcdoc.runner import Job
 
+OutFormat = Enum("OutFormat", [(f, f) for f in FORMATS], type=str)  # type: ignore[misc]
 TableJsonOpt = Annotated[bool, typer.Option("--json", help="One JSON object per tier.")]
 
 # ---- plan ----------------------------------------------------------------------------------
@@ -218,6 +221,8 @@ def run_job(
     quiet: bool,
     redo_failed: bool = False,
     stream: bool = True,
+    out_dir: Path | None = None,
+    out_format: str = "md",
 ) -> None:
     """Run ``job`` over ``sources`` with the display; exit 0, 3 (some pages failed) or 130."""
     from ixcdoc.batch import run
@@ -227,7 +232,8 @@ def run_job(
         json_out=json_out,
         quiet=quiet,
         stream=stream,
-        text_out=output is None,  # with -o the records are the output; stdout stays empty
+        # with -o or --out-dir the files are the output; stdout stays empty
+        text_out=output is None and out_dir is None,
     )
     try:
         stats = run(
@@ -240,6 +246,8 @@ def run_job(
             json_stream=sys.stdout if json_out else None,
             redo_failed=redo_failed,
             events=display,
+            out_dir=out_dir,
+            out_format=out_format,
         )
     except KeyboardInterrupt:
         display.stop()
@@ -248,7 +256,7 @@ def run_job(
         raise typer.Exit(EXIT_INTERRUPTED) from None
     finally:
         display.stop()
-    if not quiet and (stats.pages > 1 or stats.skipped or stats.skipped_failed):
+    if not quiet and (stats.pages > 1 or stats.skipped or stats.skipped_failed or out_dir):
         parts = [f"{stats.ok} ok"]
         if stats.failed:
             parts.append(f"{stats.failed} failed")
@@ -258,7 +266,10 @@ def run_job(
             parts.append(f"{stats.skipped} already done")
         if stats.skipped_failed:
             parts.append(f"{stats.skipped_failed} failed earlier (retry with --redo-failed)")
-        err.print(", ".join(parts) + (f"; records in {output}" if output else ""), markup=False)
+        where = f"; records in {stats.records_path}" if stats.records_path else ""
+        if out_dir is not None:
+            where += f"; {stats.files_written} files written to {out_dir}"
+        err.print(", ".join(parts) + where, markup=False)
     if stats.any_failed:
         raise typer.Exit(EXIT_PARTIAL)
 
@@ -358,15 +369,29 @@ def extract(
     max_pixels: MaxPixelsOpt = None,
     prompt: PromptOpt = None,
     redo_failed: RedoOpt = False,
+    out_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--out-dir",
+            metavar="DIR",
+            help="Also write one file per document here, mirroring the input tree (resumable).",
+        ),
+    ] = None,
+    out_format: Annotated[
+        OutFormat,
+        typer.Option("--format", metavar="md|txt|json", help="File format for --out-dir."),
+    ] = OutFormat.md,  # type: ignore[attr-defined]
     quiet: QuietOpt = False,
 ) -> None:
     """Transcribe every page of files and folders.
 
     Text goes to stdout (pages marked "==> FILE page N/M <=="); --json prints one record
-    per page; -o FILE.jsonl appends records and resumes where an earlier run stopped.
+    per page; -o FILE.jsonl appends records and resumes where an earlier run stopped;
+    --out-dir DIR writes one Markdown (or text, or JSON) file per document.
 
     \b
     ixcdoc extract scans/ -o scans.jsonl
+    ixcdoc extract scans/ --out-dir scans-md
     ixcdoc extract invoice.pdf --json | jq -r .text
     ixcdoc extract tiny-print.pdf --hd 55
     """
@@ -374,14 +399,15 @@ def extract(
     from ixcdoc.runner import Job
     from ixcdoc.tasks import EXTRACT
 
-    _needs_output(redo_failed, output)
+    if redo_failed and output is None and out_dir is None:
+        raise UsageError("--redo-failed needs -o/--output or --out-dir (where failures are kept)")
     job = Job(EXTRACT, prompt or EXTRACT.prompt, hd=parse_hd(hd), max_new_tokens=max_new_tokens)
     sources = Sources.read(
         paths,
         pages=pages,
         password=password,
         max_pixels=max_pixels,
-        exclude=[output] if output is not None else (),
+        exclude=[p for p in (output, out_dir) if p is not None],
     )
     run_job(
         job,
@@ -393,7 +419,9 @@ def extract(
         json_out=json_out,
         quiet=quiet,
         redo_failed=redo_failed,
-        stream=output is None,
+        stream=output is None and out_dir is None,
+        out_dir=out_dir,
+        out_format=out_format.value,
     )
 
 

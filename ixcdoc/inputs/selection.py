@@ -19,8 +19,8 @@ class Sources:
     """The documents a command reads and how: iterate ``documents()`` to open them in order.
 
     ``paths``: files, folders, globs, and "-" for ``stdin`` (bytes, read once by
-    ``Sources.read``). ``exclude``: files a folder or glob must not yield (ixcdoc's own
-    output files, which may sit inside the folder being read).
+    ``Sources.read``). ``exclude``: files, or folders, that a folder or glob must not yield
+    (ixcdoc's own outputs, which may sit inside the folder being read).
     """
 
     paths: tuple[str, ...]
@@ -109,7 +109,9 @@ class Sources:
         if not isinstance(source, str) or source == "-":
             return False
         real = os.path.realpath(source)
-        return real in self.exclude and real != named
+        if real == named:
+            return False
+        return any(real == ex or real.startswith(ex + os.sep) for ex in self.exclude)
 
     def documents(self) -> Iterator[tuple[Document, list[int]] | IxcdocError]:
         """Each open document with its selected page numbers, in order; problems are yielded.
