@@ -24,7 +24,7 @@ LAYERS: list[list[str]] = [
     ["engine"],
     ["runtime"],
     ["feeder", "reading"],
-    ["runner"],
+    ["runner", "outdir"],
     ["batch", "doctor", "evaluation"],
     ["serve", "distributed"],
     ["cli"],
