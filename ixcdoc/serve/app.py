@@ -220,7 +220,11 @@ def _usage(answer: Any) -> dict[str, Any]:
         "prompt_tokens": answer.prompt_tokens,
         "completion_tokens": completion,
         "total_tokens": answer.prompt_tokens + completion,
-        "prompt_tokens_details": {"image_tokens": answer.n_image_tokens, "cached_tokens": 0},
+        "prompt_tokens_details": {
+            "image_tokens": answer.n_image_tokens,
+            "text_tokens": max(0, answer.prompt_tokens - answer.n_image_tokens),
+            "cached_tokens": 0,
+        },
     }
 
 
