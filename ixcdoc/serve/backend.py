@@ -91,6 +91,7 @@ class Backend:
         self._running = 0
         self._mean_s = 5.0  # a guess until the first job finishes; feeds Retry-After only
         self._thread: threading.Thread | None = None
+        self._current: Ticket | None = None
 
     # -- state ------------------------------------------------------------------------------
 
@@ -122,7 +123,10 @@ class Backend:
             self._thread.start()
 
     def close(self, timeout: float | None = 10.0) -> None:
-        """Cancel every pending job, stop the worker and wait for it (at most ``timeout`` s)."""
+        """Cancel every job, stop the worker and wait for it (at most ``timeout`` s)."""
+        current = self._current
+        if current is not None:
+            current.cancel()
         while True:
             try:
                 item = self._queue.get_nowait()
@@ -168,6 +172,7 @@ class Backend:
             with self._lock:
                 self._queued -= 1
                 self._running += 1
+                self._current = ticket
             answer, error = None, None
             t0 = time.monotonic()
             try:
@@ -177,6 +182,7 @@ class Backend:
             finally:
                 with self._lock:
                     self._running -= 1
+                    self._current = None
                     self._mean_s = 0.8 * self._mean_s + 0.2 * (time.monotonic() - t0)
             _report(ticket, answer, error)
 

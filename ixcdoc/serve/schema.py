@@ -42,7 +42,32 @@ class ImageContent(_Lenient):
     image_url: ImageURL
 
 
-ContentPart = Annotated[TextContent | ImageContent, Field(discriminator="type")]
+class FileData(_Lenient):
+    """``{"file_data": "data:application/pdf;base64,...", "filename": ...}``; no file ids."""
+
+    file_data: str | None = None
+    filename: str | None = None
+    file_id: str | None = None
+
+
+class FileContent(_Lenient):
+    """``{"type": "file", "file": {...}}``: how OpenAI clients (simonw/llm) send PDFs."""
+
+    type: Literal["file"]
+    file: FileData
+
+    def url(self) -> str:
+        """The data URL of the file (UsageError for an uploaded-file id, which we lack)."""
+        if self.file.file_data is None:
+            raise UsageError("file parts must carry file_data (a data URL); file ids are unknown")
+        return self.file.file_data
+
+
+ContentPart = Annotated[TextContent | ImageContent | FileContent, Field(discriminator="type")]
+
+
+def _image_url(part: ImageContent | FileContent) -> str:
+    return part.image_url.url if isinstance(part, ImageContent) else part.url()
 
 
 class Message(_Lenient):
@@ -109,7 +134,7 @@ def _user_text(content: str | list[ContentPart] | None, urls: list[str]) -> str:
     if isinstance(content, str):
         return content
     texts = [p.text for p in content if isinstance(p, TextContent)]
-    images = [p.image_url.url for p in content if isinstance(p, ImageContent)]
+    images = [_image_url(p) for p in content if not isinstance(p, TextContent)]
     urls.extend(images)
     return IMAGE_PLACEHOLDER * len(images) + "\n".join(texts)
 
@@ -117,7 +142,7 @@ def _user_text(content: str | list[ContentPart] | None, urls: list[str]) -> str:
 def _plain_text(content: str | list[ContentPart] | None, role: str) -> str:
     if content is None or isinstance(content, str):
         return content or ""
-    if any(isinstance(p, ImageContent) for p in content):
+    if any(not isinstance(p, TextContent) for p in content):
         raise UsageError(f"images are only read from user messages, not from {role} messages")
     return "\n".join(p.text for p in content if isinstance(p, TextContent))
 

@@ -132,3 +132,39 @@ def test_a_text_only_question_needs_no_image(client: Any, tiny: Any) -> None:
     )
     assert r.choices[0].message.content == want.text
     assert r.usage.prompt_tokens_details.image_tokens == 0
+
+
+def _two_page_pdf() -> bytes:
+    import pymupdf
+
+    doc = pymupdf.open()
+    doc.new_page(width=300, height=150).insert_text((20, 60), "Page one: total 42")
+    doc.new_page(width=150, height=300).insert_text((20, 60), "Page two")
+    return doc.tobytes()
+
+
+def test_a_pdf_reads_its_first_page_as_image_url_or_file_part(client: Any, tiny: Any) -> None:
+    from ixcdoc.inputs import open_bytes
+
+    pdf = _two_page_pdf()
+    with open_bytes(pdf, source="ref") as doc:  # what `ixcdoc ask` would read: page 1
+        page = doc.render(1).image
+    want = tiny.chat([page], "Total?", hd=4, max_new_tokens=6)
+    url = data_url(pdf, "application/pdf")
+    as_image = user_message("Total?", url)
+    as_file = {  # the shape simonw/llm sends PDF attachments in
+        "role": "user",
+        "content": [
+            {"type": "text", "text": "Total?"},
+            {"type": "file", "file": {"filename": "a.pdf", "file_data": url}},
+        ],
+    }
+    for message in (as_image, as_file):
+        r = client.chat.completions.create(
+            model="ixc-tiny",
+            messages=[message],
+            max_tokens=6,
+            extra_body={"ixcdoc": {"hd": 4}},
+        )
+        assert r.choices[0].message.content == want.text
+        assert r.model_extra["ixcdoc"]["grids"] == [list(want.grid)]
