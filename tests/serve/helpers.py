@@ -84,18 +84,24 @@ class Wrapped:
 
 
 class HeldModel(Wrapped):
-    """Each chat waits at the start until ``release`` is set; ``entered`` says one is waiting."""
+    """Each chat waits at the start until ``release`` is set; ``entered`` says one is waiting.
+
+    ``answers`` keeps what each chat returned, in order.
+    """
 
     def __init__(self, model: Any) -> None:
         super().__init__(model)
         self.entered = threading.Event()
         self.release = threading.Event()
+        self.answers: list[Any] = []
 
     def chat(self, *args: Any, **kwargs: Any) -> Any:
         self.entered.set()
         if not self.release.wait(TIMEOUT):
             raise TimeoutError("the test never released the model")
-        return self._model.chat(*args, **kwargs)
+        answer = self._model.chat(*args, **kwargs)
+        self.answers.append(answer)
+        return answer
 
 
 class FailingModel(Wrapped):
@@ -103,6 +109,18 @@ class FailingModel(Wrapped):
 
     def chat(self, *args: Any, **kwargs: Any) -> Any:
         raise RuntimeError("simulated model failure")
+
+
+class FailsAfterATokenModel(Wrapped):
+    """Streams one real token, then fails: an error in the middle of a stream."""
+
+    def chat(self, *args: Any, on_token: Any = None, **kwargs: Any) -> Any:
+        def one_then_fail(tid: int) -> bool:
+            if on_token is not None:
+                on_token(tid)
+            raise RuntimeError("failed after the first token")
+
+        return self._model.chat(*args, on_token=one_then_fail, **kwargs)
 
 
 class RecordingModel(Wrapped):

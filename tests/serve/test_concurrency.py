@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import socket
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -15,6 +16,7 @@ from PIL import Image
 from ixcdoc.serve import create_app
 from tests.serve.helpers import (
     TIMEOUT,
+    HeldModel,
     OverlapModel,
     RecordingModel,
     chat_body,
@@ -106,3 +108,25 @@ def test_a_client_leaving_mid_stream_stops_its_job_only(looping: Any) -> None:
     assert streamed.status_code == 200
     assert streamed.text.rstrip().endswith("data: [DONE]")
     assert health["queue_depth"] == 0
+
+
+def test_a_client_leaving_before_its_answer_stops_its_job(looping: Any) -> None:
+    model = HeldModel(looping)
+    with live_server(create_app(model)) as url:
+        host, port = url.removeprefix("http://").split(":")
+        body = json.dumps(chat_body("Leave.", max_tokens=4000)).encode()
+        sock = socket.create_connection((host, int(port)), timeout=TIMEOUT)
+        sock.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+            b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+        )
+        assert model.entered.wait(TIMEOUT)  # the job is on the model
+        sock.close()  # the client gives up before any answer
+        model.release.set()
+        with httpx.Client(base_url=url, timeout=TIMEOUT) as http:
+            r = http.post(CHAT, json=chat_body("Next.", max_tokens=3))
+    assert r.status_code == 200
+    left, following = model.answers
+    assert left.stop_reason == "callback"
+    assert len(left.token_ids) < 4000
+    assert len(following.token_ids) == 3

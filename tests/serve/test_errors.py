@@ -17,6 +17,7 @@ from tests.serve.helpers import (
     TIMEOUT,
     CountingBackend,
     FailingModel,
+    FailsAfterATokenModel,
     HeldModel,
     chat_body,
     data_url,
@@ -235,3 +236,17 @@ def test_a_full_queue_is_429_with_retry_after(tiny: Any) -> None:
         first.join(TIMEOUT)
         second.join(TIMEOUT)
     assert results == [200, 200]
+
+
+def test_a_failure_mid_stream_ends_it_with_an_error_event(tiny: Any) -> None:
+    with (
+        live_server(create_app(FailsAfterATokenModel(tiny))) as url,
+        httpx.Client(base_url=url, timeout=TIMEOUT) as http,
+    ):
+        r = http.post(CHAT, json=chat_body("hi", stream=True))
+    assert r.status_code == 200  # the stream had begun: the error travels inside it
+    events = [line[6:] for line in r.text.splitlines() if line.startswith("data: ")]
+    assert events[-1] == "[DONE]"
+    err = json.loads(events[-2])["error"]
+    assert err["type"] == "server_error"
+    assert "failed after the first token" in err["message"]
