@@ -288,6 +288,7 @@ def create_app(
     from ixcdoc.inputs import DEFAULT_MAX_PIXELS
     from ixcdoc.planning import choose_tier
     from ixcdoc.tasks import ASK
+    from ixcdoc.tiling import hd_geometry, merged_side
 
     backend = backend or Backend(model, max_queue=max_queue)
     name = model_name or default_model_name(model)
@@ -295,6 +296,11 @@ def create_app(
     pixels_limit = max_pixels or DEFAULT_MAX_PIXELS
     decode_slots = asyncio.Semaphore(DECODE_CONCURRENCY)
     created = int(time.time())
+    # A client-chosen tier sizes the image buffers: refuse tiers whose crops alone would
+    # overflow the prompt (113 for the real model), so no request can ask for a giant image.
+    cfg = model.config
+    per_crop = merged_side(cfg.tile, cfg.vision.patch_size) ** 2
+    max_hd = max(1, cfg.max_length // per_crop)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -324,7 +330,8 @@ def create_app(
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, e: StarletteHTTPException) -> JSONResponse:
-        code = {404: "not_found", 405: "method_not_allowed"}.get(e.status_code)
+        # FastAPI's own 400 is a body it could not parse (e.g. JSON nested too deeply).
+        code = {400: "invalid_json", 404: "not_found", 405: "method_not_allowed"}.get(e.status_code)
         return ApiError(e.status_code, str(e.detail), code=code).response()
 
     @app.exception_handler(Exception)
@@ -357,31 +364,46 @@ def create_app(
     def prepare(body: ChatCompletionRequest) -> GenRequest:
         """Decode images and choose the tier (blocking: runs on a worker thread)."""
         conv = to_conversation(body.messages)
+        max_new = body.max_completion_tokens or body.max_tokens or ASK.max_new_tokens
+        hd = body.ixcdoc.tier()
+        if hd is not None and hd > max_hd:
+            raise ApiError(
+                400,
+                f"ixcdoc.hd {hd} is over {max_hd}: more crops than the model's "
+                f"{cfg.max_length} positions can hold",
+                code="invalid_request",
+                param="ixcdoc.hd",
+            )
         images = [
             open_image(
                 url, index=i, allow_urls=allow_urls, max_bytes=max_body, max_pixels=pixels_limit
             )
             for i, url in enumerate(conv.image_urls)
         ]
-        max_new = body.max_completion_tokens or body.max_tokens or ASK.max_new_tokens
-        hd = body.ixcdoc.tier()
         if hd is None:
             # Every image is read at one tier: the largest any of them asks for.
             gpu = model.gpu_budget() if hasattr(model, "gpu_budget") else None
-            hd = max(
-                (
-                    choose_tier(
-                        im.height,
-                        im.width,
-                        ASK,
-                        cfg=model.config,
-                        gpu=gpu,
-                        quant=getattr(model, "precision", "bf16"),
-                        max_new_tokens=max_new,
-                    ).hd
-                    for im in images
-                ),
-                default=ASK.hd_floor,
+            quant = getattr(model, "precision", "bf16")
+            tiers = [
+                choose_tier(
+                    im.height, im.width, ASK, cfg=cfg, gpu=gpu, quant=quant, max_new_tokens=max_new
+                ).hd
+                for im in images
+            ]
+            hd = max(tiers, default=ASK.hd_floor)
+        # Images past the position limit would only be encoded to be cut off: refuse them
+        # before they cost vision-tower time and memory.
+        need = sum(
+            hd_geometry(im.height, im.width, hd, cfg.tile).image_tokens(cfg.vision.patch_size)
+            for im in images
+        )
+        if need > cfg.max_length:
+            raise ApiError(
+                400,
+                f"{len(images)} image(s) at HD{hd} take {need:,} tokens, over the model's "
+                f"{cfg.max_length:,} positions: send fewer images or a lower ixcdoc.hd",
+                code="too_many_image_tokens",
+                param="messages",
             )
         sampling = body.temperature is not None and body.temperature > 0
         return GenRequest(

@@ -72,6 +72,7 @@ def test_malformed_json_is_400(http: httpx.Client) -> None:
         ({"messages": [{"role": "user", "content": "hi"}], "temperature": 7}, "temperature"),
         ({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 0}, "max_tokens"),
         ({"messages": [{"role": "user", "content": "hi"}], "ixcdoc": {"hd": "huge"}}, "ixcdoc.hd"),
+        ({"messages": [{"role": "user", "content": "hi"}], "seed": 10**30}, "seed"),
     ],
 )
 def test_schema_errors_are_400_naming_the_field(
@@ -79,6 +80,29 @@ def test_schema_errors_are_400_naming_the_field(
 ) -> None:
     err = _error(http.post(CHAT, json=body, headers=AUTH), 400, "invalid_request")
     assert err["param"] is not None and err["param"].startswith(param)
+
+
+def test_json_nested_too_deeply_is_400(http: httpx.Client) -> None:
+    deep = b'{"messages": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    r = http.post(CHAT, content=deep, headers={**AUTH, "content-type": "application/json"})
+    _error(r, 400, "invalid_json")
+
+
+def test_a_tier_whose_crops_overflow_the_prompt_is_400(http: httpx.Client, tiny: Any) -> None:
+    # Tiny model: 56-px crops of 4 tokens each, 16384 positions -> at most HD4096.
+    assert tiny.config.max_length == 16384 and tiny.config.tile == 56
+    body = chat_body("hi", data_url(page_png()), ixcdoc={"hd": 4097})
+    err = _error(http.post(CHAT, json=body, headers=AUTH), 400, "invalid_request")
+    assert err["param"] == "ixcdoc.hd"
+    assert "4096" in err["message"]
+
+
+def test_images_past_the_position_limit_are_400(http: httpx.Client) -> None:
+    # Two images at HD4000 take about 2 x 4000 x 4 tokens on the tiny model: over 16384.
+    png = data_url(page_png())
+    body = chat_body("compare", png, png, ixcdoc={"hd": 4000})
+    err = _error(http.post(CHAT, json=body, headers=AUTH), 400, "too_many_image_tokens")
+    assert "16,384" in err["message"]
 
 
 def test_a_body_that_is_not_an_object_is_400(http: httpx.Client) -> None:
