@@ -64,6 +64,8 @@ def _library_error(e: IxcdocError) -> ApiError:
 
 
 def _model_failure(e: BaseException) -> ApiError:
+    if isinstance(e, Cancelled):  # only the server cancels a job whose client is still there
+        return ApiError(503, f"not run: {e}", type="server_error", code="shutting_down")
     if isinstance(e, IxcdocError):
         return _library_error(e)
     return ApiError(500, f"the model failed: {type(e).__name__}: {e}", type="server_error")
@@ -336,7 +338,8 @@ def create_app(
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, e: Exception) -> JSONResponse:
-        return _model_failure(e).response()
+        message = f"internal error: {type(e).__name__}: {e}"
+        return ApiError(500, message, type="server_error").response()
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
