@@ -876,8 +876,8 @@ def serve(
     except ImportError:
         err.print("ixcdoc serve needs: pip install 'ixcdoc[serve]'", markup=False)
         raise typer.Exit(1) from None
-    from ixcdoc.serve.app import is_loopback
-    from ixcdoc.serve.app import serve as run_server
+    from ixcdoc.serve.run import is_loopback
+    from ixcdoc.serve.run import serve as run_server
 
     if not is_loopback(host) and not api_key:
         raise UsageError(

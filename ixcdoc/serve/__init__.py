@@ -14,12 +14,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from ixcdoc.serve.app import create_app, serve
+    from ixcdoc.serve.app import create_app
     from ixcdoc.serve.backend import Backend, GenRequest, QueueFull
+    from ixcdoc.serve.run import serve
 
 _WHERE = {
     "create_app": "ixcdoc.serve.app",
-    "serve": "ixcdoc.serve.app",
+    "serve": "ixcdoc.serve.run",
     "Backend": "ixcdoc.serve.backend",
     "GenRequest": "ixcdoc.serve.backend",
     "QueueFull": "ixcdoc.serve.backend",

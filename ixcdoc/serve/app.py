@@ -1,14 +1,14 @@
-"""The FastAPI app: OpenAI-style routes over a ``Backend``, errors in OpenAI's JSON shape.
+"""The FastAPI app: OpenAI-style routes over a ``Backend``.
 
 Routes: POST /v1/chat/completions (plain and server-sent events), GET /v1/models, GET /health.
-A pure ASGI middleware checks the API key and the body size before any route reads the body.
+``guard.Guard`` checks the API key and the body size before any route reads the body; errors
+are ``errors.ApiError`` in OpenAI's JSON shape.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import json
 import time
 import uuid
@@ -22,138 +22,14 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ixcdoc.errors import InputError, IxcdocError, UsageError
+from ixcdoc.errors import IxcdocError
 from ixcdoc.serve.backend import Backend, Cancelled, GenRequest, QueueFull, Ticket
+from ixcdoc.serve.errors import ApiError, library_error, model_failure
+from ixcdoc.serve.guard import Guard
 from ixcdoc.serve.images import open_image
 from ixcdoc.serve.schema import ChatCompletionRequest, to_conversation
 
 DECODE_CONCURRENCY = 2  # images decoded at once: bounds the memory a burst of large pages takes
-
-
-class ApiError(Exception):
-    """An error to send as ``{"error": {message, type, param, code}}`` with an HTTP status."""
-
-    def __init__(
-        self,
-        status: int,
-        message: str,
-        *,
-        type: str = "invalid_request_error",
-        code: str | None = None,
-        param: str | None = None,
-        headers: dict[str, str] | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.body = {"error": {"message": message, "type": type, "param": param, "code": code}}
-        self.headers = headers
-
-    def response(self) -> JSONResponse:
-        """The JSON response for this error."""
-        return JSONResponse(self.body, status_code=self.status, headers=self.headers)
-
-
-def _library_error(e: IxcdocError) -> ApiError:
-    """ixcdoc's typed errors as API errors: the client's fault is 4xx, the model's 500."""
-    if isinstance(e, InputError):
-        status = 413 if e.code == "too_large" else 400
-        return ApiError(status, e.message, code=e.code, param="messages")
-    if isinstance(e, UsageError):
-        return ApiError(400, e.message, code=e.code, param="messages")
-    return ApiError(500, f"the model failed: {e.message}", type="server_error", code=e.code)
-
-
-def _model_failure(e: BaseException) -> ApiError:
-    if isinstance(e, Cancelled):  # only the server cancels a job whose client is still there
-        return ApiError(503, f"not run: {e}", type="server_error", code="shutting_down")
-    if isinstance(e, IxcdocError):
-        return _library_error(e)
-    return ApiError(500, f"the model failed: {type(e).__name__}: {e}", type="server_error")
-
-
-# ---- middleware: key and body size, before the body is read ------------------------------
-
-
-async def _send_error(send: Any, err: ApiError) -> None:
-    body = json.dumps(err.body).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
-    headers += [(k.lower().encode(), v.encode()) for k, v in (err.headers or {}).items()]
-    await send({"type": "http.response.start", "status": err.status, "headers": headers})
-    await send({"type": "http.response.body", "body": body, "more_body": False})
-
-
-class Guard:
-    """ASGI middleware: 401 without the right key on /v1, 413 for a body over the limit.
-
-    The body is read here, chunk by chunk, and refused as soon as it passes the limit (or at
-    once from Content-Length); the route then gets it replayed in one message, and later
-    ``receive`` calls go to the server so that disconnects are still seen.
-    """
-
-    def __init__(self, app: Any, *, api_key: str | None, max_body: int) -> None:
-        self.app = app
-        self.api_key = api_key
-        self.max_body = max_body
-
-    def _key_error(self, headers: dict[bytes, bytes]) -> ApiError | None:
-        if self.api_key is None:
-            return None
-        auth = headers.get(b"authorization", b"").decode("latin-1")
-        scheme, _, token = auth.partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
-            return ApiError(
-                401,
-                "missing API key: send 'Authorization: Bearer KEY'",
-                code="invalid_api_key",
-                headers={"WWW-Authenticate": "Bearer"},
-            )
-        if not hmac.compare_digest(token.strip().encode(), self.api_key.encode()):
-            return ApiError(401, "incorrect API key", code="invalid_api_key")
-        return None
-
-    def _too_large(self) -> ApiError:
-        mb = self.max_body / 2**20
-        message = f"request body over the {mb:g} MB limit (--max-body-mb)"
-        return ApiError(413, message, code="too_large")
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        headers = dict(scope.get("headers") or [])
-        if scope["path"].startswith("/v1"):
-            err = self._key_error(headers)
-            if err is not None:
-                await _send_error(send, err)
-                return
-        length = headers.get(b"content-length")
-        if length is not None and length.isdigit() and int(length) > self.max_body:
-            await _send_error(send, self._too_large())
-            return
-        chunks: list[bytes] = []
-        total = 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            chunk = message.get("body", b"")
-            total += len(chunk)
-            if total > self.max_body:
-                await _send_error(send, self._too_large())
-                return
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                break
-        replayed = False
-
-        async def replay() -> Any:
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
-            return await receive()
-
-        await self.app(scope, replay, send)
 
 
 # ---- the request's side of the backend seam ------------------------------------------------
@@ -430,7 +306,7 @@ def create_app(
             async with decode_slots:
                 gen = await asyncio.to_thread(prepare, body)
         except IxcdocError as e:
-            raise _library_error(e) from None
+            raise library_error(e) from None
         run = _submit(backend, gen, stream=body.stream)
         rid = f"chatcmpl-{uuid.uuid4().hex}"
         head = {"id": rid, "created": int(time.time()), "model": name}
@@ -443,7 +319,7 @@ def create_app(
         if first is None:
             return JSONResponse({}, status_code=499)  # nobody reads it: the client left
         if first[0] == "error":
-            raise _model_failure(first[1])
+            raise model_failure(first[1])
         if not body.stream:
             answer = first[1]
             choice = {
@@ -481,7 +357,7 @@ def create_app(
                     if text:
                         yield chunk({"content": text}, None)
                 elif kind == "error":
-                    err = _model_failure(value)
+                    err = model_failure(value)
                     if isinstance(value, Cancelled):
                         return
                     yield _sse(err.body)
@@ -510,65 +386,3 @@ def create_app(
 
     app.add_middleware(Guard, api_key=api_key, max_body=max_body)
     return app
-
-
-# ---- running it ---------------------------------------------------------------------------
-
-
-def is_loopback(host: str) -> bool:
-    """True for 127.0.0.0/8, ::1 and localhost: addresses only this machine can reach."""
-    import ipaddress
-
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
-def serve(
-    model: Any,
-    *,
-    host: str = "127.0.0.1",
-    port: int = 8000,
-    api_key: str | None = None,
-    announce: Callable[[str], None] | None = None,
-    log_level: str = "warning",
-    **app_options: Any,
-) -> None:
-    """Bind host:port (port 0: any free one), call ``announce(url)``, then serve until stopped.
-
-    Binding anywhere but loopback needs an API key (UsageError otherwise). ``app_options`` go
-    to ``create_app``.
-    """
-    import socket
-
-    import uvicorn
-
-    if not is_loopback(host) and not api_key:
-        raise UsageError(
-            f"--host {host} makes the server reachable from other machines: set --api-key "
-            "(or IXCDOC_API_KEY) as well"
-        )
-    app = create_app(model, api_key=api_key, **app_options)
-    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-    family, _, _, _, address = infos[0]
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind(address)
-    except OSError as e:
-        sock.close()
-        raise UsageError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
-    sock.listen(2048)  # connections queue from here on, so announcing the URL is truthful
-    bound = sock.getsockname()
-    shown = f"[{bound[0]}]" if family == socket.AF_INET6 else bound[0]
-    config = uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=5)
-    server = uvicorn.Server(config)
-    if announce is not None:
-        announce(f"http://{shown}:{bound[1]}")
-    try:
-        server.run(sockets=[sock])
-    finally:
-        sock.close()
