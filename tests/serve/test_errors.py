@@ -274,3 +274,33 @@ def test_a_failure_mid_stream_ends_it_with_an_error_event(tiny: Any) -> None:
     err = json.loads(events[-2])["error"]
     assert err["type"] == "server_error"
     assert "failed after the first token" in err["message"]
+
+
+def test_allow_urls_fetches_http_images_within_the_size_cap(
+    tiny: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import functools
+    import http.server
+
+    for var in ("http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(var, raising=False)
+    (tmp_path / "page.png").write_bytes(page_png())
+    (tmp_path / "big.png").write_bytes(page_png() + b"\0" * 300_000)  # over the 0.25 MB cap
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    handler.log_message = lambda *a: None  # type: ignore[attr-defined]
+    files = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=files.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{files.server_address[1]}"
+    app = create_app(tiny, allow_urls=True, max_body_mb=0.25)
+    try:
+        with live_server(app) as url, httpx.Client(base_url=url, timeout=TIMEOUT) as http:
+            ok = http.post(CHAT, json=chat_body("hi", f"{base}/page.png"))
+            big = http.post(CHAT, json=chat_body("hi", f"{base}/big.png"))
+            missing = http.post(CHAT, json=chat_body("hi", f"{base}/nothing.png"))
+    finally:
+        files.shutdown()
+        files.server_close()
+    assert ok.status_code == 200, ok.text
+    assert ok.json()["ixcdoc"]["grids"]  # the fetched page was read
+    _error(big, 413, "too_large")
+    _error(missing, 400, "unreadable")
