@@ -837,7 +837,9 @@ def serve(
     host: Annotated[
         str, typer.Option("--host", help="Address to bind; anything but loopback needs a key.")
     ] = "127.0.0.1",
-    port: Annotated[int, typer.Option("--port", min=0, help="Port (0: any free one).")] = 8000,
+    port: Annotated[
+        int, typer.Option("--port", min=0, max=65535, help="Port (0: any free one).")
+    ] = 8000,
     api_key: Annotated[
         str | None,
         typer.Option(
