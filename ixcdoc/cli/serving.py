@@ -1,0 +1,104 @@
+"""``ixcdoc serve``: the model behind an OpenAI-compatible HTTP API (docs/serve.md)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from ixcdoc.cli.app import (
+    DeviceOpt,
+    MaxPixelsOpt,
+    ModelOpt,
+    Quant,
+    QuantOpt,
+    QuietOpt,
+    app,
+    err,
+    handles_errors,
+    load_model,
+)
+from ixcdoc.errors import UsageError
+
+# ---- serve ---------------------------------------------------------------------------------
+
+
+@app.command()
+@handles_errors
+def serve(
+    host: Annotated[
+        str,
+        typer.Option(
+            "--host", metavar="ADDR", help="Address to bind; anything but loopback needs a key."
+        ),
+    ] = "127.0.0.1",
+    port: Annotated[
+        int, typer.Option("--port", min=0, max=65535, metavar="N", help="Port (0: any free one).")
+    ] = 8000,
+    api_key: Annotated[
+        str | None,
+        typer.Option(
+            "--api-key",
+            envvar="IXCDOC_API_KEY",
+            metavar="KEY",
+            help="Require 'Authorization: Bearer KEY'.",
+        ),
+    ] = None,
+    allow_urls: Annotated[
+        bool,
+        typer.Option("--allow-urls", help="Fetch http(s) image URLs (a server-side request)."),
+    ] = False,
+    max_queue: Annotated[
+        int, typer.Option("--max-queue", min=1, metavar="N", help="Waiting requests before 429.")
+    ] = 64,
+    max_body_mb: Annotated[
+        float,
+        typer.Option("--max-body-mb", min=0.001, metavar="MB", help="Largest request body (413)."),
+    ] = 20.0,
+    model_name: Annotated[
+        str | None,
+        typer.Option(
+            "--model-name",
+            metavar="NAME",
+            help="Name in /v1/models [default: the hub id or folder].",
+        ),
+    ] = None,
+    max_pixels: MaxPixelsOpt = None,
+    quant: QuantOpt = Quant.auto,
+    model: ModelOpt = None,
+    device: DeviceOpt = "auto",
+    quiet: QuietOpt = False,
+) -> None:
+    """Serve the model over an OpenAI-compatible HTTP API (/v1/chat/completions).
+
+    \b
+    ixcdoc serve --port 8000
+    ixcdoc serve --host 0.0.0.0 --api-key "$KEY"
+    """
+    try:
+        import fastapi  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError:
+        err.print("ixcdoc serve needs: pip install 'ixcdoc[serve]'", markup=False)
+        raise typer.Exit(1) from None
+    from ixcdoc.serve.run import is_loopback
+    from ixcdoc.serve.run import serve as run_server
+
+    if not is_loopback(host) and not api_key:
+        raise UsageError(
+            f"--host {host} makes the server reachable from other machines: set --api-key "
+            "(or IXCDOC_API_KEY) as well"
+        )
+    dm = load_model(model, device, quant, quiet)
+    run_server(
+        dm,
+        host=host,
+        port=port,
+        api_key=api_key,
+        announce=lambda url: err.print(f"listening on {url}", markup=False),
+        max_queue=max_queue,
+        max_body_mb=max_body_mb,
+        max_pixels=max_pixels,
+        allow_urls=allow_urls,
+        model_name=model_name,
+    )

@@ -1,0 +1,40 @@
+"""``ixcdoc serve``: an OpenAI-compatible HTTP server over one loaded model (docs/serve.md).
+
+Needs the ``serve`` extra (FastAPI and uvicorn): ``pip install 'ixcdoc[serve]'``.
+
+    >>> from ixcdoc.serve import create_app, serve
+    >>> serve(ixcdoc.load(), port=8000)                  # blocks; Ctrl-C stops it
+
+``create_app(model, ...)`` gives the FastAPI app for embedding; ``Backend`` is the seam where
+requests meet the model (one worker thread, a bounded queue).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ixcdoc.serve.app import create_app
+    from ixcdoc.serve.backend import Backend, GenRequest, QueueFull
+    from ixcdoc.serve.run import serve
+
+_WHERE = {
+    "create_app": "ixcdoc.serve.app",
+    "serve": "ixcdoc.serve.run",
+    "Backend": "ixcdoc.serve.backend",
+    "GenRequest": "ixcdoc.serve.backend",
+    "QueueFull": "ixcdoc.serve.backend",
+}
+
+__all__ = ["Backend", "GenRequest", "QueueFull", "create_app", "serve"]
+
+
+def __getattr__(name: str) -> Any:
+    import importlib
+
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module 'ixcdoc.serve' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value

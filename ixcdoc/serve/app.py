@@ -1,0 +1,388 @@
+"""The FastAPI app: OpenAI-style routes over a ``Backend``.
+
+Routes: POST /v1/chat/completions (plain and server-sent events), GET /v1/models, GET /health.
+``guard.Guard`` checks the API key and the body size before any route reads the body; errors
+are ``errors.ApiError`` in OpenAI's JSON shape.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from ixcdoc.errors import IxcdocError
+from ixcdoc.serve.backend import Backend, Cancelled, GenRequest, QueueFull, Ticket
+from ixcdoc.serve.errors import ApiError, library_error, model_failure
+from ixcdoc.serve.guard import Guard
+from ixcdoc.serve.images import open_image
+from ixcdoc.serve.schema import ChatCompletionRequest, to_conversation
+
+DECODE_CONCURRENCY = 2  # images decoded at once: bounds the memory a burst of large pages takes
+
+
+# ---- the request's side of the backend seam ------------------------------------------------
+
+
+@dataclass
+class _Run:
+    """One submitted job seen from the event loop: its ticket and the events it produces."""
+
+    ticket: Ticket
+    events: asyncio.Queue[tuple[str, Any]]  # ("token", id) | ("done", Answer) | ("error", exc)
+
+
+def _submit(backend: Backend, request: GenRequest, *, stream: bool) -> _Run:
+    loop = asyncio.get_running_loop()
+    events: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+
+    def on_token(tid: int) -> bool:
+        if stream:
+            loop.call_soon_threadsafe(events.put_nowait, ("token", tid))
+        return True
+
+    def on_done(answer: Any, error: BaseException | None) -> None:
+        event = ("error", error) if error is not None else ("done", answer)
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting
+            loop.call_soon_threadsafe(events.put_nowait, event)
+
+    try:
+        ticket = backend.submit(request, on_token, on_done)
+    except QueueFull as e:
+        raise ApiError(
+            429,
+            f"the server is busy: {e.queued} requests are waiting (--max-queue); retry later",
+            type="rate_limit_error",
+            code="queue_full",
+            headers={"Retry-After": str(e.retry_after)},
+        ) from None
+    return _Run(ticket, events)
+
+
+async def _until_disconnect(receive: Callable[[], Any]) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _next_event(run: _Run, gone: asyncio.Future[None]) -> tuple[str, Any] | None:
+    """The job's next event, or None (and the job cancelled) once ``gone`` is done."""
+    get = asyncio.ensure_future(run.events.get())
+    await asyncio.wait({get, gone}, return_when=asyncio.FIRST_COMPLETED)
+    if get.done():
+        return get.result()
+    get.cancel()
+    run.ticket.cancel()
+    return None
+
+
+# ---- responses ---------------------------------------------------------------------------
+
+
+FINISH = {"stop_token": "stop", "hook": "stop", "max_new_tokens": "length", "max_length": "length"}
+
+
+def _usage(answer: Any) -> dict[str, Any]:
+    completion = len(answer.token_ids)
+    return {
+        "prompt_tokens": answer.prompt_tokens,
+        "completion_tokens": completion,
+        "total_tokens": answer.prompt_tokens + completion,
+        "prompt_tokens_details": {
+            "image_tokens": answer.n_image_tokens,
+            "text_tokens": max(0, answer.prompt_tokens - answer.n_image_tokens),
+            "cached_tokens": 0,
+        },
+    }
+
+
+def _extension(answer: Any) -> dict[str, Any]:
+    return {
+        "hd": answer.hd,
+        "grids": [list(g) for g in answer.grids],
+        "stop_reason": answer.stop_reason,
+        "truncated": answer.truncated,
+    }
+
+
+def _sse(data: dict[str, Any] | str) -> bytes:
+    text = data if isinstance(data, str) else json.dumps(data, ensure_ascii=False)
+    return f"data: {text}\n\n".encode()
+
+
+class _EventStream(StreamingResponse):
+    """A streaming response that cancels its job however the stream ends."""
+
+    def __init__(self, content: AsyncIterator[bytes], ticket: Ticket) -> None:
+        super().__init__(
+            content,
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+        self.ticket = ticket
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.ticket.cancel()
+
+
+def default_model_name(model: Any) -> str:
+    """What /v1/models lists: the hub id, or a local checkpoint folder's name."""
+    ident = str(getattr(model, "model_id", None) or "ixcdoc")
+    path = Path(ident)
+    return path.name if path.is_absolute() or ident.startswith(".") else ident
+
+
+# ---- the app -----------------------------------------------------------------------------
+
+
+def create_app(
+    model: Any,
+    *,
+    api_key: str | None = None,
+    max_queue: int = 64,
+    max_body_mb: float = 20.0,
+    max_pixels: int | None = None,
+    allow_urls: bool = False,
+    model_name: str | None = None,
+    backend: Backend | None = None,
+) -> FastAPI:
+    """The OpenAI-compatible app over ``model`` (a ``DocModel``); ``backend`` replaces the queue.
+
+    The backend's worker starts with the app's lifespan and stops with it.
+    """
+    from ixcdoc.inputs import DEFAULT_MAX_PIXELS
+    from ixcdoc.planning import choose_tier
+    from ixcdoc.tasks import ASK
+    from ixcdoc.tiling import hd_geometry, merged_side
+
+    backend = backend or Backend(model, max_queue=max_queue)
+    name = model_name or default_model_name(model)
+    max_body = int(max_body_mb * 2**20)
+    pixels_limit = max_pixels or DEFAULT_MAX_PIXELS
+    decode_slots = asyncio.Semaphore(DECODE_CONCURRENCY)
+    created = int(time.time())
+    # A client-chosen tier sizes the image buffers: refuse tiers whose crops alone would
+    # overflow the prompt (113 for the real model), so no request can ask for a giant image.
+    cfg = model.config
+    per_crop = merged_side(cfg.tile, cfg.vision.patch_size) ** 2
+    max_hd = max(1, cfg.max_length // per_crop)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        backend.start()
+        try:
+            yield
+        finally:
+            await asyncio.to_thread(backend.close)
+
+    app = FastAPI(title="ixcdoc", version="1", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app.state.backend = backend
+
+    @app.exception_handler(ApiError)
+    async def _api_error(_: Request, e: ApiError) -> JSONResponse:
+        return e.response()
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, e: RequestValidationError) -> JSONResponse:
+        first = e.errors()[0] if e.errors() else {}
+        loc = [str(x) for x in first.get("loc", ()) if x != "body"]
+        if first.get("type") == "json_invalid":
+            message, code = f"malformed JSON: {first.get('msg', '')}", "invalid_json"
+        else:
+            where = ".".join(loc) or "body"
+            message, code = f"{where}: {first.get('msg', 'invalid')}", "invalid_request"
+        return ApiError(400, message, code=code, param=".".join(loc) or None).response()
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, e: StarletteHTTPException) -> JSONResponse:
+        # FastAPI's own 400 is a body it could not parse (e.g. JSON nested too deeply).
+        code = {400: "invalid_json", 404: "not_found", 405: "method_not_allowed"}.get(e.status_code)
+        return ApiError(e.status_code, str(e.detail), code=code).response()
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, e: Exception) -> JSONResponse:
+        message = f"internal error: {type(e).__name__}: {e}"
+        return ApiError(500, message, type="server_error").response()
+
+    @app.get("/health")
+    async def health() -> dict[str, Any]:
+        """Model loaded, device, queue depth."""
+        return {
+            "status": "ok",
+            "model": name,
+            "model_loaded": model is not None,
+            "device": str(getattr(model, "device", "unknown")),
+            "precision": getattr(model, "precision", None),
+            "queue_depth": backend.depth,
+            "queued": backend.queued,
+            "running": backend.running,
+            "max_queue": backend.max_queue,
+        }
+
+    @app.get("/v1/models")
+    async def models() -> dict[str, Any]:
+        """The one model this server runs."""
+        return {
+            "object": "list",
+            "data": [{"id": name, "object": "model", "created": created, "owned_by": "ixcdoc"}],
+        }
+
+    def prepare(body: ChatCompletionRequest) -> GenRequest:
+        """Decode images and choose the tier (blocking: runs on a worker thread)."""
+        conv = to_conversation(body.messages)
+        max_new = body.max_completion_tokens or body.max_tokens or ASK.max_new_tokens
+        hd = body.ixcdoc.tier()
+        if hd is not None and hd > max_hd:
+            raise ApiError(
+                400,
+                f"ixcdoc.hd {hd} is over {max_hd}: more crops than the model's "
+                f"{cfg.max_length} positions can hold",
+                code="invalid_request",
+                param="ixcdoc.hd",
+            )
+        images = [
+            open_image(
+                url, index=i, allow_urls=allow_urls, max_bytes=max_body, max_pixels=pixels_limit
+            )
+            for i, url in enumerate(conv.image_urls)
+        ]
+        if hd is None:
+            # Every image is read at one tier: the largest any of them asks for.
+            gpu = model.gpu_budget() if hasattr(model, "gpu_budget") else None
+            quant = getattr(model, "precision", "bf16")
+            tiers = [
+                choose_tier(
+                    im.height, im.width, ASK, cfg=cfg, gpu=gpu, quant=quant, max_new_tokens=max_new
+                ).hd
+                for im in images
+            ]
+            hd = max(tiers, default=ASK.hd_floor)
+        # Images past the position limit would only be encoded to be cut off: refuse them
+        # before they cost vision-tower time and memory.
+        need = sum(
+            hd_geometry(im.height, im.width, hd, cfg.tile).image_tokens(cfg.vision.patch_size)
+            for im in images
+        )
+        if need > cfg.max_length:
+            raise ApiError(
+                400,
+                f"{len(images)} image(s) at HD{hd} take {need:,} tokens, over the model's "
+                f"{cfg.max_length:,} positions: send fewer images or a lower ixcdoc.hd",
+                code="too_many_image_tokens",
+                param="messages",
+            )
+        sampling = body.temperature is not None and body.temperature > 0
+        return GenRequest(
+            images=images,
+            query=conv.query,
+            meta_instruction=conv.meta_instruction,
+            hd=hd,
+            max_new_tokens=max_new,
+            do_sample=sampling,
+            temperature=body.temperature if sampling else 1.0,
+            top_p=body.top_p if body.top_p is not None else GenRequest.top_p,
+            seed=body.seed,
+        )
+
+    @app.post("/v1/chat/completions", response_model=None)
+    async def chat_completions(
+        body: ChatCompletionRequest, request: Request
+    ) -> JSONResponse | StreamingResponse:
+        """OpenAI chat completions: text and image_url parts, plain or streamed."""
+        try:
+            async with decode_slots:
+                gen = await asyncio.to_thread(prepare, body)
+        except IxcdocError as e:
+            raise library_error(e) from None
+        run = _submit(backend, gen, stream=body.stream)
+        rid = f"chatcmpl-{uuid.uuid4().hex}"
+        head = {"id": rid, "created": int(time.time()), "model": name}
+        # Watch for the client leaving while the job waits or runs: its job is cancelled.
+        gone = asyncio.ensure_future(_until_disconnect(request.receive))
+        try:
+            first = await _next_event(run, gone)
+        finally:
+            gone.cancel()
+        if first is None:
+            return JSONResponse({}, status_code=499)  # nobody reads it: the client left
+        if first[0] == "error":
+            raise model_failure(first[1])
+        if not body.stream:
+            answer = first[1]
+            choice = {
+                "index": 0,
+                "message": {"role": "assistant", "content": answer.text},
+                "finish_reason": FINISH.get(answer.stop_reason, "stop"),
+                "logprobs": None,
+            }
+            return JSONResponse(
+                {
+                    **head,
+                    "object": "chat.completion",
+                    "choices": [choice],
+                    "usage": _usage(answer),
+                    "ixcdoc": _extension(answer),
+                }
+            )
+        # Streaming starts only after the first event, so that a request that fails before
+        # its first token still gets a real error status instead of a broken stream.
+        tokenizer = model.tokenizer
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+
+        def chunk(delta: dict[str, Any], finish: str | None) -> bytes:
+            choice = {"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}
+            return _sse({**head, "object": "chat.completion.chunk", "choices": [choice]})
+
+        async def stream() -> AsyncIterator[bytes]:
+            decoder = tokenizer.stream()
+            yield chunk({"role": "assistant", "content": ""}, None)
+            event: tuple[str, Any] = first
+            while True:
+                kind, value = event
+                if kind == "token":
+                    text = decoder.push(value)
+                    if text:
+                        yield chunk({"content": text}, None)
+                elif kind == "error":
+                    err = model_failure(value)
+                    if isinstance(value, Cancelled):
+                        return
+                    yield _sse(err.body)
+                    yield _sse("[DONE]")
+                    return
+                else:
+                    tail = decoder.flush()
+                    if tail:
+                        yield chunk({"content": tail}, None)
+                    yield chunk({}, FINISH.get(value.stop_reason, "stop"))
+                    if include_usage:
+                        yield _sse(
+                            {
+                                **head,
+                                "object": "chat.completion.chunk",
+                                "choices": [],
+                                "usage": _usage(value),
+                                "ixcdoc": _extension(value),
+                            }
+                        )
+                    yield _sse("[DONE]")
+                    return
+                event = await run.events.get()
+
+        return _EventStream(stream(), run.ticket)
+
+    app.add_middleware(Guard, api_key=api_key, max_body=max_body)
+    return app

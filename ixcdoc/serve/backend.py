@@ -1,0 +1,208 @@
+"""The seam between HTTP and the model: one worker thread owns the model, jobs queue for it.
+
+The server calls only ``Backend.submit(request, on_token, on_done) -> Ticket`` (and reads
+``depth``/``queued``/``running`` for /health and 429s). ``on_token(id) -> bool`` and
+``on_done(answer, error)`` are called on the worker thread; the caller hands them over to its
+own event loop. A batched engine can replace this class by offering the same three things:
+``submit`` that raises ``QueueFull`` when saturated, cancellable tickets, and the callbacks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import queue
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+OnToken = Callable[[int], bool]  # False stops the generation after that token
+OnDone = Callable[[Any, "BaseException | None"], None]  # (Answer or None, error or None)
+
+
+class QueueFull(Exception):
+    """The backend holds ``max_queue`` waiting jobs already; ``retry_after`` is in seconds."""
+
+    def __init__(self, queued: int, retry_after: int) -> None:
+        super().__init__(f"{queued} requests are already waiting")
+        self.queued = queued
+        self.retry_after = retry_after
+
+
+class Cancelled(Exception):
+    """The ticket was cancelled before its job started."""
+
+
+@dataclass(frozen=True)
+class GenRequest:
+    """One chat generation, with everything decided: images decoded, tier chosen."""
+
+    images: Sequence[Any]  # PIL images at native resolution
+    query: str
+    meta_instruction: str
+    hd: int
+    max_new_tokens: int
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_p: float = 0.8
+    seed: int | None = None
+
+
+@dataclass
+class Ticket:
+    """A submitted job; ``cancel()`` stops it at its next token, or before it starts."""
+
+    request: GenRequest
+    on_token: OnToken
+    on_done: OnDone
+    _cancelled: threading.Event = field(default_factory=threading.Event)
+
+    def cancel(self) -> None:
+        """Stop the job (idempotent; no effect once it has finished)."""
+        self._cancelled.set()
+
+    @property
+    def cancelled(self) -> bool:
+        """True once cancel() was called."""
+        return self._cancelled.is_set()
+
+
+_STOP = object()  # sentinel that ends the worker
+
+
+def _report(ticket: Ticket, answer: Any, error: BaseException | None) -> None:
+    with contextlib.suppress(Exception):  # a callback bug must not kill the only worker
+        ticket.on_done(answer, error)
+
+
+class Backend:
+    """Runs jobs one at a time on a single worker thread, so the model never sees two forwards."""
+
+    def __init__(self, model: Any, *, max_queue: int = 64) -> None:
+        """``model`` has ``DocModel.chat``'s interface; ``max_queue`` bounds waiting jobs."""
+        if max_queue < 1:
+            raise ValueError(f"max_queue must be >= 1, got {max_queue}")
+        self.model = model
+        self.max_queue = max_queue
+        self._queue: queue.Queue[Any] = queue.Queue()
+        self._lock = threading.Lock()
+        self._queued = 0
+        self._running = 0
+        self._mean_s = 5.0  # a guess until the first job finishes; feeds Retry-After only
+        self._thread: threading.Thread | None = None
+        self._current: Ticket | None = None
+
+    # -- state ------------------------------------------------------------------------------
+
+    @property
+    def queued(self) -> int:
+        """Jobs waiting for the worker."""
+        return self._queued
+
+    @property
+    def running(self) -> int:
+        """Jobs on the model now (0 or 1)."""
+        return self._running
+
+    @property
+    def depth(self) -> int:
+        """Waiting plus running jobs: what /health reports."""
+        return self._queued + self._running
+
+    def retry_after(self) -> int:
+        """Seconds a refused client should wait: the queue ahead times the mean job time."""
+        return max(1, round(self._mean_s * max(1, self.depth)))
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the worker thread (once)."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._work, name="ixcdoc-serve", daemon=True)
+            self._thread.start()
+
+    def close(self, timeout: float | None = 10.0) -> None:
+        """Cancel every job, stop the worker and wait for it (at most ``timeout`` s)."""
+        current = self._current
+        if current is not None:
+            current.cancel()
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if isinstance(item, Ticket):
+                item.cancel()
+                self._finish(item, None, Cancelled("the server is shutting down"))
+        self._queue.put(_STOP)
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    # -- the seam -----------------------------------------------------------------------------
+
+    def submit(self, request: GenRequest, on_token: OnToken, on_done: OnDone) -> Ticket:
+        """Queue a job; raises QueueFull when ``max_queue`` jobs are already waiting."""
+        with self._lock:
+            if self._queued >= self.max_queue:
+                raise QueueFull(self._queued, self.retry_after())
+            self._queued += 1
+        ticket = Ticket(request, on_token, on_done)
+        self._queue.put(ticket)
+        return ticket
+
+    # -- worker -------------------------------------------------------------------------------
+
+    def _finish(self, ticket: Ticket, answer: Any, error: BaseException | None) -> None:
+        """A job leaves the queue without running."""
+        with self._lock:
+            self._queued -= 1
+        _report(ticket, answer, error)
+
+    def _work(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is _STOP:
+                return
+            ticket: Ticket = item
+            if ticket.cancelled:
+                self._finish(ticket, None, Cancelled("cancelled before it started"))
+                continue
+            with self._lock:
+                self._queued -= 1
+                self._running += 1
+                self._current = ticket
+            answer, error = None, None
+            t0 = time.monotonic()
+            try:
+                answer = self._run(ticket)
+            except BaseException as e:  # reported to the request; the worker must live on
+                error = e
+            finally:
+                with self._lock:
+                    self._running -= 1
+                    self._current = None
+                    self._mean_s = 0.8 * self._mean_s + 0.2 * (time.monotonic() - t0)
+            _report(ticket, answer, error)
+
+    def _run(self, ticket: Ticket) -> Any:
+        r = ticket.request
+
+        def on_token(tid: int) -> bool:
+            if ticket.cancelled:
+                return False
+            return ticket.on_token(tid) is not False and not ticket.cancelled
+
+        return self.model.chat(
+            list(r.images),
+            r.query,
+            hd=r.hd,
+            meta_instruction=r.meta_instruction,
+            max_new_tokens=r.max_new_tokens,
+            do_sample=r.do_sample,
+            temperature=r.temperature,
+            top_p=r.top_p,
+            seed=r.seed,
+            on_token=on_token,
+        )

@@ -1,0 +1,49 @@
+"""Errors in OpenAI's JSON shape, ``{"error": {message, type, param, code}}``, with a status."""
+
+from __future__ import annotations
+
+from fastapi.responses import JSONResponse
+
+from ixcdoc.errors import InputError, IxcdocError, UsageError
+from ixcdoc.serve.backend import Cancelled
+
+
+class ApiError(Exception):
+    """An error to send as ``{"error": {message, type, param, code}}`` with an HTTP status."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        type: str = "invalid_request_error",
+        code: str | None = None,
+        param: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.body = {"error": {"message": message, "type": type, "param": param, "code": code}}
+        self.headers = headers
+
+    def response(self) -> JSONResponse:
+        """The JSON response for this error."""
+        return JSONResponse(self.body, status_code=self.status, headers=self.headers)
+
+
+def library_error(e: IxcdocError) -> ApiError:
+    """ixcdoc's typed errors as API errors: the client's fault is 4xx, the model's 500."""
+    if isinstance(e, InputError):
+        status = 413 if e.code == "too_large" else 400
+        return ApiError(status, e.message, code=e.code, param="messages")
+    if isinstance(e, UsageError):
+        return ApiError(400, e.message, code=e.code, param="messages")
+    return ApiError(500, f"the model failed: {e.message}", type="server_error", code=e.code)
+
+
+def model_failure(e: BaseException) -> ApiError:
+    if isinstance(e, Cancelled):  # only the server cancels a job whose client is still there
+        return ApiError(503, f"not run: {e}", type="server_error", code="shutting_down")
+    if isinstance(e, IxcdocError):
+        return library_error(e)
+    return ApiError(500, f"the model failed: {type(e).__name__}: {e}", type="server_error")

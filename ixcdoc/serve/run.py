@@ -1,0 +1,68 @@
+"""Binding the socket and running uvicorn: what ``ixcdoc serve`` calls."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from ixcdoc.errors import UsageError
+from ixcdoc.serve.app import create_app
+
+
+def is_loopback(host: str) -> bool:
+    """True for 127.0.0.0/8, ::1 and localhost: addresses only this machine can reach."""
+    import ipaddress
+
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def serve(
+    model: Any,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    api_key: str | None = None,
+    announce: Callable[[str], None] | None = None,
+    log_level: str = "warning",
+    **app_options: Any,
+) -> None:
+    """Bind host:port (port 0: any free one), call ``announce(url)``, then serve until stopped.
+
+    Binding anywhere but loopback needs an API key (UsageError otherwise). ``app_options`` go
+    to ``create_app``.
+    """
+    import socket
+
+    import uvicorn
+
+    if not is_loopback(host) and not api_key:
+        raise UsageError(
+            f"--host {host} makes the server reachable from other machines: set --api-key "
+            "(or IXCDOC_API_KEY) as well"
+        )
+    app = create_app(model, api_key=api_key, **app_options)
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    family, _, _, _, address = infos[0]
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+    except OSError as e:
+        sock.close()
+        raise UsageError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+    sock.listen(2048)  # connections queue from here on, so announcing the URL is truthful
+    bound = sock.getsockname()
+    shown = f"[{bound[0]}]" if family == socket.AF_INET6 else bound[0]
+    config = uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=5)
+    server = uvicorn.Server(config)
+    if announce is not None:
+        announce(f"http://{shown}:{bound[1]}")
+    try:
+        server.run(sockets=[sock])
+    finally:
+        sock.close()

@@ -1,0 +1,171 @@
+"""Helpers for the server tests: a live uvicorn on 127.0.0.1, request bodies, model wrappers.
+
+The wrappers delegate to a real tiny model; they only add a hold, a failure or a record so
+that queueing, errors and cancellation can be checked deterministically.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import io
+import socket
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import uvicorn
+from PIL import Image, ImageDraw
+
+from ixcdoc.serve.backend import Backend
+
+TIMEOUT = 60.0  # seconds: every client call in these tests is bounded by this
+
+
+@contextlib.contextmanager
+def live_server(app: Any) -> Iterator[str]:
+    """Serve ``app`` on 127.0.0.1 (a free port) in a thread; yield its base URL; stop it."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(128)  # clients may connect at once; uvicorn accepts them when it is up
+    server = uvicorn.Server(uvicorn.Config(app, log_level="error", timeout_graceful_shutdown=5))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(TIMEOUT)
+        sock.close()
+        assert not thread.is_alive(), "the server did not stop"
+
+
+def page_png(label: str = "Total: 42", size: tuple[int, int] = (120, 90)) -> bytes:
+    """A white PNG of (width, height) with a line of black text."""
+    im = Image.new("RGB", size, "white")
+    ImageDraw.Draw(im).text((5, 5), label, fill="black")
+    buf = io.BytesIO()
+    im.save(buf, "PNG")
+    return buf.getvalue()
+
+
+def data_url(data: bytes, mime: str = "image/png") -> str:
+    """``data:<mime>;base64,...`` for bytes."""
+    return f"data:{mime};base64,{base64.b64encode(data).decode()}"
+
+
+def user_message(text: str, *urls: str) -> dict[str, Any]:
+    """An OpenAI user message: the text part, then one image_url part per URL."""
+    parts: list[dict[str, Any]] = [{"type": "text", "text": text}]
+    parts += [{"type": "image_url", "image_url": {"url": u}} for u in urls]
+    return {"role": "user", "content": parts}
+
+
+def chat_body(text: str, *urls: str, **fields: Any) -> dict[str, Any]:
+    """A chat-completions body with one user message and a short generation at HD4."""
+    body: dict[str, Any] = {
+        "model": "tiny",
+        "messages": [user_message(text, *urls)],
+        "max_tokens": 6,
+        "ixcdoc": {"hd": 4},
+    }
+    body.update(fields)
+    return body
+
+
+class Wrapped:
+    """A real model with ``chat`` overridable; everything else is the model's."""
+
+    def __init__(self, model: Any) -> None:
+        self._model = model
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._model, name)
+
+
+class HeldModel(Wrapped):
+    """Each chat waits at the start until ``release`` is set; ``entered`` says one is waiting.
+
+    ``answers`` keeps what each chat returned, in order.
+    """
+
+    def __init__(self, model: Any) -> None:
+        super().__init__(model)
+        self.entered = threading.Event()
+        self.release = threading.Event()
+        self.answers: list[Any] = []
+
+    def chat(self, *args: Any, **kwargs: Any) -> Any:
+        self.entered.set()
+        if not self.release.wait(TIMEOUT):
+            raise TimeoutError("the test never released the model")
+        answer = self._model.chat(*args, **kwargs)
+        self.answers.append(answer)
+        return answer
+
+
+class FailingModel(Wrapped):
+    """Every chat raises, as a model that breaks on an input would."""
+
+    def chat(self, *args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("simulated model failure")
+
+
+class FailsAfterATokenModel(Wrapped):
+    """Streams one real token, then fails: an error in the middle of a stream."""
+
+    def chat(self, *args: Any, on_token: Any = None, **kwargs: Any) -> Any:
+        def one_then_fail(tid: int) -> bool:
+            if on_token is not None:
+                on_token(tid)
+            raise RuntimeError("failed after the first token")
+
+        return self._model.chat(*args, on_token=one_then_fail, **kwargs)
+
+
+class RecordingModel(Wrapped):
+    """Keeps every Answer, keyed by the query, so the test can see how a generation ended."""
+
+    def __init__(self, model: Any) -> None:
+        super().__init__(model)
+        self.answers: dict[str, Any] = {}
+
+    def chat(self, images: Any, query: str, **kwargs: Any) -> Any:
+        answer = self._model.chat(images, query, **kwargs)
+        self.answers[query] = answer
+        return answer
+
+
+class OverlapModel(Wrapped):
+    """Counts how many chats run at the same moment (``most``): one model, one forward."""
+
+    def __init__(self, model: Any) -> None:
+        super().__init__(model)
+        self._lock = threading.Lock()
+        self._now = 0
+        self.most = 0
+        self.calls = 0
+
+    def chat(self, *args: Any, **kwargs: Any) -> Any:
+        with self._lock:
+            self._now += 1
+            self.calls += 1
+            self.most = max(self.most, self._now)
+        try:
+            return self._model.chat(*args, **kwargs)
+        finally:
+            with self._lock:
+                self._now -= 1
+
+
+class CountingBackend(Backend):
+    """A Backend that signals each submit, so a test knows when a request is queued."""
+
+    def __init__(self, model: Any, **kwargs: Any) -> None:
+        super().__init__(model, **kwargs)
+        self.submitted = threading.Semaphore(0)
+
+    def submit(self, *args: Any, **kwargs: Any) -> Any:
+        ticket = super().submit(*args, **kwargs)
+        self.submitted.release()
+        return ticket
