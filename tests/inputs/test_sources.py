@@ -13,7 +13,16 @@ import pytest
 from PIL import Image
 
 from ixcdoc.errors import InputError, UsageError
-from ixcdoc.inputs import Document, ImageDocument, PdfDocument, open_document, open_sources
+from ixcdoc.inputs import (
+    Document,
+    ImageDocument,
+    PdfDocument,
+    open_document,
+    open_sources,
+    read_special_files,
+    read_stdin,
+    sources,
+)
 from tests.inputs.builders import add_text_page, png_bytes
 
 
@@ -394,3 +403,72 @@ def test_mupdf_does_not_print_to_stderr(tmp_path: Path, capfd: pytest.CaptureFix
     with open_document(path) as doc:
         doc.render(1)
     assert capfd.readouterr().err == ""
+
+
+# --- pipes and devices are read once, bounded (issue 9, item 5) --------------------------------
+
+
+@pytest.mark.skipif(not Path("/dev/fd").is_dir(), reason="no /dev/fd here")
+def test_process_substitution_is_read_once_for_both_passes() -> None:
+    data = pdf_bytes(2)
+    r, w = os.pipe()
+    os.write(w, data)  # a pipe buffer holds 64 KiB; the PDF is far smaller
+    os.close(w)
+    arg = f"/dev/fd/{r}"  # what bash's <(cat x.pdf) passes
+    try:
+        special = read_special_files([arg, arg])
+    finally:
+        os.close(r)
+    assert list(special) == [arg]
+    for _ in range(2):  # counting pages, then running them: the same bytes both times
+        assert summary(list(open_sources([arg], special=special))) == [(arg, "PDF")]
+    (doc,) = open_sources([arg], special=special)
+    with doc:
+        assert isinstance(doc, Document) and doc.page_count == 2
+        assert doc.sha256 == hashlib.sha256(data).hexdigest()
+
+
+def test_named_pipe_passed_twice_does_not_wait_for_a_second_writer(tmp_path: Path) -> None:
+    if not hasattr(os, "mkfifo"):
+        pytest.skip("no named pipes here")
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    data = png((4, 5, 6))
+
+    def writer() -> None:
+        with fifo.open("wb") as f:  # one writer, once: a second open would block forever
+            f.write(data)
+
+    t = threading.Thread(target=writer)
+    t.start()
+    try:
+        special = read_special_files([str(fifo)])
+    finally:
+        t.join()
+    assert special == {str(fifo): data}
+    assert summary(list(open_sources([str(fifo)], special=special))) == [(str(fifo), "PNG")]
+    assert summary(list(open_sources([str(fifo)], special=special))) == [(str(fifo), "PNG")]
+
+
+@pytest.mark.skipif(not Path("/dev/zero").exists(), reason="no /dev/zero here")
+def test_an_endless_device_is_refused_at_the_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    got = read_special_files(["/dev/zero"], limit=3 << 20)["/dev/zero"]
+    assert isinstance(got, InputError) and got.code == "too_large"
+    assert str(got).startswith("/dev/zero: more than 3 MiB through a pipe or device")
+    monkeypatch.setattr(sources, "MAX_STREAM_BYTES", 1 << 20)  # without a read_special_files
+    assert summary(list(open_sources(["/dev/zero"]))) == [("/dev/zero", "too_large")]
+
+
+def test_stdin_is_bounded_too() -> None:
+    got = read_stdin(io.BytesIO(b"x" * 100), limit=99)
+    assert isinstance(got, InputError) and got.code == "too_large" and got.source == "-"
+    assert read_stdin(io.BytesIO(b"x" * 99), limit=99) == b"x" * 99
+
+
+def test_a_pipe_found_in_a_folder_is_reported_not_read(tmp_path: Path) -> None:
+    if not hasattr(os, "mkfifo"):
+        pytest.skip("no named pipes here")
+    (tmp_path / "a.png").write_bytes(png())
+    os.mkfifo(tmp_path / "b.pdf")  # no writer: opening it for reading would block forever
+    found = summary(list(open_sources([str(tmp_path)])))
+    assert found == [(str(tmp_path / "a.png"), "PNG"), (str(tmp_path / "b.pdf"), "unsupported")]
