@@ -8,6 +8,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import replace
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -102,6 +103,28 @@ def to_rgb(im: Image.Image) -> Image.Image:
         return out
     # L, 1, P, CMYK (PIL: r = (255 - c)(255 - k) / 255), YCbCr.
     return im.convert("RGB")
+
+
+@cache
+def _pil_uprights_tiff() -> bool:
+    """True when this Pillow applies a TIFF's orientation itself (size at open, pixels at load).
+
+    Newer Pillow releases do; older ones leave it to the caller. Probed once on a 2x1 TIFF
+    with orientation 6 rather than by version number.
+    """
+    exif = Image.Exif()
+    exif[_ORIENTATION_TAG] = 6
+    buf = io.BytesIO()
+    Image.new("L", (2, 1)).save(buf, "TIFF", exif=exif.tobytes())
+    with Image.open(buf, formats=["TIFF"]) as im:
+        return im.size == (1, 2)
+
+
+def _pending_orientation(im: Image.Image) -> int:
+    """The orientation ixcdoc still has to apply: 1 where Pillow already did (TIFF, newer)."""
+    if im.format == "TIFF" and _pil_uprights_tiff():
+        return 1
+    return exif_orientation(im)
 
 
 def exif_orientation(im: Image.Image) -> int:
@@ -202,6 +225,7 @@ class ImageDocument(Document):
                     im.seek(page - 1)
                 w, h = im.size
                 orientation = exif_orientation(im)
+                pending = _pending_orientation(im)
             except Exception as e:
                 raise InputError(
                     self.source, f"cannot read frame {page}: {e}", code="corrupt", page=page
@@ -209,7 +233,7 @@ class ImageDocument(Document):
         if h * w > self.max_pixels:
             raise too_large_error(self.source, h, w, self.max_pixels, page=page)
         rule = "image"
-        if orientation in (5, 6, 7, 8):
+        if pending in (5, 6, 7, 8):  # the stored image lies on its side: swap before render
             h, w = w, h
         if orientation != 1:
             rule = f"image, EXIF orientation {orientation} applied"
@@ -237,7 +261,7 @@ class ImageDocument(Document):
             try:
                 if page > 1:
                     im.seek(page - 1)
-                orientation = exif_orientation(im)
+                orientation = _pending_orientation(im)
                 w, h = im.size
                 guard = _pil_bomb_check_off() if h * w > _UNGUARDED_PIXELS else nullcontext()
                 with guard:
