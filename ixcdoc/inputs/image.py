@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image
 
 from ixcdoc.errors import InputError
-from ixcdoc.inputs.document import Document, PageInfo, RenderedPage
+from ixcdoc.inputs.document import FRAMES_DROPPED, Document, PageInfo, RenderedPage
 
 WHITE = (255, 255, 255)
 _SIXTEEN_BIT = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I"})
@@ -162,8 +162,9 @@ class ImageDocument(Document):
         format: str,
         max_pixels: int,
         note: str | None = None,
+        note_flag: str | None = None,
     ) -> None:
-        super().__init__(source, path, data, format=format, note=note)
+        super().__init__(source, path, data, format=format, note=note, note_flag=note_flag)
         self.max_pixels = max_pixels
         self._lock = threading.RLock()
         self._infos: dict[int, PageInfo] = {}
@@ -175,8 +176,10 @@ class ImageDocument(Document):
             else:
                 self.page_count = 1
                 if frames > 1:
-                    extra = f"{format} with {frames} frames: only the first frame is read"
-                    self.note = extra if note is None else f"{note}; {extra}"
+                    self.add_note(
+                        f"{format} with {frames} frames: only the first frame is read",
+                        FRAMES_DROPPED,
+                    )
             w, h = self._header.size
             if h * w > max_pixels:
                 raise too_large_error(source, h, w, max_pixels)

@@ -17,7 +17,12 @@ from pathlib import Path
 from typing import BinaryIO
 
 from ixcdoc.errors import InputError, UsageError
-from ixcdoc.inputs.document import DEFAULT_MAX_PIXELS, Document, check_max_pixels
+from ixcdoc.inputs.document import (
+    DEFAULT_MAX_PIXELS,
+    TYPE_MISMATCH,
+    Document,
+    check_max_pixels,
+)
 from ixcdoc.inputs.sniff import (
     EXTENSION_FORMATS,
     HEAD_BYTES,
@@ -193,16 +198,22 @@ def _open_sniffed(
             f"not a supported document (looks like {what}); ixcdoc reads {supported_list()}",
             code="unsupported",
         )
-    note = None
+    note = flag = None
     if claimed is not None and claimed != fmt:
         # Trust the bytes: misnamed downloads and "save as" accidents are common, and opening
         # them by content gives the user the document they meant.
         note = f"content is {fmt} although the name ends in {suffix}; opened as {fmt}"
+        flag = TYPE_MISMATCH
     elif claimed is None and suffix:
+        # An unknown extension claims nothing, so nothing is contradicted: a note, no flag.
         note = f"opened as {fmt} by its content ({suffix} is not a document extension)"
     if fmt == "PDF":
-        return PdfDocument(source, path, data, password=password, max_pixels=max_pixels, note=note)
-    return ImageDocument(source, path, data, format=fmt, max_pixels=max_pixels, note=note)
+        return PdfDocument(
+            source, path, data, password=password, max_pixels=max_pixels, note=note, note_flag=flag
+        )
+    return ImageDocument(
+        source, path, data, format=fmt, max_pixels=max_pixels, note=note, note_flag=flag
+    )
 
 
 def _try_open(

@@ -472,3 +472,72 @@ def test_a_pipe_found_in_a_folder_is_reported_not_read(tmp_path: Path) -> None:
     os.mkfifo(tmp_path / "b.pdf")  # no writer: opening it for reading would block forever
     found = summary(list(open_sources([str(tmp_path)])))
     assert found == [(str(tmp_path / "a.png"), "PNG"), (str(tmp_path / "b.pdf"), "unsupported")]
+
+
+# --- notes become flags on every page (issue 9, item 9) ----------------------------------------
+
+
+def _gif(frames: int) -> bytes:
+    ims = [Image.new("RGB", (8, 6), (10 * i, 0, 0)) for i in range(frames)]
+    buf = io.BytesIO()
+    ims[0].save(buf, "GIF", save_all=True, append_images=ims[1:], duration=100)
+    return buf.getvalue()
+
+
+def _damaged_pdf() -> bytes:
+    data = pdf_bytes(2)
+    return data[: data.rfind(b"startxref")]  # no xref offset: MuPDF rebuilds it
+
+
+@pytest.mark.parametrize(
+    ("name", "data", "notes", "flags"),
+    [
+        ("clean.png", png(), [], ()),
+        (
+            "scan.pdf",
+            png(),
+            ["content is PNG although the name ends in .pdf; opened as PNG"],
+            ("type_mismatch",),
+        ),
+        (
+            "download.dat",
+            png(),
+            ["opened as PNG by its content (.dat is not a document extension)"],
+            (),
+        ),
+        (
+            "moving.gif",
+            _gif(3),
+            ["GIF with 3 frames: only the first frame is read"],
+            ("frames_dropped",),
+        ),
+        (
+            "damaged.pdf",
+            _damaged_pdf(),
+            ["damaged file, repaired by MuPDF: some pages may be incomplete"],
+            ("repaired",),
+        ),
+        (
+            "damaged.png",
+            _damaged_pdf(),
+            [
+                "content is PDF although the name ends in .png; opened as PDF",
+                "damaged file, repaired by MuPDF: some pages may be incomplete",
+            ],
+            ("type_mismatch", "repaired"),
+        ),
+    ],
+)
+def test_notes_and_the_flags_they_put_on_pages(
+    tmp_path: Path, name: str, data: bytes, notes: list[str], flags: tuple[str, ...]
+) -> None:
+    from ixcdoc.records import FLAGS
+
+    path = tmp_path / name
+    path.write_bytes(data)
+    with open_document(path) as doc:
+        assert doc.notes == notes
+        assert doc.note == ("; ".join(notes) or None)
+        assert doc.flags == flags
+        assert all(doc.page_flags(p) == flags for p in range(1, doc.page_count + 1))
+    assert set(flags) <= set(FLAGS)  # a record can carry them
