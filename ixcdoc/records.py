@@ -557,7 +557,7 @@ def _scan(path: Path, on_record: Callable[[dict[str, Any]], None]) -> _Scan:
                 d = _loads(raw.decode("utf-8"))
             except ValueError as e:  # UnicodeDecodeError and JSONDecodeError included
                 if not records:
-                    _not_ours(path, lineno, str(e))
+                    _not_ours(path, lineno, _what_it_is(e))
                 _corrupt(path, lineno, str(e))
             on_record(d)
             records += 1
@@ -571,6 +571,17 @@ def _is_torn_record(raw: bytes, *, after_records: bool) -> bool:
         return True
     # A few bytes of a header prove nothing on their own: trust them only after real records.
     return after_records and RECORD_HEADER.startswith(raw)
+
+
+def _what_it_is(e: ValueError) -> str:
+    """Why a line of someone else's file is not a record, in a few words."""
+    if isinstance(e, UnicodeDecodeError):
+        return "not UTF-8 text"
+    if isinstance(e, json.JSONDecodeError):
+        return "not JSON"
+    if str(e).startswith("missing keys: schema_version"):
+        return "JSON without the keys of an ixcdoc record"
+    return str(e)
 
 
 def _one_line(why: str, limit: int = 120) -> str:

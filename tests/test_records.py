@@ -700,3 +700,24 @@ def test_line_length_is_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     with JsonlWriter(tmp_path / "new.jsonl") as w, pytest.raises(RecordsError, match="limit"):
         w.write(make(text="y" * 3000))
     assert (tmp_path / "new.jsonl").read_bytes() == b""
+
+
+@pytest.mark.parametrize(
+    ("content", "what"),
+    [
+        (b'{"name": "my-project"}\n', "JSON without the keys of an ixcdoc record"),
+        (b"# Notes\n", "not JSON"),
+        (b"\xff\xfe\x00\n", "not UTF-8 text"),
+    ],
+)
+def test_refusal_says_in_a_few_words_what_the_file_holds(
+    tmp_path: Path, content: bytes, what: str
+) -> None:
+    out = tmp_path / "mine.txt"
+    out.write_bytes(content)
+    with pytest.raises(RecordsError) as info:
+        load_existing(out)
+    assert str(info.value) == (
+        f"{out} is not an ixcdoc output file (line 1: {what}); it was left untouched: "
+        "choose another output file"
+    )
