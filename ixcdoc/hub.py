@@ -321,3 +321,13 @@ def model_name(model: str | Path | None = None) -> str:
     name = str(model) if model is not None else os.environ.get(ENV_MODEL) or DEFAULT_MODEL_ID
     path = Path(name).expanduser()
     return str(path.resolve()) if path.is_dir() else name
+
+
+def local_revision(model: str | Path | None = None) -> str | None:
+    """The snapshot commit ``model`` will load from, when it is already on this machine
+    (a folder, or a complete cached snapshot); None otherwise. Never downloads."""
+    try:
+        path = resolve_model(model, offline=True, download=False)
+    except WeightsError:
+        return None
+    return model_revision(path)

@@ -118,17 +118,3 @@ def normalize_uint8(x: torch.Tensor) -> torch.Tensor:
 def to_pixels(img: Image.Image, hd: int, tile: int = REAL_TILE) -> torch.Tensor:
     """HD transform then normalize: Tensor [1, 3, tile*rows, tile*cols] float32."""
     return normalize(hd_transform(img, hd, tile))
-
-
-def global_view(pixels: torch.Tensor, tile: int = REAL_TILE) -> torch.Tensor:
-    """The global view as upstream makes it: bicubic resize of the normalized HD tensor.
-
-    pixels: [1, 3, H, W] -> [1, 3, tile, tile], computed in float32 (align_corners=False, no
-    antialias) and cast back to the input dtype. The aspect ratio is not kept.
-    """
-    import torch.nn.functional as F
-
-    out = F.interpolate(
-        pixels.float(), size=(tile, tile), mode="bicubic", align_corners=False, antialias=False
-    )
-    return out.to(pixels.dtype)

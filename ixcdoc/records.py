@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, NamedTuple, NoReturn, TextIO
 
 from ixcdoc.errors import EXIT_FATAL, IxcdocError
+from ixcdoc.tasks import PRESETS
 
 try:
     import fcntl
@@ -30,7 +31,7 @@ except ImportError:  # pragma: no cover - Windows: concurrent writers go undetec
     fcntl = None  # type: ignore[assignment]
 
 SCHEMA_VERSION = 1
-TASKS = ("ask", "extract", "chart")
+TASKS = tuple(PRESETS)  # the task names, from the presets
 STATUSES = ("ok", "error")
 FLAGS = (
     "blank",
@@ -637,6 +638,9 @@ def _check_output(path: Path) -> None:
     except OSError as e:
         raise RecordsError(f"cannot use {path}: {e.strerror or e}", code="output") from e
     _require_regular(path, mode)
+
+
+_check_parent = _check_output  # the old name, still imported by ixcdoc.evaluation.records
 
 
 def _lock(fd: int, path: Path) -> None:

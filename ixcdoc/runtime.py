@@ -98,9 +98,11 @@ def _resolve_device(device: str) -> torch.device:
             return torch.device("cuda")
         raise DeviceError(
             f"no CUDA GPU found (torch {torch.__version__}): ixcdoc runs the model on an "
-            "NVIDIA GPU (`ixcdoc tiers` shows the memory each tier needs); to run on the CPU "
-            "instead, in float32 with ~35 GB of RAM and minutes per page, add --device cpu "
-            "(device='cpu' from Python)"
+            "NVIDIA GPU (`ixcdoc tiers` shows the memory each tier needs). Without one, add "
+            "--device cpu --quant bf16 (the 17.2 GB of bf16 weights in RAM, minutes per page; "
+            "device='cpu', quant='bf16' from Python), or try every command on a tiny random "
+            "model: `ixcdoc doctor --selftest --keep tiny-model`, then --model tiny-model "
+            "--device cpu"
         )
     try:
         dev = torch.device(device)
@@ -142,17 +144,17 @@ def _resolve_precision(
     return quant, dtype
 
 
-AUTO_QUANT_TIER_TOKENS = 3817  # HD25 on a square page: the tier ask and chart stop at
-
-
 def _bf16_fits(path: Path, dev: torch.device) -> bool:
-    """True when bf16 weights plus an HD25 page fit the GPU's free memory (ixcdoc.vram)."""
+    """True when bf16 weights plus a square page at the ``ask`` ceiling (HD25, the tier ask
+    and chart stop at) fit the GPU's free memory (ixcdoc.vram)."""
     from ixcdoc.planning import VRAM_HEADROOM
+    from ixcdoc.tasks import ASK
     from ixcdoc.vram import estimate_vram
 
     cfg = ModelConfig.from_file(path / "config.json")
     free, _total = torch.cuda.mem_get_info(dev)
-    est = estimate_vram(cfg, AUTO_QUANT_TIER_TOKENS, 25, quant="bf16")
+    g = hd_geometry(10**4, 10**4, ASK.hd_ceiling, cfg.tile)
+    est = estimate_vram(cfg, g.image_tokens(cfg.vision.patch_size), g.crops, quant="bf16")
     return est.total <= free * VRAM_HEADROOM
 
 

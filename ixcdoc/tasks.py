@@ -80,8 +80,13 @@ def preset(name: str) -> TaskPreset:
         raise UsageError(f"unknown task {name!r}; expected one of {', '.join(PRESETS)}") from None
 
 
+# Upstream fills the tier's crop budget whatever the page, so HD N costs about 144 N image
+# tokens: far past the model's 16384 positions long before this.
+MAX_HD = 1000
+
+
 def parse_hd(value: str | int) -> int | None:
-    """``auto`` -> None, otherwise a whole number >= 1 (usage error otherwise)."""
+    """``auto`` -> None, otherwise a whole number from 1 to MAX_HD (usage error otherwise)."""
     if isinstance(value, int):
         n = value
     else:
@@ -94,6 +99,11 @@ def parse_hd(value: str | int) -> int | None:
             raise UsageError(f"--hd must be 'auto' or a whole number >= 1, got {value!r}") from None
     if n < 1:
         raise UsageError(f"--hd must be 'auto' or a whole number >= 1, got {value!r}")
+    if n > MAX_HD:
+        raise UsageError(
+            f"--hd {n} is too large: above HD{MAX_HD} a page's image tokens exceed the model's "
+            "context on any page (ixcdoc tiers shows the token counts)"
+        )
     return n
 
 

@@ -25,6 +25,10 @@ from ixcdoc.errors import UsageError
 REAL_TILE = 336
 REAL_PATCH = 14
 MERGE = 2  # 2x2 token merge
+# The tiers ``ixcdoc tiers`` lists; any N >= 1 is valid. ``doctor`` (and the README's table)
+# show the ones people pick for documents.
+TIER_LADDER = (1, 4, 9, 16, 25, 36, 45, 55, 65)
+DOCUMENT_TIERS = (9, 16, 25, 36, 55, 65)
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
-from ixcdoc.preprocess import CLIP_MEAN, CLIP_STD, global_view, hd_transform, to_pixels
+from ixcdoc.model.merge import global_view
+from ixcdoc.preprocess import CLIP_MEAN, CLIP_STD, hd_transform, to_pixels
 from tests.conftest import UPSTREAM
 
 CASES = sorted((UPSTREAM / "preprocess").glob("*.json"))
@@ -68,7 +69,7 @@ def test_global_view_and_normalized_strip_match_upstream() -> None:
     )
     assert torch.allclose(pix[0, :, :112, :336], strip.reshape(3, 112, 336), atol=1e-5)
     ref = torch.load(UPSTREAM / "preprocess" / "tiny_40x30_hd9_global_view.pt", weights_only=True)
-    got = global_view(pix)
+    got = global_view(pix, 336)
     assert got.shape == (1, 3, 336, 336)
     assert torch.allclose(got, ref, atol=1e-5, rtol=0)
 

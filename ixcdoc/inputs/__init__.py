@@ -26,6 +26,7 @@ if TYPE_CHECKING:
         PageInfo,
         RenderedPage,
         check_max_pixels,
+        file_sha256,
     )
     from ixcdoc.inputs.image import ImageDocument, exif_orientation, to_rgb
     from ixcdoc.inputs.pages import parse_page_spec, select_pages
@@ -38,6 +39,7 @@ if TYPE_CHECKING:
         PdfDocument,
         text_dpi,
     )
+    from ixcdoc.inputs.selection import Sources
     from ixcdoc.inputs.sniff import FORMATS, sniff_format
     from ixcdoc.inputs.sources import (
         MAX_STREAM_BYTES,
@@ -57,11 +59,13 @@ _WHERE = {
     "PageInfo": "ixcdoc.inputs.document",
     "RenderedPage": "ixcdoc.inputs.document",
     "check_max_pixels": "ixcdoc.inputs.document",
+    "file_sha256": "ixcdoc.inputs.document",
     "ImageDocument": "ixcdoc.inputs.image",
     "exif_orientation": "ixcdoc.inputs.image",
     "to_rgb": "ixcdoc.inputs.image",
     "parse_page_spec": "ixcdoc.inputs.pages",
     "select_pages": "ixcdoc.inputs.pages",
+    "Sources": "ixcdoc.inputs.selection",
     "DEFAULT_DPI": "ixcdoc.inputs.pdf",
     "MAX_TEXT_DPI": "ixcdoc.inputs.pdf",
     "MIN_TEXT_DPI": "ixcdoc.inputs.pdf",
@@ -95,9 +99,11 @@ __all__ = [
     "PageInfo",
     "PdfDocument",
     "RenderedPage",
+    "Sources",
     "UsageError",
     "check_max_pixels",
     "exif_orientation",
+    "file_sha256",
     "natural_key",
     "open_bytes",
     "open_document",

@@ -77,6 +77,15 @@ def check_max_pixels(max_pixels: int) -> int:
     return max_pixels
 
 
+def file_sha256(path: str | Path) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB blocks (OSError propagates)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 class Document(ABC):
     """One open input file (or stdin): 1-based pages, cheap page_info, render at native size.
 
@@ -134,20 +143,16 @@ class Document(ABC):
     def sha256(self) -> str:
         """Hex SHA-256 of the file's bytes (computed on first use, then cached)."""
         if self._sha256 is None:
-            h = hashlib.sha256()
             if self._data is not None:
-                h.update(self._data)
+                self._sha256 = hashlib.sha256(self._data).hexdigest()
             else:
                 assert self.path is not None
                 try:
-                    with self.path.open("rb") as f:
-                        for block in iter(lambda: f.read(1 << 20), b""):
-                            h.update(block)
+                    self._sha256 = file_sha256(self.path)
                 except OSError as e:
                     raise InputError(
                         self.source, f"cannot read: {e.strerror or e}", code="unreadable"
                     ) from e
-            self._sha256 = h.hexdigest()
         return self._sha256
 
     def check_page(self, page: int) -> int:

@@ -171,7 +171,7 @@ def test_plan_table_for_a_terminal(tmp_path: Path, invoke: Invoke) -> None:
     """On a terminal, plan prints a table; its cells come from the same rows as --json."""
     from rich.console import Console
 
-    from ixcdoc.cli import plan_table
+    from ixcdoc.cli.commands import plan_table
 
     png = tall_png(tmp_path)
     (row,) = json_lines(invoke(["plan", png, "--vram", "8"]).stdout)
@@ -185,3 +185,34 @@ def test_plan_table_for_a_terminal(tmp_path: Path, invoke: Invoke) -> None:
     assert cells[8] == str(row["image_tokens"])
     fits = ", ".join(q for q in ("bf16", "4bit") if row["fits"][q]) or "none"
     assert cells[11] == fits
+
+
+def test_a_forced_tier_past_the_context_is_lowered_with_the_reason(
+    tmp_path: Path, invoke: Invoke
+) -> None:
+    """--hd 200 on a square page: 200 crops would be ~29k image tokens, over 16384 positions."""
+    img = tmp_path / "square.png"
+    Image.new("RGB", (1000, 1000), "white").save(img)
+    res = invoke(["plan", str(img), "--hd", "200", "--max-new-tokens", "512", "--json"])
+    assert res.exit_code == 0, res.stderr
+    row = json.loads(res.stdout)
+    rows, cols = row["grid"]
+    tokens = expected_tokens(rows, cols)
+    assert row["image_tokens"] == tokens
+    assert tokens + 400 + 512 <= 16384  # image + prompt budget + answer fit the positions
+    assert "exceeds the model's 16384 positions" in row["tier_reason"]
+    # The tier just above the one chosen would not have fit (the largest that fits was kept).
+    nr, nc = expected_grid(1000, 1000, row["tier"] + 1)
+    bigger = row["tier"] + 1
+    while (nr, nc) == (rows, cols):  # tiers that add no crop change nothing: look further
+        bigger += 1
+        nr, nc = expected_grid(1000, 1000, bigger)
+    assert expected_tokens(nr, nc) + 400 + 512 > 16384
+
+
+def test_hd_above_the_cap_is_a_usage_error(tmp_path: Path, invoke: Invoke) -> None:
+    img = tmp_path / "a.png"
+    Image.new("RGB", (100, 100), "white").save(img)
+    res = invoke(["plan", str(img), "--hd", "4200"])
+    assert res.exit_code == 2
+    assert "--hd 4200 is too large" in res.stderr

@@ -541,3 +541,21 @@ def test_notes_and_the_flags_they_put_on_pages(
         assert doc.flags == flags
         assert all(doc.page_flags(p) == flags for p in range(1, doc.page_count + 1))
     assert set(flags) <= set(FLAGS)  # a record can carry them
+
+
+@pytest.mark.skipif(not Path("/dev/fd").is_dir(), reason="no /dev/fd here")
+def test_sources_read_holds_a_pipe_for_every_pass() -> None:
+    from ixcdoc.inputs import Sources
+
+    data = pdf_bytes(3)
+    r, w = os.pipe()
+    os.write(w, data)
+    os.close(w)
+    arg = f"/dev/fd/{r}"
+    try:
+        sources = Sources.read([arg], pages="2-3")
+    finally:
+        os.close(r)  # nothing can read the pipe again: both passes use the bytes held
+    for _ in range(2):  # plan/count, then run
+        got = [(doc.source, doc.format, pages) for doc, pages in sources.documents()]  # type: ignore[misc]
+        assert got == [(arg, "PDF", [2, 3])]

@@ -1,0 +1,16 @@
+"""The command line: thin Typer commands over the library. The only package that imports Typer
+and Rich. Heavy modules (torch, PyMuPDF, the model) are imported inside command bodies so that
+``ixcdoc --help`` stays fast.
+
+``app`` (the Typer app, shared options, error handling), ``display`` (a batch run drawn with
+Rich), ``commands`` (one function per command).
+"""
+
+from __future__ import annotations
+
+from ixcdoc.cli import commands as _commands  # noqa: F401 - registers the commands on ``app``
+from ixcdoc.cli import evaluate as _evaluate  # noqa: F401
+from ixcdoc.cli import setup as _setup  # noqa: F401 - last: setup commands close the list
+from ixcdoc.cli.app import app, main
+
+__all__ = ["app", "main"]

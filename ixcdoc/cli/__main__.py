@@ -1,0 +1,5 @@
+"""``python -m ixcdoc.cli``: the console entry point."""
+
+from ixcdoc.cli import main
+
+main()

@@ -1,0 +1,476 @@
+"""The commands: each parses its options into library values and calls the library."""
+
+from __future__ import annotations
+
+import json
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+from rich.console import Console
+
+from ixcdoc.cli.app import (
+    AllPagesOpt,
+    DeviceOpt,
+    HdOpt,
+    JsonOpt,
+    MaxNewOpt,
+    MaxPixelsOpt,
+    ModelOpt,
+    OutputOpt,
+    PagesOpt,
+    PasswordOpt,
+    PathsArg,
+    PromptOpt,
+    Quant,
+    QuantOpt,
+    QuietOpt,
+    RedoOpt,
+    Task,
+    TopKOpt,
+    VramOpt,
+    app,
+    err,
+    fail_line,
+    handles_errors,
+)
+from ixcdoc.errors import EXIT_INTERRUPTED, EXIT_PARTIAL, IxcdocError, UsageError
+from ixcdoc.outdir import FORMATS
+from ixcdoc.tasks import PRESETS, parse_hd
+
+if TYPE_CHECKING:
+    from ixcdoc.inputs import Sources
+    from ixcdoc.runner import Job
+
+OutFormat = Enum("OutFormat", [(f, f) for f in FORMATS], type=str)  # type: ignore[misc]
+TableJsonOpt = Annotated[bool, typer.Option("--json", help="One JSON object per tier.")]
+
+# ---- plan ----------------------------------------------------------------------------------
+
+
+@app.command()
+@handles_errors
+def plan(
+    paths: PathsArg,
+    task: Annotated[
+        Task,
+        typer.Option(
+            "--task", metavar="|".join(PRESETS), help="Which command's tier policy to plan for."
+        ),
+    ] = Task.extract,  # type: ignore[attr-defined]
+    hd: HdOpt = "auto",
+    pages: PagesOpt = None,
+    password: PasswordOpt = None,
+    max_pixels: MaxPixelsOpt = None,
+    vram: VramOpt = None,
+    max_new_tokens: MaxNewOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Dry run, no model: per page native size, DPI, tier, grid, image tokens, VRAM.
+
+    \b
+    ixcdoc plan paper.pdf
+    ixcdoc plan scans/ --task extract --vram 24 --json
+    """
+    from ixcdoc.inputs import Sources
+    from ixcdoc.planning import plan_pages
+
+    sources = Sources.read(paths, pages=pages, password=password, max_pixels=max_pixels)
+    as_json = json_out or not sys.stdout.isatty()
+    rows: list[dict[str, Any]] = []
+    failed = False
+    for row in plan_pages(
+        sources, task=task.value, hd=parse_hd(hd), vram_gib=vram, max_new_tokens=max_new_tokens
+    ):
+        if isinstance(row, IxcdocError):
+            failed = True
+            fail_line(row.message)
+            row = _error_row(row)
+        if as_json:  # in input order, as each page is planned
+            sys.stdout.write(json.dumps(row, ensure_ascii=False) + "\n")
+            sys.stdout.flush()
+        elif "status" not in row:
+            rows.append(row)
+    if not as_json:
+        Console().print(plan_table(rows, task=task.value))
+    if failed:
+        raise typer.Exit(EXIT_PARTIAL)
+
+
+def _fits_cell(fits: dict[str, bool] | None) -> str:
+    if fits is None:
+        return "no GPU"
+    return ", ".join(q for q, ok in fits.items() if ok) or "none"
+
+
+def plan_table(rows: list[dict[str, Any]], *, task: str) -> Any:
+    """The plan as a Rich table (one row per page)."""
+    from rich.table import Table
+
+    t = Table(title=f"ixcdoc plan (task: {task})", title_justify="left")
+    for col, just in [
+        ("source", "left"),
+        ("page", "right"),
+        ("native WxH", "right"),
+        ("dpi", "right"),
+        ("tier", "right"),
+        ("why", "left"),
+        ("grid RxC", "right"),
+        ("padded WxH", "right"),
+        ("tokens", "right"),
+        ("bf16 GiB", "right"),
+        ("4bit GiB", "right"),
+        ("fits", "left"),
+    ]:
+        t.add_column(col, justify=just, overflow="fold")  # type: ignore[arg-type]
+    for r in rows:
+        h, w = r["native_size"]
+        ph, pw = r["padded_size"]
+        t.add_row(
+            r["source"],
+            f"{r['page']}/{r['page_count']}",
+            f"{w}x{h}",
+            "-" if r["render_dpi"] is None else f"{r['render_dpi']:.0f}",
+            f"HD{r['tier']}",
+            r["tier_reason"],
+            "{}x{}".format(*r["grid"]),
+            f"{pw}x{ph}",
+            str(r["image_tokens"]),
+            f"{r['vram_gib']['bf16']:.1f}",
+            f"{r['vram_gib']['4bit']:.1f}",
+            _fits_cell(r["fits"]),
+        )
+    return t
+
+
+def _error_row(e: IxcdocError) -> dict[str, Any]:
+    return {
+        "source": getattr(e, "source", None),
+        "page": getattr(e, "page", None),
+        "status": "error",
+        "error": {"code": e.code, "message": e.message},
+    }
+
+
+@app.command()
+@handles_errors
+def tiers(
+    aspect: Annotated[
+        str,
+        typer.Option("--aspect", metavar="W:H", help="Page shape as W:H, e.g. 1:1, 8.5:11, 16:9."),
+    ] = "1:1",
+    vram: VramOpt = None,
+    max_new_tokens: Annotated[
+        int,
+        typer.Option(
+            "--max-new-tokens", min=1, metavar="N", help="Generation length to budget for."
+        ),
+    ] = 512,
+    json_out: TableJsonOpt = False,
+) -> None:
+    """The HD tier table: grid, image tokens and estimated peak VRAM per tier.
+
+    \b
+    ixcdoc tiers
+    ixcdoc tiers --aspect 8.5:11 --vram 24
+    """
+    from ixcdoc.planning import tier_rows
+
+    try:
+        aw, ah = (float(x) for x in aspect.split(":"))
+        if aw <= 0 or ah <= 0:
+            raise ValueError
+    except ValueError:
+        raise typer.BadParameter(f"--aspect must look like 8.5:11, got {aspect!r}") from None
+    rows = tier_rows(aspect=(ah, aw), vram_gib=vram, max_new_tokens=max_new_tokens)
+    if json_out or not sys.stdout.isatty():
+        for row in rows:
+            sys.stdout.write(json.dumps(row) + "\n")
+        return
+    from rich.table import Table
+
+    t = Table(title=f"HD tiers for a {aspect} page (estimated peak VRAM, see docs/vram.md)")
+    for col in ("tier", "grid", "image tokens", "bf16 GiB", "4bit GiB", "fits"):
+        t.add_column(col, justify="right")
+    for r in rows:
+        t.add_row(
+            f"HD{r['tier']}",
+            "{}x{}".format(*r["grid"]),
+            str(r["image_tokens"]),
+            f"{r['vram_gib']['bf16']:.1f}",
+            f"{r['vram_gib']['4bit']:.1f}",
+            _fits_cell(r["fits"]),
+        )
+    Console().print(t)
+
+
+# ---- model commands ------------------------------------------------------------------------
+
+
+def run_job(
+    job: Job,
+    sources: Sources,
+    *,
+    model: str | None,
+    device: str,
+    quant: Quant,
+    output: Path | None,
+    json_out: bool,
+    quiet: bool,
+    redo_failed: bool = False,
+    stream: bool = True,
+    out_dir: Path | None = None,
+    out_format: str = "md",
+) -> None:
+    """Run ``job`` over ``sources`` with the display; exit 0, 3 (some pages failed) or 130."""
+    from ixcdoc.batch import run
+    from ixcdoc.cli.display import Display
+
+    display = Display(
+        json_out=json_out,
+        quiet=quiet,
+        stream=stream,
+        # with -o or --out-dir the files are the output; stdout stays empty
+        text_out=output is None and out_dir is None,
+    )
+    try:
+        stats = run(
+            job,
+            sources,
+            model=model,
+            device=device,
+            quant=quant.value,
+            output=output,
+            json_stream=sys.stdout if json_out else None,
+            redo_failed=redo_failed,
+            events=display,
+            out_dir=out_dir,
+            out_format=out_format,
+        )
+    except KeyboardInterrupt:
+        display.stop()
+        hint = " (every finished page is saved; run the same command again to resume)"
+        err.print(f"interrupted{hint if output is not None else ''}", markup=False)
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+    finally:
+        display.stop()
+    if not quiet and (stats.pages > 1 or stats.skipped or stats.skipped_failed or out_dir):
+        parts = [f"{stats.ok} ok"]
+        if stats.failed:
+            parts.append(f"{stats.failed} failed")
+        if stats.blank:
+            parts.append(f"{stats.blank} blank")
+        if stats.skipped:
+            parts.append(f"{stats.skipped} already done")
+        if stats.skipped_failed:
+            parts.append(f"{stats.skipped_failed} failed earlier (retry with --redo-failed)")
+        where = f"; records in {stats.records_path}" if stats.records_path else ""
+        if out_dir is not None:
+            where += f"; {stats.files_written} files written to {out_dir}"
+        err.print(", ".join(parts) + where, markup=False)
+    if stats.any_failed:
+        raise typer.Exit(EXIT_PARTIAL)
+
+
+def _needs_output(redo_failed: bool, output: Path | None) -> None:
+    if redo_failed and output is None:
+        raise UsageError("--redo-failed needs -o/--output (the file that records failures)")
+
+
+def _question_from_stdin(doc: str, question: str | None) -> str:
+    if question is not None and question.strip():
+        return question.strip()
+    if doc != "-" and not sys.stdin.isatty():
+        text = sys.stdin.read().strip()
+        if text:
+            return text
+    raise UsageError("no question given: pass it after DOC, or pipe it on stdin")
+
+
+@app.command()
+@handles_errors
+def ask(
+    doc: Annotated[
+        str, typer.Argument(metavar="DOC", help="PDF or image, or - for bytes on stdin.")
+    ],
+    question: Annotated[
+        str | None,
+        typer.Argument(metavar="[QUESTION]", help="The question (else read from stdin)."),
+    ] = None,
+    hd: HdOpt = "auto",
+    quant: QuantOpt = Quant.auto,
+    model: ModelOpt = None,
+    device: DeviceOpt = "auto",
+    max_new_tokens: MaxNewOpt = None,
+    pages: PagesOpt = None,
+    all_pages: AllPagesOpt = False,
+    top_k: TopKOpt = 1,
+    password: PasswordOpt = None,
+    max_pixels: MaxPixelsOpt = None,
+    json_out: JsonOpt = False,
+    output: OutputOpt = None,
+    redo_failed: RedoOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Answer a question about a document, citing the page.
+
+    Multi-page PDFs with a text layer: the page(s) that best match the question (BM25) are
+    read. Scans and pages without text: every selected page is answered in turn.
+
+    \b
+    ixcdoc ask paper.pdf "What dataset is used in Table 3?"
+    maim -s | ixcdoc ask - "what does the error say?"
+    echo "what is the total?" | ixcdoc ask invoice.pdf
+    """
+    from ixcdoc.inputs import Sources
+    from ixcdoc.runner import Job
+    from ixcdoc.tasks import ASK
+
+    q = _question_from_stdin(doc, question)
+    job = Job(
+        ASK,
+        prompt=q,
+        question=q,
+        hd=parse_hd(hd),
+        max_new_tokens=max_new_tokens,
+        top_k=None if all_pages else top_k,
+    )
+    _needs_output(redo_failed, output)
+    sources = Sources.read([doc], pages=pages, password=password, max_pixels=max_pixels)
+    run_job(
+        job,
+        sources,
+        model=model,
+        device=device,
+        quant=quant,
+        output=output,
+        json_out=json_out,
+        quiet=quiet,
+        redo_failed=redo_failed,
+        stream=output is None,
+    )
+
+
+@app.command()
+@handles_errors
+def extract(
+    paths: PathsArg,
+    output: OutputOpt = None,
+    json_out: JsonOpt = False,
+    hd: HdOpt = "auto",
+    quant: QuantOpt = Quant.auto,
+    model: ModelOpt = None,
+    device: DeviceOpt = "auto",
+    max_new_tokens: MaxNewOpt = None,
+    pages: PagesOpt = None,
+    password: PasswordOpt = None,
+    max_pixels: MaxPixelsOpt = None,
+    prompt: PromptOpt = None,
+    redo_failed: RedoOpt = False,
+    out_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--out-dir",
+            metavar="DIR",
+            help="Also write one file per document here, mirroring the input tree (resumable).",
+        ),
+    ] = None,
+    out_format: Annotated[
+        OutFormat,
+        typer.Option("--format", metavar="md|txt|json", help="File format for --out-dir."),
+    ] = OutFormat.md,  # type: ignore[attr-defined]
+    quiet: QuietOpt = False,
+) -> None:
+    """Transcribe every page of files and folders.
+
+    Text goes to stdout (pages marked "==> FILE page N/M <=="); --json prints one record
+    per page; -o FILE.jsonl appends records and resumes where an earlier run stopped;
+    --out-dir DIR writes one Markdown (or text, or JSON) file per document.
+
+    \b
+    ixcdoc extract scans/ -o scans.jsonl
+    ixcdoc extract scans/ --out-dir scans-md
+    ixcdoc extract invoice.pdf --json | jq -r .text
+    ixcdoc extract tiny-print.pdf --hd 55
+    """
+    from ixcdoc.inputs import Sources
+    from ixcdoc.runner import Job
+    from ixcdoc.tasks import EXTRACT
+
+    if redo_failed and output is None and out_dir is None:
+        raise UsageError("--redo-failed needs -o/--output or --out-dir (where failures are kept)")
+    job = Job(EXTRACT, prompt or EXTRACT.prompt, hd=parse_hd(hd), max_new_tokens=max_new_tokens)
+    sources = Sources.read(
+        paths,
+        pages=pages,
+        password=password,
+        max_pixels=max_pixels,
+        exclude=[p for p in (output, out_dir) if p is not None],
+    )
+    run_job(
+        job,
+        sources,
+        model=model,
+        device=device,
+        quant=quant,
+        output=output,
+        json_out=json_out,
+        quiet=quiet,
+        redo_failed=redo_failed,
+        stream=output is None and out_dir is None,
+        out_dir=out_dir,
+        out_format=out_format.value,
+    )
+
+
+@app.command()
+@handles_errors
+def chart(
+    image: Annotated[
+        str, typer.Argument(metavar="IMAGE", help="Chart image or PDF, or - for stdin.")
+    ],
+    table: Annotated[
+        bool, typer.Option("--table", help="Give the chart's data as a Markdown table.")
+    ] = False,
+    hd: HdOpt = "auto",
+    quant: QuantOpt = Quant.auto,
+    model: ModelOpt = None,
+    device: DeviceOpt = "auto",
+    max_new_tokens: MaxNewOpt = None,
+    pages: PagesOpt = None,
+    password: PasswordOpt = None,
+    max_pixels: MaxPixelsOpt = None,
+    json_out: JsonOpt = False,
+    output: OutputOpt = None,
+    redo_failed: RedoOpt = False,
+    prompt: PromptOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Summarize a chart; --table gives its data as a Markdown table.
+
+    \b
+    ixcdoc chart revenue.png
+    ixcdoc chart revenue.png --table
+    """
+    from ixcdoc.inputs import Sources
+    from ixcdoc.runner import Job
+    from ixcdoc.tasks import CHART, CHART_TABLE
+
+    preset = CHART_TABLE if table else CHART
+    job = Job(preset, prompt or preset.prompt, hd=parse_hd(hd), max_new_tokens=max_new_tokens)
+    _needs_output(redo_failed, output)
+    sources = Sources.read([image], pages=pages, password=password, max_pixels=max_pixels)
+    run_job(
+        job,
+        sources,
+        model=model,
+        device=device,
+        quant=quant,
+        output=output,
+        json_out=json_out,
+        quiet=quiet,
+        redo_failed=redo_failed,
+        stream=output is None,
+    )

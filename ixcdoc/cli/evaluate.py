@@ -1,0 +1,212 @@
+"""``ixcdoc eval``: score the model on a document benchmark (docs/accuracy.md)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+from ixcdoc.cli.app import (
+    DeviceOpt,
+    MaxNewOpt,
+    ModelOpt,
+    OutputOpt,
+    Quant,
+    QuantOpt,
+    QuietOpt,
+    RedoOpt,
+    app,
+    err,
+    handles_errors,
+    hd_callback,
+    load_model,
+)
+from ixcdoc.errors import EXIT_INTERRUPTED, EXIT_PARTIAL, UsageError
+
+# ---- eval -----------------------------------------------------------------------------------
+
+
+def _eval_hd_callback(value: str | None) -> str | None:
+    return None if value is None else hd_callback(value)
+
+
+EvalHdOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--hd",
+        metavar="auto|N",
+        help="'auto' (planner, ask preset) or N [default: upstream's tier for the benchmark].",
+        callback=_eval_hd_callback,
+    ),
+]
+
+
+def eval_table(rows: list[Any]) -> Any:
+    """The evaluation report as a Rich table (one row per benchmark and setting)."""
+    from rich.table import Table
+
+    t = Table(title="ixcdoc eval (95% CI: normal approximation)", title_justify="left")
+    for col, just in [
+        ("benchmark", "left"),
+        ("split", "left"),
+        ("precision", "left"),
+        ("hd", "left"),
+        ("n", "right"),
+        ("failed", "right"),
+        ("score", "right"),
+        ("95% CI", "right"),
+        ("paper", "right"),
+        ("tiers", "left"),
+        ("s/question", "right"),
+    ]:
+        t.add_column(col, justify=just, overflow="fold")  # type: ignore[arg-type]
+    for r in rows:
+        digits = 0 if r.unit == "/1000" else 1
+        ci = "-" if r.ci_low is None else f"{r.ci_low:.{digits}f}-{r.ci_high:.{digits}f}"
+        paper = "-" if r.paper is None else f"{r.paper:.{digits}f} ({r.paper_split})"
+        t.add_row(
+            r.title,
+            r.split,
+            str(r.precision),
+            r.hd_setting,
+            str(r.n),
+            str(r.failed),
+            f"{r.score:.{digits}f}{r.unit if r.unit != '%' else ''}",
+            ci,
+            paper,
+            " ".join(f"{k}:{v}" for k, v in r.tiers.items()) or "-",
+            "-" if r.seconds_mean is None else f"{r.seconds_mean:.2f}",
+        )
+    return t
+
+
+@app.command(name="eval")
+@handles_errors
+def eval_(
+    benchmark: Annotated[
+        str,
+        typer.Argument(
+            metavar="BENCHMARK",
+            help="docvqa, infovqa, chartqa, ocrbench; or 'report' to re-score a file.",
+        ),
+    ],
+    data: Annotated[
+        Path,
+        typer.Argument(
+            metavar="DATA", help="The dataset folder (docs/accuracy.md); for 'report', a JSONL."
+        ),
+    ],
+    limit: Annotated[
+        int | None, typer.Option("--limit", min=1, metavar="N", help="Only the first N questions.")
+    ] = None,
+    hd: EvalHdOpt = None,
+    split: Annotated[
+        str | None,
+        typer.Option(
+            "--split", metavar="NAME", help="Dataset split [default: val; OCRBench: test]."
+        ),
+    ] = None,
+    quant: QuantOpt = Quant.auto,
+    model: ModelOpt = None,
+    device: DeviceOpt = "auto",
+    max_new_tokens: MaxNewOpt = None,
+    output: OutputOpt = None,
+    redo_failed: RedoOpt = False,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Score the model on a document benchmark, as the IXC2-4KHD paper reports it.
+
+    Reads a local copy of the benchmark (nothing is downloaded), answers every question with
+    upstream's evaluation prompt and tier, scores it (ANLS, relaxed accuracy, OCRBench hits)
+    and prints the score with its 95% confidence interval next to the paper's number.
+
+    \b
+    ixcdoc eval docvqa data/docvqa -o docvqa.jsonl
+    ixcdoc eval chartqa "data/ChartQA Dataset" --limit 200 --hd auto
+    ixcdoc eval report docvqa.jsonl
+    """
+    from ixcdoc.evaluation.report import report_dict, summarize
+
+    if benchmark == "report":
+        from ixcdoc.evaluation.records import load_records
+
+        rows = summarize(load_records(data, repair=False).records())
+    else:
+        from ixcdoc.evaluation.datasets import benchmark as find_benchmark
+        from ixcdoc.evaluation.datasets import read_items
+        from ixcdoc.evaluation.run import run_eval
+
+        bench = find_benchmark(benchmark)
+        if redo_failed and output is None:
+            raise UsageError("--redo-failed needs -o/--output (the file that records failures)")
+        # The dataset first: a wrong path must not cost a 17 GB load to report.
+        items = read_items(bench.name, data, split)
+        total = min(len(items), limit) if limit else len(items)
+        dm = load_model(model, device, quant, quiet)
+        bar = None
+        if not quiet and err.is_terminal and total > 1:
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
+
+            bar = Progress(
+                TextColumn(bench.title),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                TimeRemainingColumn(),
+                console=err,
+            )
+            bar.start()
+            task_id = bar.add_task("eval", total=total)
+        try:
+            summary = run_eval(
+                dm,
+                bench.name,
+                data,
+                items=items,
+                limit=limit,
+                hd=hd,
+                split=split,
+                max_new_tokens=max_new_tokens,
+                output=output,
+                redo_failed=redo_failed,
+                progress=(lambda rec: bar.advance(task_id)) if bar is not None else None,
+            )
+        except KeyboardInterrupt:
+            if bar is not None:
+                bar.stop()
+            hint = " (answered questions are saved; run the same command again to resume)"
+            err.print(f"interrupted{hint if output is not None else ''}", markup=False)
+            raise typer.Exit(EXIT_INTERRUPTED) from None
+        finally:
+            if bar is not None:
+                bar.stop()
+        if summary.repaired_bytes and not quiet:
+            err.print(f"repaired {output}: cut a torn last line", markup=False)
+        if not quiet:
+            parts = [f"{summary.answered} answered"]
+            if summary.failed:
+                parts.append(f"{summary.failed} failed")
+            if summary.skipped:
+                parts.append(f"{summary.skipped} already done")
+            if summary.skipped_failed:
+                parts.append(f"{summary.skipped_failed} failed earlier (retry: --redo-failed)")
+            err.print(", ".join(parts) + (f"; records in {output}" if output else ""), markup=False)
+        rows = summarize(summary.records)
+    if json_out or not sys.stdout.isatty():
+        sys.stdout.write(json.dumps(report_dict(rows), ensure_ascii=False) + "\n")
+    else:
+        Console().print(eval_table(rows))
+    if benchmark != "report" and any(r.failed for r in rows):
+        raise typer.Exit(EXIT_PARTIAL)  # as extract: the records say which questions failed

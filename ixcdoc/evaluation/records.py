@@ -1,0 +1,240 @@
+"""Per-question evaluation records: one JSON object per line, resumable like ``extract -o``.
+
+The file machinery is ``ixcdoc.records``'s: whole lines appended and fsynced one at a time, an
+exclusive lock on the file for the whole run, a torn final line (a crash mid-write) cut off
+when the file is loaded, a corrupt line anywhere else refused. Only the schema differs: an
+evaluation record is about a question, not a page (docs/accuracy.md lists the keys).
+
+Resume: a question is done when a record with the same key has status "ok"; the key is the
+benchmark, the split, the question id, the prompt, the HD setting, the model (its revision
+when known) and the precision, so bf16 and 4-bit runs, or HD55 and auto, share one file. The
+latest record per key wins.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NamedTuple, TextIO
+
+from ixcdoc.records import JsonlWriter, RecordsError, _check_parent, _truncate, utc_now
+
+EVAL_SCHEMA = "ixcdoc.eval/1"
+FIELDS: tuple[str, ...] = (
+    "schema",
+    "benchmark",
+    "split",
+    "question_id",
+    "question",
+    "prompt",
+    "prediction",
+    "answers",
+    "category",
+    "metric",
+    "score",
+    "status",
+    "error",
+    "hd_setting",
+    "tier",
+    "grid",
+    "image_tokens",
+    "seconds",
+    "tokens",
+    "model",
+    "model_revision",
+    "precision",
+    "device",
+    "created_at",
+)
+_REQUIRED_STR = ("benchmark", "split", "question_id", "prompt", "hd_setting", "model", "status")
+
+
+class EvalKey(NamedTuple):
+    """What makes two evaluation records the same job."""
+
+    benchmark: str
+    split: str
+    question_id: str
+    prompt: str
+    hd_setting: str
+    model: str  # model_revision when known, else the model id or path
+    precision: str | None
+
+
+def key_of(rec: Mapping[str, Any]) -> EvalKey:
+    """The resume key of a record."""
+    return EvalKey(
+        benchmark=rec["benchmark"],
+        split=rec["split"],
+        question_id=rec["question_id"],
+        prompt=rec["prompt"],
+        hd_setting=rec["hd_setting"],
+        model=rec["model_revision"] or rec["model"],
+        precision=rec["precision"],
+    )
+
+
+def make_record(**values: Any) -> dict[str, Any]:
+    """A record with every key in schema order (missing ones None); raises on a bad value."""
+    unknown = set(values) - set(FIELDS)
+    if unknown:
+        raise ValueError(f"unknown evaluation record keys: {', '.join(sorted(unknown))}")
+    rec: dict[str, Any] = {name: values.get(name) for name in FIELDS}
+    rec["schema"] = EVAL_SCHEMA
+    rec["created_at"] = values.get("created_at") or utc_now()
+    for name in ("answers", "grid"):
+        if isinstance(rec[name], tuple):
+            rec[name] = list(rec[name])
+    validate(rec)
+    return rec
+
+
+def validate(rec: Any) -> None:
+    """Raise ValueError naming what is wrong with an evaluation record."""
+    if not isinstance(rec, dict):
+        raise ValueError(f"a record must be a JSON object, got {type(rec).__name__}")
+    missing = [k for k in FIELDS if k not in rec]
+    if missing:
+        raise ValueError(f"missing keys: {', '.join(missing)}")
+    if rec["schema"] != EVAL_SCHEMA:
+        raise ValueError(f"schema is {rec['schema']!r}, expected {EVAL_SCHEMA!r}")
+    for k in _REQUIRED_STR:
+        if not isinstance(rec[k], str) or not rec[k]:
+            raise ValueError(f"{k}: expected a non-empty string")
+    if rec["status"] not in ("ok", "error"):
+        raise ValueError(f"status: expected 'ok' or 'error', got {rec['status']!r}")
+    if not isinstance(rec["answers"], list) or not all(isinstance(a, str) for a in rec["answers"]):
+        raise ValueError("answers: expected a list of strings")
+    s = rec["score"]
+    if rec["status"] == "ok":
+        if not isinstance(s, (int, float)) or isinstance(s, bool) or not 0 <= s <= 1:
+            raise ValueError(f"score: expected a number in [0, 1] for an ok record, got {s!r}")
+        if not isinstance(rec["prediction"], str):
+            raise ValueError("prediction: expected a string for an ok record")
+    elif s is not None:
+        raise ValueError("score: must be null for an error record")
+    if rec["status"] == "error" and not isinstance(rec["error"], dict):
+        raise ValueError("error: expected {code, message} for an error record")
+    sec = rec["seconds"]
+    if sec is not None and not (isinstance(sec, (int, float)) and math.isfinite(sec) and sec >= 0):
+        raise ValueError(f"seconds: expected a number >= 0, got {sec!r}")
+
+
+def to_line(rec: Mapping[str, Any]) -> str:
+    """One record as one JSON line, newline included; never NaN."""
+    text = json.dumps(dict(rec), ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    # As in ixcdoc.records: escape what some readers split lines on, and lone surrogates.
+    text = "".join(
+        f"\\u{ord(c):04x}" if c in "\x85\u2028\u2029" or 0xD800 <= ord(c) <= 0xDFFF else c
+        for c in text
+    )
+    return text + "\n"
+
+
+@dataclass
+class EvalState:
+    """What an existing records file holds: the latest record per key."""
+
+    path: Path | None = None
+    latest: dict[EvalKey, dict[str, Any]] = field(default_factory=dict)
+    repaired_bytes: int = 0
+
+    def should_skip(self, key: EvalKey, *, redo_failed: bool) -> bool:
+        """True when the job is done, or failed before and failures are not being redone."""
+        rec = self.latest.get(key)
+        if rec is None:
+            return False
+        return rec["status"] == "ok" or not redo_failed
+
+    def add(self, rec: dict[str, Any]) -> None:
+        """Account for a record just written (the latest one per key wins)."""
+        key = key_of(rec)
+        self.latest.pop(key, None)  # re-insert: order follows the latest record
+        self.latest[key] = rec
+
+    def records(self) -> list[dict[str, Any]]:
+        """The latest record per key, in the order they were last written."""
+        return list(self.latest.values())
+
+
+def load_records(path: str | os.PathLike[str], *, repair: bool = True) -> EvalState:
+    """Read a records file; cut a torn final line (``repair``), raise on a corrupt middle."""
+    path = Path(path)
+    state = EvalState(path=path)
+    if repair:
+        _check_parent(path)
+    if not path.exists():
+        if not repair:
+            raise RecordsError(f"{path}: no such records file", code="not_found")
+        return state
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise RecordsError(f"cannot read {path}: {e.strerror or e}", code="output") from e
+    offset = good_end = 0
+    pending: tuple[int, str] | None = None
+    lines = data.split(b"\n")
+    for lineno, raw in enumerate(lines, 1):
+        last = lineno == len(lines)
+        end = offset + len(raw) + (0 if last else 1)
+        if raw.strip():
+            if pending is not None:
+                _corrupt(path, *pending)
+            try:
+                if last:
+                    raise ValueError("incomplete (no newline at the end)")
+                rec = json.loads(raw.decode("utf-8"))
+                validate(rec)
+            except ValueError as e:  # UnicodeDecodeError and JSONDecodeError included
+                pending = (lineno, str(e))
+            else:
+                state.add(rec)
+                good_end = end
+        elif pending is None:
+            good_end = end
+        offset = end
+    if pending is not None and repair:
+        _truncate(path, good_end, expected_size=len(data))
+        state.repaired_bytes = len(data) - good_end
+    return state
+
+
+def _corrupt(path: Path, lineno: int, why: str) -> None:
+    raise RecordsError(
+        f"{path} line {lineno}: not a valid evaluation record ({why}); only a torn final line "
+        "is repaired automatically, so fix or remove this line and run again",
+        code="corrupt_output",
+    )
+
+
+class EvalWriter(JsonlWriter):
+    """Appends evaluation records with ``JsonlWriter``'s locking, fsync and torn-write rules."""
+
+    def __init__(self, path: str | os.PathLike[str] | TextIO, *, fsync: bool = True) -> None:
+        super().__init__(path, fsync=fsync)
+
+    def write_record(self, rec: Mapping[str, Any]) -> None:
+        """Write one validated record as one complete line, then flush (and fsync a file)."""
+        validate(dict(rec))
+        if self._closed:
+            raise ValueError("write to a closed EvalWriter")
+        if self._broken is not None:
+            raise RecordsError(self._broken, code="write_failed")
+        line = to_line(rec)
+        if self._stream is not None:
+            self._stream.write(line)
+            self._stream.flush()
+        else:
+            self._append(line.encode("utf-8"))
+        self.count += 1
+
+
+def write_all(path: str | os.PathLike[str], records: Iterable[Mapping[str, Any]]) -> None:
+    """Append records to a file (used by tests and tools that build records themselves)."""
+    with EvalWriter(path) as w:
+        for rec in records:
+            w.write_record(rec)

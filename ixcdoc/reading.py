@@ -1,0 +1,199 @@
+"""Pages read ahead: open each document once, choose its pages, render and blank-check them,
+and make the HD image for the page's tier, on a worker thread while the model runs.
+
+``read_pages`` is the producer (it yields ``Opened`` once per document, then a ``PageItem``
+per page); ``ahead`` runs any iterator on a worker thread a few items in front of its consumer.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from ixcdoc.errors import InputError, IxcdocError
+
+if TYPE_CHECKING:
+    from ixcdoc.inputs import Document, PageInfo, RenderedPage, Sources
+    from ixcdoc.planning import TierChoice
+    from ixcdoc.preprocess import HDImage
+
+
+@dataclass
+class PageItem:
+    """One page as the reader hands it over: rendered, or why it could not be."""
+
+    source: str
+    sha256: str | None
+    page: int | None  # None: an error about the whole file
+    page_count: int | None
+    rendered: RenderedPage | None = None
+    tier: TierChoice | None = None  # chosen once, here or by the runner
+    hd_image: HDImage | None = None  # made ahead for ``tier``
+    blank: bool = False
+    error: IxcdocError | None = None
+    skipped: bool = False  # already done in the output file (resume): not rendered
+
+
+@dataclass(frozen=True)
+class Opened:
+    """A document was opened: ``pages`` of its pages will follow (for progress totals)."""
+
+    source: str
+    pages: int
+
+
+class TierPlan:
+    """The tier rule for pages, known once the model is: the reader uses it when it is set,
+    and leaves the choice to the runner for pages read before that."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._choose: Callable[[PageInfo], TierChoice] | None = None
+        self._hd_image: Callable[[RenderedPage, TierChoice], HDImage] | None = None
+
+    def set(
+        self,
+        choose: Callable[[PageInfo], TierChoice],
+        hd_image: Callable[[RenderedPage, TierChoice], HDImage] | None = None,
+    ) -> None:
+        """From now on, pages get ``choose(info)`` and (optionally) their HD image ahead."""
+        with self._lock:
+            self._choose, self._hd_image = choose, hd_image
+
+    def apply(self, item: PageItem) -> None:
+        """Choose the tier of a rendered page (and make its HD image) if the rule is known."""
+        with self._lock:
+            choose, make = self._choose, self._hd_image
+        if choose is None or item.rendered is None or item.blank or item.tier is not None:
+            return
+        item.tier = choose(item.rendered.info)
+        if make is not None:
+            item.hd_image = make(item.rendered, item.tier)
+
+
+def file_sha256_or_none(source: str) -> str | None:
+    """SHA-256 of a regular file whose bytes were read but did not open as a document.
+
+    docs/output.md: ``content_sha256`` is null only when the bytes could not be read; the hash
+    also keys the whole-file error, so a later page of the same file supersedes it.
+    """
+    import os
+
+    from ixcdoc.inputs import file_sha256
+
+    if source == "-" or not os.path.isfile(source):  # stdin, pipes, folders: no bytes to hash
+        return None
+    try:
+        return file_sha256(source)
+    except OSError:
+        return None
+
+
+def best_pages(doc: Document, numbers: list[int], question: str, top_k: int) -> list[int]:
+    """The ``top_k`` pages whose text layer best matches ``question`` (BM25).
+
+    A one-page selection, pages without any text layer, and a text layer that shares no word
+    with the question keep every selected page (each is answered in turn).
+    """
+    from ixcdoc.ranking import rank_pages
+
+    if len(numbers) <= 1:
+        return numbers
+    texts = [doc.page_text(n) for n in numbers]
+    if not any(t.strip() for t in texts):
+        return numbers
+    best = rank_pages(question, texts, top_k=top_k)
+    return [numbers[i] for i in best] if best else numbers
+
+
+def read_pages(
+    sources: Sources,
+    *,
+    choose: Callable[[Document, list[int]], list[int]] | None = None,
+    skip: Callable[[str, int], bool] | None = None,
+    plan: TierPlan | None = None,
+) -> Iterator[Opened | PageItem]:
+    """Open, select, render and blank-check pages in input order, each document once.
+
+    ``choose(doc, numbers)`` narrows the selected pages (``ask`` ranks them);
+    ``skip(sha256, page)`` says a page is already done, so it is not even rendered;
+    ``plan`` chooses each page's tier and HD image ahead once the model is known.
+    """
+    from ixcdoc.guards import is_blank
+
+    for item in sources.documents():
+        if isinstance(item, IxcdocError):
+            source = getattr(item, "source", "?")
+            unread = item.code in ("not_found", "unreadable")
+            sha = None if unread else file_sha256_or_none(source)
+            yield Opened(source, 1)
+            yield PageItem(source, sha, getattr(item, "page", None), None, error=item)
+            continue
+        doc, numbers = item
+        if choose is not None:
+            numbers = choose(doc, numbers)
+        yield Opened(doc.source, len(numbers))
+        for n in numbers:
+            base = (doc.source, doc.sha256, n, doc.page_count)
+            if skip is not None and skip(doc.sha256, n):
+                yield PageItem(*base, skipped=True)
+                continue
+            try:
+                r = doc.render(n)
+            except InputError as e:
+                yield PageItem(*base, error=e)
+                continue
+            # A page whose text layer has words is never blank, however faint its render.
+            blank = is_blank(r.image) and not doc.has_text_layer(n)
+            page = PageItem(*base, rendered=r, blank=blank)
+            if plan is not None:
+                plan.apply(page)
+            yield page
+
+
+def ahead(items: Iterator[Any], depth: int = 2) -> Iterator[Any]:
+    """Run an iterator on a worker thread, ``depth`` items ahead of the consumer.
+
+    Rendering of the next pages overlaps with the model on the current one (PyMuPDF calls go
+    through one lock in ``inputs``). An exception in the worker is raised in the consumer;
+    closing the returned generator stops the worker at its next item.
+    """
+    q: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=max(1, depth))
+    stop = threading.Event()
+
+    def put(kind: str, value: Any) -> bool:
+        while not stop.is_set():
+            try:
+                q.put((kind, value), timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def work() -> None:
+        try:
+            for item in items:
+                if not put("item", item):
+                    break
+        except BaseException as e:  # handed to the consumer, raised there
+            put("error", e)
+        finally:
+            if hasattr(items, "close"):
+                items.close()
+            put("end", None)
+
+    t = threading.Thread(target=work, name="ixcdoc-reader", daemon=True)
+    t.start()
+    try:
+        while True:
+            kind, value = q.get()
+            if kind == "end":
+                return
+            if kind == "error":
+                raise value
+            yield value
+    finally:
+        stop.set()

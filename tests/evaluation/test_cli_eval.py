@@ -1,0 +1,97 @@
+"""``ixcdoc eval`` through the real CLI on a tiny checkpoint: JSON report, resume, errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ixcdoc.errors import EXIT_FATAL, EXIT_OK, EXIT_PARTIAL, EXIT_USAGE
+from tests.evaluation import builders
+from tests.evaluation.conftest import EvalCkpts
+
+
+def model_args(ckpt: Path) -> list[str]:
+    return ["--model", str(ckpt), "--device", "cpu", "--max-new-tokens", "4"]
+
+
+def test_eval_writes_records_and_reports(invoke, eval_ckpts: EvalCkpts, tmp_path: Path) -> None:
+    data = builders.chartqa(tmp_path / "ChartQA Dataset")
+    out = tmp_path / "chartqa.jsonl"
+    args = ["eval", "chartqa", data, "-o", out, "--json", *model_args(eval_ckpts.normal)]
+    r = invoke(args)
+    assert r.exit_code == EXIT_OK, r.stderr
+    report = json.loads(r.stdout)
+    [row] = report["rows"]
+    assert (row["benchmark"], row["split"], row["hd_setting"], row["n"]) == (
+        "chartqa",
+        "val",
+        "25",
+        3,
+    )
+    assert row["tiers"] == {"HD25": 3}
+    assert row["paper"] == 81.0
+    assert "3 answered" in r.stderr
+    assert len(out.read_text().splitlines()) == 3
+
+    again = invoke(args)
+    assert again.exit_code == EXIT_OK
+    assert "3 already done" in again.stderr
+    assert len(out.read_text().splitlines()) == 3
+    assert json.loads(again.stdout)["rows"] == report["rows"]
+
+    # the report alone, from the file, without a model
+    rep = invoke(["eval", "report", out, "--json"])
+    assert rep.exit_code == EXIT_OK
+    assert json.loads(rep.stdout)["rows"] == report["rows"]
+
+
+def test_eval_limit_and_hd(invoke, eval_ckpts: EvalCkpts, tmp_path: Path) -> None:
+    data = builders.ocrbench(tmp_path / "ocrbench")
+    r = invoke(
+        [
+            "eval",
+            "ocrbench",
+            data,
+            "--limit",
+            "1",
+            "--hd",
+            "16",
+            "--json",
+            *model_args(eval_ckpts.normal),
+        ]
+    )
+    assert r.exit_code == EXIT_OK, r.stderr
+    [row] = json.loads(r.stdout)["rows"]
+    assert (row["n"], row["hd_setting"], row["unit"], row["split"]) == (1, "16", "/1000", "test")
+
+
+def test_eval_errors_before_loading(invoke, tmp_path: Path) -> None:
+    missing_model = ["--model", str(tmp_path / "no-model"), "--device", "cpu"]
+    r = invoke(["eval", "textvqa", tmp_path, *missing_model])
+    assert r.exit_code == EXIT_USAGE
+    assert "unknown benchmark 'textvqa'" in r.stderr
+    # the dataset is read before the model: the error names the file, not the weights
+    r = invoke(["eval", "docvqa", tmp_path, *missing_model])
+    assert r.exit_code == EXIT_FATAL
+    assert "val_v1.0.json" in r.stderr
+    r = invoke(["eval", "docvqa", tmp_path, "--redo-failed", *missing_model])
+    assert r.exit_code == EXIT_USAGE
+    assert "--redo-failed needs -o" in r.stderr
+    r = invoke(["eval", "docvqa", tmp_path, "--hd", "zero", *missing_model])
+    assert r.exit_code == EXIT_USAGE
+    r = invoke(["eval", "report", tmp_path / "none.jsonl"])
+    assert r.exit_code == EXIT_FATAL
+    assert "no such records file" in r.stderr
+
+
+def test_eval_failed_question_exits_partial(invoke, eval_ckpts: EvalCkpts, tmp_path: Path) -> None:
+    data = builders.docvqa(tmp_path / "docvqa", n=2)
+    (data / "documents" / "doc0.png").unlink()
+    out = tmp_path / "out.jsonl"
+    r = invoke(["eval", "docvqa", data, "-o", out, "--json", *model_args(eval_ckpts.normal)])
+    assert r.exit_code == EXIT_PARTIAL
+    [row] = json.loads(r.stdout)["rows"]
+    assert (row["n"], row["failed"]) == (2, 1)
+    assert "1 failed" in r.stderr
+    # the report of the file alone is not a failed run
+    assert invoke(["eval", "report", out, "--json"]).exit_code == EXIT_OK

@@ -1,0 +1,100 @@
+"""Readers on tiny datasets written in each benchmark's published layout."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from ixcdoc.errors import UsageError
+from ixcdoc.evaluation.datasets import BENCHMARKS, DatasetError, benchmark, read_items
+from tests.evaluation import builders
+
+
+def test_docvqa(tmp_path: Path) -> None:
+    items = read_items("docvqa", builders.docvqa(tmp_path, n=3))
+    assert [i.question_id for i in items] == ["1000", "1001", "1002"]
+    assert items[1].question == "What is total 1?"
+    assert items[1].answers == ("1", "1.0")
+    assert items[2].image == tmp_path / "documents" / "doc2.png"
+    assert items[2].image.is_file()
+
+
+def test_infovqa_finds_images_in_their_folder(tmp_path: Path) -> None:
+    items = read_items("InfoVQA", builders.infovqa(tmp_path, n=2))
+    assert [i.question_id for i in items] == ["65000", "65001"]
+    assert items[0].answers == ("fact 0",)
+    assert items[0].image == tmp_path / "infographicsvqa_images" / "3000.jpeg"
+
+
+def test_chartqa_human_then_augmented(tmp_path: Path) -> None:
+    items = read_items("chartqa", builders.chartqa(tmp_path))
+    assert [(i.question_id, i.category) for i in items] == [
+        ("human/0", "human"),
+        ("augmented/0", "augmented"),
+        ("augmented/1", "augmented"),
+    ]
+    assert items[2].answers == ("12%",)
+    assert items[2].image == tmp_path / "val" / "png" / "c2.png"
+    # the split folder itself works as DATA too
+    assert read_items("chartqa", tmp_path / "val") == items
+
+
+def test_chartqa_test_split(tmp_path: Path) -> None:
+    items = read_items("chartqa", builders.chartqa(tmp_path, split="test"), "test")
+    assert len(items) == 3
+    assert items[0].image == tmp_path / "test" / "png" / "c1.png"
+
+
+def test_ocrbench_list_and_string_answers(tmp_path: Path) -> None:
+    items = read_items("ocrbench", builders.ocrbench(tmp_path))
+    assert [i.question_id for i in items] == ["0", "1"]
+    assert items[0].answers == ("HELLO",)
+    assert items[1].answers == ("x ^ { 2 }",)
+    assert items[1].category == "Handwritten Mathematical Expression Recognition"
+    assert items[0].image == tmp_path / "OCRBench_Images" / "IIIT5K" / "0.png"
+
+
+def test_missing_dataset_names_the_file(tmp_path: Path) -> None:
+    with pytest.raises(DatasetError, match=r"val_v1\.0\.json"):
+        read_items("docvqa", tmp_path)
+    with pytest.raises(DatasetError, match="not a folder"):
+        read_items("docvqa", tmp_path / "nope")
+
+
+def test_test_split_without_answers_is_refused(tmp_path: Path) -> None:
+    doc = {"data": [{"questionId": 1, "question": "q", "image": "documents/a.png"}]}
+    (tmp_path / "test_v1.0.json").write_text(json.dumps(doc), encoding="utf-8")
+    with pytest.raises(UsageError, match="no scorable split 'test'"):
+        read_items("docvqa", tmp_path, "test")
+    (tmp_path / "val_v1.0.json").write_text(json.dumps(doc), encoding="utf-8")
+    with pytest.raises(DatasetError, match="has no 'answers'"):
+        read_items("docvqa", tmp_path, "val")
+
+
+def test_entry_without_a_key_names_it(tmp_path: Path) -> None:
+    (tmp_path / "OCRBench.json").write_text(json.dumps([{"id": 3}]), encoding="utf-8")
+    with pytest.raises(DatasetError, match="entry 0 has no 'question'"):
+        read_items("ocrbench", tmp_path)
+
+
+def test_unknown_benchmark() -> None:
+    with pytest.raises(UsageError, match="docvqa, infovqa, chartqa, ocrbench"):
+        benchmark("textvqa")
+
+
+def test_upstream_settings() -> None:
+    # VLMEvalKit's XComposer2_4KHD: HD55 for DocVQA/InfoVQA val, HD25 otherwise; OCRBench is
+    # listed for 55 but its capitalized name never matches the lower-cased dataset name, so
+    # upstream runs it at 25. VQA answers are capped at 100 tokens.
+    assert {n: b.hd for n, b in BENCHMARKS.items()} == {
+        "docvqa": 55,
+        "infovqa": 55,
+        "chartqa": 25,
+        "ocrbench": 25,
+    }
+    assert all(b.max_new_tokens == 100 for b in BENCHMARKS.values())
+    q = BENCHMARKS["docvqa"].query("What is it?")
+    assert q.startswith("Answer the question using a single word or phrase.")
+    assert q.endswith("What is it?")

@@ -1,0 +1,171 @@
+"""End to end through tiny checkpoints: every benchmark's format, scoring, resume, the seam."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import ixcdoc
+from ixcdoc.evaluation import run as run_mod
+from ixcdoc.evaluation.run import run_eval
+from ixcdoc.tokenizer import Tokenizer
+from tests.evaluation import builders
+from tests.evaluation.conftest import EvalCkpts
+
+MNT = 4  # generated tokens per answer
+
+
+@pytest.fixture(scope="module")
+def normal_model(eval_ckpts: EvalCkpts) -> Any:
+    return ixcdoc.load(eval_ckpts.normal, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def steered(eval_ckpts: EvalCkpts) -> tuple[Any, str]:
+    """The steered model and the answer it gives to anything: its token, MNT times."""
+    text = Tokenizer.from_dir(eval_ckpts.steered).decode([eval_ckpts.token] * MNT).strip()
+    assert text and "#" not in text
+    return ixcdoc.load(eval_ckpts.steered, device="cpu"), text
+
+
+def lines(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines()]
+
+
+@pytest.mark.parametrize(
+    ("name", "build", "n", "hd"),
+    [
+        ("docvqa", builders.docvqa, 3, 55),
+        ("infovqa", builders.infovqa, 2, 55),
+        ("chartqa", builders.chartqa, 3, 25),
+        ("ocrbench", builders.ocrbench, 2, 25),
+    ],
+)
+def test_each_format_end_to_end(
+    normal_model: Any, tmp_path: Path, name: str, build: Any, n: int, hd: int
+) -> None:
+    data = build(tmp_path / "data")
+    out = tmp_path / "out.jsonl"
+    s = run_eval(normal_model, name, data, output=out, max_new_tokens=MNT)
+    assert (s.answered, s.failed, s.skipped) == (n, 0, 0)
+    recs = lines(out)
+    assert len(recs) == n
+    for r in recs:
+        assert r["benchmark"] == name
+        assert r["status"] == "ok"
+        assert r["tier"] == hd and r["hd_setting"] == str(hd)
+        assert r["tokens"] <= MNT
+        assert r["prompt"].endswith(r["question"])
+        assert r["precision"] == "fp32" and r["device"] == "cpu"
+        assert 0.0 <= r["score"] <= 1.0
+    # resume: a second run answers nothing and adds no line
+    again = run_eval(normal_model, name, data, output=out, max_new_tokens=MNT)
+    assert (again.answered, again.skipped) == (0, n)
+    assert len(lines(out)) == n
+    assert [r["question_id"] for r in again.records] == [r["question_id"] for r in recs]
+
+
+def test_scores_the_models_answer(steered: tuple[Any, str], tmp_path: Path) -> None:
+    model, text = steered
+    data = tmp_path / "docvqa"
+    builders.png(data / "documents" / "a.png", "a")
+    qs = [
+        {"questionId": 1, "question": "right?", "image": "documents/a.png", "answers": [text]},
+        # a different case and extra spaces: ANLS normalizes both -> still 1.0
+        {
+            "questionId": 2,
+            "question": "case?",
+            "image": "documents/a.png",
+            "answers": [f"  {text.upper()}  "],
+        },
+        # no character in common and 40 long: distance 40 of 40 -> 0
+        {"questionId": 3, "question": "wrong?", "image": "documents/a.png", "answers": ["#" * 40]},
+    ]
+    (data / "val_v1.0.json").write_text(json.dumps({"data": qs}), encoding="utf-8")
+    s = run_eval(model, "docvqa", data, max_new_tokens=MNT)
+    assert [r["prediction"] for r in s.records] == [text] * 3
+    assert [r["score"] for r in s.records] == [1.0, 1.0, 0.0]
+
+
+def test_limit_and_fixed_or_auto_tier(normal_model: Any, tmp_path: Path) -> None:
+    data = builders.docvqa(tmp_path / "d", n=3)
+    s = run_eval(normal_model, "docvqa", data, limit=2, hd=9, max_new_tokens=MNT)
+    assert [r["question_id"] for r in s.records] == ["1000", "1001"]
+    assert {r["tier"] for r in s.records} == {9}
+    auto = run_eval(normal_model, "docvqa", data, limit=2, hd="auto", max_new_tokens=MNT)
+    assert {r["hd_setting"] for r in auto.records} == {"auto"}
+    # the ask preset's floor is 9: these small pages fit HD1 natively -> HD9
+    assert {r["tier"] for r in auto.records} == {9}
+
+
+def test_missing_image_fails_one_question_then_redo(normal_model: Any, tmp_path: Path) -> None:
+    data = builders.docvqa(tmp_path / "d", n=2)
+    moved = tmp_path / "doc1.png"
+    (data / "documents" / "doc1.png").rename(moved)
+    out = tmp_path / "out.jsonl"
+    s = run_eval(normal_model, "docvqa", data, output=out, max_new_tokens=MNT)
+    assert (s.answered, s.failed) == (2, 1)
+    bad = lines(out)[1]
+    assert bad["status"] == "error" and bad["score"] is None
+    assert "doc1.png" in bad["error"]["message"]
+    # without --redo-failed the failure is not retried
+    s = run_eval(normal_model, "docvqa", data, output=out, max_new_tokens=MNT)
+    assert (s.answered, s.skipped, s.skipped_failed) == (0, 1, 1)
+    moved.rename(data / "documents" / "doc1.png")
+    s = run_eval(normal_model, "docvqa", data, output=out, max_new_tokens=MNT, redo_failed=True)
+    assert (s.answered, s.failed, s.skipped) == (1, 0, 1)
+    assert len(lines(out)) == 3
+    assert [r["status"] for r in s.records] == ["ok", "ok"]
+
+
+@dataclass
+class FakeRequest:
+    """Stands in for the engine's ``ixcdoc.ChatRequest`` (not merged yet)."""
+
+    images: list[Any]
+    query: str
+    hd: int = 25
+    max_new_tokens: int = 1024
+    meta_instruction: str = ""
+
+
+@dataclass
+class BatchingModel:
+    """A real DocModel with a ``chat_batch`` that answers each request through ``chat``."""
+
+    inner: Any
+    batches: list[int] = field(default_factory=list)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def chat_batch(self, requests: list[FakeRequest]) -> list[Any]:
+        self.batches.append(len(requests))
+        return [
+            self.inner.chat(
+                r.images,
+                r.query,
+                hd=r.hd,
+                max_new_tokens=r.max_new_tokens,
+                meta_instruction=r.meta_instruction,
+            )
+            for r in requests
+        ]
+
+
+def test_uses_chat_batch_when_the_model_has_it(
+    normal_model: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(ixcdoc, "ChatRequest", FakeRequest, raising=False)
+    monkeypatch.setattr(run_mod, "BATCH_SIZE", 2)
+    data = builders.docvqa(tmp_path / "d", n=3)
+    model = BatchingModel(normal_model)
+    batched = run_eval(model, "docvqa", data, max_new_tokens=MNT)
+    assert model.batches == [2, 1]
+    single = run_eval(normal_model, "docvqa", data, max_new_tokens=MNT)
+    # greedy answers do not depend on the path taken
+    assert [r["prediction"] for r in batched.records] == [r["prediction"] for r in single.records]
