@@ -8,6 +8,7 @@ estimate). Checkpoint keys are read through one explicit table, ``_LLM_KEYS``.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,10 @@ from typing import Any
 from ixcdoc.errors import WeightsError
 
 DEFAULT_MODEL_ID = "internlm/internlm-xcomposer2-4khd-7b"
+# The activations model/clip.py implements, by their transformers names.
+VISION_ACTIVATIONS = ("quick_gelu", "gelu", "gelu_new", "gelu_pytorch_tanh")
+# Fields that may be 0 (token ids); every other whole number is a size or count >= 1.
+_MAY_BE_ZERO = frozenset({"bos_token_id", "eos_token_id", "pad_token_id"})
 
 
 @dataclass(frozen=True)
@@ -81,30 +86,80 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, raw: dict[str, Any], *, source: str = "config.json") -> ModelConfig:
         """Build from a parsed config.json (official keys plus optional ``vision_config``)."""
-        kwargs: dict[str, Any] = {}
-        for f in fields(cls):
-            if f.name in ("vision", "wqkv_lora_rank", "lora_rank"):
-                continue
-            if f.name in raw and raw[f.name] is not None:
-                kwargs[f.name] = type(getattr(cls(), f.name))(raw[f.name])
+        if not isinstance(raw, dict):
+            raise WeightsError(f"{source}: expected a JSON object, got {type(raw).__name__}")
         for required in ("hidden_size", "num_hidden_layers", "num_attention_heads", "vocab_size"):
             if required not in raw:
                 raise WeightsError(f"{source}: missing required key {required!r}")
+        kwargs: dict[str, Any] = {
+            f.name: _field_value(source, "", f.name, getattr(cls(), f.name), raw[f.name])
+            for f in fields(cls)
+            if f.name not in ("vision", "wqkv_lora_rank", "lora_rank")
+            and f.name in raw
+            and raw[f.name] is not None
+        }
         if raw.get("rope_scaling"):
             raise WeightsError(
                 f"{source}: rope_scaling={raw['rope_scaling']!r} is not supported "
                 "(the official checkpoint uses plain RoPE)"
             )
-        vraw = raw.get("vision_config") or {}
+        vraw = raw.get("vision_config")
+        vraw = {} if vraw is None else vraw
+        if not isinstance(vraw, dict):
+            raise WeightsError(f"{source}: vision_config: expected a JSON object")
         vkw = {
-            f.name: type(getattr(VisionConfig(), f.name))(vraw[f.name])
+            f.name: _field_value(
+                source, "vision_config.", f.name, getattr(VisionConfig(), f.name), vraw[f.name]
+            )
             for f in fields(VisionConfig)
             if f.name in vraw
         }
         kwargs["vision"] = VisionConfig(**vkw)
         if "num_key_value_heads" not in raw:
             kwargs["num_key_value_heads"] = kwargs["num_attention_heads"]
-        return cls(**kwargs)
+        cfg = cls(**kwargs)
+        cfg._check_shapes(source)
+        return cfg
+
+    def _check_shapes(self, source: str) -> None:
+        """The divisibility the model's reshapes rely on, named by field."""
+        v = self.vision
+
+        def need(ok: bool, what: str) -> None:
+            if not ok:
+                raise WeightsError(f"{source}: {what}")
+
+        need(
+            self.hidden_size % self.num_attention_heads == 0,
+            f"hidden_size {self.hidden_size} is not a multiple of num_attention_heads "
+            f"{self.num_attention_heads}",
+        )
+        need(self.head_dim % 2 == 0, f"head dimension {self.head_dim} is odd (RoPE needs pairs)")
+        need(
+            self.num_attention_heads % self.num_key_value_heads == 0,
+            f"num_attention_heads {self.num_attention_heads} is not a multiple of "
+            f"num_key_value_heads {self.num_key_value_heads}",
+        )
+        for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
+            need(
+                getattr(self, name) < self.vocab_size,
+                f"{name} {getattr(self, name)} is not below vocab_size {self.vocab_size}",
+            )
+        need(
+            v.hidden_size % v.num_attention_heads == 0,
+            f"vision_config.hidden_size {v.hidden_size} is not a multiple of "
+            f"vision_config.num_attention_heads {v.num_attention_heads}",
+        )
+        need(
+            v.image_size % v.patch_size == 0 and (v.image_size // v.patch_size) % 2 == 0,
+            f"vision_config.image_size {v.image_size} is not an even multiple of "
+            f"vision_config.patch_size {v.patch_size} (the 2x2 token merge needs one)",
+        )
+        need(
+            v.hidden_act in VISION_ACTIVATIONS,
+            f"vision_config.hidden_act {v.hidden_act!r} is not one of "
+            + ", ".join(VISION_ACTIVATIONS),
+        )
 
     @classmethod
     def from_file(cls, path: str | Path) -> ModelConfig:
@@ -117,3 +172,21 @@ class ModelConfig:
         except (OSError, ValueError) as e:
             raise WeightsError(f"{p}: cannot read config.json ({e})") from None
         return cls.from_dict(raw, source=str(p))
+
+
+def _field_value(source: str, prefix: str, name: str, default: Any, value: Any) -> Any:
+    """A config.json value checked against its field's type: one error naming the field."""
+    where = f"{source}: {prefix}{name}"
+    if isinstance(default, str):
+        if not isinstance(value, str) or not value:
+            raise WeightsError(f"{where}: expected a non-empty string, got {value!r}")
+        return value
+    if isinstance(default, int):
+        low = 0 if name in _MAY_BE_ZERO else 1
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise WeightsError(f"{where}: expected a whole number >= {low}, got {value!r}")
+        return value
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not ok or not math.isfinite(value) or value <= 0:
+        raise WeightsError(f"{where}: expected a finite number > 0, got {value!r}")
+    return float(value)

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ixcdoc.config import DEFAULT_MODEL_ID
-from ixcdoc.errors import WeightsError
+from ixcdoc.errors import UsageError, WeightsError
 
 ENV_MODEL = "IXCDOC_MODEL"
 # What a checkpoint needs: config/tokenizer JSON, weights, the SentencePiece model. No *.py.
@@ -25,6 +25,7 @@ ALLOW_PATTERNS = ("*.json", "*.bin", "*.safetensors", "tokenizer.model")
 IGNORE_PATTERNS = ("*.py", "*.pyc")
 
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+_BAD_IN_ID = ("--", "..")  # huggingface_hub refuses these inside an id
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")
 _TRUE = {"1", "true", "yes", "on"}
 
@@ -67,6 +68,7 @@ def _hub_errors() -> dict[str, type[BaseException]]:
         "GatedRepoError",
         "RevisionNotFoundError",
         "HfHubHTTPError",
+        "HFValidationError",
     )
     found: dict[str, type[BaseException]] = {}
     for name in names:
@@ -187,6 +189,19 @@ def resolve_model(
     return download_model(text, revision=revision, progress=progress)
 
 
+def check_hub_id(model_id: str) -> str:
+    """Return model_id if it is a hub id like owner/name; UsageError (one line) otherwise."""
+    text = str(model_id)
+    if text.strip() and Path(text).expanduser().exists():
+        raise UsageError(
+            f"{text} is a local folder, not a hub id: there is nothing to download; "
+            f"use it as --model {text}"
+        )
+    if not _REPO_ID.match(text) or any(bad in text for bad in _BAD_IN_ID) or len(text) > 96:
+        raise UsageError(f"{text!r} is not a hub id; expected owner/name, e.g. {DEFAULT_MODEL_ID}")
+    return text
+
+
 def _progress_tqdm(progress: Progress) -> type:
     """A tqdm class that draws nothing and reports every update to progress(desc, n, total)."""
     from tqdm.auto import tqdm
@@ -212,8 +227,10 @@ def download_model(
     """Fetch the weights, configs and tokenizer of model_id into the HF cache; return the folder.
 
     progress, when given, is called as progress(description, done, total) instead of drawing
-    huggingface_hub's own progress bars (which go to stderr).
+    huggingface_hub's own progress bars (which go to stderr). A malformed id or a local folder
+    is a UsageError, before anything touches the network.
     """
+    check_hub_id(model_id)
     from huggingface_hub import snapshot_download
 
     errors = _hub_errors()
@@ -249,6 +266,8 @@ def download_model(
         raise _not_available(model_id) from None
     except caught("HfHubHTTPError") as e:
         raise WeightsError(f"downloading {model_id} failed: {_first_line(e)}") from None
+    except caught("HFValidationError") as e:  # our id check should have caught it first
+        raise UsageError(f"cannot download {model_id}: {_first_line(e)}") from None
     except OSError as e:
         raise WeightsError(f"downloading {model_id} failed: {e}") from None
     path = Path(str(folder))

@@ -14,12 +14,13 @@ import json
 import math
 import os
 import re
+import stat
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, NamedTuple, TextIO
+from typing import Any, NamedTuple, NoReturn, TextIO
 
 from ixcdoc.errors import EXIT_FATAL, IxcdocError
 from ixcdoc.tasks import PRESETS
@@ -32,12 +33,26 @@ except ImportError:  # pragma: no cover - Windows: concurrent writers go undetec
 SCHEMA_VERSION = 1
 TASKS = tuple(PRESETS)  # the task names, from the presets
 STATUSES = ("ok", "error")
-FLAGS = ("blank", "repetition", "tier_fallback")
+FLAGS = (
+    "blank",
+    "repetition",
+    "tier_fallback",
+    "repaired",
+    "type_mismatch",
+    "frames_dropped",
+    "low_dpi",
+)
 PRECISIONS = ("bf16", "fp16", "4bit", "fp32")
 TIMING_KEYS = ("render_ms", "preprocess_ms", "prefill_ms", "decode_ms", "tokens")
 TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"  # what jq's fromdateiso8601 reads
 
 PathLike = str | os.PathLike[str]
+
+# A record holds one page's text, bounded by the generation length; 64 MiB is far above any
+# real record and keeps a file of one endless line (or a device like /dev/zero) from filling RAM.
+MAX_LINE_BYTES = 64 * 1024 * 1024
+# Every line the writer makes starts with these bytes: the only thing a torn tail may look like.
+RECORD_HEADER = f'{{"schema_version":{SCHEMA_VERSION},"source":'.encode()
 
 
 class RecordsError(IxcdocError):
@@ -445,9 +460,9 @@ class ResumeState:
 
 
 def load_existing(path: PathLike) -> ResumeState:
-    """Read an output JSONL for resuming; repair a torn final line, raise on a corrupt middle."""
+    """Read an output JSONL for resuming; cut a torn final record, refuse anything else."""
     path = Path(path)
-    _check_parent(path)
+    _check_output(path)
     state = ResumeState(path=path)
     if not path.exists():
         return state
@@ -472,8 +487,9 @@ def load_existing(path: PathLike) -> ResumeState:
 def latest_records(path: PathLike) -> list[PageRecord]:
     """The last record per resume key, in first-seen order; a torn final line is ignored."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise RecordsError(f"{path}: no such output file", code="not_found")
+    _check_output(path)
     latest: dict[ResumeKey, dict[str, Any]] = {}
 
     def on_record(d: dict[str, Any]) -> None:
@@ -490,58 +506,141 @@ def latest_records(path: PathLike) -> list[PageRecord]:
 class _Scan:
     size: int  # bytes read
     good_end: int  # offset just past the last valid, newline-terminated record
-    tail_problem: str | None  # why the final line is unusable, when it is
+    tail_problem: str | None  # why the bytes after good_end may be cut, when there are any
 
 
 def _scan(path: Path, on_record: Callable[[dict[str, Any]], None]) -> _Scan:
-    """Stream the records of a JSONL file; only the final line may be torn or invalid."""
-    offset = good_end = lineno = 0
-    pending: tuple[int, str] | None = None  # an invalid line that is fine only if it is the last
+    """Stream the records of a JSONL file; only a torn final record may follow the last one.
+
+    Everything after the last complete record must be what an interrupted append leaves: one
+    final segment without a newline that is (a prefix of) an ixcdoc record line, or NUL bytes
+    (a crash after the file size, but not the data, reached the disk). Any other line, in the
+    middle or at the end, raises: a file that is not ixcdoc's is never modified.
+    """
+    offset = good_end = lineno = records = 0
     tail: str | None = None
     try:
-        f = open(path, "rb")  # noqa: SIM115 - closed below; iteration splits on b"\n" only
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     except OSError as e:
         raise RecordsError(f"cannot read {path}: {e.strerror or e}", code="output") from e
-    with f:
-        for raw in f:
+    with open(fd, "rb") as f:
+        _require_regular(path, os.fstat(fd).st_mode)
+        while True:
+            raw = f.readline(MAX_LINE_BYTES + 1)
+            if not raw:
+                break
             lineno += 1
             offset += len(raw)
-            if not raw.endswith(b"\n"):  # only the final segment can lack a newline
-                if pending is not None:
-                    _corrupt(path, *pending)
-                tail = f"line {lineno} is incomplete (no newline at the end)"
-                break
-            if not raw.strip():
+            if len(raw) > MAX_LINE_BYTES:
+                raise RecordsError(
+                    f"{path} line {lineno} is longer than {MAX_LINE_BYTES // 2**20} MiB: "
+                    "not an ixcdoc record; choose another output file",
+                    code="corrupt_output",
+                )
+            filler = not raw.strip(b"\x00 \t\r\n")  # blank, or NUL bytes a crash can leave
+            if filler and (raw.endswith(b"\n") or b"\x00" in raw):
+                if b"\x00" in raw and tail is None:
+                    if not records:
+                        _not_ours(path, lineno, "it holds NUL bytes")
+                    tail = f"line {lineno} holds only NUL bytes"
                 continue
-            if pending is not None:
-                _corrupt(path, *pending)
+            if tail is not None:  # text after a NUL fill: not what a crash leaves
+                _corrupt(path, lineno, "text after NUL bytes")
+            if not raw.endswith(b"\n"):  # only the final segment can lack a newline
+                if _is_torn_record(raw, after_records=records > 0):
+                    tail = f"line {lineno} is incomplete (no newline at the end)"
+                    break
+                why = "an incomplete line that is not the start of a record"
+                if not records:
+                    _not_ours(path, lineno, why)
+                _corrupt(path, lineno, why)
             try:
                 d = _loads(raw.decode("utf-8"))
             except ValueError as e:  # UnicodeDecodeError and JSONDecodeError included
-                pending = (lineno, str(e))
-                continue
+                if not records:
+                    _not_ours(path, lineno, _what_it_is(e))
+                _corrupt(path, lineno, str(e))
             on_record(d)
+            records += 1
             good_end = offset
-    if tail is None and pending is not None:
-        tail = f"line {pending[0]}: {pending[1]}"
     return _Scan(size=offset, good_end=good_end, tail_problem=tail)
 
 
-def _corrupt(path: Path, lineno: int, why: str) -> None:
+def _is_torn_record(raw: bytes, *, after_records: bool) -> bool:
+    """True when an unterminated final line can only be an interrupted ixcdoc append."""
+    if raw.startswith(RECORD_HEADER):
+        return True
+    # A few bytes of a header prove nothing on their own: trust them only after real records.
+    return after_records and RECORD_HEADER.startswith(raw)
+
+
+def _what_it_is(e: ValueError) -> str:
+    """Why a line of someone else's file is not a record, in a few words."""
+    if isinstance(e, UnicodeDecodeError):
+        return "not UTF-8 text"
+    if isinstance(e, json.JSONDecodeError):
+        return "not JSON"
+    if str(e).startswith("missing keys: schema_version"):
+        return "JSON without the keys of an ixcdoc record"
+    return str(e)
+
+
+def _one_line(why: str, limit: int = 120) -> str:
+    why = " ".join(why.split())
+    return why if len(why) <= limit else why[: limit - 3] + "..."
+
+
+def _corrupt(path: Path, lineno: int, why: str) -> NoReturn:
     raise RecordsError(
-        f"{path} line {lineno}: not a valid record ({why}); only a torn final line is repaired "
-        "automatically, so fix or remove this line and run again",
+        f"{path} line {lineno}: not a valid record ({_one_line(why)}); only a torn final line "
+        "is repaired automatically, so fix or remove this line and run again",
         code="corrupt_output",
     )
 
 
-def _check_parent(path: Path) -> None:
+def _not_ours(path: Path, lineno: int, why: str) -> NoReturn:
+    raise RecordsError(
+        f"{path} is not an ixcdoc output file (line {lineno}: {_one_line(why)}); it was left "
+        "untouched: choose another output file",
+        code="not_records",
+    )
+
+
+_KINDS = {
+    stat.S_IFDIR: "a directory",
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+    stat.S_IFIFO: "a pipe (FIFO)",
+    stat.S_IFSOCK: "a socket",
+}
+
+
+def _require_regular(path: Path, mode: int) -> None:
+    if not stat.S_ISREG(mode):
+        kind = _KINDS.get(stat.S_IFMT(mode), "not a regular file")
+        raise RecordsError(
+            f"cannot use {path}: it is {kind}; the output must be a regular file "
+            "(for a pipe, write JSONL to stdout instead)",
+            code="output",
+        )
+
+
+def _check_output(path: Path) -> None:
+    """Refuse a missing directory or an existing output that is not a regular file."""
     if not path.parent.is_dir():
         raise RecordsError(
             f"cannot use {path}: directory {path.parent} does not exist", code="output_dir"
         )
-    if path.is_dir():
-        raise RecordsError(f"cannot use {path}: it is a directory", code="output")
+    try:
+        mode = path.stat().st_mode  # follows a symlink: what the data would go to
+    except FileNotFoundError:
+        return
+    except OSError as e:
+        raise RecordsError(f"cannot use {path}: {e.strerror or e}", code="output") from e
+    _require_regular(path, mode)
+
+
+_check_parent = _check_output  # the old name, still imported by ixcdoc.evaluation.records
 
 
 def _lock(fd: int, path: Path) -> None:
@@ -619,7 +718,14 @@ class JsonlWriter:
             self._stream.write(rec.to_json(ensure_ascii=self._ascii) + "\n")
             self._stream.flush()
         else:
-            self._append((rec.to_json() + "\n").encode("utf-8"))
+            data = (rec.to_json() + "\n").encode("utf-8")
+            if len(data) > MAX_LINE_BYTES:  # resuming could not read it back
+                raise RecordsError(
+                    f"cannot write to {self.path}: a record of {len(data)} bytes is over the "
+                    f"{MAX_LINE_BYTES // 2**20} MiB line limit",
+                    code="write_failed",
+                )
+            self._append(data)
         self.count += 1
 
     def _append(self, data: bytes) -> None:
@@ -675,14 +781,16 @@ def _is_utf8(stream: TextIO) -> bool:
 
 def _open_append(path: Path, *, fsync: bool) -> int:
     """Open for appending, locked; refuse a file whose last line is torn (load it first)."""
-    _check_parent(path)
+    _check_output(path)
     existed = path.exists()
-    flags = os.O_RDWR | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
+    # O_NONBLOCK: a FIFO swapped in after the check must not hang the open; fstat refuses it.
+    flags = os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
     try:
         fd = os.open(path, flags, 0o644)
     except OSError as e:
         raise RecordsError(f"cannot open {path} for writing: {e.strerror or e}") from e
     try:
+        _require_regular(path, os.fstat(fd).st_mode)
         _lock(fd, path)
         size = os.fstat(fd).st_size
         if size:
@@ -718,7 +826,9 @@ def _fsync_dir(directory: Path) -> None:
 __all__ = [
     "FIELDS",
     "FLAGS",
+    "MAX_LINE_BYTES",
     "PRECISIONS",
+    "RECORD_HEADER",
     "SCHEMA_VERSION",
     "STATUSES",
     "TASKS",

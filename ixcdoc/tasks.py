@@ -9,6 +9,7 @@ transcription needs every glyph.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from ixcdoc.errors import UsageError
@@ -104,3 +105,37 @@ def parse_hd(value: str | int) -> int | None:
             "context on any page (ixcdoc tiers shows the token counts)"
         )
     return n
+
+
+# More memory than any machine has; the VRAM estimate converts GiB to bytes as an integer, so
+# a value like 1e300 would overflow rather than plan.
+MAX_VRAM_GIB = 1_000_000.0
+
+
+def check_vram_gib(value: float | str | None) -> float | None:
+    """A --vram value in GiB: a finite number from 1 to MAX_VRAM_GIB (None passes through)."""
+    if value is None:
+        return None
+    try:
+        gib = float(value)
+    except (TypeError, ValueError):
+        gib = math.nan
+    if not (math.isfinite(gib) and 1 <= gib <= MAX_VRAM_GIB):
+        raise UsageError(
+            f"--vram must be a number of GiB from 1 to {MAX_VRAM_GIB:,.0f}, got {value!r}"
+        )
+    return gib
+
+
+def parse_aspect(text: str) -> tuple[float, float]:
+    """A page shape given as "W:H" (e.g. 8.5:11) -> (h, w), both finite and > 0."""
+    parts = str(text).split(":")
+    try:
+        w, h = (float(p) for p in parts) if len(parts) == 2 else (math.nan, math.nan)
+    except ValueError:
+        w = h = math.nan
+    if not all(math.isfinite(x) and x > 0 for x in (w, h)):
+        raise UsageError(
+            f"--aspect must be W:H with two finite numbers > 0, like 8.5:11, got {text!r}"
+        )
+    return (h, w)

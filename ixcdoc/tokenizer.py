@@ -116,12 +116,15 @@ class Tokenizer:
         """Load ``tokenizer.model`` and the special-token JSON files of a checkpoint folder."""
         import sentencepiece as spm
 
+        from ixcdoc.verbosity import quiet_sentencepiece
+
         folder = Path(path)
         model_file = folder / TOKENIZER_MODEL
         if not model_file.is_file():
             raise WeightsError(f"{model_file}: tokenizer.model not found")
         try:
-            sp = spm.SentencePieceProcessor(model_file=str(model_file))
+            with quiet_sentencepiece(spm):
+                sp = spm.SentencePieceProcessor(model_file=str(model_file))
         except Exception as e:  # sentencepiece raises OSError/RuntimeError for a bad proto
             raise WeightsError(f"{model_file}: not a valid SentencePiece model ({e})") from None
         if sp.get_piece_size() == 0:

@@ -184,3 +184,30 @@ def test_top_p_boundary_is_inclusive_like_hf() -> None:
     assert logits.softmax(-1).tolist() == [0.5, 0.25, 0.25]
     out = top_p_filter(logits, 0.5)
     assert out.isinf().tolist() == [False, True, True]
+
+
+class FixedLogitsLM(ScriptedLM):
+    """Returns the same logits at every step, whatever came before: only the sampler decides."""
+
+    def __init__(self, logits: list[float]) -> None:
+        super().__init__([], vocab=len(logits))
+        self.logits = torch.tensor(logits)
+
+    def forward(self, x, im_mask=None, input_pos=None, *, last_only=False):
+        self.calls.append((x.shape[1], None if input_pos is None else int(input_pos[0])))
+        return self.logits.view(1, 1, -1).clone()
+
+
+def test_repetition_penalty_sees_every_generated_token() -> None:
+    # Logits [3.0, 2.9, 2.8, 0.0], penalty 2.0 (positive logits of seen ids are halved):
+    #   step 1, seen {}:        [3.0, 2.9, 2.8, 0]   -> 0
+    #   step 2, seen {0}:       [1.5, 2.9, 2.8, 0]   -> 1
+    #   step 3, seen {0,1}:     [1.5, 1.45, 2.8, 0]  -> 2
+    #   step 4, seen {0,1,2}:   [1.5, 1.45, 1.4, 0]  -> 0
+    #   step 5, seen {0,1,2}:   the same (a seen id is penalised once, not per occurrence) -> 0
+    # A history one token short would repeat 0 at step 2: 0, 0, 1, ...
+    lm = FixedLogitsLM([3.0, 2.9, 2.8, 0.0])
+    res = generate(lm, _embeds(), None, config=SamplingConfig(5, repetition_penalty=2.0))
+    assert res.token_ids == [0, 1, 2, 0, 0]
+    res = generate(lm, _embeds(), None, config=SamplingConfig(5))  # no penalty: plain argmax
+    assert res.token_ids == [0, 0, 0, 0, 0]

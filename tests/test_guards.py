@@ -80,3 +80,43 @@ def test_guard_passes_ordinary_text() -> None:
     rng = random.Random(1)
     assert all(guard(rng.randrange(1000)) for _ in range(2000))
     assert not guard.triggered
+
+
+def test_the_count_threshold_decides_when_the_span_is_long_enough() -> None:
+    text = list(range(100, 140))
+    cycle = list(range(200, 240))  # 40 tokens: 3 copies (120) already pass the 96-token span
+    assert 3 * len(cycle) >= REPEAT_MIN_SPAN
+    assert repeating_period(text + cycle * 3) is None  # three times is real text
+    assert repeating_period(text + cycle * 4) == 40
+
+
+def _run(stream: list[int]) -> RepetitionGuard:
+    guard = RepetitionGuard()
+    for t in stream:
+        if guard(t) is False:
+            break
+    return guard
+
+
+def test_a_loop_from_the_first_token_trims_to_one_cycle() -> None:
+    assert _run([1, 2, 3, 4] * 100).trimmed() == [1, 2, 3, 4]
+    long_cycle = list(range(300, 340))
+    assert _run(long_cycle * 10).trimmed() == long_cycle
+
+
+def test_a_loop_stopped_mid_cycle_trims_to_one_whole_cycle() -> None:
+    # 20 tokens of text, then a 3-token loop: the guard looks every 8 tokens and stops at 120,
+    # 100 loop tokens in, one token into the 34th copy.
+    prefix = list(range(1000, 1020))
+    guard = _run(prefix + [5, 6, 7] * 100)
+    assert guard.period == 3 and len(guard.ids) == 120
+    assert guard.trimmed() == [*prefix, 5, 6, 7]
+
+
+def test_box_downsampling_keeps_a_thin_rule() -> None:
+    # 4096 px wide -> factor 4. A 1-px rule on row 4000 falls between the rows nearest
+    # sampling keeps (2, 6, 10, ...); averaged, it is a 191-grey line 64 levels off the paper.
+    page = Image.new("L", (4096, 4096), 255)
+    ImageDraw.Draw(page).line([(0, 4000), (4095, 4000)], fill=0, width=1)
+    assert ink_fraction(page) > 0.0002
+    assert not is_blank(page)

@@ -12,7 +12,7 @@ import pytest
 
 from ixcdoc import hub
 from ixcdoc.config import DEFAULT_MODEL_ID
-from ixcdoc.errors import WeightsError
+from ixcdoc.errors import UsageError, WeightsError
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
@@ -251,3 +251,29 @@ def test_missing_files_of_a_tiny_checkpoint(tmp_path: Path) -> None:
         "tokenizer.model",
         "weights (*.safetensors or *.bin)",
     ]
+
+
+@pytest.mark.parametrize("bad", ["bad id!!", "owner/na me", "just-a-name", "a/b/c", "o/a--b", ""])
+def test_download_refuses_a_malformed_id_in_one_line(
+    bad: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+
+    def must_not_run(repo_id: str, **kwargs: Any) -> str:
+        raise AssertionError("the hub was asked about a malformed id")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", must_not_run)
+    with pytest.raises(UsageError, match=r"is not a hub id; expected owner/name") as info:
+        hub.download_model(bad)
+    assert "\n" not in str(info.value)
+
+
+def test_download_of_a_local_folder_says_to_use_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = _ckpt(tmp_path / "SOMEFOLDER")
+    monkeypatch.chdir(tmp_path)
+    for given in ("SOMEFOLDER", str(folder)):
+        with pytest.raises(UsageError, match=r"is a local folder, not a hub id") as info:
+            hub.download_model(given)
+        assert info.value.message.endswith(f"use it as --model {given}")

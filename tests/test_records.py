@@ -601,3 +601,123 @@ def test_examples_in_docs_are_valid_lines() -> None:
     ]
     for name in FIELDS:
         assert f"| `{name}` |" in doc, f"{name} is missing from the schema table"
+
+
+# --- files that are not ixcdoc's, and outputs that are not files (issue 9, items 1 and 4) ------
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        b'{"name": "my-project", "version": "1.0"}\n',  # a complete line that is not a record
+        b"shopping list\nmilk",  # a notes file without a final newline
+        b"{",  # one byte of what could be a header: proves nothing on its own
+        b"\x00\x00\x00\n",  # NUL bytes with no record before them
+    ],
+)
+def test_a_file_that_is_not_ixcdoc_output_is_refused_untouched(
+    tmp_path: Path, content: bytes
+) -> None:
+    out = tmp_path / "package.json"
+    out.write_bytes(content)
+    with pytest.raises(RecordsError, match=r"package\.json is not an ixcdoc output file") as info:
+        load_existing(out)
+    assert info.value.code == "not_records" and info.value.exit_code == EXIT_FATAL
+    assert "\n" not in str(info.value)
+    assert out.read_bytes() == content
+
+
+def test_a_complete_last_line_that_is_not_a_record_is_refused(tmp_path: Path) -> None:
+    out = tmp_path / "out.jsonl"
+    content = (make(page=1).to_json() + "\n" + '{"name": "x"}\n').encode()
+    out.write_bytes(content)
+    with pytest.raises(RecordsError, match=r"out\.jsonl line 2: not a valid record") as info:
+        load_existing(out)
+    assert info.value.code == "corrupt_output"
+    assert out.read_bytes() == content
+
+
+def test_an_unterminated_last_line_that_is_not_a_record_is_refused(tmp_path: Path) -> None:
+    out = tmp_path / "out.jsonl"
+    content = (make(page=1).to_json() + "\n" + "my notes").encode()
+    out.write_bytes(content)
+    with pytest.raises(RecordsError, match="line 2: not a valid record"):
+        load_existing(out)
+    assert out.read_bytes() == content
+
+
+def test_empty_file_is_an_empty_state(tmp_path: Path) -> None:
+    out = tmp_path / "out.jsonl"
+    out.write_bytes(b"")
+    state = load_existing(out)
+    assert state.count == 0 and state.repaired_bytes == 0
+    assert out.read_bytes() == b""
+
+
+def test_a_file_whose_only_line_is_a_torn_record_is_cut(tmp_path: Path) -> None:
+    out = tmp_path / "out.jsonl"
+    torn = make(page=1).to_json().encode()[:45]  # past the header: ixcdoc wrote it
+    out.write_bytes(torn)
+    state = load_existing(out)
+    assert state.count == 0 and state.repaired_bytes == 45
+    assert out.read_bytes() == b""
+
+
+def test_a_short_header_prefix_after_records_is_cut(tmp_path: Path) -> None:
+    out = tmp_path / "out.jsonl"
+    good = (make(page=1).to_json() + "\n").encode()
+    out.write_bytes(good + b'{"sc')
+    assert load_existing(out).repaired_bytes == 4
+    assert out.read_bytes() == good
+
+
+def special_outputs(tmp_path: Path) -> list[Path]:
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    to_zero = tmp_path / "zero-link"
+    to_zero.symlink_to("/dev/zero")
+    return [Path("/dev/full"), Path("/dev/zero"), fifo, to_zero, tmp_path]
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo") or not Path("/dev/full").exists(), reason="POSIX")
+def test_outputs_that_are_not_regular_files_are_refused(tmp_path: Path) -> None:
+    for path in special_outputs(tmp_path):
+        for use in (load_existing, JsonlWriter, latest_records):
+            with pytest.raises(RecordsError, match=r"cannot use .*: it is a") as info:
+                use(path)
+            assert info.value.code == "output", (path, use)
+
+
+def test_line_length_is_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(records, "MAX_LINE_BYTES", 2000)
+    out = tmp_path / "out.jsonl"
+    content = (make(page=1).to_json() + "\n").encode() + b'{"schema_version":1,' + b"x" * 3000
+    out.write_bytes(content)
+    for read in (load_existing, latest_records):
+        with pytest.raises(RecordsError, match="line 2 is longer than"):
+            read(out)
+    assert out.read_bytes() == content
+    with JsonlWriter(tmp_path / "new.jsonl") as w, pytest.raises(RecordsError, match="limit"):
+        w.write(make(text="y" * 3000))
+    assert (tmp_path / "new.jsonl").read_bytes() == b""
+
+
+@pytest.mark.parametrize(
+    ("content", "what"),
+    [
+        (b'{"name": "my-project"}\n', "JSON without the keys of an ixcdoc record"),
+        (b"# Notes\n", "not JSON"),
+        (b"\xff\xfe\x00\n", "not UTF-8 text"),
+    ],
+)
+def test_refusal_says_in_a_few_words_what_the_file_holds(
+    tmp_path: Path, content: bytes, what: str
+) -> None:
+    out = tmp_path / "mine.txt"
+    out.write_bytes(content)
+    with pytest.raises(RecordsError) as info:
+        load_existing(out)
+    assert str(info.value) == (
+        f"{out} is not an ixcdoc output file (line 1: {what}); it was left untouched: "
+        "choose another output file"
+    )

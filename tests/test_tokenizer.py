@@ -194,3 +194,18 @@ def test_text_modules_do_not_import_torch() -> None:
         "assert 'torch' not in sys.modules, 'torch imported'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[1])
+
+
+def test_special_tokens_match_longest_first(tmp_path: Path) -> None:
+    """ "<pre>" is a prefix of "<pre>fix": the longer token wins wherever it appears."""
+    for f in CKPT.iterdir():
+        if f.suffix in (".model", ".json") and not f.name.startswith("pytorch_model"):
+            shutil.copy(f, tmp_path / f.name)
+    added = json.loads((tmp_path / "added_tokens.json").read_text(encoding="utf-8"))
+    added.update({"<pre>": 1000, "<pre>fix": 1001})  # the shorter one first, as a file may list
+    (tmp_path / "added_tokens.json").write_text(json.dumps(added), encoding="utf-8")
+    tok = Tokenizer.from_dir(tmp_path)
+    a = tok.encode("a", bos=False)
+    assert tok.split_special("a<pre>fix<pre>a") == ["a", "<pre>fix", "<pre>", "a"]
+    assert tok.encode("a<pre>fix", bos=False) == [*a, 1001]
+    assert tok.encode("<pre>a", bos=False) == [1000, *a]

@@ -41,7 +41,15 @@ if TYPE_CHECKING:
     )
     from ixcdoc.inputs.selection import Sources
     from ixcdoc.inputs.sniff import FORMATS, sniff_format
-    from ixcdoc.inputs.sources import natural_key, open_bytes, open_document, open_sources
+    from ixcdoc.inputs.sources import (
+        MAX_STREAM_BYTES,
+        natural_key,
+        open_bytes,
+        open_document,
+        open_sources,
+        read_special_files,
+        read_stdin,
+    )
 
 _WHERE = {
     "InputError": "ixcdoc.errors",
@@ -67,7 +75,10 @@ _WHERE = {
     "text_dpi": "ixcdoc.inputs.pdf",
     "FORMATS": "ixcdoc.inputs.sniff",
     "sniff_format": "ixcdoc.inputs.sniff",
+    "MAX_STREAM_BYTES": "ixcdoc.inputs.sources",
     "natural_key": "ixcdoc.inputs.sources",
+    "read_special_files": "ixcdoc.inputs.sources",
+    "read_stdin": "ixcdoc.inputs.sources",
     "open_bytes": "ixcdoc.inputs.sources",
     "open_document": "ixcdoc.inputs.sources",
     "open_sources": "ixcdoc.inputs.sources",
@@ -77,6 +88,7 @@ __all__ = [
     "DEFAULT_DPI",
     "DEFAULT_MAX_PIXELS",
     "FORMATS",
+    "MAX_STREAM_BYTES",
     "MAX_TEXT_DPI",
     "MIN_TEXT_DPI",
     "SCAN_COVERAGE",
@@ -97,6 +109,8 @@ __all__ = [
     "open_document",
     "open_sources",
     "parse_page_spec",
+    "read_special_files",
+    "read_stdin",
     "select_pages",
     "sniff_format",
     "text_dpi",

@@ -22,6 +22,12 @@ DEFAULT_MAX_PIXELS = 100_000_000
 
 Kind = Literal["pdf", "image"]
 
+# Flags a Document puts on every page record it yields (docs/output.md): what its note says.
+REPAIRED = "repaired"  # a damaged PDF that MuPDF repaired: pages may be incomplete
+TYPE_MISMATCH = "type_mismatch"  # the content is another format than the name says
+FRAMES_DROPPED = "frames_dropped"  # an animated image: only the first frame is read
+LOW_DPI = "low_dpi"  # this page: see PageInfo.dpi_capped
+
 
 @dataclass(frozen=True)
 class PageInfo:
@@ -35,6 +41,9 @@ class PageInfo:
     dpi: float | None  # None for images: they have no physical size we trust
     dpi_rule: str  # short human reason, e.g. "text: body 10.0pt -> 173 dpi"
     kind: Kind
+    # --max-pixels forced the DPI so low that the body text falls below MIN_LEGIBLE_PX per em:
+    # the page is read, but coarser than its text needs (flag "low_dpi").
+    dpi_capped: bool = False
 
     @property
     def size(self) -> tuple[int, int]:
@@ -90,7 +99,8 @@ class Document(ABC):
     kind: Kind
     format: str  # "PDF", "PNG", "JPEG", "WEBP", "TIFF", "BMP", "GIF"
     page_count: int
-    note: str | None  # something the user should know (a lying extension, a repaired file)
+    notes: list[str]  # things the user should know (a lying extension, a repaired file)
+    flags: tuple[str, ...]  # the flags those notes put on every page (REPAIRED, ...)
 
     def __init__(
         self,
@@ -100,14 +110,34 @@ class Document(ABC):
         *,
         format: str,
         note: str | None = None,
+        note_flag: str | None = None,
     ) -> None:
         self.source = source
         self.path = path
         self.format = format
-        self.note = note
+        self.notes = []
+        self.flags = ()
+        if note is not None:
+            self.add_note(note, note_flag)
         self._data = data
         self._sha256: str | None = None
         self._closed = False
+
+    def add_note(self, note: str, flag: str | None = None) -> None:
+        """Record something the user should know, and the page flag it implies (if any)."""
+        self.notes.append(note)
+        if flag is not None and flag not in self.flags:
+            self.flags = (*self.flags, flag)
+
+    @property
+    def note(self) -> str | None:
+        """All notes in one line ("; "-joined), or None when there are none."""
+        return "; ".join(self.notes) or None
+
+    def page_flags(self, page: int) -> tuple[str, ...]:
+        """Flags for this page's record: the document's (e.g. repaired) and the page's own."""
+        own = (LOW_DPI,) if self.page_info(page).dpi_capped else ()
+        return (*self.flags, *own)
 
     @property
     def sha256(self) -> str:

@@ -8,13 +8,14 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import replace
+from functools import cache
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from ixcdoc.errors import InputError
-from ixcdoc.inputs.document import Document, PageInfo, RenderedPage
+from ixcdoc.inputs.document import FRAMES_DROPPED, Document, PageInfo, RenderedPage
 
 WHITE = (255, 255, 255)
 _SIXTEEN_BIT = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I"})
@@ -104,6 +105,28 @@ def to_rgb(im: Image.Image) -> Image.Image:
     return im.convert("RGB")
 
 
+@cache
+def _pil_uprights_tiff() -> bool:
+    """True when this Pillow applies a TIFF's orientation itself (size at open, pixels at load).
+
+    Newer Pillow releases do; older ones leave it to the caller. Probed once on a 2x1 TIFF
+    with orientation 6 rather than by version number.
+    """
+    exif = Image.Exif()
+    exif[_ORIENTATION_TAG] = 6
+    buf = io.BytesIO()
+    Image.new("L", (2, 1)).save(buf, "TIFF", exif=exif.tobytes())
+    with Image.open(buf, formats=["TIFF"]) as im:
+        return im.size == (1, 2)
+
+
+def _pending_orientation(im: Image.Image) -> int:
+    """The orientation ixcdoc still has to apply: 1 where Pillow already did (TIFF, newer)."""
+    if im.format == "TIFF" and _pil_uprights_tiff():
+        return 1
+    return exif_orientation(im)
+
+
 def exif_orientation(im: Image.Image) -> int:
     """EXIF orientation (1..8) of the current frame, read from the header only; 1 if none."""
     try:
@@ -139,8 +162,9 @@ class ImageDocument(Document):
         format: str,
         max_pixels: int,
         note: str | None = None,
+        note_flag: str | None = None,
     ) -> None:
-        super().__init__(source, path, data, format=format, note=note)
+        super().__init__(source, path, data, format=format, note=note, note_flag=note_flag)
         self.max_pixels = max_pixels
         self._lock = threading.RLock()
         self._infos: dict[int, PageInfo] = {}
@@ -152,8 +176,10 @@ class ImageDocument(Document):
             else:
                 self.page_count = 1
                 if frames > 1:
-                    extra = f"{format} with {frames} frames: only the first frame is read"
-                    self.note = extra if note is None else f"{note}; {extra}"
+                    self.add_note(
+                        f"{format} with {frames} frames: only the first frame is read",
+                        FRAMES_DROPPED,
+                    )
             w, h = self._header.size
             if h * w > max_pixels:
                 raise too_large_error(source, h, w, max_pixels)
@@ -202,6 +228,7 @@ class ImageDocument(Document):
                     im.seek(page - 1)
                 w, h = im.size
                 orientation = exif_orientation(im)
+                pending = _pending_orientation(im)
             except Exception as e:
                 raise InputError(
                     self.source, f"cannot read frame {page}: {e}", code="corrupt", page=page
@@ -209,7 +236,7 @@ class ImageDocument(Document):
         if h * w > self.max_pixels:
             raise too_large_error(self.source, h, w, self.max_pixels, page=page)
         rule = "image"
-        if orientation in (5, 6, 7, 8):
+        if pending in (5, 6, 7, 8):  # the stored image lies on its side: swap before render
             h, w = w, h
         if orientation != 1:
             rule = f"image, EXIF orientation {orientation} applied"
@@ -237,7 +264,7 @@ class ImageDocument(Document):
             try:
                 if page > 1:
                     im.seek(page - 1)
-                orientation = exif_orientation(im)
+                orientation = _pending_orientation(im)
                 w, h = im.size
                 guard = _pil_bomb_check_off() if h * w > _UNGUARDED_PIXELS else nullcontext()
                 with guard:

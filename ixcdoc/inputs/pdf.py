@@ -11,8 +11,9 @@ The rule (docs/inputs.md explains the reasoning):
 3. otherwise DEFAULT_DPI.
 
 Then the size is capped at --max-pixels by lowering the DPI (a PDF page is never refused for
-its size). Page sizes and the DPI come from the page's text and image metadata only; nothing
-is rasterized until render().
+its size); when that leaves the body text under MIN_LEGIBLE_PX per em, PageInfo.dpi_capped
+says so. Page sizes and the DPI come from the page's text and image metadata only; nothing is
+rasterized until render().
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import pymupdf
 from PIL import Image
 
 from ixcdoc.errors import InputError
-from ixcdoc.inputs.document import Document, PageInfo, RenderedPage
+from ixcdoc.inputs.document import REPAIRED, Document, PageInfo, RenderedPage
 
 # 24 px per em: the vision tower reads 14-px patches of 336-px crops; a 24-px em gives an
 # x-height of ~11-12 px and a cap height of ~17 px, i.e. a 10-pt page scanned at ~170 dpi,
@@ -35,6 +36,9 @@ from ixcdoc.inputs.document import Document, PageInfo, RenderedPage
 TARGET_TEXT_PX = 24.0
 MIN_TEXT_DPI = 72.0  # below this, body glyphs are ~10 px or less and blur into each other
 MAX_TEXT_DPI = 300.0  # a footnote-only (4-6 pt) page would otherwise ask for 300-430 dpi
+# Below ~10 px per em glyphs blur into each other (a 10-pt body at 72 dpi): a page that the
+# --max-pixels cap pushes under this is flagged low_dpi rather than read as if all were well.
+MIN_LEGIBLE_PX = 10.0
 DEFAULT_DPI = 150.0  # vector art, charts, blank pages: print-preview resolution
 SCAN_COVERAGE = 0.85  # fraction of the page area one image must cover to count as a scan
 SIZE_BUCKET_PT = 0.5  # font sizes are grouped to this step before taking the mode
@@ -173,6 +177,7 @@ def _analyze(
         rule = f"default {DEFAULT_DPI:.0f} dpi: no text, no dominant image"
 
     h, w = pixel_size(rect.width, rect.height, zx, zy)
+    capped = False
     if h * w > max_pixels:
         before = 72.0 * math.sqrt(zx * zy)
         f = math.sqrt(max_pixels / (h * w))
@@ -183,6 +188,13 @@ def _analyze(
         rule += (
             f"; lowered from {before:.0f} dpi to stay within {max_pixels:,} pixels (--max-pixels)"
         )
+        em_px = body_pt * math.sqrt(zx * zy) if body_pt is not None else math.inf
+        if em_px < MIN_LEGIBLE_PX:
+            capped = True
+            rule += (
+                f"; its {body_pt:.1f}pt text is {em_px:.1f} px per em, under the "
+                f"{MIN_LEGIBLE_PX:.0f} px it needs (raise --max-pixels)"
+            )
     if h < 1 or w < 1:
         raise InputError(
             source,
@@ -199,6 +211,7 @@ def _analyze(
         dpi=round(72.0 * math.sqrt(zx * zy), 2),
         dpi_rule=rule,
         kind="pdf",
+        dpi_capped=capped,
     )
     return _Layout(info, zx, zy, total > 0)
 
@@ -217,8 +230,9 @@ class PdfDocument(Document):
         password: str | None,
         max_pixels: int,
         note: str | None = None,
+        note_flag: str | None = None,
     ) -> None:
-        super().__init__(source, path, data, format="PDF", note=note)
+        super().__init__(source, path, data, format="PDF", note=note, note_flag=note_flag)
         self.max_pixels = max_pixels
         self._layouts: dict[int, _Layout] = {}
         with _MUPDF_LOCK:
@@ -251,8 +265,9 @@ class PdfDocument(Document):
                 if count < 1:
                     raise InputError(source, "PDF has no pages (damaged?)", code="corrupt")
                 if doc.is_repaired:
-                    repaired = "damaged file, repaired by MuPDF: some pages may be incomplete"
-                    self.note = repaired if self.note is None else f"{self.note}; {repaired}"
+                    self.add_note(
+                        "damaged file, repaired by MuPDF: some pages may be incomplete", REPAIRED
+                    )
             except InputError:
                 doc.close()
                 raise

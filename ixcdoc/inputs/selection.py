@@ -4,7 +4,7 @@ and the bytes of stdin (read once), shared by ``plan``, ``ask``, ``extract`` and
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, BinaryIO
 
@@ -19,7 +19,9 @@ class Sources:
     """The documents a command reads and how: iterate ``documents()`` to open them in order.
 
     ``paths``: files, folders, globs, and "-" for ``stdin`` (bytes, read once by
-    ``Sources.read``). ``exclude``: files, or folders, that a folder or glob must not yield
+    ``Sources.read``). ``special``: the bytes of the paths that are pipes or devices
+    (``<(cat x.pdf)``, a FIFO, /dev/stdin), also read once by ``Sources.read``, so every pass
+    sees them. ``exclude``: files, or folders, that a folder or glob must not yield
     (ixcdoc's own outputs, which may sit inside the folder being read).
     """
 
@@ -30,6 +32,7 @@ class Sources:
     stdin: bytes | None = None
     stdin_error: InputError | None = None
     exclude: frozenset[str] = field(default_factory=frozenset)
+    special: Mapping[str, bytes | InputError] = field(default_factory=dict, hash=False)
 
     def __post_init__(self) -> None:
         if isinstance(self.paths, str):
@@ -49,14 +52,15 @@ class Sources:
         stdin: BinaryIO | None = None,
         exclude: Sequence[str | os.PathLike[str]] = (),
     ) -> Sources:
-        """Sources for ``paths``; when one of them is "-", read ``stdin`` (default: the
-        process's) now, once, so every later pass sees the same bytes."""
-        from ixcdoc.inputs.sources import _read_stdin
+        """Sources for ``paths``; read ``stdin`` (default: the process's) when one of them is
+        "-", and every path that is a pipe or device, now, once (each bounded by
+        MAX_STREAM_BYTES), so every later pass sees the same bytes."""
+        from ixcdoc.inputs.sources import read_special_files, read_stdin
 
         data: bytes | None = None
         error: InputError | None = None
         if "-" in paths:
-            got = _read_stdin(stdin)
+            got = read_stdin(stdin)
             if isinstance(got, InputError):
                 error = got
             else:
@@ -69,6 +73,7 @@ class Sources:
             stdin=data,
             stdin_error=error,
             exclude=frozenset(os.path.realpath(p) for p in exclude),
+            special=read_special_files(paths),
         )
 
     def replace(self, **changes: object) -> Sources:
@@ -96,7 +101,9 @@ class Sources:
                 )
                 continue
             named = os.path.realpath(arg) if self.exclude else None
-            for item in open_sources([arg], password=self.password, max_pixels=limit):
+            for item in open_sources(
+                [arg], password=self.password, max_pixels=limit, special=self.special
+            ):
                 if self.exclude and self._excluded(item, named):
                     if not isinstance(item, IxcdocError):
                         item.close()

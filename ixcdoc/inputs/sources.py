@@ -12,12 +12,17 @@ import os
 import re
 import stat
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
 from ixcdoc.errors import InputError, UsageError
-from ixcdoc.inputs.document import DEFAULT_MAX_PIXELS, Document, check_max_pixels
+from ixcdoc.inputs.document import (
+    DEFAULT_MAX_PIXELS,
+    TYPE_MISMATCH,
+    Document,
+    check_max_pixels,
+)
 from ixcdoc.inputs.sniff import (
     EXTENSION_FORMATS,
     HEAD_BYTES,
@@ -27,6 +32,14 @@ from ixcdoc.inputs.sniff import (
 )
 
 GLOB_CHARS = frozenset("*?[")
+# Stdin, pipes and devices are held in memory (they cannot be read twice); a regular file is
+# read from disk and has no such limit. 1 GiB is larger than any document worth piping and
+# stops /dev/zero or an endless stream from filling RAM.
+MAX_STREAM_BYTES = 1 << 30
+_CHUNK = 1 << 20
+
+# What read_special_files gives: the bytes of each pipe or device argument, or why it failed.
+SpecialFiles = Mapping[str, "bytes | InputError"]
 _DIGITS = re.compile(r"(\d+)")
 
 
@@ -77,12 +90,11 @@ def open_document(
     if stat.S_ISDIR(st.st_mode):
         raise InputError(shown, "is a folder, not a file", code="unsupported")
     if not stat.S_ISREG(st.st_mode):
-        # A pipe or device (e.g. bash's <(curl ...) gives /dev/fd/63): read it once.
-        try:
-            with p.open("rb") as f:
-                data = f.read()
-        except OSError as e:
-            raise InputError(shown, f"cannot read: {e.strerror or e}", code="unreadable") from e
+        # A pipe or device (e.g. bash's <(curl ...) gives /dev/fd/63): it can be read only
+        # once, so open_sources callers pass bytes read by read_special_files instead.
+        data = _read_special(str(path), shown, MAX_STREAM_BYTES)
+        if isinstance(data, InputError):
+            raise data
         return open_bytes(data, source=shown, password=password, max_pixels=max_pixels)
     if st.st_size == 0:
         raise InputError(shown, "file is empty (0 bytes)", code="empty")
@@ -96,6 +108,67 @@ def open_document(
     if not head:
         raise InputError(shown, "file is empty (0 bytes)", code="empty")
     return _open_sniffed(shown, p, None, head, password, max_pixels)
+
+
+def _read_bounded(stream: BinaryIO, source: str, limit: int) -> bytes | InputError:
+    """Read a stream to its end, or fail once it passes ``limit`` bytes (never more in RAM)."""
+    chunks: list[bytes] = []
+    total = 0
+    while True:
+        try:
+            chunk = stream.read(min(_CHUNK, limit + 1 - total))
+        except OSError as e:
+            return InputError(source, f"cannot read: {e.strerror or e}", code="unreadable")
+        if isinstance(chunk, str):
+            raise UsageError(f"{source}: must be a binary stream")
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+        total += len(chunk)
+        if total > limit:
+            return InputError(
+                source,
+                f"more than {_size(limit)} through a pipe or device, the most ixcdoc holds in "
+                "memory; save it to a file and give that file",
+                code="too_large",
+            )
+
+
+def _size(n: int) -> str:
+    return (
+        f"{n / 2**30:g} GiB" if n >= 2**30 else f"{n / 2**20:g} MiB" if n >= 2**20 else f"{n} bytes"
+    )
+
+
+def _read_special(path: str, source: str, limit: int) -> bytes | InputError:
+    try:
+        with open(path, "rb", buffering=0) as f:
+            return _read_bounded(f, source, limit)
+    except OSError as e:
+        return InputError(source, f"cannot read: {e.strerror or e}", code="unreadable")
+
+
+def _is_special(arg: str) -> bool:
+    try:
+        mode = os.stat(arg).st_mode
+    except OSError:
+        return False
+    return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
+
+
+def read_special_files(
+    args: Sequence[str], *, limit: int = MAX_STREAM_BYTES
+) -> dict[str, bytes | InputError]:
+    """Read each argument that is a pipe or device (FIFO, <(...), /dev/stdin) once, bounded.
+
+    Pass the result to every ``open_sources`` call of the same run, so counting pages and
+    running them see the same bytes instead of an exhausted pipe. Other arguments are left out.
+    """
+    return {
+        arg: _read_special(arg, arg, limit)
+        for arg in dict.fromkeys(args)
+        if arg and arg != "-" and _is_special(arg)
+    }
 
 
 def _open_sniffed(
@@ -125,21 +198,35 @@ def _open_sniffed(
             f"not a supported document (looks like {what}); ixcdoc reads {supported_list()}",
             code="unsupported",
         )
-    note = None
+    note = flag = None
     if claimed is not None and claimed != fmt:
         # Trust the bytes: misnamed downloads and "save as" accidents are common, and opening
         # them by content gives the user the document they meant.
         note = f"content is {fmt} although the name ends in {suffix}; opened as {fmt}"
+        flag = TYPE_MISMATCH
     elif claimed is None and suffix:
+        # An unknown extension claims nothing, so nothing is contradicted: a note, no flag.
         note = f"opened as {fmt} by its content ({suffix} is not a document extension)"
     if fmt == "PDF":
-        return PdfDocument(source, path, data, password=password, max_pixels=max_pixels, note=note)
-    return ImageDocument(source, path, data, format=fmt, max_pixels=max_pixels, note=note)
+        return PdfDocument(
+            source, path, data, password=password, max_pixels=max_pixels, note=note, note_flag=flag
+        )
+    return ImageDocument(
+        source, path, data, format=fmt, max_pixels=max_pixels, note=note, note_flag=flag
+    )
 
 
 def _try_open(
-    source: str, path: str, password: str | None, max_pixels: int
+    source: str, path: str, password: str | None, max_pixels: int, *, named: bool = True
 ) -> Document | InputError:
+    if not named and _is_special(path):
+        # Found by a folder walk or a pattern: a FIFO there could block forever, and a device
+        # is not a document. Named on the command line it is read (once).
+        return InputError(
+            source,
+            "a pipe or device, not a file; name it as an argument to read it",
+            code="unsupported",
+        )
     try:
         return open_document(path, source=source, password=password, max_pixels=max_pixels)
     except InputError as e:
@@ -185,7 +272,7 @@ def _walk(root: str, password: str | None, max_pixels: int) -> Iterator[Document
             unreadable = True
             yield err
             continue
-        item = _try_open(full, full, password, max_pixels)
+        item = _try_open(full, full, password, max_pixels, named=False)
         if isinstance(item, Document) or item.code != "unsupported":
             documents += 1
         yield item
@@ -201,8 +288,18 @@ def _walk(root: str, password: str | None, max_pixels: int) -> Iterator[Document
 
 
 def _open_path_arg(
-    arg: str, password: str | None, max_pixels: int
+    arg: str, password: str | None, max_pixels: int, special: SpecialFiles
 ) -> Iterator[Document | InputError]:
+    if arg in special:
+        data = special[arg]
+        if isinstance(data, InputError):
+            yield data
+            return
+        try:
+            yield open_bytes(data, source=arg, password=password, max_pixels=max_pixels)
+        except InputError as e:
+            yield e
+        return
     if os.path.isdir(arg):
         yield from _walk(arg, password, max_pixels)
         return
@@ -217,12 +314,15 @@ def _open_path_arg(
             if os.path.isdir(m):
                 yield from _walk(m, password, max_pixels)
             else:
-                yield _try_open(m, m, password, max_pixels)
+                yield _try_open(m, m, password, max_pixels, named=False)
         return
     yield _try_open(arg, arg, password, max_pixels)
 
 
-def _read_stdin(stdin: BinaryIO | None) -> bytes | InputError:
+def read_stdin(
+    stdin: BinaryIO | None = None, *, limit: int = MAX_STREAM_BYTES
+) -> bytes | InputError:
+    """The bytes on stdin (default: the process's), at most ``limit``; a terminal is refused."""
     stream = stdin if stdin is not None else sys.stdin
     if stream is None:
         return InputError("-", "no stdin to read", code="empty")
@@ -236,12 +336,15 @@ def _read_stdin(stdin: BinaryIO | None) -> bytes | InputError:
     except (AttributeError, ValueError):
         pass
     stream = getattr(stream, "buffer", stream)  # a text stream: read its bytes
-    try:
-        data = stream.read()
-    except OSError as e:
-        return InputError("-", f"cannot read stdin: {e.strerror or e}", code="unreadable")
-    if isinstance(data, str):
+    if isinstance(stream, (str, bytes)) or not hasattr(stream, "read"):
         raise UsageError("stdin must be a binary stream")
+    data = _read_bounded(stream, "-", limit)
+    if isinstance(data, InputError) and data.code == "unreadable":
+        return InputError(
+            "-",
+            f"cannot read stdin: {data.problem.removeprefix('cannot read: ')}",
+            code="unreadable",
+        )
     return data
 
 
@@ -251,11 +354,14 @@ def open_sources(
     stdin: BinaryIO | None = None,
     password: str | None = None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    special: SpecialFiles | None = None,
 ) -> Iterator[Document | InputError]:
     """Open every document the arguments name, in order; problems are yielded, not raised.
 
     ``args``: files, folders (recursive, natural path order, hidden names skipped), glob
-    patterns, and "-" for the bytes on ``stdin`` (default: the process's stdin). Each
+    patterns, and "-" for the bytes on ``stdin`` (default: the process's stdin). ``special``:
+    the bytes of pipe and device arguments from ``read_special_files``, for a caller that
+    opens the same arguments twice (without it, such an argument is read here, once). Each
     Document must be closed by the caller. Raises UsageError only for a bad max_pixels or "-"
     given twice.
     """
@@ -266,7 +372,7 @@ def open_sources(
         raise UsageError('"-" (stdin) can be given only once')
     for arg in args:
         if arg == "-":
-            data = _read_stdin(stdin)
+            data = read_stdin(stdin)
             if isinstance(data, InputError):
                 yield data
                 continue
@@ -278,4 +384,4 @@ def open_sources(
         if not arg:
             yield InputError("''", "empty path", code="not_found")
             continue
-        yield from _open_path_arg(arg, password, max_pixels)
+        yield from _open_path_arg(arg, password, max_pixels, special or {})

@@ -35,6 +35,9 @@ QUANT_TYPE = "nf4"
 
 
 def _bnb():
+    from ixcdoc.verbosity import quiet_bitsandbytes
+
+    quiet_bitsandbytes()  # before the import: the warning is logged while it runs
     try:
         import bitsandbytes as bnb
     except Exception as e:  # ImportError, or a broken native library

@@ -22,6 +22,8 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import json
+import pickle
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -119,15 +121,16 @@ class TensorSource:
 
     def _open_bin(self, f: Path) -> None:
         try:
-            sd = torch.load(f, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError:
-            # Legacy (non-zip) pickles cannot be memory-mapped; read them whole.
             try:
+                sd = torch.load(f, map_location="cpu", weights_only=True, mmap=True)
+            except RuntimeError:
+                # Legacy (non-zip) pickles cannot be memory-mapped; read them whole.
                 sd = torch.load(f, map_location="cpu", weights_only=True)
-            except Exception as e:
-                raise WeightsError(f"{f}: cannot read checkpoint shard ({e})") from None
+        except pickle.UnpicklingError as e:
+            raise WeightsError(_unpickling_problem(f, e)) from None
         except Exception as e:
-            raise WeightsError(f"{f}: cannot read checkpoint shard ({e})") from None
+            first = (str(e).splitlines() or [type(e).__name__])[0]
+            raise WeightsError(f"{f}: cannot read checkpoint shard ({first})") from None
         if not isinstance(sd, dict):
             raise WeightsError(f"{f}: expected a state dict, got {type(sd).__name__}")
         for name, t in sd.items():
@@ -141,6 +144,21 @@ class TensorSource:
 
     def keys(self) -> Iterator[str]:
         return iter(self.shapes)
+
+
+_REASON = re.compile(r"WeightsUnpickler error: ([^\n]*)")
+
+
+def _unpickling_problem(f: Path, e: pickle.UnpicklingError) -> str:
+    """One line for a refused pickle; PyTorch's own text suggests switching the check off."""
+    text = str(e)
+    if "Unsupported" in text:
+        found = re.search(r"GLOBAL ([\w.]+)", text)
+        what = f" (it calls {found.group(1)})" if found else ""
+        return f"{f}: holds code, not just tensors{what}; refused, nothing in it was run or loaded"
+    reason = _REASON.search(text)
+    first = reason.group(1) if reason else (text.splitlines() or [type(e).__name__])[0]
+    return f"{f}: cannot read checkpoint shard ({first.strip()})"
 
 
 def is_ignored(name: str) -> bool:

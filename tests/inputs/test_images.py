@@ -23,9 +23,10 @@ def encode(im: Image.Image, fmt: str, **save: object) -> bytes:
 
 def rendered(data: bytes, page: int = 1, **kw: object) -> np.ndarray:
     with open_bytes(data, **kw) as doc:  # type: ignore[arg-type]
+        before = doc.page_info(page)  # what plan and the tier choice see, before any decode
         r = doc.render(page)
         assert r.image.mode == "RGB"
-        assert r.image.size == (r.info.native_w, r.info.native_h)
+        assert r.image.size == (before.native_w, before.native_h)
         return np.asarray(r.image)
 
 
@@ -73,6 +74,25 @@ def test_exif_orientation_6_swaps_dimensions_and_rotates() -> None:
     assert np.abs(out[20, 180] - (255, 0, 0)).max() < 40  # top-right: red
     assert np.abs(out[20, 20] - (255, 255, 255)).max() < 40  # top-left: white
     assert np.abs(out[280, 20] - (255, 255, 255)).max() < 40
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+@pytest.mark.parametrize("fmt", ["PNG", "TIFF"])
+def test_every_exif_orientation_matches_pillow_and_page_info(orientation: int, fmt: str) -> None:
+    from PIL import ImageOps
+
+    stored = Image.fromarray(np.stack([noise_image(30, 50, seed=s) for s in range(3)], axis=-1))
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    data = encode(stored, fmt, exif=exif.tobytes())
+    with Image.open(io.BytesIO(data)) as im:
+        want = np.asarray(ImageOps.exif_transpose(im).convert("RGB"))  # Pillow's own table
+    with open_bytes(data) as doc:
+        before = doc.page_info(1)  # size known before rendering: 5-8 stand on their side
+        assert before.size == ((50, 30) if orientation >= 5 else (30, 50))
+        out = np.asarray(doc.render(1).image)
+    assert out.shape[:2] == before.size
+    assert np.array_equal(out, want)
 
 
 def test_exif_orientation_in_png_is_applied() -> None:

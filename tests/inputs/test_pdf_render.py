@@ -316,3 +316,49 @@ def test_render_error_names_the_page_and_spares_the_others(
     assert info.value.code == "corrupt"
     assert info.value.page == 2
     assert "three.pdf page 2" in info.value.message
+
+
+# --- the pixel cap and text that needs more (issue 9, item 10) ---------------------------------
+
+
+def test_cap_below_what_the_text_needs_is_flagged_low_dpi(text_pdf: Callable[..., Path]) -> None:
+    # A 1440-pt square page of 4-pt text capped at 100,000 pixels: 316 px across is ~16 dpi,
+    # so an em of 4 pt is 4 * 15.8 / 72 = 0.9 px, far under the 10 px glyphs need.
+    path = text_pdf([(4.0, BODY)] * 20, size=(1440.0, 1440.0))
+    with open_document(path, max_pixels=100_000) as doc:
+        info = doc.page_info(1)
+        assert info.dpi is not None and info.dpi < 16.0
+        assert info.dpi_capped
+        assert "4.0pt text is 0.9 px per em, under the 10 px it needs" in info.dpi_rule
+        assert doc.page_flags(1) == ("low_dpi",)
+        assert doc.has_text_layer(1)  # so the runner never records it blank, however it looks
+
+
+def test_cap_that_leaves_text_legible_is_not_flagged(text_pdf: Callable[..., Path]) -> None:
+    with open_document(text_pdf([(12, BODY)] * 3), max_pixels=1_000_000) as doc:
+        info = doc.page_info(1)
+        assert "--max-pixels" in info.dpi_rule  # lowered from 144 to ~99 dpi: 16 px per em
+        assert not info.dpi_capped
+        assert doc.page_flags(1) == ()
+
+
+# --- body size ties (issue 9, item 19) ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "spans",
+    [
+        [(10.0, "x" * 40), (14.0, "y" * 40)],
+        [(14.0, "y" * 40), (10.0, "x" * 40)],  # order on the page does not matter
+        [(14.0, "y" * 20), (10.0, "x" * 40), (14.0, "y" * 20)],
+    ],
+)
+def test_body_size_tie_goes_to_the_smaller_size(
+    text_pdf: Callable[..., Path], spans: list[tuple[float, str]]
+) -> None:
+    # Equal character counts at 10 and 14 pt: the smaller size wins, since small text is what
+    # needs the pixels (14 pt at 10 pt's DPI is only sharper).
+    with open_document(text_pdf(spans)) as doc:
+        info = doc.page_info(1)
+    assert info.dpi == pytest.approx(rule_dpi(10.0), abs=0.01)
+    assert info.dpi_rule.startswith("text: body 10.0pt")

@@ -13,7 +13,16 @@ import pytest
 from PIL import Image
 
 from ixcdoc.errors import InputError, UsageError
-from ixcdoc.inputs import Document, ImageDocument, PdfDocument, open_document, open_sources
+from ixcdoc.inputs import (
+    Document,
+    ImageDocument,
+    PdfDocument,
+    open_document,
+    open_sources,
+    read_special_files,
+    read_stdin,
+    sources,
+)
 from tests.inputs.builders import add_text_page, png_bytes
 
 
@@ -394,3 +403,159 @@ def test_mupdf_does_not_print_to_stderr(tmp_path: Path, capfd: pytest.CaptureFix
     with open_document(path) as doc:
         doc.render(1)
     assert capfd.readouterr().err == ""
+
+
+# --- pipes and devices are read once, bounded (issue 9, item 5) --------------------------------
+
+
+@pytest.mark.skipif(not Path("/dev/fd").is_dir(), reason="no /dev/fd here")
+def test_process_substitution_is_read_once_for_both_passes() -> None:
+    data = pdf_bytes(2)
+    r, w = os.pipe()
+    os.write(w, data)  # a pipe buffer holds 64 KiB; the PDF is far smaller
+    os.close(w)
+    arg = f"/dev/fd/{r}"  # what bash's <(cat x.pdf) passes
+    try:
+        special = read_special_files([arg, arg])
+    finally:
+        os.close(r)
+    assert list(special) == [arg]
+    for _ in range(2):  # counting pages, then running them: the same bytes both times
+        assert summary(list(open_sources([arg], special=special))) == [(arg, "PDF")]
+    (doc,) = open_sources([arg], special=special)
+    with doc:
+        assert isinstance(doc, Document) and doc.page_count == 2
+        assert doc.sha256 == hashlib.sha256(data).hexdigest()
+
+
+def test_named_pipe_passed_twice_does_not_wait_for_a_second_writer(tmp_path: Path) -> None:
+    if not hasattr(os, "mkfifo"):
+        pytest.skip("no named pipes here")
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    data = png((4, 5, 6))
+
+    def writer() -> None:
+        with fifo.open("wb") as f:  # one writer, once: a second open would block forever
+            f.write(data)
+
+    t = threading.Thread(target=writer)
+    t.start()
+    try:
+        special = read_special_files([str(fifo)])
+    finally:
+        t.join()
+    assert special == {str(fifo): data}
+    assert summary(list(open_sources([str(fifo)], special=special))) == [(str(fifo), "PNG")]
+    assert summary(list(open_sources([str(fifo)], special=special))) == [(str(fifo), "PNG")]
+
+
+@pytest.mark.skipif(not Path("/dev/zero").exists(), reason="no /dev/zero here")
+def test_an_endless_device_is_refused_at_the_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    got = read_special_files(["/dev/zero"], limit=3 << 20)["/dev/zero"]
+    assert isinstance(got, InputError) and got.code == "too_large"
+    assert str(got).startswith("/dev/zero: more than 3 MiB through a pipe or device")
+    monkeypatch.setattr(sources, "MAX_STREAM_BYTES", 1 << 20)  # without a read_special_files
+    assert summary(list(open_sources(["/dev/zero"]))) == [("/dev/zero", "too_large")]
+
+
+def test_stdin_is_bounded_too() -> None:
+    got = read_stdin(io.BytesIO(b"x" * 100), limit=99)
+    assert isinstance(got, InputError) and got.code == "too_large" and got.source == "-"
+    assert read_stdin(io.BytesIO(b"x" * 99), limit=99) == b"x" * 99
+
+
+def test_a_pipe_found_in_a_folder_is_reported_not_read(tmp_path: Path) -> None:
+    if not hasattr(os, "mkfifo"):
+        pytest.skip("no named pipes here")
+    (tmp_path / "a.png").write_bytes(png())
+    os.mkfifo(tmp_path / "b.pdf")  # no writer: opening it for reading would block forever
+    found = summary(list(open_sources([str(tmp_path)])))
+    assert found == [(str(tmp_path / "a.png"), "PNG"), (str(tmp_path / "b.pdf"), "unsupported")]
+
+
+# --- notes become flags on every page (issue 9, item 9) ----------------------------------------
+
+
+def _gif(frames: int) -> bytes:
+    ims = [Image.new("RGB", (8, 6), (10 * i, 0, 0)) for i in range(frames)]
+    buf = io.BytesIO()
+    ims[0].save(buf, "GIF", save_all=True, append_images=ims[1:], duration=100)
+    return buf.getvalue()
+
+
+def _damaged_pdf() -> bytes:
+    data = pdf_bytes(2)
+    return data[: data.rfind(b"startxref")]  # no xref offset: MuPDF rebuilds it
+
+
+@pytest.mark.parametrize(
+    ("name", "data", "notes", "flags"),
+    [
+        ("clean.png", png(), [], ()),
+        (
+            "scan.pdf",
+            png(),
+            ["content is PNG although the name ends in .pdf; opened as PNG"],
+            ("type_mismatch",),
+        ),
+        (
+            "download.dat",
+            png(),
+            ["opened as PNG by its content (.dat is not a document extension)"],
+            (),
+        ),
+        (
+            "moving.gif",
+            _gif(3),
+            ["GIF with 3 frames: only the first frame is read"],
+            ("frames_dropped",),
+        ),
+        (
+            "damaged.pdf",
+            _damaged_pdf(),
+            ["damaged file, repaired by MuPDF: some pages may be incomplete"],
+            ("repaired",),
+        ),
+        (
+            "damaged.png",
+            _damaged_pdf(),
+            [
+                "content is PDF although the name ends in .png; opened as PDF",
+                "damaged file, repaired by MuPDF: some pages may be incomplete",
+            ],
+            ("type_mismatch", "repaired"),
+        ),
+    ],
+)
+def test_notes_and_the_flags_they_put_on_pages(
+    tmp_path: Path, name: str, data: bytes, notes: list[str], flags: tuple[str, ...]
+) -> None:
+    from ixcdoc.records import FLAGS
+
+    path = tmp_path / name
+    path.write_bytes(data)
+    with open_document(path) as doc:
+        assert doc.notes == notes
+        assert doc.note == ("; ".join(notes) or None)
+        assert doc.flags == flags
+        assert all(doc.page_flags(p) == flags for p in range(1, doc.page_count + 1))
+    assert set(flags) <= set(FLAGS)  # a record can carry them
+
+
+@pytest.mark.skipif(not Path("/dev/fd").is_dir(), reason="no /dev/fd here")
+def test_sources_read_holds_a_pipe_for_every_pass() -> None:
+    from ixcdoc.inputs import Sources
+
+    data = pdf_bytes(3)
+    r, w = os.pipe()
+    os.write(w, data)
+    os.close(w)
+    arg = f"/dev/fd/{r}"
+    try:
+        sources = Sources.read([arg], pages="2-3")
+    finally:
+        os.close(r)  # nothing can read the pipe again: both passes use the bytes held
+    for _ in range(2):  # plan/count, then run
+        got = [(doc.source, doc.format, pages) for doc, pages in sources.documents()]  # type: ignore[misc]
+        assert got == [(arg, "PDF", [2, 3])]

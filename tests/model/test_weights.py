@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
 from pathlib import Path
@@ -246,3 +247,32 @@ def test_7b_parameter_groups_agree_with_the_vram_estimator() -> None:
     base = sum(m.weight.numel() for m in model.modules() if isinstance(m, PLoRALinear))
     assert counts.decoder_linear == base  # exactly what quant.py stores as NF4
     assert counts.total == sum(p.numel() for p in model.parameters())
+
+
+class _WritesAMarker:
+    """Unpickling this calls open(marker, "w"): proof that code in the checkpoint ran."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (io.open, (str(self.marker), "w"))  # pickled as io.open
+
+
+@pytest.mark.parametrize("zipped", [True, False], ids=["zip", "legacy"])
+def test_a_pickle_that_runs_code_is_refused_before_it_runs(tmp_path: Path, zipped: bool) -> None:
+    marker = tmp_path / "code-ran"
+    sd: dict[str, object] = dict(_fixture_state_dict())
+    sd["model.tok_embeddings.weight"] = _WritesAMarker(marker)
+    folder = tmp_path / "ckpt"
+    folder.mkdir()
+    shutil.copy(TINY_CKPT / "config.json", folder / "config.json")
+    bin_path = folder / "pytorch_model.bin"
+    torch.save(sd, bin_path, _use_new_zipfile_serialization=zipped)
+    with pytest.raises(WeightsError) as info:
+        load_model(folder)
+    assert not marker.exists()  # the check ran before the code did, not after
+    assert str(info.value) == (
+        f"{bin_path}: holds code, not just tensors (it calls io.open); "
+        "refused, nothing in it was run or loaded"
+    )
