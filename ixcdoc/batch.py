@@ -70,7 +70,7 @@ class BatchStats:
     skipped: int = 0  # already done in the output file
     skipped_failed: int = 0  # failed in an earlier run and not retried (no --redo-failed)
     blank: int = 0
-    flagged: int = 0  # repetition or tier_fallback
+    flagged: int = 0  # ok, but with a flag other than blank (repetition, repaired, low_dpi, ...)
     pages: int = 0  # pages (and unreadable files) visited
     loaded: bool = False  # the model was loaded
     files_written: int = 0  # document files written to the output folder
@@ -111,13 +111,11 @@ def _single_input(sources: Sources) -> bool:
 
 
 @contextlib.contextmanager
-def _outputs(output: str | os.PathLike[str] | None, json_stream: TextIO | None) -> Iterator[Any]:
+def _outputs(file_writer: Any, json_stream: TextIO | None) -> Iterator[Any]:
     from ixcdoc.records import JsonlWriter
 
-    writers: list[JsonlWriter] = []
+    writers: list[JsonlWriter] = [] if file_writer is None else [file_writer]
     try:
-        if output is not None:
-            writers.append(JsonlWriter(output))
         if json_stream is not None:
             writers.append(JsonlWriter(json_stream))
         yield writers
@@ -154,7 +152,7 @@ def run(
     none is given, in ``out_dir/.ixcdoc/records.jsonl``. KeyboardInterrupt propagates after
     the reader stops; every record written before it is complete.
     """
-    from ixcdoc.records import load_existing
+    from ixcdoc.records import open_output
 
     events = events or Events()
     if isinstance(model, (str, Path)) or model is None:
@@ -173,9 +171,10 @@ def run(
         if output is None:
             output = Path(out_dir) / ".ixcdoc" / "records.jsonl"
             output.parent.mkdir(parents=True, exist_ok=True)
-    state = None
+    state = file_writer = None
     if output is not None:
-        state = load_existing(output)
+        # Locked first and held for the whole run; the resume state is read under the lock.
+        file_writer, state = open_output(output)
         if state.repaired_bytes:
             events.note(
                 f"repaired {output}: cut a torn last line ({state.repaired_bytes} bytes) "
@@ -199,7 +198,7 @@ def run(
     items = ahead(pages, depth=read_ahead) if read_ahead > 0 else pages
     stats = BatchStats()
     single_arg = _single_input(sources)
-    with _outputs(output, json_stream) as writers:
+    with _outputs(file_writer, json_stream) as writers:
 
         def sink(rec: PageRecord) -> None:
             # Written before the state hears of it: a crash never marks an unwritten page done.
@@ -216,6 +215,8 @@ def run(
         try:
             for item in items:
                 if isinstance(item, Opened):
+                    for note in item.notes:  # once per file
+                        events.note(f"{item.source}: {note}")
                     events.opened(item.source, item.pages, single=single_arg and item.pages == 1)
                     if docs is not None:
                         docs.opened(item.source, item.pages)
@@ -239,7 +240,7 @@ def run(
                 if rec.status == "ok":
                     stats.ok += 1
                     stats.blank += "blank" in rec.flags
-                    stats.flagged += bool({"repetition", "tier_fallback"} & set(rec.flags))
+                    stats.flagged += bool(set(rec.flags) - {"blank"})
                 else:
                     stats.failed += 1
                 events.record(item, rec)

@@ -223,7 +223,9 @@ def plan_pages(
                 gpu=gpu,
                 max_new_tokens=max_new_tokens,
             )
-            yield page_row(info, tp, choice, gpu)
+            row = page_row(info, tp, choice, gpu)
+            row["flags"] = list(doc.page_flags(n))  # repaired, low_dpi, ... as records will say
+            yield row
 
 
 def tier_rows(

@@ -35,14 +35,17 @@ class PageItem:
     blank: bool = False
     error: IxcdocError | None = None
     skipped: bool = False  # already done in the output file (resume): not rendered
+    flags: tuple[str, ...] = ()  # what the document says of this page (repaired, low_dpi, ...)
 
 
 @dataclass(frozen=True)
 class Opened:
-    """A document was opened: ``pages`` of its pages will follow (for progress totals)."""
+    """A document was opened: ``pages`` of its pages will follow (for progress totals), and
+    what the user should know about the file (a repaired PDF, a lying extension)."""
 
     source: str
     pages: int
+    notes: tuple[str, ...] = ()
 
 
 class TierPlan:
@@ -135,20 +138,21 @@ def read_pages(
         doc, numbers = item
         if choose is not None:
             numbers = choose(doc, numbers)
-        yield Opened(doc.source, len(numbers))
+        yield Opened(doc.source, len(numbers), tuple(doc.notes))
         for n in numbers:
             base = (doc.source, doc.sha256, n, doc.page_count)
             if skip is not None and skip(doc.sha256, n):
                 yield PageItem(*base, skipped=True)
                 continue
             try:
+                flags = doc.page_flags(n)
                 r = doc.render(n)
             except InputError as e:
-                yield PageItem(*base, error=e)
+                yield PageItem(*base, error=e, flags=doc.flags)
                 continue
             # A page whose text layer has words is never blank, however faint its render.
             blank = is_blank(r.image) and not doc.has_text_layer(n)
-            page = PageItem(*base, rendered=r, blank=blank)
+            page = PageItem(*base, rendered=r, blank=blank, flags=flags)
             if plan is not None:
                 plan.apply(page)
             yield page

@@ -460,12 +460,53 @@ class ResumeState:
 
 
 def load_existing(path: PathLike) -> ResumeState:
-    """Read an output JSONL for resuming; cut a torn final record, refuse anything else."""
+    """Read an output JSONL for resuming; cut a torn final record, refuse anything else.
+
+    To write to the file as well, use ``open_output``: it reads the state under the lock it
+    then keeps, so no other run can add records in between.
+    """
     path = Path(path)
     _check_output(path)
     state = ResumeState(path=path)
     if not path.exists():
         return state
+    scan = _read_state(path, state)
+    if scan.tail_problem is not None:
+        _truncate(path, scan.good_end, expected_size=scan.size)
+        state.repaired_bytes = scan.size - scan.good_end
+    return state
+
+
+def open_output(path: PathLike, *, fsync: bool = True) -> tuple[JsonlWriter, ResumeState]:
+    """Lock an output file for this run, then read what it holds: (writer, resume state).
+
+    The lock is taken before anything is read and held until the writer is closed, so two
+    runs on one file can never both see a page as not done (the second one stops with
+    ``output_locked``). A torn final record is cut under that same lock.
+    """
+    path = Path(path)
+    _check_output(path)
+    existed = path.exists()
+    fd = _open_locked(path)
+    try:
+        state = ResumeState(path=path)
+        scan = _read_state(path, state)
+        if scan.tail_problem is not None:
+            if os.fstat(fd).st_size != scan.size:  # pragma: no cover - we hold the lock
+                raise RecordsError(f"{path} changed while being read", code="output_locked")
+            os.ftruncate(fd, scan.good_end)
+            os.fsync(fd)
+            state.repaired_bytes = scan.size - scan.good_end
+        if not existed and fsync:
+            _fsync_dir(path.parent)
+    except BaseException:
+        os.close(fd)
+        raise
+    return JsonlWriter._adopt(path, fd, fsync=fsync), state
+
+
+def _read_state(path: Path, state: ResumeState) -> _Scan:
+    """Scan ``path`` into ``state`` (the latest record per key wins)."""
     intern: dict[str, str] = {}
 
     def on_record(d: dict[str, Any]) -> None:
@@ -477,11 +518,7 @@ def load_existing(path: PathLike) -> ResumeState:
         )
         state._add(key, d["status"], lambda: PageRecord.from_dict(d))
 
-    scan = _scan(path, on_record)
-    if scan.tail_problem is not None:
-        _truncate(path, scan.good_end, expected_size=scan.size)
-        state.repaired_bytes = scan.size - scan.good_end
-    return state
+    return _scan(path, on_record)
 
 
 def latest_records(path: PathLike) -> list[PageRecord]:
@@ -706,6 +743,14 @@ class JsonlWriter:
             self._stream = sys.stdout if isinstance(path, (str, os.PathLike)) else path
             self._ascii = not _is_utf8(self._stream)
 
+    @classmethod
+    def _adopt(cls, path: Path, fd: int, *, fsync: bool) -> JsonlWriter:
+        """A writer over an already opened and locked append descriptor (``open_output``)."""
+        w = cls.__new__(cls)
+        w.count, w._fd, w._stream, w._closed, w._broken = 0, fd, None, False, None
+        w.path, w._fsync, w._ascii = path, fsync, False
+        return w
+
     def write(self, rec: PageRecord) -> None:
         """Write one record as one complete line, then flush (and fsync a file)."""
         if not isinstance(rec, PageRecord):
@@ -779,10 +824,8 @@ def _is_utf8(stream: TextIO) -> bool:
         return False
 
 
-def _open_append(path: Path, *, fsync: bool) -> int:
-    """Open for appending, locked; refuse a file whose last line is torn (load it first)."""
-    _check_output(path)
-    existed = path.exists()
+def _open_locked(path: Path) -> int:
+    """Open for appending (created if missing) and take the exclusive lock."""
     # O_NONBLOCK: a FIFO swapped in after the check must not hang the open; fstat refuses it.
     flags = os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
     try:
@@ -792,6 +835,18 @@ def _open_append(path: Path, *, fsync: bool) -> int:
     try:
         _require_regular(path, os.fstat(fd).st_mode)
         _lock(fd, path)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _open_append(path: Path, *, fsync: bool) -> int:
+    """Open for appending, locked; refuse a file whose last line is torn (load it first)."""
+    _check_output(path)
+    existed = path.exists()
+    fd = _open_locked(path)
+    try:
         size = os.fstat(fd).st_size
         if size:
             os.lseek(fd, size - 1, os.SEEK_SET)

@@ -129,6 +129,8 @@ class PageRunner:
             "device": self.device,
         }
         base.update(fields)
+        # The document's own flags (repaired, low_dpi, ...) go with every record of the page.
+        base["flags"] = tuple(dict.fromkeys((*base.get("flags", ()), *item.flags)))
         return PageRecord(**base)
 
     def tier_for(self, job: Job, info: PageInfo) -> TierChoice:

@@ -167,3 +167,31 @@ def test_stdin_bytes_run_with_and_without_reading_ahead(model: DocModel) -> None
     for ahead in (0, 2):
         recs = _run(model, ["-"], stdin=io.BytesIO(buf.getvalue()), read_ahead=ahead)
         assert [(r.source, r.status) for r in recs] == [("-", "ok")]
+
+
+def test_the_output_is_locked_before_its_state_is_read_or_a_model_loaded(
+    ckpt: Path, inputs: list[str], tmp_path: Path
+) -> None:
+    """Issue 9.2: a run that read the resume state before taking the lock could write pages
+    another run finished meanwhile. The lock comes first, so the second run stops at once."""
+    from contextlib import nullcontext
+
+    from ixcdoc.records import RecordsError, open_output
+
+    out = tmp_path / "race.jsonl"
+    holder, _ = open_output(out)
+    loads: list[str] = []
+
+    class Spy(Events):
+        def loading(self, model: str):  # type: ignore[no-untyped-def]
+            loads.append(model)
+            return nullcontext()
+
+    try:
+        with pytest.raises(RecordsError) as e:
+            run(JOB, Sources(inputs), model=ckpt, device="cpu", output=out, events=Spy())
+        assert e.value.code == "output_locked" and loads == []
+    finally:
+        holder.close()
+    stats = run(JOB, Sources(inputs), model=ckpt, device="cpu", output=out, events=Spy())
+    assert stats.ok == 4 and len(loads) == 1

@@ -36,7 +36,7 @@ def test_load_attributes(dm) -> None:
 
 def test_auto_device_without_cuda_is_a_clear_error(monkeypatch) -> None:
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    with pytest.raises(DeviceError, match=r"float32.*--device cpu"):
+    with pytest.raises(DeviceError, match=r"--device cpu --quant bf16.*--selftest --keep"):
         load(TINY_CKPT)
 
 

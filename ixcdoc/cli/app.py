@@ -229,12 +229,23 @@ MaxPixelsOpt = Annotated[
         help="Refuse images larger than this [default: 100000000].",
     ),
 ]
+
+
+def _vram_callback(value: float | None) -> float | None:
+    from ixcdoc.tasks import check_vram_gib
+
+    try:
+        return check_vram_gib(value)
+    except IxcdocError as e:
+        raise typer.BadParameter(e.message) from None
+
+
 VramOpt = Annotated[
     float | None,
     typer.Option(
         "--vram",
-        min=1,
         metavar="GIB",
+        callback=_vram_callback,
         help="Plan for a GPU with this many GiB free (no GPU needed).",
     ),
 ]
@@ -263,7 +274,10 @@ def _root(
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")] = False,
 ) -> None:
     """Read documents with InternLM-XComposer2-4KHD on your own GPU."""
+    from ixcdoc.verbosity import set_verbose
+
     _state["debug"] = debug
+    set_verbose(True if debug else None)  # library warnings only with --debug (or IXCDOC_DEBUG)
 
 
 # ---- model commands ------------------------------------------------------------------------

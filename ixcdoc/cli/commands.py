@@ -177,13 +177,12 @@ def tiers(
     ixcdoc tiers --aspect 8.5:11 --vram 24
     """
     from ixcdoc.planning import tier_rows
+    from ixcdoc.tasks import parse_aspect
 
     try:
-        aw, ah = (float(x) for x in aspect.split(":"))
-        if aw <= 0 or ah <= 0:
-            raise ValueError
-    except ValueError:
-        raise typer.BadParameter(f"--aspect must look like 8.5:11, got {aspect!r}") from None
+        ah, aw = parse_aspect(aspect)
+    except IxcdocError as e:
+        raise typer.BadParameter(e.message) from None
     rows = tier_rows(aspect=(ah, aw), vram_gib=vram, max_new_tokens=max_new_tokens)
     if json_out or not sys.stdout.isatty():
         for row in rows:

@@ -134,6 +134,8 @@ class Display(Events):
             notes.append("stopped a repetition loop; output trimmed")
         if "tier_fallback" in rec.flags:
             notes.append(f"out of GPU memory; retried at HD{rec.tier}")
+        if "low_dpi" in rec.flags:
+            notes.append("rendered below the DPI its text needs (--max-pixels)")
         where = page_label(rec.source, rec.page, rec.page_count)
         tier = f", HD{rec.tier} {rec.grid[0]}x{rec.grid[1]}" if rec.grid else ""
         t = rec.timings
