@@ -50,7 +50,6 @@ _OPEN_DOCS = 4  # documents a worker keeps open (pages of one file usually come 
 _POLL_S = 0.5  # how often a waiting side checks that the other side is still alive
 
 TierFn = Callable[[int, int], int]
-_HELD: list[Any] = []  # closed feeders' segments still mapped under a caller's array
 
 
 @dataclass(frozen=True)
@@ -234,7 +233,9 @@ def render_item(
         )
         fed.pixels, fed.geometry, fed.info, fed.direct, fed.blank = pixels, g, info, direct, blank
     except IxcdocError as e:
-        fed.error = e
+        # Without its traceback: the frames hold this page's slot view, and the cycle through
+        # ``fed`` would keep the shared memory mapped until the garbage collector runs.
+        fed.error = e.with_traceback(None)
     except Exception as e:  # a bug or an unforeseen library error: this page's, not the run's
         fed.error = IxcdocError(
             f"{item.display} page {item.page}: {type(e).__name__}: {e}", code="error"
@@ -355,7 +356,17 @@ def _worker(
             del fed
     finally:
         docs.close()
+        _close_shm(shm)
+
+
+def _close_shm(shm: Any) -> None:
+    """Unmap ``shm`` now, or, while arrays still view it, when the last of them goes."""
+    try:
         shm.close()
+    except BufferError:
+        # The buffer's exports keep the mmap object alive; dropping our reference lets it go
+        # with the last view, and keeps SharedMemory.__del__ from retrying (and complaining).
+        shm._mmap = None
 
 
 class Feeder:
@@ -470,12 +481,7 @@ class Feeder:
         self._procs, self._tasks, self._results = [], [], None
         if self._shm is not None:
             shm, self._shm = self._shm, None
-            try:
-                shm.close()
-            except BufferError:
-                # A caller still holds a page's view: the mapping must outlive it. The name
-                # is unlinked below regardless, so nothing is left in /dev/shm.
-                _HELD.append(shm)
+            _close_shm(shm)  # a caller may still hold a page: unmapped when it lets go
             with contextlib.suppress(FileNotFoundError):
                 shm.unlink()
 
@@ -547,32 +553,36 @@ class Feeder:
         # ``blobs`` holds the bytes objects until the map ends.
         blobs: dict[int, tuple[bytes, str]] = {}
         sent: set[tuple[int, str]] = set()
+        retry: list[tuple[int, int, FeedItem]] = []  # queued on a worker that died
         exhausted = False
         nxt = 0
         buf = self._shm.buf
 
+        def send(index: int, item: FeedItem, slot: int) -> None:
+            wid = min(range(self.workers), key=load.__getitem__)
+            blob = data = None
+            task_item = item
+            if isinstance(item.source, bytes):
+                blob = blobs.setdefault(id(item.source), (item.source, f"b{len(blobs)}"))[1]
+                if (wid, blob) not in sent:
+                    sent.add((wid, blob))
+                    data = item.source
+                task_item = replace(item, source=b"")
+            self._tasks[wid].put(("page", index, task_item, slot, blob, data))
+            inflight[index] = (wid, slot, item)
+            load[wid] += 1
+
         def dispatch() -> None:
             nonlocal exhausted
+            while retry:
+                send(*retry.pop())
             while not exhausted and free and len(inflight) + len(done) < self.depth:
                 try:
                     index, item = next(source)
                 except StopIteration:
                     exhausted = True
                     return
-                wid = min(range(self.workers), key=load.__getitem__)
-                slot = free.pop()
-                blob = data = None
-                if isinstance(item.source, bytes):
-                    blob = blobs.setdefault(id(item.source), (item.source, f"b{len(blobs)}"))[1]
-                    if (wid, blob) not in sent:
-                        sent.add((wid, blob))
-                        data = item.source
-                    task_item = replace(item, source=b"")
-                else:
-                    task_item = item
-                self._tasks[wid].put(("page", index, task_item, slot, blob, data))
-                inflight[index] = (wid, slot, item)
-                load[wid] += 1
+                send(index, item, free.pop())
 
         try:
             while True:
@@ -602,7 +612,7 @@ class Feeder:
                             done[fed.index] = (fed, None)
                         dispatch()
                     elif kind == "died":
-                        self._lost(wid, payload, inflight, done, free, load, sent)
+                        self._lost(wid, payload, inflight, done, free, load, sent, retry)
                         self._spawn(wid)
                         dispatch()
                 fed, held = done.pop(nxt)
@@ -621,13 +631,17 @@ class Feeder:
         free: list[int],
         load: list[int],
         sent: set[tuple[int, str]],
+        retry: list[tuple[int, int, FeedItem]],
     ) -> None:
-        # A worker that dies (MuPDF crashing on a hostile file) fails the pages it held,
-        # not the run; a fresh worker takes its place.
-        for index, (w, slot, item) in list(inflight.items()):
-            if w != wid:
-                continue
-            del inflight[index]
+        # A worker that dies (MuPDF crashing on a hostile file) fails the page it was on, not
+        # the run. It takes its tasks in order, so that is its lowest index; the pages queued
+        # behind it go to the fresh worker that takes its place.
+        mine = sorted(index for index, v in inflight.items() if v[0] == wid)
+        for index in mine[1:]:
+            _, slot, item = inflight.pop(index)
+            retry.insert(0, (index, item, slot))
+        for index in mine[:1]:
+            _, slot, item = inflight.pop(index)
             free.append(slot)
             err = InputError(
                 item.display,
