@@ -52,6 +52,17 @@ _POLL_S = 0.5  # how often a waiting side checks that the other side is still al
 TierFn = Callable[[int, int], int]
 
 
+def planned_tier(native_h: int, native_w: int, task: Any, **choose: Any) -> int:
+    """``planning.choose_tier(native_h, native_w, task, **choose).hd``, for ``Feeder(tier=)``.
+
+    Pass it as ``functools.partial(planned_tier, task=..., hd=..., cfg=..., gpu=..., quant=...,
+    max_new_tokens=...)``: a partial of a module-level function pickles to the workers.
+    """
+    from ixcdoc.planning import choose_tier
+
+    return choose_tier(native_h, native_w, task, **choose).hd
+
+
 @dataclass(frozen=True)
 class FeedItem:
     """One page to deliver: a file (path or its bytes), a 1-based page, a tier and tile.
@@ -321,11 +332,14 @@ def _worker(
     results.put(("ready", wid, None))
     try:
         while True:
+            if os.getppid() != parent:
+                # The parent died (killed): stop now, without waiting to flush results nobody
+                # reads. Exiting lets the resource tracker unlink the shared memory.
+                results.cancel_join_thread()
+                return
             try:
                 task = tasks.get(timeout=_POLL_S)
             except queue.Empty:
-                if os.getppid() != parent:  # the parent died (killed): stop, don't linger
-                    return
                 continue
             if task is None:
                 return

@@ -342,3 +342,77 @@ def test_direct_render_is_sharper_than_resampling_a_native_render(tmp_path: Path
             # the same page (a few grey levels apart on average), with crisper glyph edges
             assert np.abs(direct.astype(np.int16) - old).mean() < 16
             assert _edge_energy(direct) > 1.05 * _edge_energy(old)
+
+
+def test_planned_tier_pickles_and_picks_what_the_planner_picks(files) -> None:
+    import pickle
+    from functools import partial
+
+    from ixcdoc.feeder import planned_tier
+    from ixcdoc.planning import choose_tier
+    from ixcdoc.tasks import preset
+
+    task = preset("extract")
+    tier = pickle.loads(pickle.dumps(partial(planned_tier, task=task, quant="4bit")))
+    items = [FeedItem(files["paper"], 1), FeedItem(files["png"], 1)]
+    got = list(Feeder(0, tier=tier).map(items))
+    for fed in got:
+        assert fed.error is None
+        assert fed.hd == choose_tier(*fed.info.size, task, quant="4bit").hd
+    assert {fed.hd for fed in got} != {None}
+
+
+KILLED_PARENT = """
+import os, signal, sys
+from multiprocessing import resource_tracker
+from ixcdoc.feeder import Feeder, FeedItem
+if __name__ == "__main__":
+    f = Feeder(1, max_hd=4, max_tile=56)
+    fed = next(f.map([FeedItem(sys.argv[1], 1, hd=4, tile=56)]))
+    assert fed.error is None and f.shm_name in os.listdir("/dev/shm")
+    print(f.shm_name, f._procs[0].pid, resource_tracker._resource_tracker._pid, flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def _wait_gone(pids: list[int], timeout: float) -> None:
+    """Wait (no polling) until every pid has exited, through pidfds."""
+    import select
+
+    fds = []
+    for pid in pids:
+        try:
+            fds.append(os.pidfd_open(pid))
+        except ProcessLookupError:
+            continue  # already gone
+    try:
+        pending = list(fds)
+        while pending:
+            ready, _, _ = select.select(pending, [], [], timeout)
+            assert ready, f"processes {pids} still running after {timeout} s"
+            pending = [fd for fd in pending if fd not in ready]
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+def test_a_killed_parent_leaves_no_shared_memory(files, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    script = tmp_path / "killed.py"
+    script.write_text(KILLED_PARENT)
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    proc = subprocess.run(
+        [sys.executable, str(script), str(files["paper"])],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+    assert proc.returncode == -9, proc.stderr
+    name, worker, tracker = proc.stdout.split()
+    assert name.startswith(SHM_PREFIX)
+    _wait_gone([int(worker), int(tracker)], timeout=60)
+    assert name not in os.listdir("/dev/shm")
