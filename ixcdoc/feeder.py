@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ixcdoc.errors import InputError, IxcdocError
+from ixcdoc.errors import InputError, IxcdocError, UsageError
 from ixcdoc.tiling import REAL_TILE, TierGeometry, hd_geometry
 
 if TYPE_CHECKING:
@@ -165,7 +165,7 @@ def _open(item: FeedItem) -> Document:
 def hd_pixels(
     doc: Document,
     page: int,
-    hd: int,
+    hd: int | None,
     tile: int = REAL_TILE,
     out: Callable[[TierGeometry], np.ndarray | None] | None = None,
     *,
@@ -176,14 +176,15 @@ def hd_pixels(
 
     Born-digital PDF pages are rendered straight at the resized size; scans and images are
     rendered natively and go through ``hd_transform`` (pixel-exact with upstream). ``out(g)``
-    may supply the array to fill (a shared-memory slot) or None for a new one; ``hd <= 0``
+    may supply the array to fill (a shared-memory slot) or None for a new one; ``hd=None``
     asks ``tier(native_h, native_w)``. ``blank`` is None unless ``blank_check``.
     """
     from ixcdoc.guards import is_blank
 
     info = doc.page_info(page)
-    if hd <= 0:
-        assert tier is not None, "no tier given and no tier function"
+    if hd is None:
+        if tier is None:
+            raise UsageError("a FeedItem without hd needs a Feeder(tier=...) function")
         hd = tier(info.native_h, info.native_w)
     g = hd_geometry(info.native_h, info.native_w, hd, tile)
     target = out(g) if out is not None else None
@@ -238,9 +239,8 @@ def render_item(
     try:
         if isinstance(doc, IxcdocError):
             raise doc
-        hd = -1 if item.hd is None else item.hd
         pixels, g, info, direct, blank = hd_pixels(
-            doc, item.page, hd, item.tile, out, tier=tier, blank_check=blank_check
+            doc, item.page, item.hd, item.tile, out, tier=tier, blank_check=blank_check
         )
         fed.pixels, fed.geometry, fed.info, fed.direct, fed.blank = pixels, g, info, direct, blank
     except IxcdocError as e:

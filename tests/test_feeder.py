@@ -416,3 +416,14 @@ def test_a_killed_parent_leaves_no_shared_memory(files, tmp_path: Path) -> None:
     assert name.startswith(SHM_PREFIX)
     _wait_gone([int(worker), int(tracker)], timeout=60)
     assert name not in os.listdir("/dev/shm")
+
+
+def test_a_bad_tier_or_a_missing_tier_function_is_that_pages_usage_error(files) -> None:
+    items = [
+        FeedItem(files["paper"], 1, hd=0, tile=TILE),
+        FeedItem(files["paper"], 1, tile=TILE),
+        FeedItem(files["paper"], 1, hd=1, tile=TILE),
+    ]
+    got = list(Feeder(0).map(items))
+    assert [p.error.code if p.error else None for p in got] == ["usage", "usage", None]
+    assert "tier" in str(got[0].error) and "Feeder(tier=" in str(got[1].error)
