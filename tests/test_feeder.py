@@ -427,3 +427,18 @@ def test_a_bad_tier_or_a_missing_tier_function_is_that_pages_usage_error(files) 
     got = list(Feeder(0).map(items))
     assert [p.error.code if p.error else None for p in got] == ["usage", "usage", None]
     assert "tier" in str(got[0].error) and "Feeder(tier=" in str(got[1].error)
+
+
+def test_render_hd_of_a_cropped_page_equals_a_plain_render(tmp_path: Path) -> None:
+    path = tmp_path / "cropped.pdf"
+    doc = _text_doc([(612, 792)])
+    doc[0].set_cropbox(pymupdf.Rect(30, 50, 400, 500))  # origin off (0, 0), odd size
+    doc.save(path)
+    plain = pymupdf.open(path)
+    with open_document(path) as d:
+        info = d.page_info(1)
+        g = hd_geometry(info.native_h, info.native_w, 4, TILE)
+        out = d.render_hd(1, g)
+    page = out[g.pad_top : g.pad_top + g.resized_h, g.pad_left : g.pad_left + g.resized_w]
+    want = _plain_render(plain[0], g.resized_h, g.resized_w)
+    assert np.array_equal(page, want) and (want < 128).any()
