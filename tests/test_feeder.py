@@ -442,3 +442,26 @@ def test_render_hd_of_a_cropped_page_equals_a_plain_render(tmp_path: Path) -> No
     page = out[g.pad_top : g.pad_top + g.resized_h, g.pad_left : g.pad_left + g.resized_w]
     want = _plain_render(plain[0], g.resized_h, g.resized_w)
     assert np.array_equal(page, want) and (want < 128).any()
+
+
+def test_blank_check_flags_blank_pages_on_both_paths(files, tmp_path: Path) -> None:
+    blank_pdf = tmp_path / "blank.pdf"
+    d = pymupdf.open()
+    d.new_page(width=306, height=396)
+    d.save(blank_pdf)
+    blank_png = tmp_path / "blank.png"
+    Image.new("RGB", (120, 90), (250, 250, 250)).save(blank_png)
+    items = [
+        FeedItem(blank_pdf, 1, hd=4, tile=TILE),
+        FeedItem(files["paper"], 1, hd=4, tile=TILE),
+        FeedItem(blank_png, 1, hd=4, tile=TILE),
+        FeedItem(files["png"], 1, hd=4, tile=TILE),
+    ]
+    got = list(Feeder(0, blank_check=True).map(items))
+    assert [(p.direct, p.blank) for p in got] == [
+        (True, True),
+        (True, False),
+        (False, True),
+        (False, False),
+    ]
+    assert {p.blank for p in Feeder(0).map(items)} == {None}  # off by default
