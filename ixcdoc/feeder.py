@@ -320,7 +320,7 @@ def _worker(
     tier: TierFn | None,
     blank_check: bool,
 ) -> None:
-    """Worker-process loop: render each (index, item, slot, blob) task into its slot."""
+    """Worker loop: render each ("page", index, item, slot, blob, data) task into its slot."""
     import queue
     import signal
     from multiprocessing import shared_memory
