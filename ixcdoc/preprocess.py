@@ -8,6 +8,7 @@ fills with the given colour, so Pillow alone reproduces it. No torchvision.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -16,6 +17,7 @@ from PIL import Image
 from ixcdoc.tiling import REAL_TILE, TierGeometry, hd_geometry
 
 if TYPE_CHECKING:
+    import numpy as np
     import torch
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -54,27 +56,39 @@ def hd_transform(img: Image.Image, hd: int, tile: int = REAL_TILE) -> Image.Imag
 
 @dataclass(frozen=True)
 class HDImage:
-    """A page already HD-transformed for one tier: made ahead on a worker thread.
+    """A page already HD-transformed for one tier: made ahead on a worker thread or process.
 
     ``source`` is the page at native resolution (kept for a retry at another tier),
-    ``image`` is ``hd_transform(source, hd, tile)``.
+    ``image`` is ``hd_transform(source, hd, tile)``. A page rendered straight at the tier's
+    size (``ixcdoc.feeder``) has no native image: ``source`` is None, ``image`` is the padded
+    uint8 array [H, W, 3], ``native`` its native PIL (W, H) and ``redo(hd, tile)`` renders
+    it again for another tier.
     """
 
-    source: Image.Image
-    image: Image.Image
+    source: Image.Image | None
+    image: Image.Image | np.ndarray
     hd: int
     tile: int
+    native: tuple[int, int] | None = None
+    redo: Callable[[int, int], Image.Image | np.ndarray] | None = None
 
     @property
     def size(self) -> tuple[int, int]:
         """PIL's (W, H) of the native page, like ``Image.size``."""
-        return self.source.size
+        if self.source is not None:
+            return self.source.size
+        assert self.native is not None, "an HDImage without a source needs its native size"
+        return self.native
 
-    def at(self, hd: int, tile: int) -> Image.Image:
-        """The HD image for (hd, tile): the prepared one, or a fresh transform."""
+    def at(self, hd: int, tile: int) -> Image.Image | np.ndarray:
+        """The HD image for (hd, tile): the prepared one, or a fresh transform (or render)."""
         if (hd, tile) == (self.hd, self.tile):
             return self.image
-        return hd_transform(self.source, hd, tile)
+        if self.source is not None:
+            return hd_transform(self.source, hd, tile)
+        if self.redo is None:
+            raise ValueError(f"this page was prepared for HD{self.hd} only, not HD{hd}")
+        return self.redo(hd, tile)
 
 
 def hd_image(img: Image.Image, hd: int, tile: int = REAL_TILE) -> HDImage:
@@ -87,8 +101,8 @@ def normalize(img: Image.Image) -> torch.Tensor:
     return normalize_uint8(hwc_uint8(img))
 
 
-def hwc_uint8(img: Image.Image) -> torch.Tensor:
-    """RGB PIL image -> uint8 Tensor [H, W, 3] over the image's bytes (no per-pixel work)."""
+def hwc_uint8(img: Image.Image | np.ndarray) -> torch.Tensor:
+    """RGB PIL image (or uint8 array [H, W, 3]) -> uint8 Tensor [H, W, 3] over its bytes."""
     import warnings
 
     import numpy as np

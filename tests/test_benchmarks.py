@@ -37,3 +37,16 @@ def test_gpu_benchmark_tiny_mode_runs_and_matches_the_reference(tmp_path: Path) 
         assert r["decode_tokens"] == 3 and r["image_tokens"] > 0
     # the upstream-style loop decodes the same greedy tokens from the same weights
     assert all(r["reference_same_tokens"] for r in rows if r["quant"] == "bf16")
+
+
+def test_feeder_benchmark_runs_on_a_tiny_input(tmp_path: Path) -> None:
+    out = tmp_path / "feeder.json"
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "feeder.py"), "--tiers", "1"]
+    cmd += ["--pages", "2", "--repeat", "1", "--json", str(out)]
+    subprocess.run(cmd, check=True, capture_output=True, timeout=300, cwd=ROOT)
+    data = json.loads(out.read_text())
+    assert [r["tier"] for r in data["rows"]] == [1]
+    for r in data["rows"]:
+        assert r["pages"] == 2 and r["plain_ms"] > 0
+        assert {"in-process", "1 process"} <= set(r["feeder"])
+        assert all(v["ratio"] > 0 for v in r["feeder"].values())

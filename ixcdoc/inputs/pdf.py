@@ -14,6 +14,10 @@ Then the size is capped at --max-pixels by lowering the DPI (a PDF page is never
 its size); when that leaves the body text under MIN_LEGIBLE_PX per em, PageInfo.dpi_capped
 says so. Page sizes and the DPI come from the page's text and image metadata only; nothing is
 rasterized until render().
+
+A born-digital page (any page not rendered on a scan's pixel grid) can also be rendered once,
+straight at an HD tier's resized size and into its white-padded frame (``render_hd``): no
+native render and no PIL resampling (docs/inputs.md).
 """
 
 from __future__ import annotations
@@ -24,11 +28,14 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import numpy as np
 import pymupdf
 from PIL import Image
+from pymupdf import mupdf
 
 from ixcdoc.errors import InputError
 from ixcdoc.inputs.document import REPAIRED, Document, PageInfo, RenderedPage
+from ixcdoc.tiling import TierGeometry
 
 # 24 px per em: the vision tower reads 14-px patches of 336-px crops; a 24-px em gives an
 # x-height of ~11-12 px and a cap height of ~17 px, i.e. a 10-pt page scanned at ~170 dpi,
@@ -88,6 +95,7 @@ class _Layout:
     zoom_x: float
     zoom_y: float
     has_text: bool
+    scan: bool  # rendered on an embedded image's own pixel grid (rule 1, not text over scan)
 
 
 def _image_zoom(t: pymupdf.Matrix, w_px: int, h_px: int) -> tuple[float, float]:
@@ -149,6 +157,7 @@ def _analyze(
             scan = (zx, zy, w_px, h_px)
 
     body_pt = None
+    on_grid = False
     if by_size:
         # Most characters wins; on a tie the smaller size (more pixels, nothing lost).
         body_pt = max(by_size, key=lambda s: (by_size[s], -s))
@@ -158,9 +167,11 @@ def _analyze(
             zx = zy = max(zx, zy)  # non-square pixels: keep the finer axis, square output
         scan_dpi = 72.0 * math.sqrt(zx * zy)
         rule = f"scan: embedded image {w_px}x{h_px} ({scan_dpi:.0f} dpi)"
+        on_grid = True
         if body_pt is not None and visible >= TEXT_OVER_SCAN_CHARS and text_dpi(body_pt) > scan_dpi:
             dpi = text_dpi(body_pt)
             zx = zy = dpi / 72.0
+            on_grid = False
             rule = (
                 f"text over scan: body {body_pt:.1f}pt -> {dpi:.0f} dpi "
                 f"(image {w_px}x{h_px} is only {scan_dpi:.0f} dpi)"
@@ -213,7 +224,7 @@ def _analyze(
         kind="pdf",
         dpi_capped=capped,
     )
-    return _Layout(info, zx, zy, total > 0)
+    return _Layout(info, zx, zy, total > 0, on_grid)
 
 
 class PdfDocument(Document):
@@ -340,6 +351,64 @@ class PdfDocument(Document):
         if image.size != (info.native_w, info.native_h):  # never seen; keep the truth if so
             info = replace(info, native_h=image.size[1], native_w=image.size[0])
         return RenderedPage(image, info, (time.perf_counter() - t0) * 1000.0)
+
+    def born_digital(self, page: int) -> bool:
+        """True unless the page is rendered on a scan's own pixel grid (see ``render_hd``)."""
+        return not self._layout(page).scan
+
+    def render_hd(
+        self, page: int, geometry: TierGeometry, out: np.ndarray | None = None
+    ) -> np.ndarray:
+        """Rasterize once, straight at the geometry's resized size, into its white-padded frame.
+
+        Returns ``out`` (or a new array): uint8 [padded_h, padded_w, 3], the page at
+        (resized_h, resized_w) at offset (pad_top, pad_left), white around it. Separate x and
+        y zooms hit the resized size exactly. MuPDF draws into ``out``'s own memory (a
+        shared-memory slot, say): no pixmap copy, no resampling. Pixels equal a plain
+        ``get_pixmap`` at that size, padded; they differ from ``hd_transform(render(page))``,
+        which resamples a native render (upstream has no PDF path to match).
+        """
+        g = geometry
+        shape = (g.padded_h, g.padded_w, 3)
+        if out is None:
+            out = np.empty(shape, dtype=np.uint8)
+        elif out.shape != shape or out.dtype != np.uint8 or not out.flags.c_contiguous:
+            raise ValueError(f"out must be a C-contiguous uint8 array {shape}, got {out.shape}")
+        self._check_open()
+        self.check_page(page)
+        # MuPDF composites onto what is there (get_pixmap clears to white first, so do we).
+        out.fill(255)
+        stride = g.padded_w * 3
+        offset = g.pad_top * stride + g.pad_left * 3
+        with _MUPDF_LOCK:
+            try:
+                p = self._load(page)
+                rect = p.rect
+                zx, zy = g.resized_w / rect.width, g.resized_h / rect.height
+                cs = mupdf.FzColorspace(mupdf.FzColorspace.Fixed_RGB)
+                # A pixmap over out's memory from the page's first pixel: rows are padded_w
+                # wide, so the page lands inside the padding; the pixmap never outlives out.
+                data = mupdf.python_mutable_buffer_data(memoryview(out).cast("B")[offset:])
+                pix = mupdf.fz_new_pixmap_with_data(
+                    cs, g.resized_w, g.resized_h, mupdf.FzSeparations(), 0, stride, data
+                )
+                ctm = mupdf.FzMatrix(zx, 0, 0, zy, -rect.x0 * zx, -rect.y0 * zy)
+                dev = mupdf.fz_new_draw_device(ctm, pix)
+                try:
+                    fz_page = p.this if isinstance(p.this, mupdf.FzPage) else mupdf.FzPage(p.this)
+                    mupdf.fz_run_page(fz_page, dev, mupdf.FzMatrix(), mupdf.FzCookie())
+                finally:
+                    mupdf.fz_close_device(dev)
+                    del dev, pix
+            except InputError:
+                raise
+            except Exception as e:
+                raise InputError(
+                    self.source, f"cannot render page: {e}", code="corrupt", page=page
+                ) from e
+            finally:
+                pymupdf.TOOLS.reset_mupdf_warnings()
+        return out
 
     def has_text_layer(self, page: int) -> bool:
         """True when the page has any extractable characters (an OCR layer counts)."""
