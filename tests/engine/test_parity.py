@@ -90,9 +90,7 @@ def test_chat_batch_order_and_chat_equivalence(fixture_dm) -> None:
     reqs = _mixed(4)
     answers = fixture_dm.chat_batch(reqs, max_batch=3)
     for req, ans in zip(reqs, answers, strict=True):
-        alone = fixture_dm.chat(
-            req.images, req.query, hd=req.hd, max_new_tokens=req.max_new_tokens
-        )
+        alone = fixture_dm.chat(req.images, req.query, hd=req.hd, max_new_tokens=req.max_new_tokens)
         assert ans.token_ids == alone.token_ids
         assert ans.text == alone.text
         assert ans.stop_reason == alone.stop_reason
@@ -127,8 +125,9 @@ def test_stop_token_callback_and_hook_stops(fixture_dm) -> None:
     probe = chat_reference(fixture_dm, reqs[0])
     stop_tok = probe.token_ids[3]
     eng = fixture_dm.engine(n_slots=3, max_len=1024)
-    fixture_dm.tokenizer.stop_ids, saved = (*fixture_dm.tokenizer.stop_ids, stop_tok), (
-        fixture_dm.tokenizer.stop_ids
+    fixture_dm.tokenizer.stop_ids, saved = (
+        (*fixture_dm.tokenizer.stop_ids, stop_tok),
+        (fixture_dm.tokenizer.stop_ids),
     )
     try:
         eng = fixture_dm.engine(n_slots=3, max_len=1024)
