@@ -35,7 +35,6 @@ if TYPE_CHECKING:
     from PIL import Image
 
     from ixcdoc.engine import ChatRequest, Engine
-
     from ixcdoc.model.xcomposer import XComposer2
     from ixcdoc.preprocess import HDImage
     from ixcdoc.tokenizer import Tokenizer

@@ -14,6 +14,7 @@ one thread (the caller's, or the one ``start`` creates).
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Callable
@@ -496,10 +497,8 @@ class Engine:
 
     def _done_callback(self, seq: Sequence) -> None:
         if seq.on_done is not None:
-            try:
+            with contextlib.suppress(Exception):  # a caller's bug must not stop the others
                 seq.on_done(seq.handle)
-            except Exception:  # the caller's bug must not stop the other requests
-                pass
 
 
 def _sync(device: torch.device) -> None:

@@ -60,7 +60,8 @@ class ModelRunner:
             raise RuntimeError("the model's KV cache is smaller than the engine asked for")
 
     def _caches(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        return [(l.attention.kv_cache.k, l.attention.kv_cache.v) for l in self.model.model.layers]
+        caches = [layer.attention.kv_cache for layer in self.model.model.layers]
+        return [(c.k, c.v) for c in caches]
 
     # -- vision ------------------------------------------------------------------------------
 
@@ -89,7 +90,7 @@ class ModelRunner:
     # -- decoder -----------------------------------------------------------------------------
 
     def prefill(self, embeds: torch.Tensor, im_mask: torch.Tensor | None, row: int) -> torch.Tensor:
-        """Spliced prompt [1, L, D] into cache row ``row`` -> fp32 logits of its last position [V]."""
+        """Spliced prompt [1, L, D] into cache row ``row`` -> fp32 logits [V] of its last token."""
         return self.model(embeds, im_mask, None, last_only=True, cache_row=row)[0, -1]
 
     def decode(self, ids: Sequence[int], positions: Sequence[int]) -> torch.Tensor:
