@@ -211,7 +211,14 @@ class Engine:
         if admitted:
             self._admit(admitted)
         if self.running:
-            self._decode()
+            try:
+                self._decode()
+            except Exception as e:  # e.g. OOM in a decode step: every running row is lost
+                for seq in list(self.running):
+                    self._leave(seq)
+                    self._fail(seq, _oom(seq.request) if _is_oom(e) else e)
+                self.dm.release_memory()
+                raise
         return bool(admitted or self.running or self.scheduler)
 
     def run_until_idle(self) -> None:
@@ -220,13 +227,18 @@ class Engine:
             self.step()
 
     def run_forever(self, stop: threading.Event) -> None:
-        """Serve until ``stop`` is set: step while there is work, else wait for a submission."""
+        """Serve until ``stop`` is set: step while there is work, else wait for a submission.
+
+        A step that raises has already failed the requests it was running (their handles
+        carry the error); the loop goes on with the next ones.
+        """
         while not stop.is_set():
             if self.idle:
                 with self._cond:
                     self._cond.wait_for(lambda: self._incoming or stop.is_set(), timeout=0.5)
                 continue
-            self.step()
+            with contextlib.suppress(Exception):
+                self.step()
 
     def start(self) -> None:
         """Run the loop on a background daemon thread (for a server); ``close`` stops it."""
@@ -259,13 +271,18 @@ class Engine:
         for seq in seqs:
             req = seq.request
             try:
-                parts[id(seq)] = _parts(dm, req)
-                for part in parts[id(seq)]:
-                    if isinstance(part, ImagePart):
-                        pixels.append(dm.pixels(req.images[part.index], req.hd))
-                        owners.append(seq)
-            except UsageError as e:
+                seq_parts = _parts(dm, req)
+                seq_px = [
+                    dm.pixels(req.images[p.index], req.hd)
+                    for p in seq_parts
+                    if isinstance(p, ImagePart)
+                ]
+            except Exception as e:  # a bad request (or image) fails alone
                 self._fail(seq, e)
+                continue
+            parts[id(seq)] = seq_parts
+            pixels += seq_px
+            owners += [seq] * len(seq_px)
         live = [s for s in seqs if not s.handle.done]
         embeds: dict[int, list[torch.Tensor]] = {id(s): [] for s in live}
         try:
@@ -319,11 +336,12 @@ class Engine:
             if self.fault_hook is not None:
                 self.fault_hook(req)
             logits = self.runner.prefill(embeds, im_mask, seq.rows[0])  # [V]
-        except torch.cuda.OutOfMemoryError:
+        except Exception as e:  # out of memory (or anything else) fails this request alone
             del embeds, im_mask
             self._leave(seq)
-            dm.release_memory()
-            self._fail(seq, _oom(req))
+            if _is_oom(e):
+                dm.release_memory()
+            self._fail(seq, _oom(req) if _is_oom(e) else e)
             return
         if self.logits_hook is not None:
             self.logits_hook(seq.handle, logits)
@@ -360,18 +378,15 @@ class Engine:
         logits = self.runner.decode(ids, pos)  # [used, V]
         self.steps += 1
         plain = [s for s in self.running if s.beam is None]
-        greedy = None
-        if any(not s.config.do_sample and s.generated is None for s in plain):
-            greedy = logits.argmax(-1)  # [used]: one op for every greedy row
-        chosen = torch.empty(used, dtype=torch.long, device=logits.device)
-        for seq in plain:
+        special = [s for s in plain if s.config.do_sample or s.generated is not None]
+        # greedy rows: one argmax over the batch; sampled or penalised rows overwrite theirs
+        chosen = logits.argmax(-1)  # [used]
+        for seq in special:
             r = seq.rows[0]
-            if self.logits_hook is not None:
-                self.logits_hook(seq.handle, logits[r])
-            if greedy is not None and not seq.config.do_sample and seq.generated is None:
-                chosen[r] = greedy[r]
-            else:
-                chosen[r] = choose_token(logits[r], self._history(seq), seq.config, seq.generator)
+            chosen[r] = choose_token(logits[r], self._history(seq), seq.config, seq.generator)
+        if self.logits_hook is not None:
+            for seq in plain:
+                self.logits_hook(seq.handle, logits[seq.rows[0]])
         tokens = chosen.tolist() if plain else []  # the one device-to-host read per step
         finished: list[Sequence] = []
         for seq in self.running:
@@ -499,6 +514,10 @@ class Engine:
         if seq.on_done is not None:
             with contextlib.suppress(Exception):  # a caller's bug must not stop the others
                 seq.on_done(seq.handle)
+
+
+def _is_oom(e: BaseException) -> bool:
+    return isinstance(e, torch.cuda.OutOfMemoryError)
 
 
 def _sync(device: torch.device) -> None:

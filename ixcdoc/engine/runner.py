@@ -21,10 +21,14 @@ import torch
 
 from ixcdoc.model import merge
 
+ATTEND_ROUND = 64  # eager decode attends to the longest row's prefix, rounded up to this
 
-def _decode_rows(model: torch.nn.Module, ids: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+
+def _decode_rows(
+    model: torch.nn.Module, ids: torch.Tensor, pos: torch.Tensor, attend_len: int | None = None
+) -> torch.Tensor:
     """ids [B, 1], per-row positions [B, 1] -> fp32 logits [B, V] over cache rows 0..B-1."""
-    return model(model.embed_tokens(ids), None, pos, last_only=True)[:, -1]
+    return model(model.embed_tokens(ids), None, pos, last_only=True, attend_len=attend_len)[:, -1]
 
 
 @functools.cache
@@ -99,7 +103,10 @@ class ModelRunner:
         if not self.capture:
             idt = torch.tensor(ids, dtype=torch.long, device=self.device).view(b, 1)
             pos = torch.tensor(positions, dtype=torch.long, device=self.device).view(b, 1)
-            return _decode_rows(self.model, idt, pos)
+            # no row sees past the longest one: skip the empty tail of the slots (a captured
+            # step keeps the whole cache, its shapes must not change)
+            span = -(-(max(positions) + 1) // ATTEND_ROUND) * ATTEND_ROUND
+            return _decode_rows(self.model, idt, pos, min(span, self.max_len))
         n = bucket_for(b, self.n_slots)
         pad = n - b  # dummy rows: token 0 at position 0 of free slots
         idt = torch.tensor(list(ids) + [0] * pad, dtype=torch.long, device=self.device)

@@ -106,6 +106,17 @@ def cache_mask(
     return mask.masked_fill_(~visible, float("-inf"))[None, None]
 
 
+def row_slots(positions: torch.Tensor, n_kv: int, max_seq: int) -> torch.Tensor:
+    """Per-row positions [B, S] -> flat cache indices [B, n_kv * S] for ``KVCache.update``.
+
+    Row b, KV head h, position p lives at (b * n_kv + h) * max_seq + p of the rows' cache
+    viewed as [B * n_kv * max_seq, D]; the order (b, h, s) is k's [B, n_kv, S, D] order.
+    """
+    b, s = positions.shape
+    heads = torch.arange(b * n_kv, device=positions.device).view(b, n_kv, 1) * max_seq
+    return (heads + positions[:, None, :]).view(b, n_kv * s)
+
+
 class KVCache(nn.Module):
     """Static KV cache: k/v [B, n_kv, max_seq, head_dim], never resized during generation."""
 
@@ -132,18 +143,23 @@ class KVCache(nn.Module):
     def update(
         self, input_pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor, row: int = 0
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Write k/v [B, n_kv, S, D] at positions [S] (or per row [B, S]) into cache rows
-        ``row``..``row + B - 1``; return those rows of the caches [B, n_kv, M, D]."""
+        """Write k/v [B, n_kv, S, D] into cache rows ``row``..``row + B - 1``; return those rows
+        of the caches [B, n_kv, M, D].
+
+        ``input_pos`` [S]: the same positions for every row. [B, n_kv * S]: flat indices into
+        the rows' ``[B * n_kv * M]`` positions, one per written vector, from ``row_slots``
+        (per-row positions; one ``index_copy_`` instead of an advanced-index put).
+        """
         kc, vc = self.k, self.v
         b = k.shape[0]
         if row or b != kc.shape[0]:  # a smaller batch than allocated: a window of rows
             kc, vc = kc[row : row + b], vc[row : row + b]
         if k.dtype != kc.dtype:
             k, v = k.to(kc.dtype), v.to(vc.dtype)
-        if input_pos.dim() == 2:  # every row at its own positions
-            rows = torch.arange(b, device=kc.device)[:, None]  # [B, 1] with pos [B, S]
-            kc[rows, :, input_pos] = k.transpose(1, 2)  # indexed view is [B, S, n_kv, D]
-            vc[rows, :, input_pos] = v.transpose(1, 2)
+        if input_pos.dim() == 2:  # every row at its own positions: flat indices (row_slots)
+            d = k.shape[-1]
+            kc.view(-1, d).index_copy_(0, input_pos.view(-1), k.reshape(-1, d))
+            vc.view(-1, d).index_copy_(0, input_pos.view(-1), v.reshape(-1, d))
             return kc, vc
         kc.index_copy_(2, input_pos, k)
         vc.index_copy_(2, input_pos, v)
@@ -211,8 +227,17 @@ class Attention(nn.Module):
         (``cache_mask``).
         """
         b, h, s, d = q.shape
+        span = mask.shape[-1]
+        if span != k.shape[2]:  # the batched engine attends only to the filled prefix
+            k, v = k[:, :, :span], v[:, :, :span]
         qg = q.reshape(b, self.n_kv, self.q_per_kv * s, d)  # head 4*grp+j -> grp, row j*S + s
-        o = F.scaled_dot_product_attention(qg, k, v, attn_mask=mask)  # [B, n_kv, g*S, D]
+        if mask.shape[0] > 1 and not q.is_cuda:
+            # per-row masks on the CPU: SDPA's CPU flash kernel spends ~2 ms per call on a few
+            # query rows per sequence; three plain ops compute the same softmax(QK^T/sqrt(d))V
+            scores = torch.matmul(qg, k.transpose(-1, -2)) * (d**-0.5) + mask
+            o = torch.matmul(scores.softmax(-1), v)
+        else:
+            o = F.scaled_dot_product_attention(qg, k, v, attn_mask=mask)  # [B, n_kv, g*S, D]
         return o.reshape(b, h, s, d)
 
     def forward(
@@ -366,12 +391,15 @@ class InternLM2ForCausalLM(nn.Module):
         *,
         last_only: bool = False,
         cache_row: int = 0,
+        attend_len: int | None = None,
     ) -> torch.Tensor:
         """inputs_embeds [B, S, D], im_mask [B, S] bool, input_pos [S] -> fp32 logits [B, S, V].
 
         ``input_pos=None``: fresh sequence at 0..S-1; [B, S]: per-row positions. ``last_only``:
         logits of the last position only ([B, 1, V]); prefill of thousands of tokens needs no
         [S, 92544] tensor. ``cache_row``: batch row b reads and writes cache row cache_row + b.
+        ``attend_len``: cached queries attend to the first ``attend_len`` positions only (the
+        caller guarantees every query position is below it); None = the whole cache.
         """
         x = inputs_embeds
         s = x.shape[1]
@@ -384,14 +412,16 @@ class InternLM2ForCausalLM(nn.Module):
             if m == 0:
                 raise RuntimeError("input_pos given but no KV cache: call setup_caches() first")
             g = self.config.num_attention_heads // self.config.num_key_value_heads
-            mask = cache_mask(positions, m, g, x.dtype)  # [1, 1, g*S, M], shared by all layers
+            span = m if attend_len is None else min(attend_len, m)
+            mask = cache_mask(positions, span, g, x.dtype)  # [1|B, 1, g*S, span], for all layers
         if im_mask is not None and not bool(im_mask.any()):
             im_mask = None  # text-only: skip the per-layer LoRA gather entirely
         d = self.config.head_dim
         theta = self.config.rope_theta
-        if positions.dim() == 2:  # per row: [B, S, 1, 1, D]
+        if positions.dim() == 2:  # per row: [B, S, 1, 1, D]; the cache writes as flat indices
             cos, sin = rope_cos_sin(positions.reshape(-1), d, theta, x.dtype)
             cos, sin = cos.view(*positions.shape, 1, 1, d), sin.view(*positions.shape, 1, 1, d)
+            positions = row_slots(positions, self.config.num_key_value_heads, m)
         else:
             cos, sin = rope_cos_sin(positions, d, theta, x.dtype)
             cos, sin = cos.view(s, 1, 1, d), sin.view(s, 1, 1, d)  # over [B, S, n_kv, g, D]
