@@ -329,6 +329,15 @@ class Engine:
             seq.stop_reason = MAX_NEW_TOKENS if cfg.max_new_tokens == 0 else MAX_LENGTH
             self._complete(seq)
             return
+        if seq.prompt_len + seq.budget > self.max_len:  # submit's estimate is exact; a guard
+            self._fail(
+                seq,
+                UsageError(
+                    f"the request needs {seq.prompt_len + seq.budget} "
+                    f"positions; this engine's slots hold {self.max_len}"
+                ),
+            )
+            return
         seq.rows = self.slots.allocate(seq, seq.n_rows)
         self.running.append(seq)
         t0 = time.perf_counter()

@@ -220,7 +220,9 @@ class Attention(nn.Module):
     def _attend_cache(
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
     ) -> torch.Tensor:
-        """q [B, H, S, D] over the cache k/v [B, n_kv, M, D], mask [1, 1, g*S, M] -> [B, H, S, D].
+        """q [B, H, S, D] over the cache k/v [B, n_kv, M, D], mask [1|B, 1, g*S, M] -> [B, H, S, D].
+
+        A 3-D mask [B*n_kv, g*S, M] (per-row positions on the CPU) selects the baddbmm path.
 
         The g query heads of a KV group are folded into the query length, so the (long) cache
         is read once per KV head and never repeated; ``mask`` comes folded the same way
@@ -231,11 +233,15 @@ class Attention(nn.Module):
         if span != k.shape[2]:  # the batched engine attends only to the filled prefix
             k, v = k[:, :, :span], v[:, :, :span]
         qg = q.reshape(b, self.n_kv, self.q_per_kv * s, d)  # head 4*grp+j -> grp, row j*S + s
-        if mask.shape[0] > 1 and not q.is_cuda:
-            # per-row masks on the CPU: SDPA's CPU flash kernel spends ~2 ms per call on a few
-            # query rows per sequence; three plain ops compute the same softmax(QK^T/sqrt(d))V
-            scores = torch.matmul(qg, k.transpose(-1, -2)) * (d**-0.5) + mask
-            o = torch.matmul(scores.softmax(-1), v)
+        if mask.dim() == 3:
+            # per-row masks on the CPU, mask already [B*n_kv, g*S, span]: SDPA's CPU flash
+            # kernel spends ~2 ms per call on a few query rows per sequence; baddbmm (scale and
+            # mask fused), softmax, bmm compute the same softmax(QK^T/sqrt(d) + mask) V
+            n = b * self.n_kv
+            scores = torch.baddbmm(
+                mask, qg.reshape(n, -1, d), k.reshape(n, span, d).transpose(1, 2), alpha=d**-0.5
+            )
+            o = torch.bmm(scores.softmax(-1), v.reshape(n, span, d))
         else:
             o = F.scaled_dot_product_attention(qg, k, v, attn_mask=mask)  # [B, n_kv, g*S, D]
         return o.reshape(b, h, s, d)
@@ -414,6 +420,9 @@ class InternLM2ForCausalLM(nn.Module):
             g = self.config.num_attention_heads // self.config.num_key_value_heads
             span = m if attend_len is None else min(attend_len, m)
             mask = cache_mask(positions, span, g, x.dtype)  # [1|B, 1, g*S, span], for all layers
+            if positions.dim() == 2 and not x.is_cuda:  # the CPU per-row path's baddbmm layout
+                n_kv = self.config.num_key_value_heads
+                mask = mask.expand(-1, n_kv, -1, -1).reshape(-1, g * s, span)
         if im_mask is not None and not bool(im_mask.any()):
             im_mask = None  # text-only: skip the per-layer LoRA gather entirely
         d = self.config.head_dim
