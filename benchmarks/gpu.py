@@ -3,6 +3,8 @@
     python benchmarks/gpu.py [--quant bf16,4bit] [--tiers 9,16,25,55] [--new-tokens 512]
                              [--reference] [--compile] [--json out.json]
     python benchmarks/gpu.py --tiny          # the same code on the CPU with tiny shapes
+    python benchmarks/gpu.py --batched [--batches 1,4,16,64] [--tiers 16,25]
+                             [--quant bf16,4bit] [--new-tokens 512]   # the batched engine
 
 The model has the official shapes (ModelConfig() = the 7B) and random weights made on the
 device (``weights.random_model``), so no checkpoint is needed. Each tier runs one synthetic
@@ -16,6 +18,12 @@ then decodes exactly ``--new-tokens`` tokens (no stop ids). Reported per (precis
 - with ``--reference``: the upstream-style loop of benchmarks/_reference.py (dynamic cache,
   eager fp32 attention, HF-style generate) on the same weights, and the speed ratio;
 - a least-squares fit of prefill ms against image tokens (linear means no N^2 term).
+
+``--batched``: the batched engine (``DocModel.chat_batch``, decode captured with CUDA graphs
+per batch bucket) on the same random model: for each (precision, tier, batch) it runs
+``--batch-pages`` x batch copies of the page (at least 2), every one decoding exactly
+``--new-tokens`` tokens (no stop ids), and reports pages/s, decode tokens/s over the run, and
+peak VRAM against ``ixcdoc.vram.estimate_batch_vram`` for that batch.
 """
 
 from __future__ import annotations
@@ -39,7 +47,7 @@ from ixcdoc.generate import SamplingConfig, generate
 from ixcdoc.model.weights import random_model
 from ixcdoc.preprocess import hd_transform, hwc_uint8, normalize_uint8
 from ixcdoc.tiling import hd_geometry
-from ixcdoc.vram import estimate_vram, param_counts
+from ixcdoc.vram import estimate_batch_vram, estimate_vram, param_counts
 
 TINY = ModelConfig(
     vocab_size=1000,
@@ -172,6 +180,92 @@ def run_one(model, cfg, dev, quant, hd, new_tokens, img, ref, compile_decode) ->
     return row
 
 
+def doc_model(model: torch.nn.Module, dev: torch.device, dtype: torch.dtype, quant: str):
+    """A DocModel over the random model with the tiny tokenizer (ids < 1000) and no stop ids."""
+    import tempfile
+
+    from ixcdoc.runtime import DocModel
+    from ixcdoc.tinyckpt import write_tokenizer
+    from ixcdoc.tokenizer import Tokenizer
+
+    with tempfile.TemporaryDirectory() as tmp:
+        write_tokenizer(Path(tmp))
+        tok = Tokenizer.from_dir(Path(tmp))
+    tok.stop_ids = ()  # every page decodes exactly --new-tokens tokens
+    return DocModel(model, tok, device=dev, dtype=dtype, quant=quant)
+
+
+def run_batched(dm, cfg, dev, quant, hd, batch, pages, new_tokens, img) -> dict:
+    """``pages`` copies of the page through chat_batch(max_batch=batch): pages/s, peak VRAM."""
+    from ixcdoc.engine import ChatRequest
+
+    reqs = [ChatRequest([img], "Transcribe the page.", hd=hd, max_new_tokens=new_tokens)] * pages
+    if dev.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(dev)
+    sync(dev)
+    t0 = time.perf_counter()
+    answers = dm.chat_batch(reqs, max_batch=batch)
+    sync(dev)
+    wall = time.perf_counter() - t0
+    peak = torch.cuda.max_memory_allocated(dev) if dev.type == "cuda" else None
+    w, h = img.size
+    geo = hd_geometry(h, w, hd, cfg.tile)
+    n_img = answers[0].n_image_tokens
+    text = answers[0].prompt_tokens - n_img
+    est = estimate_batch_vram(
+        cfg, batch, n_img, geo.crops, quant=quant, max_new_tokens=new_tokens, text_tokens=text
+    )
+    tokens = sum(len(a.token_ids) for a in answers)
+    return {
+        "quant": quant,
+        "tier": hd,
+        "batch": batch,
+        "pages": pages,
+        "image_tokens": n_img,
+        "prompt_tokens": answers[0].prompt_tokens,
+        "decode_tokens": tokens,
+        "wall_s": round(wall, 3),
+        "pages_per_s": round(pages / wall, 3),
+        "tokens_per_s": round(tokens / wall, 1),
+        "peak_vram_gib": None if peak is None else round(peak / 2**30, 3),
+        "estimate_gib": round(est.total_gib, 3),
+        "estimate_minus_overhead_gib": round((est.total - est.overhead) / 2**30, 3),
+    }
+
+
+def main_batched(args, cfg, dev, dtype) -> None:
+    """The --batched mode: every (precision, tier, batch), one JSON row each."""
+    img = page_image()
+    rows = []
+    for quant in args.quant.split(","):
+        model = random_model(cfg, dtype=dtype, device=dev, quant=None if quant == "bf16" else quant)
+        dm = doc_model(model, dev, dtype, quant)
+        tiers = [int(t) for t in args.tiers.split(",")]
+        run_batched(dm, cfg, dev, quant, tiers[0], 2, 2, 4, img)  # warm-up (and capture)
+        for hd in tiers:
+            for b in (int(x) for x in args.batches.split(",")):
+                pages = max(2, args.batch_pages * b)
+                row = run_batched(dm, cfg, dev, quant, hd, b, pages, args.new_tokens, img)
+                rows.append(row)
+                print(json.dumps(row))
+        del model, dm
+        if dev.type == "cuda":
+            torch.cuda.empty_cache()
+    device = torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor()
+    out = {
+        "benchmark": "gpu-batched",
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "device": device,
+        "torch": torch.__version__,
+        "command": "python benchmarks/gpu.py " + " ".join(sys.argv[1:]),
+        "rows": rows,
+    }
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(out, indent=1) + "\n")
+    print(f"wrote {args.json}")
+
+
 def fit_line(xs: list[float], ys: list[float]) -> dict:
     """Least squares y = a + b x with R^2."""
     n = len(xs)
@@ -198,14 +292,25 @@ def main() -> None:
     ap.add_argument("--reference", action="store_true", help="also time the upstream-style loop")
     ap.add_argument("--compile", action="store_true", help="compile the decode step")
     ap.add_argument("--tiny", action="store_true", help="tiny shapes on the CPU (smoke test)")
-    ap.add_argument("--json", default=str(Path(__file__).parent / "results" / "gpu.json"))
+    ap.add_argument("--batched", action="store_true", help="the batched engine, per batch")
+    ap.add_argument("--batches", default="1,2,4,8,16,32,64")
+    ap.add_argument("--batch-pages", type=int, default=1, help="pages per run = this x batch")
+    ap.add_argument("--json", default=None)
     args = ap.parse_args()
+    if args.json is None:
+        name = "gpu_batched.json" if args.batched else "gpu.json"
+        args.json = str(Path(__file__).parent / "results" / name)
     if args.tiny:
         cfg, dev, dtype = TINY, torch.device("cpu"), torch.float32
     else:
         if not torch.cuda.is_available():
             sys.exit("no CUDA device: run with --tiny for the CPU smoke test")
         cfg, dev, dtype = ModelConfig(), torch.device("cuda"), torch.bfloat16
+    if args.batched:
+        if args.tiers == "9,16,25,55":
+            args.tiers = "16,25"  # the issue's batched tiers
+        main_batched(args, cfg, dev, dtype)
+        return
     img = page_image()
     bw = copy_bandwidth(dev)
     rows = []

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
+    from ixcdoc.engine.request import ChatRequest
     from ixcdoc.runtime import DocModel
 
 
@@ -17,4 +18,13 @@ def load(*args: Any, **kwargs: Any) -> DocModel:
     return _load(*args, **kwargs)
 
 
-__all__ = ["__version__", "load"]
+def __getattr__(name: str) -> Any:
+    # ChatRequest on first use: ``import ixcdoc`` stays light (no torch, no prompt code)
+    if name == "ChatRequest":
+        from ixcdoc.engine.request import ChatRequest
+
+        return ChatRequest
+    raise AttributeError(f"module 'ixcdoc' has no attribute {name!r}")
+
+
+__all__ = ["ChatRequest", "__version__", "load"]

@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 
+from ixcdoc.answer import Answer
 from ixcdoc.config import ModelConfig
 from ixcdoc.errors import DeviceError, UsageError, WeightsError
 from ixcdoc.generate import GenerationResult, OnToken, SamplingConfig, ShouldStop, generate
@@ -34,6 +35,7 @@ from ixcdoc.tiling import check_hd, hd_geometry
 if TYPE_CHECKING:
     from PIL import Image
 
+    from ixcdoc.engine import ChatRequest, Engine
     from ixcdoc.model.xcomposer import XComposer2
     from ixcdoc.preprocess import HDImage
     from ixcdoc.tokenizer import Tokenizer
@@ -64,32 +66,6 @@ class Prepared:
     prompt_tokens: int  # L after truncation
     truncated: bool  # the spliced sequence was cut at config.max_length
     vision_ms: float = 0.0
-
-
-@dataclass
-class Answer:
-    """The result of ``DocModel.chat``."""
-
-    text: str
-    token_ids: list[int]
-    stop_reason: str  # stop_token | max_new_tokens | max_length | callback | hook
-    hd: int
-    grids: list[tuple[int, int]]
-    n_image_tokens: int
-    prompt_tokens: int
-    truncated: bool = False
-    timings: dict[str, float] = field(default_factory=dict)
-    stop_detail: str | None = None
-
-    @property
-    def grid(self) -> tuple[int, int] | None:
-        """(rows, cols) of the first image (the usual one-page case), None without images."""
-        return self.grids[0] if self.grids else None
-
-    @property
-    def tier(self) -> int:
-        """The HD tier used (alias of ``hd``)."""
-        return self.hd
 
 
 def _resolve_device(device: str) -> torch.device:
@@ -391,6 +367,86 @@ class DocModel:
             timings=timings,
             stop_detail=res.detail,
         )
+
+    # -- batched ---------------------------------------------------------------------------------
+
+    def engine(
+        self,
+        *,
+        n_slots: int,
+        max_len: int,
+        capture: bool | None = None,
+        **kwargs: Any,
+    ) -> Engine:
+        """A streaming engine on this model: ``submit`` requests, run ``step``/``start``.
+
+        ``n_slots`` sequences (each beam counts) of up to ``max_len`` positions share one
+        KV cache. The engine owns the model's cache while it runs: do not call ``chat`` from
+        another thread meanwhile. See ``ixcdoc.engine.Engine``.
+        """
+        from ixcdoc.engine.engine import Engine
+
+        return Engine(self, n_slots=n_slots, max_len=max_len, capture=capture, **kwargs)
+
+    def batch_size_for(self, requests: Sequence[ChatRequest]) -> int:
+        """Requests the memory model lets run at once on this GPU (64 on the CPU)."""
+        from ixcdoc.engine.engine import prompt_tokens, vision_tiles
+        from ixcdoc.planning import VRAM_HEADROOM
+        from ixcdoc.vram import PROMPT_TEXT_TOKENS, auto_batch_size
+
+        gpu = self.gpu_budget()
+        if gpu is None:
+            return 64
+        worst = max(requests, key=lambda r: prompt_tokens(self, r) + r.max_new_tokens)
+        n = auto_batch_size(
+            self.config,
+            int(gpu.free_bytes * VRAM_HEADROOM),
+            max(prompt_tokens(self, worst) - PROMPT_TEXT_TOKENS, 0),
+            vision_tiles(self, worst) - len(worst.images),
+            worst.max_new_tokens,
+            "4bit" if self.quant == "4bit" else "bf16",
+            beams=max(r.num_beams for r in requests),
+        )
+        return max(n, 1)
+
+    def chat_batch(
+        self,
+        requests: Sequence[ChatRequest],
+        *,
+        max_batch: int | None = None,
+        return_exceptions: bool = False,
+    ) -> list[Answer]:
+        """Answer every request through the batched engine; answers in request order.
+
+        Each answer equals what ``chat`` gives for that request alone. ``max_batch``: the most
+        sequences in flight (beams count each); None = what the memory estimate allows (64 on
+        the CPU). A request that fails (out of memory in its prefill: a DeviceError with code
+        'oom') does not stop the others: with ``return_exceptions`` its error object takes its
+        place in the list, otherwise the first error is raised once all have finished.
+        """
+        from ixcdoc.engine.engine import request_positions
+
+        if not requests:
+            return []
+        for r in requests:
+            check_hd(r.hd)
+        n = max_batch if max_batch is not None else self.batch_size_for(requests)
+        beams = max(r.num_beams for r in requests)
+        n_slots = max(min(n, sum(r.num_beams for r in requests)), beams)
+        need = max(request_positions(self, r) for r in requests)
+        max_len = -(-max(need, 1) // 256) * 256  # as generate rounds: nearby runs share shapes
+        eng = self.engine(n_slots=n_slots, max_len=max_len)
+        try:
+            handles = [eng.submit(r) for r in requests]
+            eng.run_until_idle()
+        finally:
+            self.model.reset_caches()  # a batch-sized cache must not outlive the batch
+        out: list[Any] = []
+        for h in handles:
+            if h.error is not None and not return_exceptions:
+                raise h.error
+            out.append(h.error if h.error is not None else h.answer)
+        return out
 
 
 def load(

@@ -145,3 +145,114 @@ def estimate_vram(
     # the merged, projected image features live until prefill ends
     vision += image_tokens * (cfg.merged_dim + cfg.hidden_size) * BF16
     return VramEstimate(quant, weight_bytes(cfg, quant), kv, act, vision, CUDA_OVERHEAD)
+
+
+# -- many sequences (the batched engine) ----------------------------------------------------------
+
+VISION_BATCH_TILES = 56  # ViT tiles the engine encodes per admission round (ixcdoc.engine)
+MAX_AUTO_BATCH = 256  # auto never asks for more slots than this
+
+
+def slot_positions(
+    image_tokens: int, max_new_tokens: int, text_tokens: int = PROMPT_TEXT_TOKENS
+) -> int:
+    """Cache positions one slot holds: the prompt plus the answer, rounded up to 256."""
+    need = image_tokens + text_tokens + max_new_tokens
+    return -(-need // 256) * 256
+
+
+@dataclass(frozen=True)
+class BatchVramEstimate:
+    """Estimated peak GPU memory of the engine running ``batch`` sequences, by part."""
+
+    quant: str
+    batch: int
+    beams: int
+    weights: int
+    kv_cache: int  # every slot row: batch x beams x slot positions x KV bytes per position
+    prefill: int  # activations of the largest prefill (one sequence at a time)
+    vision: int  # one admission round's ViT batch
+    decode: int  # logits of one decode step for every row
+    overhead: int
+
+    @property
+    def total(self) -> int:
+        return (
+            self.weights + self.kv_cache + self.prefill + self.vision + self.decode + self.overhead
+        )
+
+    @property
+    def total_gib(self) -> float:
+        return self.total / GiB
+
+
+def estimate_batch_vram(
+    cfg: ModelConfig,
+    batch: int,
+    image_tokens: int,
+    crops: int,
+    *,
+    quant: str,
+    max_new_tokens: int = 512,
+    beams: int = 1,
+    text_tokens: int = PROMPT_TEXT_TOKENS,
+) -> BatchVramEstimate:
+    """Peak memory of ``batch`` requests of ``image_tokens`` (``crops`` crops), ``beams`` each.
+
+    weights + KV per position x every position a slot reserves (beams have their own rows; the
+    prompt is prefilled once and copied into them) + the largest prefill's activations (the
+    single-page figure, since prefill runs one sequence at a time) + the vision batch of one
+    admission round (at least ``VISION_BATCH_TILES`` tiles) + fp32 logits of a decode step.
+    """
+    one = estimate_vram(
+        cfg, image_tokens, crops, quant=quant, max_new_tokens=0, text_tokens=text_tokens
+    )
+    rows = batch * beams
+    kv = rows * slot_positions(image_tokens, max_new_tokens, text_tokens) * kv_bytes_per_token(cfg)
+    v = cfg.vision
+    tiles = max(VISION_BATCH_TILES, crops + 1)
+    vis_tokens = tiles * ((v.image_size // v.patch_size) ** 2 + 1)
+    vision = vis_tokens * (v.intermediate_size + 4 * v.hidden_size) * BF16
+    vision += image_tokens * (cfg.merged_dim + cfg.hidden_size) * BF16
+    decode = rows * cfg.vocab_size * 4 * 2  # logits and one processed copy
+    return BatchVramEstimate(
+        quant, batch, beams, one.weights, kv, one.activations, vision, decode, one.overhead
+    )
+
+
+def auto_batch_size(
+    cfg: ModelConfig,
+    free_bytes: int,
+    image_tokens: int,
+    crops: int,
+    max_new_tokens: int,
+    quant: str,
+    *,
+    beams: int = 1,
+    text_tokens: int = PROMPT_TEXT_TOKENS,
+) -> int:
+    """The most requests ``estimate_batch_vram`` fits in ``free_bytes`` (0: not even one)."""
+    fixed = estimate_batch_vram(
+        cfg,
+        0,
+        image_tokens,
+        crops,
+        quant=quant,
+        max_new_tokens=max_new_tokens,
+        beams=beams,
+        text_tokens=text_tokens,
+    ).total
+    one = estimate_batch_vram(
+        cfg,
+        1,
+        image_tokens,
+        crops,
+        quant=quant,
+        max_new_tokens=max_new_tokens,
+        beams=beams,
+        text_tokens=text_tokens,
+    ).total
+    per = one - fixed
+    if free_bytes < one:
+        return 0
+    return min((free_bytes - fixed) // per, MAX_AUTO_BATCH)

@@ -16,7 +16,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "ixcdoc"
 
 # Lowest first; the same table as docs/architecture.md ("Layout").
 LAYERS: list[list[str]] = [
-    ["errors", "verbosity"],
+    ["errors", "verbosity", "answer"],
     ["config", "tiling", "tasks", "gpu", "tokenizer", "ranking", "guards", "tinyckpt"],
     ["vram", "prompt", "records", "hub", "inputs", "preprocess"],
     ["planning", "model"],

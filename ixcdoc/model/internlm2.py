@@ -23,7 +23,10 @@ Forward contract (``InternLM2ForCausalLM.forward``):
 ``input_pos=None`` means a fresh sequence at positions 0..S-1 (prefill): causal attention over
 the new keys only, which lets SDPA pick its flash kernel; the keys are also written to the cache
 if one is set up. A tensor ``input_pos`` [S] continues a cached sequence: keys go into the cache
-at those positions and queries attend over the cache with a position mask.
+at those positions and queries attend over the cache with a position mask. A 2-D ``input_pos``
+[B, S] gives every row its own positions (the batched engine: sequences of different lengths
+decode together, row b of the batch owning cache row ``cache_row + b``). ``cache_row`` places
+the batch in the cache (a prefill into one engine slot).
 """
 
 from __future__ import annotations
@@ -82,17 +85,36 @@ def cache_mask(
 ) -> torch.Tensor:
     """Additive mask over the cache for queries at positions [S] -> [1, 1, g*S, max_seq].
 
+    Per-row positions [B, S] give [B, 1, g*S, max_seq] (each row sees its own prefix).
+
     Query at position p sees cache slots 0..p (0.0), the rest is -inf. Rows are folded like the
     queries in ``Attention._attend_cache`` (row j*S + s is query s of head j of a KV group).
     SDPA turns a bool mask into exactly this tensor on every call; building it once per forward
     saves that conversion in every layer.
     """
     slots = torch.arange(max_seq, device=positions.device)
+    if positions.dim() == 2:
+        visible = slots <= positions[:, :, None]  # [B, S, M]
+        if q_per_kv > 1:
+            visible = visible.repeat(1, q_per_kv, 1)  # [B, g*S, M], row j*S + s as below
+        mask = torch.zeros(visible.shape, dtype=dtype, device=positions.device)
+        return mask.masked_fill_(~visible, float("-inf"))[:, None]
     visible = slots[None, :] <= positions[:, None]  # [S, M]
     if q_per_kv > 1:
         visible = visible.repeat(q_per_kv, 1)  # [g*S, M]
     mask = torch.zeros(visible.shape, dtype=dtype, device=positions.device)
     return mask.masked_fill_(~visible, float("-inf"))[None, None]
+
+
+def row_slots(positions: torch.Tensor, n_kv: int, max_seq: int) -> torch.Tensor:
+    """Per-row positions [B, S] -> flat cache indices [B, n_kv * S] for ``KVCache.update``.
+
+    Row b, KV head h, position p lives at (b * n_kv + h) * max_seq + p of the rows' cache
+    viewed as [B * n_kv * max_seq, D]; the order (b, h, s) is k's [B, n_kv, S, D] order.
+    """
+    b, s = positions.shape
+    heads = torch.arange(b * n_kv, device=positions.device).view(b, n_kv, 1) * max_seq
+    return (heads + positions[:, None, :]).view(b, n_kv * s)
 
 
 class KVCache(nn.Module):
@@ -119,14 +141,26 @@ class KVCache(nn.Module):
         return self.k.shape[2]
 
     def update(
-        self, input_pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor
+        self, input_pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor, row: int = 0
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Write k/v [B, n_kv, S, D] at positions [S]; return the full caches [B, n_kv, M, D]."""
+        """Write k/v [B, n_kv, S, D] into cache rows ``row``..``row + B - 1``; return those rows
+        of the caches [B, n_kv, M, D].
+
+        ``input_pos`` [S]: the same positions for every row. [B, n_kv * S]: flat indices into
+        the rows' ``[B * n_kv * M]`` positions, one per written vector, from ``row_slots``
+        (per-row positions; one ``index_copy_`` instead of an advanced-index put).
+        """
         kc, vc = self.k, self.v
-        if k.shape[0] != kc.shape[0]:  # smaller batch than allocated: use the leading rows
-            kc, vc = kc[: k.shape[0]], vc[: k.shape[0]]
+        b = k.shape[0]
+        if row or b != kc.shape[0]:  # a smaller batch than allocated: a window of rows
+            kc, vc = kc[row : row + b], vc[row : row + b]
         if k.dtype != kc.dtype:
             k, v = k.to(kc.dtype), v.to(vc.dtype)
+        if input_pos.dim() == 2:  # every row at its own positions: flat indices (row_slots)
+            d = k.shape[-1]
+            kc.view(-1, d).index_copy_(0, input_pos.view(-1), k.reshape(-1, d))
+            vc.view(-1, d).index_copy_(0, input_pos.view(-1), v.reshape(-1, d))
+            return kc, vc
         kc.index_copy_(2, input_pos, k)
         vc.index_copy_(2, input_pos, v)
         return kc, vc
@@ -186,15 +220,30 @@ class Attention(nn.Module):
     def _attend_cache(
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
     ) -> torch.Tensor:
-        """q [B, H, S, D] over the cache k/v [B, n_kv, M, D], mask [1, 1, g*S, M] -> [B, H, S, D].
+        """q [B, H, S, D] over the cache k/v [B, n_kv, M, D], mask [1|B, 1, g*S, M] -> [B, H, S, D].
+
+        A 3-D mask [B*n_kv, g*S, M] (per-row positions on the CPU) selects the baddbmm path.
 
         The g query heads of a KV group are folded into the query length, so the (long) cache
         is read once per KV head and never repeated; ``mask`` comes folded the same way
         (``cache_mask``).
         """
         b, h, s, d = q.shape
+        span = mask.shape[-1]
+        if span != k.shape[2]:  # the batched engine attends only to the filled prefix
+            k, v = k[:, :, :span], v[:, :, :span]
         qg = q.reshape(b, self.n_kv, self.q_per_kv * s, d)  # head 4*grp+j -> grp, row j*S + s
-        o = F.scaled_dot_product_attention(qg, k, v, attn_mask=mask)  # [B, n_kv, g*S, D]
+        if mask.dim() == 3:
+            # per-row masks on the CPU, mask already [B*n_kv, g*S, span]: SDPA's CPU flash
+            # kernel spends ~2 ms per call on a few query rows per sequence; baddbmm (scale and
+            # mask fused), softmax, bmm compute the same softmax(QK^T/sqrt(d) + mask) V
+            n = b * self.n_kv
+            scores = torch.baddbmm(
+                mask, qg.reshape(n, -1, d), k.reshape(n, span, d).transpose(1, 2), alpha=d**-0.5
+            )
+            o = torch.bmm(scores.softmax(-1), v.reshape(n, span, d))
+        else:
+            o = F.scaled_dot_product_attention(qg, k, v, attn_mask=mask)  # [B, n_kv, g*S, D]
         return o.reshape(b, h, s, d)
 
     def forward(
@@ -205,11 +254,12 @@ class Attention(nn.Module):
         positions: torch.Tensor,
         mask: torch.Tensor | None,
         im_mask: torch.Tensor | None,
+        cache_row: int = 0,
     ) -> torch.Tensor:
-        """x: [B, S, D], cos/sin: [S, D] or [S, 1, 1, D]; positions: [S].
+        """x: [B, S, D], cos/sin: [S, D], [S, 1, 1, D] or [B, S, 1, 1, D]; positions: [S] or [B, S].
 
-        ``mask`` None = fresh causal prefill, else the additive cache mask [1, 1, g*S, max_seq]
-        from ``cache_mask``.
+        ``mask`` None = fresh causal prefill, else the additive cache mask [1 or B, 1, g*S,
+        max_seq] from ``cache_mask``. ``cache_row``: the first cache row this batch uses.
         """
         b, s, _ = x.shape
         g, d = self.q_per_kv, self.head_dim
@@ -223,12 +273,12 @@ class Attention(nn.Module):
         v = qkv[:, :, :, g + 1].transpose(1, 2)  # [B, n_kv, S, D]
         if mask is None:
             if self.kv_cache is not None:
-                self.kv_cache.update(positions, k, v)
+                self.kv_cache.update(positions, k, v, cache_row)
             o = self._attend_causal(q, k, v)
         else:
             if self.kv_cache is None:
                 raise RuntimeError("input_pos given but no KV cache: call setup_caches() first")
-            k_all, v_all = self.kv_cache.update(positions, k, v)  # [B, n_kv, M, D]
+            k_all, v_all = self.kv_cache.update(positions, k, v, cache_row)  # [B, n_kv, M, D]
             o = self._attend_cache(q, k_all, v_all, mask)
         o = o.transpose(1, 2).reshape(b, s, self.n_heads * self.head_dim)  # [B, S, H*D]
         return self.wo(o, im_mask)
@@ -256,8 +306,9 @@ class DecoderLayer(nn.Module):
         self.ffn_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.feed_forward = FeedForward(cfg, make_linear)
 
-    def forward(self, x, cos, sin, positions, mask, im_mask) -> torch.Tensor:
-        x = x + self.attention(self.attention_norm(x), cos, sin, positions, mask, im_mask)
+    def forward(self, x, cos, sin, positions, mask, im_mask, cache_row=0) -> torch.Tensor:
+        h = self.attention(self.attention_norm(x), cos, sin, positions, mask, im_mask, cache_row)
+        x = x + h
         return x + self.feed_forward(self.ffn_norm(x), im_mask)
 
 
@@ -345,11 +396,16 @@ class InternLM2ForCausalLM(nn.Module):
         input_pos: torch.Tensor | None = None,
         *,
         last_only: bool = False,
+        cache_row: int = 0,
+        attend_len: int | None = None,
     ) -> torch.Tensor:
         """inputs_embeds [B, S, D], im_mask [B, S] bool, input_pos [S] -> fp32 logits [B, S, V].
 
-        ``input_pos=None``: fresh sequence at 0..S-1. ``last_only``: logits of the last
-        position only ([B, 1, V]); prefill of thousands of tokens needs no [S, 92544] tensor.
+        ``input_pos=None``: fresh sequence at 0..S-1; [B, S]: per-row positions. ``last_only``:
+        logits of the last position only ([B, 1, V]); prefill of thousands of tokens needs no
+        [S, 92544] tensor. ``cache_row``: batch row b reads and writes cache row cache_row + b.
+        ``attend_len``: cached queries attend to the first ``attend_len`` positions only (the
+        caller guarantees every query position is below it); None = the whole cache.
         """
         x = inputs_embeds
         s = x.shape[1]
@@ -362,14 +418,24 @@ class InternLM2ForCausalLM(nn.Module):
             if m == 0:
                 raise RuntimeError("input_pos given but no KV cache: call setup_caches() first")
             g = self.config.num_attention_heads // self.config.num_key_value_heads
-            mask = cache_mask(positions, m, g, x.dtype)  # [1, 1, g*S, M], shared by all layers
+            span = m if attend_len is None else min(attend_len, m)
+            mask = cache_mask(positions, span, g, x.dtype)  # [1|B, 1, g*S, span], for all layers
+            if positions.dim() == 2 and not x.is_cuda:  # the CPU per-row path's baddbmm layout
+                n_kv = self.config.num_key_value_heads
+                mask = mask.expand(-1, n_kv, -1, -1).reshape(-1, g * s, span)
         if im_mask is not None and not bool(im_mask.any()):
             im_mask = None  # text-only: skip the per-layer LoRA gather entirely
         d = self.config.head_dim
-        cos, sin = rope_cos_sin(positions, d, self.config.rope_theta, x.dtype)
-        cos, sin = cos.view(s, 1, 1, d), sin.view(s, 1, 1, d)  # broadcast over [B, S, n_kv, g, D]
+        theta = self.config.rope_theta
+        if positions.dim() == 2:  # per row: [B, S, 1, 1, D]; the cache writes as flat indices
+            cos, sin = rope_cos_sin(positions.reshape(-1), d, theta, x.dtype)
+            cos, sin = cos.view(*positions.shape, 1, 1, d), sin.view(*positions.shape, 1, 1, d)
+            positions = row_slots(positions, self.config.num_key_value_heads, m)
+        else:
+            cos, sin = rope_cos_sin(positions, d, theta, x.dtype)
+            cos, sin = cos.view(s, 1, 1, d), sin.view(s, 1, 1, d)  # over [B, S, n_kv, g, D]
         for layer in self.model.layers:
-            x = layer(x, cos, sin, positions, mask, im_mask)
+            x = layer(x, cos, sin, positions, mask, im_mask, cache_row)
         if last_only:
             x = x[:, -1:]
         logits = self.output(self.model.norm(x))

@@ -1,0 +1,534 @@
+"""The engine loop: admit pages between decode steps, decode every running sequence at once.
+
+    eng = dm.engine(n_slots=16, max_len=4096)
+    h = eng.submit(ChatRequest([page], "Transcribe."), on_token=print)
+    eng.run_until_idle()          # or eng.start() for a background thread
+    h.result().text
+
+``step()`` does one round: queue submissions, admit what fits (vision for the admitted pages in
+one batch, then each prefill into its slot and its first token), then one decode forward for
+every running row. A sequence leaves the batch the moment it stops; its rows go back to the
+slot table before the next admission. ``submit`` may be called from any thread; ``step`` runs on
+one thread (the caller's, or the one ``start`` creates).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from ixcdoc.engine.beam import BeamSearch
+from ixcdoc.engine.request import ChatRequest
+from ixcdoc.engine.runner import ModelRunner
+from ixcdoc.engine.scheduler import Scheduler
+from ixcdoc.engine.sequence import Handle, OnDone, Sequence
+from ixcdoc.engine.slots import SlotTable
+from ixcdoc.errors import DeviceError, UsageError
+from ixcdoc.generate import (
+    CALLBACK,
+    HOOK,
+    MAX_LENGTH,
+    MAX_NEW_TOKENS,
+    STOP_TOKEN,
+    OnToken,
+    SamplingConfig,
+    ShouldStop,
+    choose_token,
+)
+from ixcdoc.prompt import ImagePart, TextPart, build_chat_prompt, split_prompt
+from ixcdoc.tiling import check_hd, hd_geometry, image_token_count
+from ixcdoc.vram import VISION_BATCH_TILES  # one HD55 page: 55 crops + the global view
+
+if TYPE_CHECKING:
+    from ixcdoc.runtime import DocModel
+
+FaultHook = Callable[[ChatRequest], None]
+LogitsHook = Callable[[Handle, torch.Tensor], None]
+
+
+def _parts(dm: DocModel, req: ChatRequest) -> list[TextPart | ImagePart]:
+    prompt = build_chat_prompt(
+        req.query, meta_instruction=req.meta_instruction, n_images=len(req.images)
+    )
+    return split_prompt(prompt, dm.tokenizer, len(req.images))
+
+
+def _grid(dm: DocModel, image: Any, hd: int) -> tuple[int, int]:
+    w, h = image.size  # PIL (W, H)
+    g = hd_geometry(h, w, hd, dm.tile)
+    return g.rows, g.cols
+
+
+def prompt_tokens(dm: DocModel, req: ChatRequest) -> int:
+    """Spliced prompt length of ``req`` from the tokenizer and tiling alone (no vision run)."""
+    check_hd(req.hd)
+    n = 0
+    for part in _parts(dm, req):
+        if isinstance(part, TextPart):
+            n += len(part.ids)
+        else:
+            rows, cols = _grid(dm, req.images[part.index], req.hd)
+            n += image_token_count(rows, cols, dm.tile, dm.config.vision.patch_size)
+    return min(n, dm.config.max_length)
+
+
+def request_positions(dm: DocModel, req: ChatRequest) -> int:
+    """Cache positions ``req`` fills: prompt + max_new_tokens, cut at the position limit."""
+    prompt = prompt_tokens(dm, req)
+    return prompt + min(req.max_new_tokens, max(dm.config.max_position_embeddings - prompt, 0))
+
+
+def vision_tiles(dm: DocModel, req: ChatRequest) -> int:
+    """ViT tiles of ``req``: one global view plus rows x cols crops per image."""
+    return sum(1 + r * c for r, c in (_grid(dm, im, req.hd) for im in req.images))
+
+
+def sampling_config(req: ChatRequest) -> SamplingConfig:
+    """The request's decoding options (a UsageError for invalid values, as chat raises)."""
+    try:
+        return SamplingConfig(
+            max_new_tokens=req.max_new_tokens,
+            do_sample=req.do_sample,
+            temperature=req.temperature,
+            top_p=req.top_p,
+            top_k=req.top_k,
+            repetition_penalty=req.repetition_penalty,
+        )
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+
+
+def _oom(req: ChatRequest) -> DeviceError:
+    return DeviceError(
+        f"out of GPU memory at HD{req.hd}; try a lower tier or quant='4bit'", code="oom"
+    )
+
+
+class Engine:
+    """Continuous batching over a slot KV cache (see docs/architecture.md, Batched engine)."""
+
+    def __init__(
+        self,
+        dm: DocModel,
+        *,
+        n_slots: int,
+        max_len: int,
+        capture: bool | None = None,
+        vision_batch_tiles: int = VISION_BATCH_TILES,
+        fault_hook: FaultHook | None = None,
+        logits_hook: LogitsHook | None = None,
+    ) -> None:
+        """``n_slots`` sequences (beams count one each) of up to ``max_len`` positions.
+
+        ``capture``: compile the decode step per batch bucket (None: on CUDA only).
+        ``fault_hook(request)`` runs just before each prefill (tests inject errors there);
+        ``logits_hook(handle, logits [V])`` sees every fp32 logits row a sequence gets.
+        """
+        self.dm = dm
+        max_len = min(max_len, dm.config.max_position_embeddings)
+        self.runner = ModelRunner(dm.model, n_slots, max_len, capture=capture)
+        self.slots = SlotTable(n_slots)
+        self.scheduler = Scheduler(vision_batch_tiles)
+        self.running: list[Sequence] = []
+        self.stop_ids = frozenset(int(s) for s in dm.tokenizer.stop_ids)
+        self.fault_hook = fault_hook
+        self.logits_hook = logits_hook
+        self._incoming: list[tuple[Sequence, int]] = []
+        self._cond = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self.steps = 0  # decode forwards run
+
+    @property
+    def n_slots(self) -> int:
+        return self.runner.n_slots
+
+    @property
+    def max_len(self) -> int:
+        return self.runner.max_len
+
+    # -- submission (any thread) ---------------------------------------------------------------
+
+    def submit(
+        self,
+        request: ChatRequest,
+        *,
+        on_token: OnToken | None = None,
+        should_stop: ShouldStop | None = None,
+        on_done: OnDone | None = None,
+    ) -> Handle:
+        """Queue a request; returns at once. Thread-safe.
+
+        ``on_token(id)`` and ``should_stop(ids)`` behave as in ``chat`` (for beam search,
+        ``on_token`` sees the final answer's tokens when it is chosen and ``should_stop`` is
+        not consulted); ``on_done(handle)`` runs once the answer or the error is set. Both run
+        on the engine's thread. Invalid options raise UsageError here.
+        """
+        cfg = sampling_config(request)
+        if request.num_beams > self.n_slots:
+            raise UsageError(
+                f"num_beams={request.num_beams} needs {request.num_beams} cache slots; "
+                f"this engine has {self.n_slots}"
+            )
+        need = request_positions(self.dm, request)
+        if need > self.max_len:
+            raise UsageError(
+                f"the request needs {need} positions (prompt + max_new_tokens); "
+                f"this engine's slots hold {self.max_len}"
+            )
+        handle = Handle(request)
+        gen = None
+        if request.seed is not None:
+            gen = torch.Generator(device=self.dm.device).manual_seed(request.seed)
+        seq = Sequence(handle, cfg, on_token, should_stop, on_done, gen)
+        tiles = vision_tiles(self.dm, request)
+        with self._cond:
+            self._incoming.append((seq, tiles))
+            self._cond.notify_all()
+        return handle
+
+    # -- the loop (one thread) -----------------------------------------------------------------
+
+    @property
+    def idle(self) -> bool:
+        """Nothing queued, nothing running."""
+        with self._cond:
+            return not self._incoming and not self.scheduler and not self.running
+
+    @torch.inference_mode()
+    def step(self) -> bool:
+        """Admit what fits, then one decode step for every running sequence; False if idle."""
+        with self._cond:
+            incoming, self._incoming = self._incoming, []
+        for seq, tiles in incoming:
+            self.scheduler.add(seq, tiles)
+        admitted = self.scheduler.admit(self.slots.free)
+        if admitted:
+            self._admit(admitted)
+        if self.running:
+            try:
+                self._decode()
+            except Exception as e:  # e.g. OOM in a decode step: every running row is lost
+                for seq in list(self.running):
+                    self._leave(seq)
+                    self._fail(seq, _oom(seq.request) if _is_oom(e) else e)
+                self.dm.release_memory()
+                raise
+        return bool(admitted or self.running or self.scheduler)
+
+    def run_until_idle(self) -> None:
+        """Step until every submitted request has finished."""
+        while not self.idle:
+            self.step()
+
+    def run_forever(self, stop: threading.Event) -> None:
+        """Serve until ``stop`` is set: step while there is work, else wait for a submission.
+
+        A step that raises has already failed the requests it was running (their handles
+        carry the error); the loop goes on with the next ones.
+        """
+        while not stop.is_set():
+            if self.idle:
+                with self._cond:
+                    self._cond.wait_for(lambda: self._incoming or stop.is_set(), timeout=0.5)
+                continue
+            with contextlib.suppress(Exception):
+                self.step()
+
+    def start(self) -> None:
+        """Run the loop on a background daemon thread (for a server); ``close`` stops it."""
+        if self._thread is not None:
+            raise RuntimeError("engine already started")
+        self._stop.clear()
+        self._thread = threading.Thread(
+            target=self.run_forever, args=(self._stop,), name="ixcdoc-engine", daemon=True
+        )
+        self._thread.start()
+
+    def close(self, timeout: float | None = 10.0) -> None:
+        """Stop the background thread (after its current step)."""
+        if self._thread is None:
+            return
+        self._stop.set()
+        with self._cond:
+            self._cond.notify_all()
+        self._thread.join(timeout)
+        self._thread = None
+
+    # -- admission -----------------------------------------------------------------------------
+
+    def _admit(self, seqs: list[Sequence]) -> None:
+        dm = self.dm
+        t0 = time.perf_counter()
+        parts: dict[int, list[TextPart | ImagePart]] = {}
+        pixels: list[torch.Tensor] = []
+        owners: list[Sequence] = []
+        for seq in seqs:
+            req = seq.request
+            try:
+                seq_parts = _parts(dm, req)
+                seq_px = [
+                    dm.pixels(req.images[p.index], req.hd)
+                    for p in seq_parts
+                    if isinstance(p, ImagePart)
+                ]
+            except Exception as e:  # a bad request (or image) fails alone
+                self._fail(seq, e)
+                continue
+            parts[id(seq)] = seq_parts
+            pixels += seq_px
+            owners += [seq] * len(seq_px)
+        live = [s for s in seqs if not s.handle.done]
+        embeds: dict[int, list[torch.Tensor]] = {id(s): [] for s in live}
+        try:
+            # every admitted page's crops through the vision tower as one batch
+            for seq, emb in zip(owners, self.runner.encode_images(pixels), strict=True):
+                embeds[id(seq)].append(emb)
+        except torch.cuda.OutOfMemoryError:
+            dm.release_memory()
+            embeds = {id(s): [] for s in live}
+            for seq in live:  # one page at a time; a page that still fails fails alone
+                px = [p for p, o in zip(pixels, owners, strict=True) if o is seq]
+                try:
+                    embeds[id(seq)] = self.runner.encode_images(px) if px else []
+                except torch.cuda.OutOfMemoryError:
+                    dm.release_memory()
+                    self._fail(seq, _oom(seq.request))
+        vision_ms = (time.perf_counter() - t0) * 1000 / max(len(live), 1)
+        for seq in live:
+            if seq.handle.done:
+                continue
+            seq.timings["vision_ms"] = vision_ms
+            self._prefill(seq, parts[id(seq)], embeds[id(seq)])
+
+    def _prefill(
+        self, seq: Sequence, parts: list[TextPart | ImagePart], images: list[torch.Tensor]
+    ) -> None:
+        dm, req, cfg = self.dm, seq.request, seq.config
+        tensors: list[torch.Tensor] = []
+        it = iter(images)
+        for part in parts:
+            if isinstance(part, TextPart):
+                tensors.append(torch.tensor(part.ids, dtype=torch.long))
+            else:
+                emb = next(it)
+                seq.grids.append(_grid(dm, req.images[part.index], req.hd))
+                seq.n_image_tokens += emb.shape[0]
+                tensors.append(emb)
+        embeds, im_mask = dm.model.splice(tensors)
+        seq.prompt_len = embeds.shape[1]
+        seq.truncated = sum(t.shape[0] for t in tensors) > seq.prompt_len
+        max_pos = dm.config.max_position_embeddings
+        seq.budget = min(cfg.max_new_tokens, max(max_pos - seq.prompt_len, 0))
+        if seq.budget == 0:  # as generate: no forward at all
+            seq.stop_reason = MAX_NEW_TOKENS if cfg.max_new_tokens == 0 else MAX_LENGTH
+            self._complete(seq)
+            return
+        if seq.prompt_len + seq.budget > self.max_len:  # submit's estimate is exact; a guard
+            self._fail(
+                seq,
+                UsageError(
+                    f"the request needs {seq.prompt_len + seq.budget} "
+                    f"positions; this engine's slots hold {self.max_len}"
+                ),
+            )
+            return
+        seq.rows = self.slots.allocate(seq, seq.n_rows)
+        self.running.append(seq)
+        t0 = time.perf_counter()
+        try:
+            if self.fault_hook is not None:
+                self.fault_hook(req)
+            logits = self.runner.prefill(embeds, im_mask, seq.rows[0])  # [V]
+        except Exception as e:  # out of memory (or anything else) fails this request alone
+            del embeds, im_mask
+            self._leave(seq)
+            if _is_oom(e):
+                dm.release_memory()
+            self._fail(seq, _oom(req) if _is_oom(e) else e)
+            return
+        if self.logits_hook is not None:
+            self.logits_hook(seq.handle, logits)
+        if req.num_beams > 1:
+            seq.beam = BeamSearch(
+                req.num_beams,
+                self.stop_ids,
+                seq.budget,
+                repetition_penalty=cfg.repetition_penalty,
+            )
+            self._beam_step(seq, logits[None].expand(req.num_beams, -1))
+        else:
+            if cfg.repetition_penalty != 1.0:
+                seq.generated = torch.empty(seq.budget, dtype=torch.long, device=dm.device)
+            tok = int(choose_token(logits, self._history(seq), cfg, seq.generator))
+            self._accept(seq, tok)
+        _sync(dm.device)
+        seq.t_prefilled = time.perf_counter()
+        seq.timings["prefill_ms"] = (seq.t_prefilled - t0) * 1000
+        if seq.stop_reason is not None:
+            self._leave(seq)
+            self._complete(seq)
+
+    # -- decoding ------------------------------------------------------------------------------
+
+    def _decode(self) -> None:
+        used = self.slots.used
+        ids = [0] * used
+        pos = [0] * used
+        for seq in self.running:
+            p = seq.next_position
+            for j, r in enumerate(seq.rows):
+                ids[r], pos[r] = seq.feed[j], p
+        logits = self.runner.decode(ids, pos)  # [used, V]
+        self.steps += 1
+        plain = [s for s in self.running if s.beam is None]
+        special = [s for s in plain if s.config.do_sample or s.generated is not None]
+        # greedy rows: one argmax over the batch; sampled or penalised rows overwrite theirs
+        chosen = logits.argmax(-1)  # [used]
+        for seq in special:
+            r = seq.rows[0]
+            chosen[r] = choose_token(logits[r], self._history(seq), seq.config, seq.generator)
+        if self.logits_hook is not None:
+            for seq in plain:
+                self.logits_hook(seq.handle, logits[seq.rows[0]])
+        tokens = chosen.tolist() if plain else []  # the one device-to-host read per step
+        finished: list[Sequence] = []
+        for seq in self.running:
+            if seq.beam is not None:
+                if self.logits_hook is not None:
+                    for r in seq.rows:
+                        self.logits_hook(seq.handle, logits[r])
+                self._beam_step(seq, logits[seq.rows])
+            else:
+                self._accept(seq, tokens[seq.rows[0]])
+            if seq.stop_reason is not None:
+                finished.append(seq)
+        for seq in finished:
+            self._leave(seq)
+            self._complete(seq)
+
+    def _history(self, seq: Sequence) -> torch.Tensor | None:
+        return None if seq.generated is None else seq.generated[: len(seq.tokens)]
+
+    def _accept(self, seq: Sequence, tok: int) -> None:
+        """The stop rules of ``generate``, in its order, for one new token."""
+        i = len(seq.tokens)
+        try:
+            if tok in self.stop_ids:
+                seq.stop_reason, seq.stop_token_id = STOP_TOKEN, tok
+                return
+            seq.tokens.append(tok)
+            if seq.generated is not None:
+                seq.generated[i] = tok
+            if seq.on_token is not None and seq.on_token(tok) is False:
+                seq.stop_reason = CALLBACK
+                return
+            if seq.should_stop is not None and (why := seq.should_stop(seq.tokens)):
+                seq.stop_reason, seq.detail = HOOK, why
+                return
+        except Exception as e:  # a failing callback fails its request, not the engine
+            seq.stop_reason = CALLBACK
+            seq.handle.error = e
+            return
+        if i == seq.budget - 1:
+            full = seq.budget == seq.config.max_new_tokens
+            seq.stop_reason = MAX_NEW_TOKENS if full else MAX_LENGTH
+            return
+        seq.feed = [tok]
+
+    def _beam_step(self, seq: Sequence, logits: torch.Tensor) -> None:
+        beam = seq.beam
+        assert beam is not None
+        out = beam.step(logits)
+        if out.done:
+            tokens, stop = beam.best()
+            seq.tokens = tokens
+            seq.stop_token_id = stop
+            seq.stop_reason = STOP_TOKEN if stop is not None else MAX_NEW_TOKENS
+            if stop is None and seq.budget < seq.config.max_new_tokens:
+                seq.stop_reason = MAX_LENGTH
+            if seq.on_token is not None:
+                for t in tokens:
+                    if seq.on_token(t) is False:
+                        break
+            return
+        # new beam j continues old beam sources[j]: copy its cached positions
+        filled = seq.prompt_len + beam.generated - 1
+        src = [seq.rows[s] for s in out.sources]
+        moved = [(s, d) for s, d in zip(src, seq.rows, strict=True) if s != d]
+        if moved:
+            self.runner.copy_rows([s for s, _ in moved], [d for _, d in moved], filled)
+        seq.feed = out.tokens
+
+    # -- leaving -------------------------------------------------------------------------------
+
+    def _leave(self, seq: Sequence) -> None:
+        """Take ``seq`` out of the batch and give its rows back (refilling the holes)."""
+        if seq in self.running:
+            self.running.remove(seq)
+        if not seq.rows:
+            return
+        moves = self.slots.release(seq)
+        seq.rows = []
+        by_row = {r: s for s in self.running for r in s.rows}
+        for src, dst in moves:
+            owner = by_row.pop(src)
+            filled = owner.prompt_len + (
+                owner.beam.generated if owner.beam is not None else len(owner.tokens)
+            )
+            self.runner.copy_rows([src], [dst], min(filled, self.max_len))
+            owner.rows[owner.rows.index(src)] = dst
+            by_row[dst] = owner
+
+    def _complete(self, seq: Sequence) -> None:
+        from ixcdoc.answer import Answer
+
+        now = time.perf_counter()
+        decode_ms = (now - seq.t_prefilled) * 1000 if seq.t_prefilled else 0.0
+        steps = max(len(seq.tokens) - 1, 0) if seq.beam is None else seq.beam.generated - 1
+        req = seq.request
+        timings: dict[str, Any] = {
+            "vision_ms": seq.timings.get("vision_ms", 0.0),
+            "prefill_ms": seq.timings.get("prefill_ms", 0.0),
+            "decode_ms": decode_ms,
+            "n_tokens": len(seq.tokens),
+            "decode_tokens_per_s": steps / (decode_ms / 1000) if decode_ms > 0 else 0.0,
+        }
+        answer = Answer(
+            text=self.dm.tokenizer.decode(seq.tokens, skip_special=True),
+            token_ids=list(seq.tokens),
+            stop_reason=seq.stop_reason or MAX_NEW_TOKENS,
+            hd=req.hd,
+            grids=seq.grids,
+            n_image_tokens=seq.n_image_tokens,
+            prompt_tokens=seq.prompt_len,
+            truncated=seq.truncated,
+            timings=timings,
+            stop_detail=seq.detail,
+        )
+        error = seq.handle.error
+        seq.handle._finish(None if error else answer, error)
+        self._done_callback(seq)
+
+    def _fail(self, seq: Sequence, error: BaseException) -> None:
+        seq.handle._finish(None, error)
+        self._done_callback(seq)
+
+    def _done_callback(self, seq: Sequence) -> None:
+        if seq.on_done is not None:
+            with contextlib.suppress(Exception):  # a caller's bug must not stop the others
+                seq.on_done(seq.handle)
+
+
+def _is_oom(e: BaseException) -> bool:
+    return isinstance(e, torch.cuda.OutOfMemoryError)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)

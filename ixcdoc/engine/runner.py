@@ -1,0 +1,131 @@
+"""Batched forwards on the slot cache: vision for many pages, prefill into a slot, decode rows.
+
+The decoder's static KV cache is allocated as ``[n_slots, n_kv, max_len, head_dim]`` per layer.
+Prefill runs one sequence at a time (exactly the batch-1 prefill of ``generate``, written into
+its slot row); a decode step runs every running row in one forward with per-row positions and
+masks (``InternLM2ForCausalLM.forward`` with a 2-D ``input_pos``).
+
+Decode capture: on CUDA the decode step is compiled with ``torch.compile(mode=
+"reduce-overhead")`` (CUDA graphs) once per batch-size bucket (1, 2, 4, ... up to the slots),
+the batch padded to its bucket with dummy rows that sit in free slots at position 0 (their
+writes land in rows no sequence owns and their logits are dropped). Off on the CPU, where
+graphs do not exist and inductor's compile time outweighs the gain for short runs.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+
+import torch
+
+from ixcdoc.model import merge
+
+ATTEND_ROUND = 64  # eager decode attends to the longest row's prefix, rounded up to this
+
+
+def _decode_rows(
+    model: torch.nn.Module, ids: torch.Tensor, pos: torch.Tensor, attend_len: int | None = None
+) -> torch.Tensor:
+    """ids [B, 1], per-row positions [B, 1] -> fp32 logits [B, V] over cache rows 0..B-1."""
+    return model(model.embed_tokens(ids), None, pos, last_only=True, attend_len=attend_len)[:, -1]
+
+
+@functools.cache
+def _compiled_decode_rows(mode: str | None) -> object:
+    # One wrapper per process: dynamo keys its graphs on the batch shape (one per bucket).
+    torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
+    return torch.compile(_decode_rows, mode=mode, fullgraph=True, dynamic=False)
+
+
+def bucket_for(n: int, limit: int) -> int:
+    """The smallest power of two >= n, at most ``limit`` (the slot count)."""
+    b = 1
+    while b < n:
+        b *= 2
+    return min(b, limit)
+
+
+class ModelRunner:
+    """Owns the slot cache of one model and runs its forwards."""
+
+    def __init__(
+        self, model: torch.nn.Module, n_slots: int, max_len: int, *, capture: bool | None = None
+    ) -> None:
+        self.model = model
+        self.n_slots = n_slots
+        self.max_len = max_len
+        param = next(model.parameters())
+        self.device = param.device
+        self.capture = (self.device.type == "cuda") if capture is None else capture
+        model.setup_caches(n_slots, max_len)
+        cache = model.model.layers[0].attention.kv_cache
+        if cache.k.shape[0] < n_slots or cache.max_seq_length < max_len:
+            raise RuntimeError("the model's KV cache is smaller than the engine asked for")
+
+    def _caches(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        caches = [layer.attention.kv_cache for layer in self.model.model.layers]
+        return [(c.k, c.v) for c in caches]
+
+    # -- vision ------------------------------------------------------------------------------
+
+    def encode_images(self, pixels: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """Normalized HD tensors [1, 3, H, W] (any tiers) -> embeddings [N_i, D], one ViT pass.
+
+        The crops of every image go through the vision tower as one batch; the 2x2 merge,
+        separators and projector then run per image, as ``XComposer2.encode_image`` does.
+        """
+        m = self.model
+        t = m.tile
+        batches = [m.vit_input(p.to(self.device)) for p in pixels]  # [1 + h*w, 3, t, t] each
+        feats = m.vit(torch.cat(batches)) if len(batches) > 1 else m.vit(batches[0])
+        out: list[torch.Tensor] = []
+        start = 0
+        for p, b in zip(pixels, batches, strict=True):
+            f = feats[start : start + b.shape[0]]
+            start += b.shape[0]
+            rows, cols = p.shape[-2] // t, p.shape[-1] // t
+            merged = merge.merge_2x2(f)
+            tokens = merge.layout_tokens(merged, rows, cols, m.plora_glb_GN, m.plora_sub_GN)
+            merge.check_token_count(tokens.shape[0], rows, cols, t, m.config.vision.patch_size)
+            out.append(m.vision_proj(tokens.to(m.vision_proj[0].weight.dtype)))
+        return out
+
+    # -- decoder -----------------------------------------------------------------------------
+
+    def prefill(self, embeds: torch.Tensor, im_mask: torch.Tensor | None, row: int) -> torch.Tensor:
+        """Spliced prompt [1, L, D] into cache row ``row`` -> fp32 logits [V] of its last token."""
+        return self.model(embeds, im_mask, None, last_only=True, cache_row=row)[0, -1]
+
+    def decode(self, ids: Sequence[int], positions: Sequence[int]) -> torch.Tensor:
+        """One token per cache row 0..B-1 at its own position -> fp32 logits [B, V]."""
+        b = len(ids)
+        if not self.capture:
+            idt = torch.tensor(ids, dtype=torch.long, device=self.device).view(b, 1)
+            pos = torch.tensor(positions, dtype=torch.long, device=self.device).view(b, 1)
+            # no row sees past the longest one: skip the empty tail of the slots (a captured
+            # step keeps the whole cache, its shapes must not change)
+            span = -(-(max(positions) + 1) // ATTEND_ROUND) * ATTEND_ROUND
+            return _decode_rows(self.model, idt, pos, min(span, self.max_len))
+        n = bucket_for(b, self.n_slots)
+        pad = n - b  # dummy rows: token 0 at position 0 of free slots
+        idt = torch.tensor(list(ids) + [0] * pad, dtype=torch.long, device=self.device)
+        pos = torch.tensor(list(positions) + [0] * pad, dtype=torch.long, device=self.device)
+        mode = "reduce-overhead" if self.device.type == "cuda" else None
+        fn = _compiled_decode_rows(mode)
+        if mode is not None:
+            torch.compiler.cudagraph_mark_step_begin()
+        return fn(self.model, idt.view(n, 1), pos.view(n, 1))[:b].clone()
+
+    def copy_rows(self, src: Sequence[int], dst: Sequence[int], length: int) -> None:
+        """Copy the first ``length`` cached positions of rows ``src`` into rows ``dst``.
+
+        Reads everything before writing, so a permutation (a beam reorder) is safe.
+        """
+        if not src or length <= 0:
+            return
+        s = torch.tensor(list(src), device=self.device)
+        d = torch.tensor(list(dst), device=self.device)
+        for k, v in self._caches():
+            k[d, :, :length] = k[s, :, :length]
+            v[d, :, :length] = v[s, :, :length]

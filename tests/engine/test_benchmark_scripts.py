@@ -1,0 +1,41 @@
+"""The batched GPU benchmark cannot run here; its --tiny mode keeps the script from rotting."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_gpu_batched_tiny_mode_runs(tmp_path: Path) -> None:
+    out = tmp_path / "gpu_batched.json"
+    cmd = [
+        sys.executable,
+        str(ROOT / "benchmarks" / "gpu.py"),
+        "--tiny",
+        "--batched",
+        "--quant",
+        "bf16",
+        "--tiers",
+        "1,4",
+        "--batches",
+        "1,3",
+        "--new-tokens",
+        "3",
+        "--json",
+        str(out),
+    ]
+    subprocess.run(cmd, check=True, capture_output=True, timeout=300, cwd=ROOT)
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["tier"], r["batch"], r["pages"]) for r in rows] == [
+        (1, 1, 2),
+        (1, 3, 3),
+        (4, 1, 2),
+        (4, 3, 3),
+    ]
+    for r in rows:
+        assert r["decode_tokens"] == 3 * r["pages"]  # no stop ids: every page decodes 3 tokens
+        assert r["image_tokens"] > 0 and r["estimate_gib"] > 0

@@ -1,0 +1,146 @@
+"""The engine gives every request exactly what chat gives it alone (float32, CPU)."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import pytest
+import torch
+
+from ixcdoc.engine import ChatRequest
+from ixcdoc.runtime import DocModel
+
+from .conftest import chat_reference, page
+
+ATOL = 1e-4
+
+
+def _mixed(n: int) -> list[ChatRequest]:
+    """Mixed tiers, page shapes, query lengths and answer lengths (so stops differ)."""
+    shapes = [(40, 30), (300, 900), (120, 60), (64, 200), (90, 90)]
+    queries = ["Hi", "Transcribe the page.", "What is the total amount due on this invoice?"]
+    return [
+        ChatRequest(
+            [page(*shapes[i % len(shapes)], seed=i)],
+            queries[i % len(queries)],
+            hd=(1, 4, 9, 2)[i % 4],
+            max_new_tokens=(3, 9, 6, 12, 1)[i % 5],
+        )
+        for i in range(n)
+    ]
+
+
+def _run(dm: DocModel, reqs, *, n_slots: int, submit_later: int = 0, after_steps: int = 2):
+    """Run ``reqs`` through an engine; the last ``submit_later`` join after ``after_steps``."""
+    logits: dict[int, list[torch.Tensor]] = defaultdict(list)
+    eng = dm.engine(
+        n_slots=n_slots,
+        max_len=1024,
+        logits_hook=lambda h, row: logits[h.id].append(row.clone()),
+    )
+    first = len(reqs) - submit_later
+    handles = [eng.submit(r) for r in reqs[:first]]
+    for _ in range(after_steps):
+        eng.step()
+    running_when_joined = len(eng.running)
+    handles += [eng.submit(r) for r in reqs[first:]]
+    eng.run_until_idle()
+    dm.model.reset_caches()
+    return handles, logits, running_when_joined
+
+
+def _check(dm: DocModel, reqs, handles, logits) -> None:
+    for req, h in zip(reqs, handles, strict=True):
+        ref = chat_reference(dm, req)
+        ans = h.result()
+        assert ans.token_ids == ref.token_ids
+        assert ans.stop_reason == ref.stop_reason
+        got = logits[h.id]
+        assert len(got) == len(ref.logits)
+        for a, b in zip(got, ref.logits, strict=True):
+            torch.testing.assert_close(a, b, rtol=0, atol=ATOL)
+
+
+@pytest.mark.parametrize("which", ["fixture_dm", "tiny_dm"])
+def test_mixed_batch_equals_chat(request, which) -> None:
+    dm = request.getfixturevalue(which)
+    reqs = _mixed(6)
+    handles, logits, _ = _run(dm, reqs, n_slots=6)
+    _check(dm, reqs, handles, logits)
+    stops = {len(h.result().token_ids) for h in handles}
+    assert len(stops) > 2  # the sequences really left the batch at different steps
+
+
+def test_more_requests_than_slots_queue(fixture_dm) -> None:
+    reqs = _mixed(7)
+    handles, logits, _ = _run(fixture_dm, reqs, n_slots=2)
+    _check(fixture_dm, reqs, handles, logits)
+
+
+def test_admission_mid_flight(tiny_dm) -> None:
+    reqs = _mixed(5)
+    for r in reqs[:2]:
+        r.max_new_tokens = 12  # still decoding when the others arrive
+    handles, logits, running = _run(tiny_dm, reqs, n_slots=4, submit_later=3, after_steps=3)
+    assert running == 2
+    _check(tiny_dm, reqs, handles, logits)
+
+
+def test_chat_batch_order_and_chat_equivalence(fixture_dm) -> None:
+    reqs = _mixed(4)
+    answers = fixture_dm.chat_batch(reqs, max_batch=3)
+    for req, ans in zip(reqs, answers, strict=True):
+        alone = fixture_dm.chat(req.images, req.query, hd=req.hd, max_new_tokens=req.max_new_tokens)
+        assert ans.token_ids == alone.token_ids
+        assert ans.text == alone.text
+        assert ans.stop_reason == alone.stop_reason
+        assert (ans.hd, ans.grids, ans.n_image_tokens, ans.prompt_tokens) == (
+            alone.hd,
+            alone.grids,
+            alone.n_image_tokens,
+            alone.prompt_tokens,
+        )
+        one = fixture_dm.chat_batch([req])[0]
+        assert one.token_ids == alone.token_ids and one.stop_reason == alone.stop_reason
+
+
+def test_seeded_sampling_and_penalty_match_chat(tiny_dm) -> None:
+    reqs = _mixed(4)
+    reqs[0].do_sample, reqs[0].seed, reqs[0].temperature = True, 11, 1.5
+    reqs[1].do_sample, reqs[1].seed, reqs[1].top_k = True, 5, 0
+    reqs[2].repetition_penalty = 1.3
+    reqs[3].do_sample, reqs[3].seed, reqs[3].repetition_penalty = True, 3, 1.2
+    for r in reqs:
+        r.max_new_tokens = 10
+    handles, logits, _ = _run(tiny_dm, reqs, n_slots=4)
+    _check(tiny_dm, reqs, handles, logits)
+    assert handles[0].result().token_ids != handles[1].result().token_ids
+
+
+def test_stop_token_callback_and_hook_stops(fixture_dm) -> None:
+    """Each sequence keeps its own stop rules: a stop id, on_token False, should_stop."""
+    reqs = _mixed(3)
+    for r in reqs:
+        r.max_new_tokens = 10
+    probe = chat_reference(fixture_dm, reqs[0])
+    stop_tok = probe.token_ids[3]
+    eng = fixture_dm.engine(n_slots=3, max_len=1024)
+    fixture_dm.tokenizer.stop_ids, saved = (
+        (*fixture_dm.tokenizer.stop_ids, stop_tok),
+        (fixture_dm.tokenizer.stop_ids),
+    )
+    try:
+        eng = fixture_dm.engine(n_slots=3, max_len=1024)
+        h0 = eng.submit(reqs[0])
+        h1 = eng.submit(reqs[1], on_token=lambda t, n=[0]: (n.append(t), len(n) < 4)[1])
+        h2 = eng.submit(reqs[2], should_stop=lambda ids: "two" if len(ids) == 2 else None)
+        eng.run_until_idle()
+        ref0 = chat_reference(fixture_dm, reqs[0])
+    finally:
+        fixture_dm.tokenizer.stop_ids = saved
+        fixture_dm.model.reset_caches()
+    a0, a1, a2 = h0.result(), h1.result(), h2.result()
+    assert a0.stop_reason == "stop_token" and a0.token_ids == ref0.token_ids
+    assert a0.token_ids == probe.token_ids[: probe.token_ids.index(stop_tok)]
+    assert a1.stop_reason == "callback" and len(a1.token_ids) == 3
+    assert a2.stop_reason == "hook" and a2.stop_detail == "two" and len(a2.token_ids) == 2

@@ -1,0 +1,121 @@
+"""Streaming interface, a background engine thread, and out-of-memory isolation."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+
+from ixcdoc.engine import ChatRequest
+from ixcdoc.errors import DeviceError, UsageError
+
+from .conftest import chat_reference, page
+
+
+def _reqs(n: int, tokens: int = 6) -> list[ChatRequest]:
+    return [
+        ChatRequest(
+            [page(60 + 20 * i, 50, seed=i)],
+            f"Question {i}?",
+            hd=1 + i % 3,
+            max_new_tokens=tokens + i,
+        )
+        for i in range(n)
+    ]
+
+
+def test_tokens_stream_in_order_and_done_fires_once(tiny_dm) -> None:
+    reqs = _reqs(3)
+    streamed: dict[int, list[int]] = {i: [] for i in range(3)}
+    done: list[int] = []
+    eng = tiny_dm.engine(n_slots=3, max_len=512)
+    handles = [
+        eng.submit(
+            r,
+            on_token=lambda t, i=i: streamed[i].append(t),
+            on_done=lambda h, i=i: done.append(i),
+        )
+        for i, r in enumerate(reqs)
+    ]
+    eng.run_until_idle()
+    tiny_dm.model.reset_caches()
+    for i, (r, h) in enumerate(zip(reqs, handles, strict=True)):
+        assert streamed[i] == h.result().token_ids == chat_reference(tiny_dm, r).token_ids
+    assert sorted(done) == [0, 1, 2]
+    # the shorter answers finish first: each leaves the batch as soon as it is done
+    assert done == [0, 1, 2]
+
+
+def test_background_thread_serves_submissions_from_other_threads(tiny_dm) -> None:
+    reqs = _reqs(4, tokens=4)
+    eng = tiny_dm.engine(n_slots=2, max_len=512)
+    eng.start()
+    handles: list = [None] * 4
+    try:
+
+        def client(i: int) -> None:
+            handles[i] = eng.submit(reqs[i])
+
+        threads = [threading.Thread(target=client, args=(i,)) for i in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        answers = [h.result(timeout=120) for h in handles]
+    finally:
+        eng.close()
+        tiny_dm.model.reset_caches()
+    for r, a in zip(reqs, answers, strict=True):
+        assert a.token_ids == chat_reference(tiny_dm, r).token_ids
+
+
+def test_oom_in_one_prefill_fails_only_that_request(fixture_dm) -> None:
+    reqs = _reqs(4)
+    victim = reqs[1]
+
+    def fault(req: ChatRequest) -> None:
+        if req is victim:
+            raise torch.cuda.OutOfMemoryError("injected")
+
+    eng = fixture_dm.engine(n_slots=2, max_len=512, fault_hook=fault)
+    handles = [eng.submit(r) for r in reqs]
+    eng.run_until_idle()
+    fixture_dm.model.reset_caches()
+    with pytest.raises(DeviceError) as info:
+        handles[1].result()
+    assert info.value.code == "oom" and "HD2" in str(info.value)
+    for i in (0, 2, 3):
+        assert handles[i].result().token_ids == chat_reference(fixture_dm, reqs[i]).token_ids
+    assert eng.slots.used == 0 and not eng.running
+
+
+def test_chat_batch_return_exceptions(fixture_dm, monkeypatch) -> None:
+    from ixcdoc.engine import engine as engine_mod
+
+    reqs = _reqs(2, tokens=2)
+    real = engine_mod.Engine.__init__
+
+    def init(self, *a, **kw):
+        kw["fault_hook"] = lambda r: (
+            (_ for _ in ()).throw(torch.cuda.OutOfMemoryError("x")) if (r is reqs[0]) else None
+        )
+        real(self, *a, **kw)
+
+    monkeypatch.setattr(engine_mod.Engine, "__init__", init)
+    out = fixture_dm.chat_batch(reqs, return_exceptions=True)
+    assert isinstance(out[0], DeviceError) and out[0].code == "oom"
+    assert out[1].token_ids == chat_reference(fixture_dm, reqs[1]).token_ids
+    with pytest.raises(DeviceError):
+        fixture_dm.chat_batch(reqs)
+
+
+def test_submit_rejects_what_cannot_fit(fixture_dm) -> None:
+    eng = fixture_dm.engine(n_slots=2, max_len=256)
+    with pytest.raises(UsageError, match="positions"):
+        eng.submit(ChatRequest([page(40, 30, 0)], "q", hd=1, max_new_tokens=1000))
+    with pytest.raises(UsageError, match="slots"):
+        eng.submit(ChatRequest([page(40, 30, 0)], "q", hd=1, num_beams=3))
+    with pytest.raises(UsageError, match="temperature"):
+        eng.submit(ChatRequest([page(40, 30, 0)], "q", hd=1, do_sample=True, temperature=0))
+    fixture_dm.model.reset_caches()
