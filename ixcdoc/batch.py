@@ -26,6 +26,7 @@ from ixcdoc.runner import Job, PageRunner
 if TYPE_CHECKING:
     from ixcdoc.inputs import Sources
     from ixcdoc.records import PageRecord, ResumeState
+    from ixcdoc.runner import EnginePages
     from ixcdoc.runtime import DocModel
 
 
@@ -75,6 +76,7 @@ class BatchStats:
     loaded: bool = False  # the model was loaded
     files_written: int = 0  # document files written to the output folder
     records_path: Path | None = None  # where the records went (also out_dir's own file)
+    batch_size: int = 1  # pages in flight at most (the engine's slots)
 
     @property
     def any_failed(self) -> bool:
@@ -111,17 +113,41 @@ def _single_input(sources: Sources) -> bool:
 
 
 @contextlib.contextmanager
-def _outputs(file_writer: Any, json_stream: TextIO | None) -> Iterator[Any]:
+def _outputs(file_writer: Any, json_stream: TextIO | None) -> Iterator[tuple[Any, Any]]:
+    """(the output file's writer, the JSON stream's writer), either None; both closed after."""
     from ixcdoc.records import JsonlWriter
 
-    writers: list[JsonlWriter] = [] if file_writer is None else [file_writer]
+    stream = None
     try:
-        if json_stream is not None:
-            writers.append(JsonlWriter(json_stream))
-        yield writers
+        stream = JsonlWriter(json_stream) if json_stream is not None else None
+        yield file_writer, stream
     finally:
-        for w in writers:
-            w.close()
+        for w in (file_writer, stream):
+            if w is not None:
+                w.close()
+
+
+class _InOrder:
+    """Hands records on in input order although pages finish in any order (the engine)."""
+
+    def __init__(self, emit: Callable[[PageItem, PageRecord], None]) -> None:
+        self.emit = emit
+        self._next = 0  # the sequence number to emit next
+        self._count = 0
+        self._seq: dict[int, int] = {}  # id(item) -> its sequence number
+        self._ready: dict[int, tuple[PageItem, PageRecord]] = {}
+
+    def expect(self, item: PageItem) -> None:
+        """``item`` will have a record: it takes the next place in the order."""
+        self._seq[id(item)] = self._count
+        self._count += 1
+
+    def done(self, item: PageItem, rec: PageRecord) -> None:
+        """``item`` finished: emit it, and every later one already waiting, when it is next."""
+        self._ready[self._seq.pop(id(item))] = (item, rec)
+        while self._next in self._ready:
+            self.emit(*self._ready.pop(self._next))
+            self._next += 1
 
 
 def run(
@@ -138,6 +164,7 @@ def run(
     read_ahead: int = 2,
     out_dir: str | os.PathLike[str] | None = None,
     out_format: str = "md",
+    batch_size: int | None = None,
 ) -> BatchStats:
     """Run ``job`` on every page of ``sources``, one record each; return what happened.
 
@@ -149,8 +176,11 @@ def run(
     there as a JSON line. Pages are read ``read_ahead`` pages in front of the model on a worker
     thread (0: on the calling thread). ``out_dir``: also write one file per document there
     (``out_format`` md, txt or json; ``ixcdoc.outdir``), with the records in ``output`` or, if
-    none is given, in ``out_dir/.ixcdoc/records.jsonl``. KeyboardInterrupt propagates after
-    the reader stops; every record written before it is complete.
+    none is given, in ``out_dir/.ixcdoc/records.jsonl``. ``batch_size``: pages in flight on the
+    batched engine (None: as many as the memory estimate allows; 1: one page at a time with
+    ``chat``); records are written as pages finish, which may differ from input order.
+    KeyboardInterrupt propagates after the reader stops; every record written before it is
+    complete.
     """
     from ixcdoc.records import open_output
 
@@ -198,19 +228,36 @@ def run(
     items = ahead(pages, depth=read_ahead) if read_ahead > 0 else pages
     stats = BatchStats()
     single_arg = _single_input(sources)
-    with _outputs(file_writer, json_stream) as writers:
+    engine: EnginePages | None = None
+    inflight: set[Any] = set()  # resume keys of pages on the engine now
+    with _outputs(file_writer, json_stream) as (to_file, to_stream):
+        earlier = _Earlier(output)
 
-        def sink(rec: PageRecord) -> None:
+        def show(item: PageItem, rec: PageRecord) -> None:
+            if to_stream is not None:
+                to_stream.write(rec)
+            events.record(item, rec)
+
+        ordered = _InOrder(show)
+
+        def finished(item: PageItem, rec: PageRecord) -> None:
             # Written before the state hears of it: a crash never marks an unwritten page done.
-            for w in writers:
-                w.write(rec)
+            # The file gets records as pages finish; stdout and the display in input order.
+            if to_file is not None:
+                to_file.write(rec)
             if state is not None:
                 state.add(rec)
+            inflight.discard(runner.key(job, item.sha256, item.source, item.page))
             if docs is not None:
                 earlier.remember(rec)
                 docs.add(rec, fresh=True)
-
-        earlier = _Earlier(output)
+            if rec.status == "ok":
+                stats.ok += 1
+                stats.blank += "blank" in rec.flags
+                stats.flagged += bool(set(rec.flags) - {"blank"})
+            else:
+                stats.failed += 1
+            ordered.done(item, rec)
 
         try:
             for item in items:
@@ -219,37 +266,67 @@ def run(
                         events.note(f"{item.source}: {note}")
                     events.opened(item.source, item.pages, single=single_arg and item.pages == 1)
                     if docs is not None:
-                        docs.opened(item.source, item.pages)
+                        docs.opened(item.source, item.numbers)
                     continue
                 stats.pages += 1
-                if _skip(item, runner, job, state, redo_failed, stats):
-                    if docs is not None:
-                        before = earlier.get(runner.key(job, item.sha256, item.source, item.page))
-                        if before is None:
-                            docs.skip_page()
-                        else:
+                key = runner.key(job, item.sha256, item.source, item.page)
+                if _skip(item, runner, job, state, redo_failed, stats) or key in inflight:
+                    if key in inflight:  # the same bytes again, already on the engine
+                        stats.skipped += 1
+                    elif docs is not None:
+                        before = earlier.get(key)
+                        if before is not None:
                             docs.add(before, fresh=False)
                     events.skipped(item)
                     continue
-                if item.error is None and not item.blank and runner.model is None:
+                ordered.expect(item)
+                needs_model = item.error is None and not item.blank
+                if needs_model and runner.model is None:
                     load()
                     stats.loaded = True
+                if needs_model and engine is None and batch_size != 1:
+                    engine = _engine(runner, job, batch_size)
+                    stats.batch_size = engine.engine.n_slots
                 on_text: Callable[[str], None] | None = events.text if events.wants_text() else None
-                rec = runner.run_page(item, job, on_start=events.page_started, on_text=on_text)
-                sink(rec)
-                if rec.status == "ok":
-                    stats.ok += 1
-                    stats.blank += "blank" in rec.flags
-                    stats.flagged += bool(set(rec.flags) - {"blank"})
-                else:
-                    stats.failed += 1
-                events.record(item, rec)
+                if engine is None:
+                    finished(
+                        item,
+                        runner.run_page(item, job, on_start=events.page_started, on_text=on_text),
+                    )
+                    continue
+                done = runner.settled(item, job)
+                if done is None:
+                    inflight.add(key)
+                    done = engine.submit(item, on_start=events.page_started, on_text=on_text)
+                if done is not None:
+                    finished(item, done)
+                while engine.busy >= engine.engine.n_slots:  # keep the slots full, no more
+                    for it, rec in engine.step():
+                        finished(it, rec)
+            while engine is not None and engine.busy:
+                for it, rec in engine.step():
+                    finished(it, rec)
         finally:
             if hasattr(items, "close"):
                 items.close()
+            if engine is not None:
+                engine.close()
             stats.files_written = 0 if docs is None else docs.written
             stats.records_path = None if output is None else Path(output)
     return stats
+
+
+def _engine(runner: PageRunner, job: Job, batch_size: int | None) -> EnginePages:
+    """The batched engine for a run: ``batch_size`` slots (None: what memory allows), each
+    long enough for the largest page the job can send."""
+    from ixcdoc.runner import EnginePages
+    from ixcdoc.sizing import auto_batch, job_positions
+
+    model = runner.model
+    assert model is not None
+    positions = job_positions(model, job)
+    n = batch_size if batch_size is not None else auto_batch(model, job, positions)
+    return EnginePages(runner, job, model.engine(n_slots=max(1, n), max_len=positions))
 
 
 class _Earlier:

@@ -85,14 +85,17 @@ def write_atomic(path: Path, text: str) -> None:
 
 @dataclass
 class _Open:
-    source: str
-    expected: int
-    records: list[PageRecord] = field(default_factory=list)
+    pages: set[int]  # the page numbers a complete file holds
+    records: dict[int, PageRecord] = field(default_factory=dict)
     fresh: bool = False  # some page got a new record in this run
 
 
 class DocumentFiles:
-    """Collects each document's page records and writes its file when the last one is in."""
+    """Collects each document's page records and writes its file when the last one is in.
+
+    Pages may finish in any order and documents interleave (the batched engine): each open
+    document is kept by its source until every one of its pages has a record.
+    """
 
     def __init__(
         self,
@@ -106,7 +109,7 @@ class DocumentFiles:
         self.fmt = fmt
         self.roots = list(roots)
         self.written = 0  # files written in this run
-        self._current: _Open | None = None
+        self._open: dict[str, _Open] = {}
         self._names: dict[str, str] = {}  # output name -> the source that has it
 
     def path_for(self, source: str, sha256: str | None) -> Path:
@@ -118,28 +121,30 @@ class DocumentFiles:
             self._names.setdefault(name, source)
         return self.out_dir / (name + FORMATS[self.fmt])
 
-    def opened(self, source: str, pages: int) -> None:
-        """A document starts: ``pages`` page records will follow."""
-        self._current = _Open(source, pages)
+    def opened(self, source: str, numbers: Sequence[int]) -> None:
+        """A document starts: these pages' records will follow (in any order)."""
+        if source in self._open:  # the same file named twice: its pages are the same pages
+            self._open[source].pages.update(numbers)
+        else:
+            self._open[source] = _Open(set(numbers))
 
     def add(self, rec: PageRecord, *, fresh: bool) -> None:
-        """A page's record (``fresh``: written in this run), in the order the pages come."""
-        cur = self._current
-        if cur is None or rec.page is None:  # a whole-file error: no document to write
-            self._current = None
+        """A page's record (``fresh``: written in this run)."""
+        cur = self._open.get(rec.source)
+        if cur is None:
             return
-        cur.records.append(rec)
+        if rec.page is None:  # a whole-file error: no document to write
+            del self._open[rec.source]
+            return
+        cur.records[rec.page] = rec
         cur.fresh |= fresh
-        if len(cur.records) == cur.expected:
-            self._finish(cur)
-            self._current = None
+        if cur.pages <= cur.records.keys():
+            del self._open[rec.source]
+            self._finish(rec.source, cur)
 
-    def skip_page(self) -> None:
-        """A page was skipped and no earlier record of it exists: the file cannot be complete."""
-        self._current = None
-
-    def _finish(self, cur: _Open) -> None:
-        path = self.path_for(cur.source, cur.records[0].content_sha256)
+    def _finish(self, source: str, cur: _Open) -> None:
+        records = [cur.records[p] for p in sorted(cur.pages)]
+        path = self.path_for(source, records[0].content_sha256)
         if cur.fresh or not path.exists():
-            write_atomic(path, render_document(self.fmt, cur.records))
+            write_atomic(path, render_document(self.fmt, records))
             self.written += 1

@@ -46,6 +46,7 @@ class Opened:
     source: str
     pages: int
     notes: tuple[str, ...] = ()
+    numbers: tuple[int, ...] = ()  # the page numbers that will follow
 
 
 class TierPlan:
@@ -138,7 +139,7 @@ def read_pages(
         doc, numbers = item
         if choose is not None:
             numbers = choose(doc, numbers)
-        yield Opened(doc.source, len(numbers), tuple(doc.notes))
+        yield Opened(doc.source, len(numbers), tuple(doc.notes), tuple(numbers))
         for n in numbers:
             base = (doc.source, doc.sha256, n, doc.page_count)
             if skip is not None and skip(doc.sha256, n):

@@ -3,6 +3,7 @@ retries a page one tier lower when the GPU runs out of memory. Never raises for 
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -12,7 +13,10 @@ from ixcdoc.planning import TierChoice, choose_tier, lower_tier
 from ixcdoc.tasks import TaskPreset
 
 if TYPE_CHECKING:
+    from ixcdoc.answer import Answer
+    from ixcdoc.engine import Engine, Handle
     from ixcdoc.gpu import GpuInfo
+    from ixcdoc.guards import RepetitionGuard
     from ixcdoc.inputs import Document, PageInfo, RenderedPage
     from ixcdoc.preprocess import HDImage
     from ixcdoc.reading import PageItem
@@ -34,6 +38,11 @@ class Job:
     hd: int | None = None  # None: automatic
     max_new_tokens: int | None = None
     top_k: int | None = None
+
+    @property
+    def new_tokens(self) -> int:
+        """The generation limit: the job's, else the task's."""
+        return self.max_new_tokens or self.task.max_new_tokens
 
     @property
     def hd_label(self) -> str:
@@ -154,96 +163,68 @@ class PageRunner:
         assert self.model is not None
         return hd_image(rendered.image, choice.hd, self.model.config.tile)
 
-    def run_page(
-        self,
-        item: PageItem,
-        job: Job,
-        *,
-        on_start: Callable[[PageItem, int], None] | None = None,
-        on_text: Callable[[str], None] | None = None,
-    ) -> PageRecord:
-        """Run the job on one page and return its record (never raises for a page)."""
-        from ixcdoc.guards import RepetitionGuard
+    def settled(self, item: PageItem, job: Job) -> PageRecord | None:
+        """The record of a page that needs no model (unreadable, or blank), else None."""
         from ixcdoc.records import ErrorInfo, Timings
 
         if item.error is not None:
             return self.record(
                 job, item, status="error", error=ErrorInfo.from_exception(item.error)
             )
-        r = item.rendered
-        assert r is not None
-        render_ms = round(r.render_ms, 3)
         if item.blank:
+            assert item.rendered is not None
             return self.record(
                 job,
                 item,
                 status="ok",
                 text="",
                 flags=("blank",),
-                timings=Timings(render_ms=render_ms),
+                timings=Timings(render_ms=round(item.rendered.render_ms, 3)),
             )
-        model = self.model
-        assert model is not None, "load the model before running pages"
+        return None
+
+    def first_tier(self, item: PageItem, job: Job) -> int:
+        """The tier a page starts at (chosen once: by the reader, or here)."""
+        assert item.rendered is not None
         if item.tier is None:
-            item.tier = self.tier_for(job, r.info)
-        tier = item.tier.hd
-        flags: list[str] = []
-        max_new = job.max_new_tokens or job.task.max_new_tokens
+            item.tier = self.tier_for(job, item.rendered.info)
+        return item.tier.hd
 
-        def failed(code: str, why: str) -> PageRecord:
-            return self.record(
-                job,
-                item,
-                status="error",
-                tier=tier,
-                flags=tuple(flags),
-                error=ErrorInfo(code, f"{item.source} page {item.page}: {why}"),
-                timings=Timings(render_ms=render_ms),
-            )
+    def lower(self, item: PageItem, tier: int) -> int | None:
+        """The tier to retry a page at after running out of GPU memory (None: none left)."""
+        assert self.model is not None and item.rendered is not None
+        self.model.release_memory()
+        info = item.rendered.info
+        return lower_tier(info.native_h, info.native_w, tier, self.model.config.tile)
 
-        while True:
-            guard = RepetitionGuard()
-            stream = model.tokenizer.stream() if on_text is not None else None
+    def failed(
+        self, item: PageItem, job: Job, tier: int, flags: list[str], code: str, why: str
+    ) -> PageRecord:
+        """The error record of a page the model could not finish."""
+        from ixcdoc.records import ErrorInfo, Timings
 
-            def on_token(tid: int, guard: RepetitionGuard = guard, stream: Any = stream) -> bool:
-                keep = guard(tid)
-                if stream is not None and on_text is not None:
-                    delta = stream.push(tid)
-                    if delta:
-                        on_text(delta)
-                return keep
+        assert item.rendered is not None
+        return self.record(
+            job,
+            item,
+            status="error",
+            tier=tier,
+            flags=tuple(flags),
+            error=ErrorInfo(code, f"{item.source} page {item.page}: {why}"),
+            timings=Timings(render_ms=round(item.rendered.render_ms, 3)),
+        )
 
-            if on_start is not None:
-                on_start(item, tier)
-            try:
-                page = item.hd_image if item.hd_image is not None else r.image
-                ans = model.chat(
-                    [page], job.prompt, hd=tier, max_new_tokens=max_new, on_token=on_token
-                )
-                if stream is not None and on_text is not None:
-                    tail = stream.flush()  # a character split across the last tokens
-                    if tail:
-                        on_text(tail)
-                break
-            except Exception as e:
-                if not _is_oom(e):
-                    # docs/output.md: an unexpected failure is this page's error record (code
-                    # "error", the message names the exception); the batch goes on.
-                    why = e.message if isinstance(e, IxcdocError) else f"{type(e).__name__}: {e}"
-                    return failed(ErrorInfo.from_exception(e).code, why)
-            # Outside the except block: the exception's traceback holds the failed forward's
-            # tensors until it is gone, and only then can the cached blocks be released.
-            model.release_memory()
-            lower = lower_tier(r.info.native_h, r.info.native_w, tier, model.config.tile)
-            if lower is None:
-                return failed("oom", f"out of GPU memory even at HD{tier}; try --quant 4bit")
-            tier = lower
-            if "tier_fallback" not in flags:
-                flags.append("tier_fallback")
+    def answered(
+        self, item: PageItem, job: Job, ans: Answer, guard: RepetitionGuard, flags: list[str]
+    ) -> PageRecord:
+        """The record of a page the model answered (a stopped loop is trimmed and flagged)."""
+        from ixcdoc.records import Timings
+
+        assert self.model is not None and item.rendered is not None
         text = ans.text
         if guard.triggered:
-            flags.append("repetition")
-            text = model.tokenizer.decode(guard.trimmed())
+            flags = [*flags, "repetition"]
+            text = self.model.tokenizer.decode(guard.trimmed())
         t = ans.timings
         return self.record(
             job,
@@ -255,10 +236,198 @@ class PageRunner:
             grid=ans.grid,
             image_tokens=ans.n_image_tokens,
             timings=Timings(
-                render_ms=render_ms,
+                render_ms=round(item.rendered.render_ms, 3),
                 preprocess_ms=t.get("vision_ms"),
                 prefill_ms=t.get("prefill_ms"),
                 decode_ms=t.get("decode_ms"),
                 tokens=len(ans.token_ids),
             ),
         )
+
+    def image(self, item: PageItem) -> Any:
+        """What the model gets for a page: the HD image made ahead, or the rendered page."""
+        assert item.rendered is not None
+        return item.hd_image if item.hd_image is not None else item.rendered.image
+
+    def run_page(
+        self,
+        item: PageItem,
+        job: Job,
+        *,
+        on_start: Callable[[PageItem, int], None] | None = None,
+        on_text: Callable[[str], None] | None = None,
+    ) -> PageRecord:
+        """Run the job on one page with ``chat`` and return its record (never raises)."""
+        from ixcdoc.guards import RepetitionGuard
+        from ixcdoc.records import ErrorInfo
+
+        done = self.settled(item, job)
+        if done is not None:
+            return done
+        model = self.model
+        assert model is not None, "load the model before running pages"
+        tier = self.first_tier(item, job)
+        flags: list[str] = []
+        while True:
+            guard = RepetitionGuard()
+            on_token = token_callback(guard, model, on_text)
+            if on_start is not None:
+                on_start(item, tier)
+            try:
+                ans = model.chat(
+                    [self.image(item)],
+                    job.prompt,
+                    hd=tier,
+                    max_new_tokens=job.new_tokens,
+                    on_token=on_token,
+                )
+                on_token.flush()
+                return self.answered(item, job, ans, guard, flags)
+            except Exception as e:
+                if not _is_oom(e):
+                    # docs/output.md: an unexpected failure is this page's error record (code
+                    # "error", the message names the exception); the batch goes on.
+                    why = e.message if isinstance(e, IxcdocError) else f"{type(e).__name__}: {e}"
+                    return self.failed(
+                        item, job, tier, flags, ErrorInfo.from_exception(e).code, why
+                    )
+            # Outside the except block: the exception's traceback holds the failed forward's
+            # tensors until it is gone, and only then can the cached blocks be released.
+            lower = self.lower(item, tier)
+            if lower is None:
+                why = f"out of GPU memory even at HD{tier}; try --quant 4bit"
+                return self.failed(item, job, tier, flags, "oom", why)
+            tier = lower
+            if "tier_fallback" not in flags:
+                flags.append("tier_fallback")
+
+
+class TokenCallback:
+    """``on_token`` for one generation: the repetition guard, and streamed text if wanted."""
+
+    def __init__(
+        self, guard: RepetitionGuard, model: DocModel, on_text: Callable[[str], None] | None
+    ) -> None:
+        self.guard = guard
+        self.on_text = on_text
+        self.stream = model.tokenizer.stream() if on_text is not None else None
+
+    def __call__(self, tid: int) -> bool:
+        keep = self.guard(tid)
+        if self.stream is not None and self.on_text is not None:
+            delta = self.stream.push(tid)
+            if delta:
+                self.on_text(delta)
+        return keep
+
+    def flush(self) -> None:
+        """Emit a character split across the last tokens."""
+        if self.stream is not None and self.on_text is not None:
+            tail = self.stream.flush()
+            if tail:
+                self.on_text(tail)
+
+
+def token_callback(
+    guard: RepetitionGuard, model: DocModel, on_text: Callable[[str], None] | None
+) -> TokenCallback:
+    """The ``on_token`` callback of one generation (see ``TokenCallback``)."""
+    return TokenCallback(guard, model, on_text)
+
+
+@dataclass
+class _InFlight:
+    item: PageItem
+    tier: int
+    flags: list[str]
+    guard: RepetitionGuard
+    on_token: TokenCallback
+
+
+class EnginePages:
+    """Many pages in flight on the batched engine: submit pages, collect records as they
+    finish (not in input order), retrying a page one tier lower when its prefill runs out of
+    GPU memory, without disturbing the others."""
+
+    def __init__(self, runner: PageRunner, job: Job, engine: Engine) -> None:
+        self.runner = runner
+        self.job = job
+        self.engine = engine
+        self._inflight: dict[int, _InFlight] = {}
+        self._done: list[Handle] = []
+
+    @property
+    def busy(self) -> int:
+        """Pages submitted and not yet collected."""
+        return len(self._inflight)
+
+    def close(self) -> None:
+        """Free the engine's batch-sized KV cache (the model can run ``chat`` again)."""
+        assert self.runner.model is not None
+        self.runner.model.model.reset_caches()
+
+    def submit(
+        self,
+        item: PageItem,
+        *,
+        tier: int | None = None,
+        flags: list[str] | None = None,
+        on_start: Callable[[PageItem, int], None] | None = None,
+        on_text: Callable[[str], None] | None = None,
+    ) -> PageRecord | None:
+        """Queue a page; a record right away when the page cannot be submitted."""
+        from ixcdoc.engine import ChatRequest
+        from ixcdoc.guards import RepetitionGuard
+
+        assert self.runner.model is not None
+        tier = self.runner.first_tier(item, self.job) if tier is None else tier
+        flags = [] if flags is None else flags
+        guard = RepetitionGuard()
+        on_token = token_callback(guard, self.runner.model, on_text)
+        request = ChatRequest(
+            [self.runner.image(item)], self.job.prompt, hd=tier, max_new_tokens=self.job.new_tokens
+        )
+        if on_start is not None:
+            on_start(item, tier)
+        try:
+            handle = self.engine.submit(request, on_token=on_token, on_done=self._done.append)
+        except IxcdocError as e:  # e.g. a prompt longer than the engine's slots
+            return self.runner.failed(item, self.job, tier, flags, e.code, e.message)
+        self._inflight[handle.id] = _InFlight(item, tier, flags, guard, on_token)
+        return None
+
+    def step(self) -> list[tuple[PageItem, PageRecord]]:
+        """One engine step; the records of the pages that finished in it."""
+        # A step that raises has already failed the sequences it ran: their handles say why.
+        with contextlib.suppress(Exception):
+            self.engine.step()
+        out = []
+        done = list(self._done)  # handles append to this list object: empty it in place
+        self._done.clear()
+        for handle in done:
+            f = self._inflight.pop(handle.id)
+            rec = self._finished(f, handle)
+            if rec is not None:
+                out.append((f.item, rec))
+        return out
+
+    def _finished(self, f: _InFlight, handle: Handle) -> PageRecord | None:
+        """The record of a finished page, or None when it went back in one tier lower."""
+        from ixcdoc.records import ErrorInfo
+
+        runner, job, err = self.runner, self.job, handle.error
+        if err is None:
+            assert handle.answer is not None
+            f.on_token.flush()
+            return runner.answered(f.item, job, handle.answer, f.guard, f.flags)
+        if not _is_oom(err):
+            why = err.message if isinstance(err, IxcdocError) else f"{type(err).__name__}: {err}"
+            return runner.failed(
+                f.item, job, f.tier, f.flags, ErrorInfo.from_exception(err).code, why
+            )
+        lower = runner.lower(f.item, f.tier)
+        if lower is None:
+            why = f"out of GPU memory even at HD{f.tier}; try --quant 4bit"
+            return runner.failed(f.item, job, f.tier, f.flags, "oom", why)
+        flags = f.flags if "tier_fallback" in f.flags else [*f.flags, "tier_fallback"]
+        return self.submit(f.item, tier=lower, flags=flags)

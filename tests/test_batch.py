@@ -4,6 +4,7 @@ same records, resume from Python, errors pickle, the tier ladder."""
 from __future__ import annotations
 
 import io
+import json
 import pickle
 from pathlib import Path
 
@@ -195,3 +196,82 @@ def test_the_output_is_locked_before_its_state_is_read_or_a_model_loaded(
         holder.close()
     stats = run(JOB, Sources(inputs), model=ckpt, device="cpu", output=out, events=Spy())
     assert stats.ok == 4 and len(loads) == 1
+
+
+def _records(out: Path) -> list[tuple]:
+    from ixcdoc.records import latest_records
+
+    return sorted(
+        (Path(r.source).name, r.page, r.status, r.text, r.tier, r.flags)
+        for r in latest_records(out)
+    )
+
+
+def test_the_engine_gives_the_records_of_one_page_at_a_time(
+    model: DocModel, inputs: list[str], tmp_path: Path
+) -> None:
+    one, many = tmp_path / "one.jsonl", tmp_path / "many.jsonl"
+    a = run(JOB, Sources(inputs), model=model, output=one, batch_size=1)
+    b = run(JOB, Sources(inputs), model=model, output=many, batch_size=3)
+    assert (a.batch_size, b.batch_size) == (1, 3)
+    assert _records(one) == _records(many)
+    assert (b.ok, b.failed) == (4, 2)
+
+
+def test_with_the_engine_stdout_keeps_input_order(model: DocModel, tmp_path: Path) -> None:
+    """Pages finish out of order (an unreadable file's record is ready at once); the records
+    file gets them as they finish, stdout and the display in input order."""
+    import io as _io
+
+    text_img = tmp_path / "a.png"
+    img = Image.new("RGB", (300, 200), "white")
+    ImageDraw.Draw(img).text((10, 10), "Total 12.50", fill="black", font_size=20)
+    img.save(text_img)
+    bad = tmp_path / "b.pdf"
+    bad.write_bytes(b"%PDF-1.7\n garbage")
+    out, stream = tmp_path / "out.jsonl", _io.StringIO()
+    events = Collect()
+    run(
+        JOB,
+        Sources([str(text_img), str(bad)]),
+        model=model,
+        output=out,
+        json_stream=stream,
+        events=events,
+        batch_size=4,
+    )
+    in_file = [json.loads(line)["source"] for line in out.read_text().splitlines()]
+    on_stdout = [json.loads(line)["source"] for line in stream.getvalue().splitlines()]
+    assert in_file == [str(bad), str(text_img)]  # finishing order
+    assert on_stdout == [str(text_img), str(bad)]  # input order
+    assert [r.source for r in events.records] == on_stdout
+
+
+def test_a_page_out_of_gpu_memory_is_retried_lower_without_disturbing_the_others(
+    model: DocModel, inputs: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The engine's fault hook raises CUDA OOM in the prefill of a.png at its first tier."""
+    import torch
+
+    real = DocModel.engine
+    hit: list[int] = []
+
+    def fault(request) -> None:  # type: ignore[no-untyped-def]
+        if request.images[0].size == (300, 200) and not hit:
+            hit.append(request.hd)
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (injected)")
+
+    def engine(self, **kw):  # type: ignore[no-untyped-def]
+        return real(self, fault_hook=fault, **kw)
+
+    monkeypatch.setattr(DocModel, "engine", engine)
+    auto = Job(EXTRACT, EXTRACT.prompt, max_new_tokens=4)  # tier per page, so lower exists
+    out = tmp_path / "out.jsonl"
+    stats = run(auto, Sources(inputs), model=model, output=out, batch_size=3)
+    recs = {(Path(r.source).name, r.page): r for r in latest_records(out)}
+    a = recs[("a.png", 1)]
+    assert hit and a.status == "ok" and "tier_fallback" in a.flags and a.tier < hit[0]
+    assert lower_tier(200, 300, hit[0], model.tile) == a.tier
+    others = [r for k, r in recs.items() if k != ("a.png", 1) and r.status == "ok"]
+    assert others and all("tier_fallback" not in r.flags for r in others)
+    assert (stats.ok, stats.failed) == (4, 2)

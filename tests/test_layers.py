@@ -23,7 +23,7 @@ LAYERS: list[list[str]] = [
     ["generate"],
     ["engine"],
     ["runtime"],
-    ["feeder", "reading"],
+    ["feeder", "reading", "sizing"],
     ["runner", "outdir"],
     ["batch", "doctor", "evaluation"],
     ["serve", "distributed"],

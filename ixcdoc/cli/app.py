@@ -25,6 +25,7 @@ from ixcdoc.errors import (
     EXIT_OK,
     EXIT_USAGE,
     IxcdocError,
+    UsageError,
 )
 from ixcdoc.tasks import PRESETS, parse_hd
 
@@ -252,6 +253,40 @@ VramOpt = Annotated[
 PromptOpt = Annotated[
     str | None,
     typer.Option("--prompt", metavar="TEXT", help="Replace the task's preset instruction."),
+]
+
+
+def parse_batch(value: str) -> int | None:
+    """``--batch-size``: "auto" -> None (what memory allows), else a whole number >= 1."""
+    text = value.strip().lower()
+    if text == "auto":
+        return None
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise UsageError(f"--batch-size must be 'auto' or a whole number >= 1, got {value!r}")
+    return n
+
+
+def _batch_callback(value: str) -> str:
+    try:
+        parse_batch(value)
+    except IxcdocError as e:
+        raise typer.BadParameter(e.message) from None
+    return value
+
+
+BatchOpt = Annotated[
+    str,
+    typer.Option(
+        "--batch-size",
+        metavar="auto|N",
+        help="Pages in flight on the GPU at once: auto (what memory allows) or N; 1 runs one "
+        "page at a time.",
+        callback=_batch_callback,
+    ),
 ]
 PathsArg = Annotated[
     list[str],

@@ -13,6 +13,7 @@ from rich.console import Console
 
 from ixcdoc.cli.app import (
     AllPagesOpt,
+    BatchOpt,
     DeviceOpt,
     HdOpt,
     JsonOpt,
@@ -35,6 +36,7 @@ from ixcdoc.cli.app import (
     err,
     fail_line,
     handles_errors,
+    parse_batch,
 )
 from ixcdoc.errors import EXIT_INTERRUPTED, EXIT_PARTIAL, IxcdocError, UsageError
 from ixcdoc.outdir import FORMATS
@@ -222,6 +224,7 @@ def run_job(
     stream: bool = True,
     out_dir: Path | None = None,
     out_format: str = "md",
+    batch_size: str = "auto",
 ) -> None:
     """Run ``job`` over ``sources`` with the display; exit 0, 3 (some pages failed) or 130."""
     from ixcdoc.batch import run
@@ -247,6 +250,7 @@ def run_job(
             events=display,
             out_dir=out_dir,
             out_format=out_format,
+            batch_size=parse_batch(batch_size),
         )
     except KeyboardInterrupt:
         display.stop()
@@ -300,6 +304,7 @@ def ask(
     ] = None,
     hd: HdOpt = "auto",
     quant: QuantOpt = Quant.auto,
+    batch_size: BatchOpt = "auto",
     model: ModelOpt = None,
     device: DeviceOpt = "auto",
     max_new_tokens: MaxNewOpt = None,
@@ -349,6 +354,7 @@ def ask(
         quiet=quiet,
         redo_failed=redo_failed,
         stream=output is None,
+        batch_size=batch_size,
     )
 
 
@@ -360,6 +366,7 @@ def extract(
     json_out: JsonOpt = False,
     hd: HdOpt = "auto",
     quant: QuantOpt = Quant.auto,
+    batch_size: BatchOpt = "auto",
     model: ModelOpt = None,
     device: DeviceOpt = "auto",
     max_new_tokens: MaxNewOpt = None,
@@ -421,6 +428,7 @@ def extract(
         stream=output is None and out_dir is None,
         out_dir=out_dir,
         out_format=out_format.value,
+        batch_size=batch_size,
     )
 
 
@@ -435,6 +443,7 @@ def chart(
     ] = False,
     hd: HdOpt = "auto",
     quant: QuantOpt = Quant.auto,
+    batch_size: BatchOpt = "auto",
     model: ModelOpt = None,
     device: DeviceOpt = "auto",
     max_new_tokens: MaxNewOpt = None,
@@ -472,4 +481,5 @@ def chart(
         quiet=quiet,
         redo_failed=redo_failed,
         stream=output is None,
+        batch_size=batch_size,
     )

@@ -24,17 +24,18 @@ from tests.cli.helpers import (
 
 @pytest.fixture
 def chat_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """The tier of every ``DocModel.chat`` call in this test (the real chat still runs)."""
+    """The tier of every page that reaches the model in this test (through ``chat`` or the
+    batched engine: both start a page with ``DocModel.pixels``; the real one still runs)."""
     from ixcdoc.runtime import DocModel
 
     calls: list[int] = []
-    real = DocModel.chat
+    real = DocModel.pixels
 
-    def chat(self: Any, images: Any, query: str, **kw: Any) -> Any:
-        calls.append(kw["hd"])
-        return real(self, images, query, **kw)
+    def pixels(self: Any, image: Any, hd: int) -> Any:
+        calls.append(hd)
+        return real(self, image, hd)
 
-    monkeypatch.setattr(DocModel, "chat", chat)
+    monkeypatch.setattr(DocModel, "pixels", pixels)
     return calls
 
 
@@ -45,17 +46,18 @@ def oom_at(monkeypatch: pytest.MonkeyPatch, tiers: set[int] | None) -> list[int]
     from ixcdoc.runtime import DocModel
 
     calls: list[int] = []
-    real = DocModel.prepare
+    real = DocModel.pixels
 
-    def prepare(self: Any, images: Any, query: str, **kw: Any) -> Any:
-        calls.append(kw["hd"])
+    # pixels() is where both paths (chat, and the batched engine's admission) start a page.
+    def pixels(self: Any, image: Any, hd: int) -> Any:
+        calls.append(hd)
         if len(calls) > 60:  # a fallback that never gets lower: fail instead of hanging
             raise RuntimeError(f"retried {len(calls)} times: {calls[:10]}...")
-        if tiers is None or kw["hd"] in tiers:
+        if tiers is None or hd in tiers:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        return real(self, images, query, **kw)
+        return real(self, image, hd)
 
-    monkeypatch.setattr(DocModel, "prepare", prepare)
+    monkeypatch.setattr(DocModel, "pixels", pixels)
     return calls
 
 
@@ -179,15 +181,15 @@ def test_an_unexpected_model_failure_is_that_page_error(
     from ixcdoc.runtime import DocModel
 
     calls: list[tuple[int, int]] = []
-    real = DocModel.prepare
+    real = DocModel.pixels
 
-    def prepare(self: Any, images: Any, query: str, **kw: Any) -> Any:
-        calls.append(images[0].size)
-        if images[0].size == (170, 130):
+    def pixels(self: Any, image: Any, hd: int) -> Any:
+        calls.append(image.size)
+        if image.size == (170, 130):
             raise RuntimeError("CUDA error: an illegal memory access was encountered")
-        return real(self, images, query, **kw)
+        return real(self, image, hd)
 
-    monkeypatch.setattr(DocModel, "prepare", prepare)
+    monkeypatch.setattr(DocModel, "pixels", pixels)
     bad = text_png(tmp_path / "docs" / "a.png", "a", size=(170, 130))
     text_png(tmp_path / "docs" / "b.png", "b")
     res = invoke(["extract", tmp_path / "docs", "--json", *model_args(ckpts.normal), "--hd", "4"])
