@@ -34,7 +34,7 @@ from ixcdoc.reading import PageItem, file_sha256_or_none
 from ixcdoc.runner import Job, PageRunner
 
 if TYPE_CHECKING:
-    from ixcdoc.inputs import Sources
+    from ixcdoc.inputs import Document, Sources
     from ixcdoc.records import PageRecord, ResumeKey, ResumeState
 
 # Rendering a page is light next to the model: a fraction of a CPU leaves the rest to the
@@ -114,7 +114,7 @@ def list_pages(
     choose = job.choose_pages()
     listing = Listing()
     scheduled: set[ResumeKey] = set()
-    for item in sources.documents():
+    for item in _documents(sources):
         if isinstance(item, IxcdocError):
             source = getattr(item, "source", "?")
             unread = item.code in ("not_found", "unreadable")
@@ -134,6 +134,7 @@ def list_pages(
         if choose is not None:
             numbers = choose(doc, numbers)
         events.opened(doc.source, len(numbers), single=False)
+        # A URI's document was read from bytes: the render task reads the URI again.
         path = os.fspath(doc.path) if doc.path is not None else doc.source
         for n in numbers:
             stats.pages += 1
@@ -149,6 +150,88 @@ def list_pages(
             scheduled.add(key)
             listing.tasks.append(PageTask(doc.source, path, doc.sha256, n, doc.page_count))
     return listing
+
+
+def is_uri(path: str) -> bool:
+    """An object-store (or other pyarrow file system) URI: ``s3://``, ``gs://``, ``file://``."""
+    scheme, sep, _ = path.partition("://")
+    return bool(sep) and len(scheme) > 1 and scheme.isidentifier()
+
+
+def _uri_files(uri: str) -> list[str] | IxcdocError:
+    """The file URIs under ``uri`` (itself if it is a file), in natural order; hidden names
+    are skipped as in a local folder walk."""
+    from pyarrow import fs as pafs
+
+    from ixcdoc.errors import InputError
+    from ixcdoc.inputs import natural_key
+
+    try:
+        filesystem, root = pafs.FileSystem.from_uri(uri)
+        info = filesystem.get_file_info(root)
+        if info.type == pafs.FileType.NotFound:
+            return InputError(uri, "no such object or folder", code="not_found")
+        if info.type != pafs.FileType.Directory:
+            return [uri]
+        found = filesystem.get_file_info(pafs.FileSelector(root, recursive=True))
+    except (OSError, ValueError) as e:  # pyarrow's errors are OSError/ArrowInvalid(ValueError)
+        return InputError(uri, f"cannot list: {e}", code="unreadable")
+    prefix = uri.rstrip("/")
+    files = []
+    for f in found:
+        rel = f.path[len(root.rstrip("/")) + 1 :]
+        if f.type != pafs.FileType.File or any(p.startswith(".") for p in rel.split("/")):
+            continue
+        files.append((tuple(natural_key(p) for p in rel.split("/")), f"{prefix}/{rel}"))
+    return [u for _, u in sorted(files)]
+
+
+def read_uri(uri: str) -> bytes:
+    """The bytes of one object (raises InputError)."""
+    from pyarrow import fs as pafs
+
+    from ixcdoc.errors import InputError
+
+    try:
+        filesystem, path = pafs.FileSystem.from_uri(uri)
+        with filesystem.open_input_stream(path) as f:
+            return f.read()
+    except (OSError, ValueError) as e:
+        raise InputError(uri, f"cannot read: {e}", code="unreadable") from e
+
+
+def _open_uri(uri: str, password: str | None, max_pixels: int | None) -> Document:
+    from ixcdoc.inputs import DEFAULT_MAX_PIXELS, open_bytes
+
+    limit = DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels
+    return open_bytes(read_uri(uri), source=uri, password=password, max_pixels=limit)
+
+
+def _documents(sources: Sources) -> Iterator[tuple[Document, list[int]] | IxcdocError]:
+    """``Sources.documents`` in argument order, with object-store URIs read through pyarrow."""
+    from ixcdoc.errors import InputError
+    from ixcdoc.inputs import select_pages
+
+    for arg in sources.paths:
+        if not is_uri(arg):
+            yield from sources.replace(paths=(arg,)).documents()
+            continue
+        files = _uri_files(arg)
+        if isinstance(files, IxcdocError):
+            yield files
+            continue
+        for uri in files:
+            try:
+                doc = _open_uri(uri, sources.password, sources.max_pixels)
+            except InputError as e:
+                yield e
+                continue
+            try:
+                yield doc, select_pages(sources.pages, doc.page_count, source=uri)
+            except InputError as e:
+                yield e
+            finally:
+                doc.close()
 
 
 # ---- the CPU tasks: render ---------------------------------------------------------------
@@ -168,9 +251,12 @@ def render_row(row: dict[str, Any], password: str | None, max_pixels: int | None
     item = PageItem(task.source, task.sha256, task.page, task.page_count)
     limit = DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels
     try:
-        with open_document(
-            task.path, source=task.source, password=password, max_pixels=limit
-        ) as doc:
+        opened = (
+            _open_uri(task.path, password, max_pixels)
+            if is_uri(task.path)
+            else open_document(task.path, source=task.source, password=password, max_pixels=limit)
+        )
+        with opened as doc:
             if doc.sha256 != task.sha256:
                 raise InputError(task.source, "changed while the run was listing it", code="input")
             r = doc.render(task.page)
@@ -231,9 +317,10 @@ def ray_session(options: RayOptions, replicas: int | None = None) -> Iterator[An
             "logging_level": logging.INFO if options.verbose else logging.ERROR,
         }
         if not options.verbose:
-            # The driver's core worker logs warnings (actor arguments in the object store)
-            # straight to stderr; it reads this when it starts.
-            os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "error")
+            # The driver's core worker logs to stderr at error level about things that are
+            # fine here (actor arguments in the object store); it reads this when it starts.
+            # Failures still reach ixcdoc as exceptions.
+            os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
         if options.address is None:
             cpus = os.cpu_count() or 1
             # CPU replicas take one CPU each; keep one for the render tasks.

@@ -128,6 +128,35 @@ def test_ray_run_gives_the_records_of_one_machine(
     assert any(r.text for r in model_pages)  # the tiny model does write something
 
 
+def test_object_store_uris_read_like_local_paths(
+    ray_address: str, ckpt: Path, tmp_path: Path
+) -> None:
+    from ixcdoc.distributed import RayOptions, run_ray
+
+    folder = tmp_path / "docs"
+    text_png(folder / "a.png", "alpha")
+    text_pdf(folder / "sub" / "two.pdf", ["hello page one", "page two"])
+    job = Job(EXTRACT, EXTRACT.prompt, max_new_tokens=6)
+    local, remote = tmp_path / "local.jsonl", tmp_path / "uri.jsonl"
+    opts = RayOptions(replicas=1)
+    run_ray(job, Sources([str(folder)]), model=ckpt, device="cpu", output=local, ray=opts)
+    # file:// goes through pyarrow's file systems, the same code as s3:// and gs://.
+    uri = folder.as_uri()
+    run_ray(job, Sources([uri]), model=ckpt, device="cpu", output=remote, ray=opts)
+    got = read_records(remote)
+    assert sorted(r.source for r in got) == [
+        f"{uri}/a.png",
+        f"{uri}/sub/two.pdf",
+        f"{uri}/sub/two.pdf",
+    ]
+
+    def content(records: list[PageRecord]) -> dict[tuple[str | None, int | None], Any]:
+        return {(r.content_sha256, r.page): (r.status, r.text, r.tier) for r in records}
+
+    assert content(got) == content(read_records(local))
+    assert all(r.status == "ok" for r in got)
+
+
 class KillFirstWorker(Events):
     """Kill (SIGKILL) the replica process that wrote the first record, once."""
 

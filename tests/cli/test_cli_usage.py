@@ -16,7 +16,7 @@ import pytest
 from ixcdoc.errors import EXIT_USAGE
 from tests.cli.helpers import IXCDOC, Invoke, subprocess_env, text_png
 
-COMMANDS = ("plan", "tiers", "ask", "extract", "chart", "eval", "doctor", "download")
+COMMANDS = ("plan", "tiers", "ask", "extract", "chart", "eval", "merge", "doctor", "download")
 
 
 def run(args: list[str], cwd: Path, stdin: bytes | None = None) -> subprocess.CompletedProcess:
