@@ -134,8 +134,9 @@ def list_pages(
         if choose is not None:
             numbers = choose(doc, numbers)
         events.opened(doc.source, len(numbers), single=False)
-        # A URI's document was read from bytes: the render task reads the URI again.
-        path = os.fspath(doc.path) if doc.path is not None else doc.source
+        # Absolute: Ray's workers do not share the driver's working folder. A URI's document
+        # was read from bytes; the render task reads the URI again.
+        path = os.path.abspath(doc.path) if doc.path is not None else doc.source
         for n in numbers:
             stats.pages += 1
             key = runner.key(job, doc.sha256, doc.source, n)
@@ -274,14 +275,15 @@ def render_row(row: dict[str, Any], password: str | None, max_pixels: int | None
 class ModelReplica:
     """One model replica (a Ray actor): loads the model once, turns pages into records."""
 
-    def __init__(self, job: Job, model: str | None, device: str, quant: str) -> None:
+    def __init__(self, job: Job, model: str, device: str, quant: str) -> None:
         import socket
 
-        from ixcdoc.hub import local_revision, model_name
         from ixcdoc.runtime import load
 
         self.job = job
-        self.runner = PageRunner(model_name(model), local_revision(model), device)
+        # ``model`` is the driver's name for it (a folder's absolute path, or a hub id), so
+        # the records name it as one machine would; the revision is the loaded model's.
+        self.runner = PageRunner(model, None, device)
         self.runner.attach(load(model, device=device, quant=quant))
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
 
@@ -360,7 +362,7 @@ def _pipeline(
     job: Job,
     sources: Sources,
     *,
-    model: str | None,
+    model: str,
     device: str,
     quant: str,
     options: RayOptions,
@@ -445,7 +447,9 @@ def run_ray(
     options = ray or RayOptions()
     events = events or Events()
     model_arg = None if model is None else os.fspath(model)
-    runner = PageRunner(model_name(model_arg), local_revision(model_arg), device)
+    # A local folder becomes its absolute path (Ray's workers run elsewhere), a hub id stays.
+    name = model_name(model_arg)
+    runner = PageRunner(name, local_revision(model_arg), device)
     state = None
     target = output
     if output is not None:
@@ -500,7 +504,7 @@ def run_ray(
                         todo,
                         job,
                         sources,
-                        model=model_arg,
+                        model=name,
                         device=device,
                         quant=quant,
                         options=options,
