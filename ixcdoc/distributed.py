@@ -23,7 +23,7 @@ import logging
 import os
 import pickle
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
@@ -311,6 +311,7 @@ def ray_session(options: RayOptions, replicas: int | None = None) -> Iterator[An
     except ImportError as e:
         raise UsageError('--ray needs Ray Data: pip install "ixcdoc[ray]"') from e
 
+    restore = _errors_to_stderr()
     started = False
     if not ray.is_initialized():
         kwargs: dict[str, Any] = {
@@ -337,6 +338,29 @@ def ray_session(options: RayOptions, replicas: int | None = None) -> Iterator[An
     finally:
         if started:
             ray.shutdown()
+        restore()
+
+
+def _errors_to_stderr() -> Callable[[], None]:
+    """Send what Ray prints for people (a replica that died, worker logs) to stderr.
+
+    Ray's driver prints cluster error messages to stdout, where they would land between the
+    records of ``--json`` (stdout is for results). Ray has no option for this, so its print
+    function is wrapped for the run; returns the undo. A Ray without it is left alone.
+    """
+    try:
+        from ray._private import worker as ray_worker
+    except ImportError:  # pragma: no cover - another Ray layout
+        return lambda: None
+    original = getattr(ray_worker, "print_to_stdstream", None)
+    if original is None:  # pragma: no cover
+        return lambda: None
+
+    def to_stderr(data: dict[str, Any], ignore_prefix: bool) -> None:
+        original({**data, "is_err": True}, ignore_prefix)
+
+    ray_worker.print_to_stdstream = to_stderr
+    return lambda: setattr(ray_worker, "print_to_stdstream", original)
 
 
 def replica_plan(ray: Any, options: RayOptions, device: str) -> tuple[int, float, float, str]:

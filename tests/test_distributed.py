@@ -20,7 +20,7 @@ import pytest
 
 from ixcdoc.batch import Events, run
 from ixcdoc.inputs import Sources
-from ixcdoc.records import PageRecord, resume_key
+from ixcdoc.records import PageRecord, resume_key, validate_line
 from ixcdoc.runner import Job
 from ixcdoc.tasks import EXTRACT
 from tests.cli.helpers import (
@@ -245,7 +245,7 @@ def test_rerun_after_killing_a_replica_and_the_driver_finishes_exactly_once(
     out = tmp_path / "out.jsonl"
     args = ["extract", str(folder), "-o", str(out), "--ray-address", ray_address]
     args += ["--replicas", "2", "--model", str(ckpt), "--device", "cpu", "--hd", "4"]
-    args += ["--max-new-tokens", str(SLOW_TOKENS)]
+    args += ["--max-new-tokens", str(SLOW_TOKENS), "--json"]
     proc = start_cli(args, tmp_path)
     try:
         wait_for_lines(proc, out, 1)
@@ -253,7 +253,7 @@ def test_rerun_after_killing_a_replica_and_the_driver_finishes_exactly_once(
         os.kill(int(first["worker"].rsplit(":", 1)[1]), signal.SIGKILL)  # a replica dies
         wait_for_lines(proc, out, 2)
         proc.kill()  # then the driver: SIGKILL, no cleanup
-        proc.communicate(timeout=WAIT_S)
+        stdout, _ = proc.communicate(timeout=WAIT_S)
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -268,6 +268,9 @@ def test_rerun_after_killing_a_replica_and_the_driver_finishes_exactly_once(
         timeout=WAIT_S,
     )
     assert done.returncode == 0, done.stderr.decode()
+    # stdout carries records only: Ray's note about the dead replica goes to stderr.
+    for line in (stdout + done.stdout).decode().splitlines():
+        validate_line(line)
     records = read_records(out)
     keys = Counter(resume_key(r) for r in records)
     assert len(keys) == n and set(keys.values()) == {1}, keys
