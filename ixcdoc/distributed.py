@@ -162,7 +162,10 @@ def is_uri(path: str) -> bool:
 def _uri_files(uri: str) -> list[str] | IxcdocError:
     """The file URIs under ``uri`` (itself if it is a file), in natural order; hidden names
     are skipped as in a local folder walk."""
-    from pyarrow import fs as pafs
+    try:
+        from pyarrow import fs as pafs
+    except ImportError as e:
+        raise UsageError(f'{uri}: reading URIs needs pyarrow: pip install "ixcdoc[ray]"') from e
 
     from ixcdoc.errors import InputError
     from ixcdoc.inputs import natural_key
