@@ -328,6 +328,8 @@ def ray_session(options: RayOptions, replicas: int | None = None) -> Iterator[An
             # Failures still reach ixcdoc as exceptions.
             os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
         if options.address is None:
+            # "local": always a new instance, never a cluster `ray start` left on this machine.
+            kwargs["address"] = "local"
             cpus = os.cpu_count() or 1
             # CPU replicas take one CPU each; keep one for the render tasks.
             kwargs["num_cpus"] = max(cpus, (replicas or 1) + 1)

@@ -11,7 +11,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -322,4 +321,23 @@ def test_stdin_is_refused_before_ray_starts(tmp_path: Path) -> None:
     )
     assert done.returncode == 2
     assert "stdin" in done.stderr.decode() and "--ray" in done.stderr.decode()
-    assert sys.executable  # the same interpreter ran the child
+
+
+def test_ray_alone_starts_ray_here_and_stops_it(ckpt: Path, tmp_path: Path) -> None:
+    """The default: no address, so the CLI starts its own local Ray and shuts it down."""
+    folder = pages_folder(tmp_path / "scans", 2)
+    out = tmp_path / "out.jsonl"
+    args = ["extract", str(folder), "-o", str(out), "--ray", "--replicas", "2"]
+    args += ["--model", str(ckpt), "--device", "cpu", "--hd", "4", "--max-new-tokens", "4"]
+    done = subprocess.run(
+        [*IXCDOC, *args],
+        cwd=tmp_path,
+        capture_output=True,
+        env={**subprocess_env(), "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+        timeout=WAIT_S,
+    )
+    assert done.returncode == 0, done.stderr.decode()
+    records = read_records(out)
+    assert sorted(r.source for r in records) == sorted(str(p) for p in folder.iterdir())
+    assert all(r.status == "ok" and r.worker for r in records)
+    assert done.stderr.decode().strip().endswith(f"2 ok; records in {out}")
