@@ -126,6 +126,15 @@ def test_ray_run_gives_the_records_of_one_machine(
     assert model_pages and all(r.worker and r.precision == "fp32" for r in model_pages)
     assert any(r.text for r in model_pages)  # the tiny model does write something
 
+    # Resume: nothing left to do; the corrupt file is retried only with redo_failed.
+    again = run_ray(job, Sources([str(folder)]), model=ckpt, device="cpu", output=many)
+    assert (again.skipped, again.skipped_failed, again.ok, again.failed) == (5, 1, 0, 0)
+    redo = run_ray(
+        job, Sources([str(folder)]), model=ckpt, device="cpu", output=many, redo_failed=True
+    )
+    assert (redo.skipped, redo.skipped_failed, redo.ok, redo.failed) == (5, 0, 0, 1)
+    assert len(read_records(many)) == 7  # the retried failure appended, nothing else
+
 
 def test_object_store_uris_read_like_local_paths(
     ray_address: str, ckpt: Path, tmp_path: Path
