@@ -93,7 +93,9 @@ class SkipDone:
         return (sha, page) in self.pairs
 
 
-def _skip_rule(runner: PageRunner, job: Job, state: ResumeState, redo_failed: bool) -> SkipDone:
+def skip_rule(runner: PageRunner, job: Job, state: ResumeState, redo_failed: bool) -> SkipDone:
+    """The pages of ``state`` this job need not run again (failed ones too, unless
+    ``redo_failed``): the rule ``run`` and the Ray run (``distributed``) share."""
     probe = runner.key(job, "", "", 0)
     return SkipDone(
         {
@@ -223,7 +225,7 @@ def run(
         runner.attach(dm)
         plan.set(lambda info: runner.tier_for(job, info), runner.hd_image)
 
-    skip = _skip_rule(runner, job, state, redo_failed) if state is not None else None
+    skip = skip_rule(runner, job, state, redo_failed) if state is not None else None
     pages = read_pages(sources, choose=job.choose_pages(), skip=skip, plan=plan)
     items = ahead(pages, depth=read_ahead) if read_ahead > 0 else pages
     stats = BatchStats()

@@ -120,6 +120,9 @@ class PageRecord:
     device: str
     timings: Timings = field(default_factory=Timings)
     created_at: str = field(default_factory=utc_now)
+    # Optional: only a distributed run (``--ray``) writes it, last, and only when set, so a
+    # one-machine file is unchanged and older files (without the key) still read.
+    worker: str | None = None
 
     def __post_init__(self) -> None:
         validate_record(self.to_dict())
@@ -141,8 +144,13 @@ class PageRecord:
             fix(self, "render_dpi", float(self.render_dpi))
 
     def to_dict(self) -> dict[str, Any]:
-        """The record as a plain JSON-ready dict, keys in schema order."""
-        return {name: _plain(getattr(self, name)) for name in FIELDS}
+        """The record as a plain JSON-ready dict, keys in schema order (optional ones if set)."""
+        d = {name: _plain(getattr(self, name)) for name in FIELDS}
+        for name in OPTIONAL_FIELDS:
+            value = getattr(self, name)
+            if value is not None:
+                d[name] = value
+        return d
 
     def to_json(self, *, ensure_ascii: bool = False) -> str:
         """The record as one JSON line (no newline at the end; never NaN)."""
@@ -156,13 +164,18 @@ class PageRecord:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> PageRecord:
         """Build a record from a parsed JSON object; ValueError names wrong or missing keys."""
-        if not isinstance(d, Mapping) or set(d) != _FIELD_SET:
+        if not isinstance(d, Mapping) or not _FIELD_SET <= set(d) <= _ALL_FIELD_SET:
             validate_record(d)  # raises, naming missing and unexpected keys
         return cls(**d)  # __post_init__ validates the values
 
 
-FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(PageRecord))
+# Optional keys: absent means null. Every other key is required.
+OPTIONAL_FIELDS: tuple[str, ...] = ("worker",)
+FIELDS: tuple[str, ...] = tuple(
+    f.name for f in dataclasses.fields(PageRecord) if f.name not in OPTIONAL_FIELDS
+)
 _FIELD_SET = frozenset(FIELDS)
+_ALL_FIELD_SET = _FIELD_SET | frozenset(OPTIONAL_FIELDS)
 _UNSAFE_CHARS = re.compile("[\x85\u2028\u2029\ud800-\udfff]")
 
 
@@ -293,8 +306,9 @@ _CHECKS: dict[str, tuple[Check, str]] = {
         "{" + ", ".join(TIMING_KEYS) + "} with numbers >= 0 or null (tokens an integer)",
     ),
     "created_at": (_is_time, "ISO-8601 UTC like 2026-01-31T12:00:00Z"),
+    "worker": (_opt(_is_str), "a non-empty string or null (optional)"),
 }
-assert set(_CHECKS) == _FIELD_SET, "every field has exactly one check"
+assert set(_CHECKS) == _ALL_FIELD_SET, "every field has exactly one check"
 
 
 def _show(v: Any) -> str:
@@ -307,7 +321,7 @@ def validate_record(d: Mapping[str, Any]) -> None:
     if not isinstance(d, Mapping):
         raise ValueError(f"a record must be a JSON object, got {type(d).__name__}")
     missing = [k for k in FIELDS if k not in d]
-    extra = [str(k) for k in d if k not in _FIELD_SET]
+    extra = [str(k) for k in d if k not in _ALL_FIELD_SET]
     if missing or extra:
         parts = []
         if missing:
@@ -316,9 +330,9 @@ def validate_record(d: Mapping[str, Any]) -> None:
             parts.append("unexpected keys: " + ", ".join(extra))
         raise ValueError("; ".join(parts))
     problems = [
-        f"{name}: expected {expected}, got {_show(d[name])}"
+        f"{name}: expected {expected}, got {_show(d.get(name))}"
         for name, (check, expected) in _CHECKS.items()
-        if not check(d[name])
+        if not check(d.get(name))
     ]
     if not problems:
         problems = _cross_checks(d)
@@ -352,7 +366,7 @@ def validate_line(line: str | bytes) -> PageRecord:
     if "\n" in body or "\r" in body:
         raise ValueError("a record must be a single line")
     d = _loads(body)
-    if tuple(d) != FIELDS:
+    if tuple(d) != FIELDS + tuple(k for k in OPTIONAL_FIELDS if k in d):
         raise ValueError(f"keys out of schema order: {', '.join(map(str, d))}")
     return PageRecord.from_dict(d)
 
@@ -537,6 +551,61 @@ def latest_records(path: PathLike) -> list[PageRecord]:
 
     _scan(path, on_record)
     return [PageRecord.from_dict(d) for d in latest.values()]
+
+
+def shard_paths(directory: PathLike) -> list[Path]:
+    """The ``*.jsonl`` shards of an output folder, in name order."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise RecordsError(f"{directory}: no such output folder", code="not_found")
+    return sorted(p for p in directory.glob("*.jsonl") if p.is_file())
+
+
+SHARD_LOCK = ".ixcdoc-lock"
+
+
+def lock_shards(directory: PathLike) -> int:
+    """Lock a folder of shards for one run (a descriptor to close at the end): a second run on
+    the same folder stops with ``output_locked`` instead of redoing the same pages."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    return _open_locked(directory / SHARD_LOCK)
+
+
+def load_shards(directory: PathLike) -> ResumeState:
+    """The resume state of a folder of shards: done anywhere is done; failed is failed only
+    where no shard has the page done. Each shard's torn last line is repaired."""
+    total = ResumeState(path=Path(directory))
+    for shard in shard_paths(directory):
+        state = load_existing(shard)
+        total.done |= state.done
+        total.failed.update(state.failed)
+        total.count += state.count
+        total.repaired_bytes += state.repaired_bytes
+    for key in total.done:
+        total.failed.pop(key, None)
+    return total
+
+
+def merge_shards(paths: list[Path]) -> list[PageRecord]:
+    """The latest record per resume key over several shards, oldest first.
+
+    "Latest" is by ``created_at``; records of the same second keep their file order (shards
+    in the order given). A page-level record supersedes its document's whole-file error.
+    """
+    dated: list[tuple[str, int, int, PageRecord]] = []
+    for i, path in enumerate(paths):
+        for j, rec in enumerate(latest_records(path)):
+            dated.append((rec.created_at, i, j, rec))
+    dated.sort(key=lambda t: t[:3])
+    latest: dict[ResumeKey, PageRecord] = {}
+    for *_, rec in dated:
+        key = resume_key(rec)
+        latest.pop(key, None)  # re-insert: the order follows the latest record
+        latest[key] = rec
+        if key.page is not None:
+            latest.pop(key.document(), None)
+    return list(latest.values())
 
 
 @dataclass
@@ -882,6 +951,7 @@ __all__ = [
     "FIELDS",
     "FLAGS",
     "MAX_LINE_BYTES",
+    "OPTIONAL_FIELDS",
     "PRECISIONS",
     "RECORD_HEADER",
     "SCHEMA_VERSION",
@@ -896,8 +966,11 @@ __all__ = [
     "Timings",
     "latest_records",
     "load_existing",
+    "load_shards",
     "make_key",
+    "merge_shards",
     "resume_key",
+    "shard_paths",
     "utc_now",
     "validate_line",
     "validate_record",

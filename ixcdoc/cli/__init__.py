@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from ixcdoc.cli import commands as _commands  # noqa: F401 - registers the commands on ``app``
 from ixcdoc.cli import evaluate as _evaluate  # noqa: F401
+from ixcdoc.cli import merge as _merge  # noqa: F401
 from ixcdoc.cli import serving as _serving  # noqa: F401
 from ixcdoc.cli import setup as _setup  # noqa: F401 - last: setup commands close the list
 from ixcdoc.cli.app import app, main

@@ -48,6 +48,32 @@ if TYPE_CHECKING:
 
 OutFormat = Enum("OutFormat", [(f, f) for f in FORMATS], type=str)  # type: ignore[misc]
 TableJsonOpt = Annotated[bool, typer.Option("--json", help="One JSON object per tier.")]
+RayOpt = Annotated[
+    bool,
+    typer.Option(
+        "--ray", help="Run on Ray Data: every GPU of this machine (or CPU replicas without one)."
+    ),
+]
+RayAddressOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--ray-address",
+        metavar="auto|ray://HOST:PORT",
+        help="Join a running Ray cluster instead of starting one (implies --ray).",
+    ),
+]
+ReplicasOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--replicas",
+        min=1,
+        metavar="N",
+        help="With --ray: model replicas [default: one per GPU; 1 without GPUs].",
+    ),
+]
+VerboseOpt = Annotated[
+    bool, typer.Option("--verbose", help="With --ray: show Ray's own logs and progress bars.")
+]
 
 # ---- plan ----------------------------------------------------------------------------------
 
@@ -388,18 +414,24 @@ def extract(
         typer.Option("--format", metavar="md|txt|json", help="File format for --out-dir."),
     ] = OutFormat.md,  # type: ignore[attr-defined]
     quiet: QuietOpt = False,
+    use_ray: RayOpt = False,
+    ray_address: RayAddressOpt = None,
+    replicas: ReplicasOpt = None,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Transcribe every page of files and folders.
 
     Text goes to stdout (pages marked "==> FILE page N/M <=="); --json prints one record
     per page; -o FILE.jsonl appends records and resumes where an earlier run stopped;
-    --out-dir DIR writes one Markdown (or text, or JSON) file per document.
+    --out-dir DIR writes one Markdown (or text, or JSON) file per document; --ray runs on
+    every GPU of this machine or a Ray cluster (docs/scale.md).
 
     \b
     ixcdoc extract scans/ -o scans.jsonl
     ixcdoc extract scans/ --out-dir scans-md
     ixcdoc extract invoice.pdf --json | jq -r .text
     ixcdoc extract tiny-print.pdf --hd 55
+    ixcdoc extract scans/ -o out/ --ray
     """
     from ixcdoc.inputs import Sources
     from ixcdoc.runner import Job
@@ -408,6 +440,31 @@ def extract(
     if redo_failed and output is None and out_dir is None:
         raise UsageError("--redo-failed needs -o/--output or --out-dir (where failures are kept)")
     job = Job(EXTRACT, prompt or EXTRACT.prompt, hd=parse_hd(hd), max_new_tokens=max_new_tokens)
+    if use_ray or ray_address is not None or replicas is not None:
+        from ixcdoc.cli.scale import run_ray_job
+
+        if out_dir is not None:
+            raise UsageError("--out-dir does not work with --ray yet: use -o, then --out-dir")
+
+        run_ray_job(
+            job,
+            paths,
+            pages=pages,
+            password=password,
+            max_pixels=max_pixels,
+            model=model,
+            device=device,
+            quant=quant,
+            output=output,
+            json_out=json_out,
+            quiet=quiet,
+            redo_failed=redo_failed,
+            address=ray_address,
+            replicas=replicas,
+            verbose=verbose,
+            batch_size=parse_batch(batch_size),
+        )
+        return
     sources = Sources.read(
         paths,
         pages=pages,

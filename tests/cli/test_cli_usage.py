@@ -23,6 +23,7 @@ COMMANDS = (
     "extract",
     "chart",
     "eval",
+    "merge",
     "serve",
     "doctor",
     "download",

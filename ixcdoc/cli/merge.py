@@ -1,0 +1,47 @@
+"""``ixcdoc merge``: a folder of record shards (``extract --ray -o DIR/``) into one file."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ixcdoc.cli.app import app, err, handles_errors
+from ixcdoc.errors import UsageError
+
+
+@app.command()
+@handles_errors
+def merge(
+    shards: Annotated[
+        Path, typer.Argument(metavar="DIR", help="Folder of *.jsonl shards (or one file).")
+    ],
+    output: Annotated[
+        Path,
+        typer.Option("--output", "-o", metavar="FILE", help="The merged JSONL (replaced)."),
+    ],
+) -> None:
+    """Merge record shards into one JSONL file: the latest record of each page.
+
+    \b
+    ixcdoc extract scans/ -o out/ --ray
+    ixcdoc merge out/ -o scans.jsonl
+    """
+    from ixcdoc.records import JsonlWriter, merge_shards, shard_paths
+
+    paths = [shards] if shards.is_file() else shard_paths(shards)
+    if not paths:
+        raise UsageError(f"{shards}: no *.jsonl shards in this folder")
+    if output.resolve() in {p.resolve() for p in paths}:
+        raise UsageError(f"{output} is one of the shards; write the merge somewhere else")
+    records = merge_shards(paths)
+    # Written beside the target, then renamed over it: a crash never leaves half a merge.
+    tmp = output.with_name(f".{output.name}.merging")
+    tmp.unlink(missing_ok=True)
+    with JsonlWriter(tmp) as w:
+        for rec in records:
+            w.write(rec)
+    os.replace(tmp, output)
+    err.print(f"{len(records)} records from {len(paths)} shards in {output}", markup=False)

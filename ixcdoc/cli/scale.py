@@ -1,0 +1,91 @@
+"""``extract --ray``: the options to a Ray run, drawn with the same display as one machine."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import typer
+
+from ixcdoc.cli.app import Quant, err
+from ixcdoc.errors import EXIT_INTERRUPTED, EXIT_PARTIAL
+from ixcdoc.runner import Job
+
+
+def _named_as_folder(output: Path) -> bool:
+    """True when the command line wrote ``-o DIR/``: Typer's Path drops the trailing slash."""
+    raw = str(output) + "/"
+    return any(arg.endswith(raw) for arg in sys.argv[1:])
+
+
+def run_ray_job(
+    job: Job,
+    paths: list[str],
+    *,
+    pages: str | None,
+    password: str | None,
+    max_pixels: int | None,
+    model: str | None,
+    device: str,
+    quant: Quant,
+    output: Path | None,
+    json_out: bool,
+    quiet: bool,
+    redo_failed: bool,
+    address: str | None,
+    replicas: int | None,
+    verbose: bool,
+    batch_size: int | None = 1,
+) -> None:
+    """Run ``job`` on Ray; the summary line and exit codes are those of one machine."""
+    from ixcdoc.cli.display import Display
+    from ixcdoc.distributed import RayOptions, run_ray
+    from ixcdoc.inputs import Sources
+
+    target: str | None = None
+    if output is not None:
+        target = str(output) + ("/" if _named_as_folder(output) else "")
+    sources = Sources.read(
+        paths,
+        pages=pages,
+        password=password,
+        max_pixels=max_pixels,
+        exclude=[output] if output is not None else (),
+    )
+    display = Display(json_out=json_out, quiet=quiet, stream=False, text_out=output is None)
+    try:
+        stats = run_ray(
+            job,
+            sources,
+            model=model,
+            device=device,
+            quant=quant.value,
+            output=target,
+            json_stream=sys.stdout if json_out else None,
+            redo_failed=redo_failed,
+            events=display,
+            ray=RayOptions(
+                address=address, replicas=replicas, verbose=verbose, batch_size=batch_size
+            ),
+        )
+    except KeyboardInterrupt:
+        display.stop()
+        hint = " (every finished page is saved; run the same command again to resume)"
+        err.print(f"interrupted{hint if output is not None else ''}", markup=False)
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+    finally:
+        display.stop()
+    if not quiet:
+        parts = [f"{stats.ok} ok"]
+        if stats.failed:
+            parts.append(f"{stats.failed} failed")
+        if stats.blank:
+            parts.append(f"{stats.blank} blank")
+        if stats.skipped:
+            parts.append(f"{stats.skipped} already done")
+        if stats.skipped_failed:
+            parts.append(f"{stats.skipped_failed} failed earlier (retry with --redo-failed)")
+        where = f"; records in {output}" if output is not None else ""
+        err.print(", ".join(parts) + where, markup=False)
+    if stats.any_failed:
+        raise typer.Exit(EXIT_PARTIAL)

@@ -1,0 +1,202 @@
+"""``run_ray``: the driver's loop, from listing to the last record, with shards and passes."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TextIO
+
+from ixcdoc.batch import BatchStats, Events
+from ixcdoc.distributed.cluster import RayOptions, ray_session, run_pages
+from ixcdoc.distributed.listing import list_pages
+from ixcdoc.errors import IxcdocError
+from ixcdoc.reading import PageItem
+from ixcdoc.runner import Job, PageRunner
+
+if TYPE_CHECKING:
+    from ixcdoc.inputs import Sources
+    from ixcdoc.records import PageRecord, ResumeKey, ResumeState
+
+PASSES = 2  # Ray's own retries, then one pass over whatever is still missing
+
+
+def is_shard_dir(output: str | os.PathLike[str]) -> bool:
+    """``-o DIR/`` (a trailing slash or an existing folder): a folder of JSONL shards."""
+    text = os.fspath(output)
+    return text.endswith(("/", os.sep)) or os.path.isdir(text)
+
+
+def shard_output(directory: str | os.PathLike[str]) -> Path:
+    """A new shard in ``directory`` for this run (the folder is created if missing)."""
+    folder = Path(directory)
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder / f"part-{uuid.uuid4().hex[:12]}.jsonl"
+
+
+def _unwrap(e: BaseException) -> BaseException:
+    """The ixcdoc error inside a Ray task error (a bad model path, say), else ``e``."""
+    seen = 0
+    cur: BaseException | None = e
+    while cur is not None and seen < 10:
+        if isinstance(cur, IxcdocError):
+            return cur
+        cause = getattr(cur, "cause", None)
+        cur = cause if isinstance(cause, BaseException) else cur.__cause__
+        seen += 1
+    return e
+
+
+def run_ray(
+    job: Job,
+    sources: Sources,
+    *,
+    model: str | Path | None = None,
+    device: str = "auto",
+    quant: str = "auto",
+    output: str | os.PathLike[str] | None = None,
+    json_stream: TextIO | None = None,
+    redo_failed: bool = False,
+    events: Events | None = None,
+    ray: RayOptions | None = None,
+) -> BatchStats:
+    """``batch.run`` on Ray Data: the same records, resume and skip rules, many replicas.
+
+    ``output``: a JSONL file, or a folder (``DIR/``) that gets one new shard per run and whose
+    shards together are the resume state. Records carry ``worker`` (host:pid of the replica).
+    """
+    from ixcdoc.hub import local_revision, model_name
+    from ixcdoc.records import load_shards, lock_shards, open_output
+
+    options = ray or RayOptions()
+    events = events or Events()
+    model_arg = None if model is None else os.fspath(model)
+    # A local folder becomes its absolute path (Ray's workers run elsewhere), a hub id stays.
+    name = model_name(model_arg)
+    runner = PageRunner(name, local_revision(model_arg), device)
+    state = None
+    file_writer: Any = None
+    shard_lock: int | None = None
+    if output is not None:
+        # As on one machine: the output is locked first and for the whole run, and the resume
+        # state is read under that lock (records.open_output; a shard folder has a lock file).
+        if is_shard_dir(output):
+            shard_lock = lock_shards(output)
+            try:
+                state = load_shards(output)
+                file_writer, _ = open_output(shard_output(output))
+            except BaseException:
+                os.close(shard_lock)
+                raise
+        else:
+            file_writer, state = open_output(output)
+        if state.repaired_bytes:
+            events.note(
+                f"repaired {output}: cut a torn last line ({state.repaired_bytes} bytes) "
+                "left by an interrupted run"
+            )
+    try:
+        return _drive(
+            job,
+            sources,
+            runner,
+            state,
+            file_writer,
+            json_stream,
+            events,
+            options,
+            name,
+            device=device,
+            quant=quant,
+            redo_failed=redo_failed,
+        )
+    finally:
+        if shard_lock is not None:
+            os.close(shard_lock)
+
+
+def _drive(
+    job: Job,
+    sources: Sources,
+    runner: PageRunner,
+    state: ResumeState | None,
+    file_writer: Any,
+    json_stream: TextIO | None,
+    events: Events,
+    options: RayOptions,
+    name: str,
+    *,
+    device: str,
+    quant: str,
+    redo_failed: bool,
+) -> BatchStats:
+    """List the pages, run them on Ray, and write every record once (see ``run_ray``)."""
+    stats = BatchStats()
+    listing = list_pages(
+        job, sources, runner, state, redo_failed=redo_failed, stats=stats, events=events
+    )
+    seen: set[ResumeKey] = set()
+    by_key = {runner.key(job, t.sha256, t.source, t.page): t for t in listing.tasks}
+    from ixcdoc.batch import _outputs
+    from ixcdoc.records import resume_key
+
+    with _outputs(file_writer, json_stream) as writers:
+
+        def sink(item: PageItem, rec: PageRecord) -> None:
+            # Written before the state hears of it: a crash never marks an unwritten page done.
+            for w in writers:
+                if w is not None:
+                    w.write(rec)
+            if state is not None:
+                state.add(rec)
+            if rec.status == "ok":
+                stats.ok += 1
+                stats.blank += "blank" in rec.flags
+                stats.flagged += bool(set(rec.flags) - {"blank"})
+            else:
+                stats.failed += 1
+            events.record(item, rec)
+
+        for err_item in listing.file_errors:
+            sink(err_item, runner.run_page(err_item, job))
+        todo = listing.tasks
+        if not todo:
+            return stats
+        ray_mod: Any
+        with ray_session(options, options.replicas) as ray_mod:
+            for _ in range(PASSES):
+                try:
+                    for rec in run_pages(
+                        ray_mod,
+                        todo,
+                        job,
+                        sources,
+                        model=name,
+                        device=device,
+                        quant=quant,
+                        options=options,
+                    ):
+                        key = resume_key(rec)
+                        if key in seen:  # a retried batch delivered twice: keep the first
+                            continue
+                        seen.add(key)
+                        stats.loaded = True
+                        item = PageItem(rec.source, rec.content_sha256, rec.page, rec.page_count)
+                        sink(item, rec)
+                except KeyboardInterrupt:
+                    raise
+                except Exception as e:
+                    inner = _unwrap(e)
+                    if inner is not e:
+                        raise inner from None
+                    raise
+                todo = [t for k, t in by_key.items() if k not in seen]
+                if not todo:
+                    break
+    if todo:
+        stats.failed += len(todo)
+        events.note(
+            f"{len(todo)} pages got no record (their replicas kept failing); "
+            "run the same command again to retry them"
+        )
+    return stats
