@@ -289,8 +289,13 @@ class DocModel:
         hd: int = DEFAULT_HD,
         meta_instruction: str = DEFAULT_META_INSTRUCTION,
     ) -> torch.Tensor:
-        """fp32 logits of every prompt position: [seq_len, vocab] (seq_len x vocab x 4 bytes)."""
+        """fp32 logits of every prompt position: [seq_len, vocab] (seq_len x vocab x 4 bytes).
+
+        Uses no KV cache: one left by an earlier ``chat`` is dropped first (a fresh forward
+        writes its keys into any cache that exists, and a longer prompt would not fit it).
+        """
         p = self.prepare(images, query, hd=hd, meta_instruction=meta_instruction)
+        self.model.reset_caches()
         return self.model(p.inputs_embeds, p.im_mask)[0]
 
     # -- generation ------------------------------------------------------------------------------

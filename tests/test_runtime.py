@@ -155,3 +155,13 @@ def test_bf16_on_cuda_close_to_fp32(dm) -> None:
     assert cos.min() > 0.98
     ans = gpu.chat([_image(case)], case["query"], hd=1, meta_instruction="", max_new_tokens=8)
     assert len(ans.token_ids) == 8 or ans.stop_reason == "stop_token"
+
+
+def test_prompt_logits_after_a_short_chat_cache(dm) -> None:
+    """A KV cache left by chat (sized for a short prompt) must not break a longer prompt."""
+    img = Image.new("RGB", (40, 30), "white")
+    dm.chat([img], "Hi", hd=1, max_new_tokens=1)  # leaves a cache of ~256 positions
+    ref = dm.model.max_seq_length
+    long_query = " ".join(["word"] * 400)
+    logits = dm.prompt_logits([img], long_query, hd=1)
+    assert ref and logits.shape[0] > ref  # longer than the cache chat left, and it ran
