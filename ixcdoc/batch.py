@@ -286,9 +286,9 @@ def run(
                 if needs_model and runner.model is None:
                     load()
                     stats.loaded = True
-                if needs_model and engine is None and batch_size != 1:
+                if needs_model and engine is None and (batch_size != 1 or job.num_beams > 1):
                     engine = _engine(runner, job, batch_size)
-                    stats.batch_size = engine.engine.n_slots
+                    stats.batch_size = engine.capacity
                 on_text: Callable[[str], None] | None = events.text if events.wants_text() else None
                 if engine is None:
                     finished(
@@ -302,7 +302,7 @@ def run(
                     done = engine.submit(item, on_start=events.page_started, on_text=on_text)
                 if done is not None:
                     finished(item, done)
-                while engine.busy >= engine.engine.n_slots:  # keep the slots full, no more
+                while engine.busy >= engine.capacity:  # keep the slots full, no more
                     for it, rec in engine.step():
                         finished(it, rec)
             while engine is not None and engine.busy:
@@ -328,7 +328,8 @@ def _engine(runner: PageRunner, job: Job, batch_size: int | None) -> EnginePages
     assert model is not None
     positions = job_positions(model, job)
     n = batch_size if batch_size is not None else auto_batch(model, job, positions)
-    return EnginePages(runner, job, model.engine(n_slots=max(1, n), max_len=positions))
+    slots = max(1, n) * job.num_beams  # every beam of a page has its own slot
+    return EnginePages(runner, job, model.engine(n_slots=slots, max_len=positions))
 
 
 class _Earlier:

@@ -123,6 +123,8 @@ class PageRecord:
     # Optional: only a distributed run (``--ray``) writes it, last, and only when set, so a
     # one-machine file is unchanged and older files (without the key) still read.
     worker: str | None = None
+    # Optional: beam search (``--beams N``, N > 1); part of the resume key (absent: 1).
+    num_beams: int | None = None
 
     def __post_init__(self) -> None:
         validate_record(self.to_dict())
@@ -170,7 +172,7 @@ class PageRecord:
 
 
 # Optional keys: absent means null. Every other key is required.
-OPTIONAL_FIELDS: tuple[str, ...] = ("worker",)
+OPTIONAL_FIELDS: tuple[str, ...] = ("worker", "num_beams")
 FIELDS: tuple[str, ...] = tuple(
     f.name for f in dataclasses.fields(PageRecord) if f.name not in OPTIONAL_FIELDS
 )
@@ -307,6 +309,7 @@ _CHECKS: dict[str, tuple[Check, str]] = {
     ),
     "created_at": (_is_time, "ISO-8601 UTC like 2026-01-31T12:00:00Z"),
     "worker": (_opt(_is_str), "a non-empty string or null (optional)"),
+    "num_beams": (_opt(lambda v: _is_int(v, 2)), "a whole number >= 2 (optional)"),
 }
 assert set(_CHECKS) == _ALL_FIELD_SET, "every field has exactly one check"
 
@@ -395,6 +398,7 @@ class ResumeKey(NamedTuple):
     prompt: str
     hd_setting: str
     model: str  # model_revision when known, else the model id or path
+    beams: int = 1  # beam search changes the answer: a different job
 
     def document(self) -> ResumeKey:
         """The key of a whole-file error for the same document and job."""
@@ -411,6 +415,7 @@ def make_key(
     hd_setting: str,
     model: str,
     model_revision: str | None,
+    num_beams: int | None = None,
 ) -> ResumeKey:
     """The resume key of a job, computed before running it (the same rule as ``resume_key``)."""
     return ResumeKey(
@@ -420,12 +425,18 @@ def make_key(
         prompt=prompt,
         hd_setting=hd_setting,
         model=model_revision if model_revision is not None else model,
+        beams=num_beams or 1,
     )
 
 
 def resume_key(rec: PageRecord | Mapping[str, Any]) -> ResumeKey:
     """The resume key of a record (or of a validated record dict)."""
-    get = rec.__getitem__ if isinstance(rec, Mapping) else rec.__getattribute__
+    if isinstance(rec, Mapping):
+        get = rec.__getitem__
+        beams = rec.get("num_beams")
+    else:
+        get = rec.__getattribute__
+        beams = rec.num_beams
     return make_key(
         content_sha256=get("content_sha256"),
         source=get("source"),
@@ -435,6 +446,7 @@ def resume_key(rec: PageRecord | Mapping[str, Any]) -> ResumeKey:
         hd_setting=get("hd_setting"),
         model=get("model"),
         model_revision=get("model_revision"),
+        num_beams=beams,
     )
 
 

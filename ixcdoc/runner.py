@@ -38,6 +38,7 @@ class Job:
     hd: int | None = None  # None: automatic
     max_new_tokens: int | None = None
     top_k: int | None = None
+    num_beams: int = 1  # > 1: beam search (transformers' rules), on the batched engine
 
     @property
     def new_tokens(self) -> int:
@@ -114,6 +115,7 @@ class PageRunner:
             hd_setting=job.hd_label,
             model=self.model_name,
             model_revision=self.revision,
+            num_beams=job.num_beams if job.num_beams > 1 else None,
         )
 
     def record(self, job: Job, item: PageItem, **fields: Any) -> PageRecord:
@@ -136,6 +138,7 @@ class PageRunner:
             "model_revision": self.revision,
             "precision": self.precision,
             "device": self.device,
+            "num_beams": job.num_beams if job.num_beams > 1 else None,
         }
         base.update(fields)
         # The document's own flags (repaired, low_dpi, ...) go with every record of the page.
@@ -361,6 +364,11 @@ class EnginePages:
         """Pages submitted and not yet collected."""
         return len(self._inflight)
 
+    @property
+    def capacity(self) -> int:
+        """Pages that fit the engine's slots at once (each beam takes a slot)."""
+        return max(1, self.engine.n_slots // self.job.num_beams)
+
     def close(self) -> None:
         """Free the engine's batch-sized KV cache (the model can run ``chat`` again)."""
         assert self.runner.model is not None
@@ -385,7 +393,11 @@ class EnginePages:
         guard = RepetitionGuard()
         on_token = token_callback(guard, self.runner.model, on_text)
         request = ChatRequest(
-            [self.runner.image(item)], self.job.prompt, hd=tier, max_new_tokens=self.job.new_tokens
+            [self.runner.image(item)],
+            self.job.prompt,
+            hd=tier,
+            max_new_tokens=self.job.new_tokens,
+            num_beams=self.job.num_beams,
         )
         if on_start is not None:
             on_start(item, tier)

@@ -56,8 +56,9 @@ def available_ram() -> int:
 
 
 def auto_batch(model: DocModel, job: Job, positions: int) -> int:
-    """Pages in flight that fit: on a GPU, the memory model (``vram.auto_batch_size``) on the
-    free memory; on the CPU, as many KV slots as half the available RAM holds. At least 1."""
+    """Pages in flight that fit, each with its beams: on a GPU, the memory model
+    (``vram.auto_batch_size``) on the free memory; on the CPU, as many KV slots as half the
+    available RAM holds. At least 1."""
     cfg = model.config
     gpu = model.gpu_budget()
     hd = job.hd if job.hd is not None else job.task.hd_ceiling
@@ -69,9 +70,10 @@ def auto_batch(model: DocModel, job: Job, positions: int) -> int:
             hd,
             job.new_tokens,
             "4bit" if model.quant == "4bit" else "bf16",
+            beams=job.num_beams,
             text_tokens=text_tokens(model, job.prompt),
         )
         return max(1, n)
     # kv_bytes_per_token counts bf16; the CPU runs float32 unless --quant bf16.
-    per_slot = positions * kv_bytes_per_token(cfg) * model.dtype.itemsize // 2
+    per_slot = positions * kv_bytes_per_token(cfg) * model.dtype.itemsize // 2 * job.num_beams
     return max(1, min(CPU_MAX_BATCH, int(available_ram() * RAM_SHARE) // per_slot))

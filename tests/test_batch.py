@@ -275,3 +275,28 @@ def test_a_page_out_of_gpu_memory_is_retried_lower_without_disturbing_the_others
     others = [r for k, r in recs.items() if k != ("a.png", 1) and r.status == "ok"]
     assert others and all("tier_fallback" not in r.flags for r in others)
     assert (stats.ok, stats.failed) == (4, 2)
+
+
+def test_beams_are_their_own_job_and_match_the_engine_beam_search(
+    model: DocModel, tmp_path: Path
+) -> None:
+    """--beams 2: records carry num_beams, resume keys tell greedy and beams apart, and the
+    text equals DocModel.chat_batch with num_beams=2 (beam search itself: tests/engine)."""
+    from ixcdoc.engine import ChatRequest
+
+    img = Image.new("RGB", (300, 200), "white")
+    ImageDraw.Draw(img).text((10, 10), "Total 12.50", fill="black", font_size=20)
+    page = tmp_path / "a.png"
+    img.save(page)
+    out = tmp_path / "out.jsonl"
+    greedy = run(JOB, Sources([str(page)]), model=model, output=out, batch_size=1)
+    beams = Job(EXTRACT, EXTRACT.prompt, hd=4, max_new_tokens=6, num_beams=2)
+    first = run(beams, Sources([str(page)]), model=model, output=out, batch_size=1)
+    again = run(beams, Sources([str(page)]), model=model, output=out)
+    assert (greedy.ok, first.ok, first.skipped, again.skipped) == (1, 1, 0, 1)
+    recs = latest_records(out)
+    assert [r.num_beams for r in recs] == [None, 2]
+    (want,) = model.chat_batch(
+        [ChatRequest([img], EXTRACT.prompt, hd=4, max_new_tokens=6, num_beams=2)]
+    )
+    assert recs[1].text == want.text.strip()

@@ -288,6 +288,16 @@ BatchOpt = Annotated[
         callback=_batch_callback,
     ),
 ]
+BeamsOpt = Annotated[
+    int,
+    typer.Option(
+        "--beams",
+        min=1,
+        max=16,
+        metavar="N",
+        help="Beam search with N beams (upstream's demo uses 3); 1 is greedy.",
+    ),
+]
 PathsArg = Annotated[
     list[str],
     typer.Argument(metavar="PATH...", help="Files, folders, globs, or - for stdin."),

@@ -14,6 +14,7 @@ from rich.console import Console
 from ixcdoc.cli.app import (
     AllPagesOpt,
     BatchOpt,
+    BeamsOpt,
     DeviceOpt,
     HdOpt,
     JsonOpt,
@@ -331,6 +332,7 @@ def ask(
     hd: HdOpt = "auto",
     quant: QuantOpt = Quant.auto,
     batch_size: BatchOpt = "auto",
+    beams: BeamsOpt = 1,
     model: ModelOpt = None,
     device: DeviceOpt = "auto",
     max_new_tokens: MaxNewOpt = None,
@@ -366,6 +368,7 @@ def ask(
         hd=parse_hd(hd),
         max_new_tokens=max_new_tokens,
         top_k=None if all_pages else top_k,
+        num_beams=beams,
     )
     _needs_output(redo_failed, output)
     sources = Sources.read([doc], pages=pages, password=password, max_pixels=max_pixels)
@@ -393,6 +396,7 @@ def extract(
     hd: HdOpt = "auto",
     quant: QuantOpt = Quant.auto,
     batch_size: BatchOpt = "auto",
+    beams: BeamsOpt = 1,
     model: ModelOpt = None,
     device: DeviceOpt = "auto",
     max_new_tokens: MaxNewOpt = None,
@@ -439,7 +443,13 @@ def extract(
 
     if redo_failed and output is None and out_dir is None:
         raise UsageError("--redo-failed needs -o/--output or --out-dir (where failures are kept)")
-    job = Job(EXTRACT, prompt or EXTRACT.prompt, hd=parse_hd(hd), max_new_tokens=max_new_tokens)
+    job = Job(
+        EXTRACT,
+        prompt or EXTRACT.prompt,
+        hd=parse_hd(hd),
+        max_new_tokens=max_new_tokens,
+        num_beams=beams,
+    )
     if use_ray or ray_address is not None or replicas is not None:
         from ixcdoc.cli.scale import run_ray_job
 
@@ -501,6 +511,7 @@ def chart(
     hd: HdOpt = "auto",
     quant: QuantOpt = Quant.auto,
     batch_size: BatchOpt = "auto",
+    beams: BeamsOpt = 1,
     model: ModelOpt = None,
     device: DeviceOpt = "auto",
     max_new_tokens: MaxNewOpt = None,
@@ -524,7 +535,13 @@ def chart(
     from ixcdoc.tasks import CHART, CHART_TABLE
 
     preset = CHART_TABLE if table else CHART
-    job = Job(preset, prompt or preset.prompt, hd=parse_hd(hd), max_new_tokens=max_new_tokens)
+    job = Job(
+        preset,
+        prompt or preset.prompt,
+        hd=parse_hd(hd),
+        max_new_tokens=max_new_tokens,
+        num_beams=beams,
+    )
     _needs_output(redo_failed, output)
     sources = Sources.read([image], pages=pages, password=password, max_pixels=max_pixels)
     run_job(
