@@ -145,8 +145,27 @@ def _gib(choice: TierChoice) -> dict[str, float]:
     return {q: round(e.total_gib, 2) for q, e in choice.vram.items()}
 
 
-def tier_row(choice: TierChoice, gpu: GpuInfo | None) -> dict[str, Any]:
-    """The columns every table shows for a tier choice: tier, grid, sizes, tokens, VRAM, fit."""
+def batch_auto(
+    cfg: ModelConfig, choice: TierChoice, gpu: GpuInfo | None, max_new_tokens: int
+) -> dict[str, int] | None:
+    """What ``--batch-size auto`` would run at once on ``gpu``: pages of this tier in flight,
+    per precision (None without a GPU; 0 when not even one fits)."""
+    if gpu is None:
+        return None
+    from ixcdoc.vram import auto_batch_size
+
+    free = int(gpu.free_bytes * VRAM_HEADROOM)
+    return {
+        q: auto_batch_size(cfg, free, choice.image_tokens, choice.geometry.crops, max_new_tokens, q)
+        for q in QUANTS
+    }
+
+
+def tier_row(
+    choice: TierChoice, gpu: GpuInfo | None, cfg: ModelConfig | None = None, max_new: int = 512
+) -> dict[str, Any]:
+    """The columns every table shows for a tier choice: tier, grid, sizes, tokens, VRAM, fit,
+    and the batch size auto would pick on the GPU."""
     g = choice.geometry
     return {
         "tier": choice.hd,
@@ -155,15 +174,21 @@ def tier_row(choice: TierChoice, gpu: GpuInfo | None) -> dict[str, Any]:
         "image_tokens": choice.image_tokens,
         "vram_gib": _gib(choice),
         "fits": None if gpu is None else choice.fits,
+        "batch_auto": batch_auto(cfg or ModelConfig(), choice, gpu, max_new),
     }
 
 
 def page_row(
-    info: PageInfo, task: TaskPreset, choice: TierChoice, gpu: GpuInfo | None
+    info: PageInfo,
+    task: TaskPreset,
+    choice: TierChoice,
+    gpu: GpuInfo | None,
+    cfg: ModelConfig | None = None,
+    max_new: int = 512,
 ) -> dict[str, Any]:
     """One row of ``ixcdoc plan``: the page, how it renders, and its tier choice."""
     g = choice.geometry
-    row = tier_row(choice, gpu)
+    row = tier_row(choice, gpu, cfg, max_new)
     return {
         "source": info.source,
         "page": info.page,
@@ -180,6 +205,7 @@ def page_row(
         "image_tokens": row["image_tokens"],
         "vram_gib": row["vram_gib"],
         "fits": row["fits"],
+        "batch_auto": row["batch_auto"],
         "gpu": None if gpu is None else gpu.name,
     }
 
@@ -223,7 +249,8 @@ def plan_pages(
                 gpu=gpu,
                 max_new_tokens=max_new_tokens,
             )
-            row = page_row(info, tp, choice, gpu)
+            mnt = tp.max_new_tokens if max_new_tokens is None else max_new_tokens
+            row = page_row(info, tp, choice, gpu, cfg, mnt)
             row["flags"] = list(doc.page_flags(n))  # repaired, low_dpi, ... as records will say
             yield row
 

@@ -134,6 +134,11 @@ def _fits_cell(fits: dict[str, bool] | None) -> str:
     return ", ".join(q for q, ok in fits.items() if ok) or "none"
 
 
+def _batch_cell(batch: dict[str, int] | None) -> str:
+    """Pages --batch-size auto runs at once, bf16/4bit ("-" without a GPU)."""
+    return "-" if batch is None else f"{batch['bf16']}/{batch['4bit']}"
+
+
 def plan_table(rows: list[dict[str, Any]], *, task: str) -> Any:
     """The plan as a Rich table (one row per page)."""
     from rich.table import Table
@@ -152,6 +157,7 @@ def plan_table(rows: list[dict[str, Any]], *, task: str) -> Any:
         ("bf16 GiB", "right"),
         ("4bit GiB", "right"),
         ("fits", "left"),
+        ("batch auto", "right"),
     ]:
         t.add_column(col, justify=just, overflow="fold")  # type: ignore[arg-type]
     for r in rows:
@@ -170,6 +176,7 @@ def plan_table(rows: list[dict[str, Any]], *, task: str) -> Any:
             f"{r['vram_gib']['bf16']:.1f}",
             f"{r['vram_gib']['4bit']:.1f}",
             _fits_cell(r["fits"]),
+            _batch_cell(r["batch_auto"]),
         )
     return t
 
@@ -220,7 +227,7 @@ def tiers(
     from rich.table import Table
 
     t = Table(title=f"HD tiers for a {aspect} page (estimated peak VRAM, see docs/vram.md)")
-    for col in ("tier", "grid", "image tokens", "bf16 GiB", "4bit GiB", "fits"):
+    for col in ("tier", "grid", "image tokens", "bf16 GiB", "4bit GiB", "fits", "batch auto"):
         t.add_column(col, justify="right")
     for r in rows:
         t.add_row(
@@ -230,6 +237,7 @@ def tiers(
             f"{r['vram_gib']['bf16']:.1f}",
             f"{r['vram_gib']['4bit']:.1f}",
             _fits_cell(r["fits"]),
+            _batch_cell(r["batch_auto"]),
         )
     Console().print(t)
 

@@ -75,6 +75,8 @@ def doctor(
             ok = [f"HD{r['tier']}" for r in fits if r["fits"][q]]
             if rows and rows[0]["fits"] is not None:
                 out.print(f"[bold]{'fits ' + q:>14}[/]  {', '.join(ok) or 'no tier'}")
+                batch = [f"HD{r['tier']} {r['batch_auto'][q]}" for r in fits if r["fits"][q]]
+                out.print(f"[bold]{'batch ' + q:>14}[/]  {', '.join(batch) or '-'} pages at once")
     if selftest:
         if not json_out:
             err.print("selftest: tiny random checkpoint, CPU", markup=False)

@@ -175,7 +175,7 @@ def test_plan_table_for_a_terminal(tmp_path: Path, invoke: Invoke) -> None:
 
     png = tall_png(tmp_path)
     (row,) = json_lines(invoke(["plan", png, "--vram", "8"]).stdout)
-    console = Console(width=250, record=True, color_system=None)
+    console = Console(width=320, record=True, color_system=None)
     console.print(plan_table([row], task="extract"))
     text = console.export_text()
     cells = [c.strip() for c in text.splitlines()[4].split("│")[1:-1]]
@@ -185,6 +185,7 @@ def test_plan_table_for_a_terminal(tmp_path: Path, invoke: Invoke) -> None:
     assert cells[8] == str(row["image_tokens"])
     fits = ", ".join(q for q in ("bf16", "4bit") if row["fits"][q]) or "none"
     assert cells[11] == fits
+    assert cells[12] == "{bf16}/{4bit}".format(**row["batch_auto"])
 
 
 def test_a_forced_tier_past_the_context_is_lowered_with_the_reason(
@@ -216,3 +217,21 @@ def test_hd_above_the_cap_is_a_usage_error(tmp_path: Path, invoke: Invoke) -> No
     res = invoke(["plan", str(img), "--hd", "4200"])
     assert res.exit_code == 2
     assert "--hd 4200 is too large" in res.stderr
+
+
+def test_tiers_show_the_batch_size_auto_would_pick(invoke: Invoke) -> None:
+    """More crops per page, fewer pages at once; 4-bit weights leave room for more; none
+    without a GPU to plan for."""
+    rows = [
+        json.loads(x) for x in invoke(["tiers", "--vram", "80", "--json"]).stdout.split("\n") if x
+    ]
+    sizes = [r["batch_auto"]["bf16"] for r in rows if r["tier"] in (9, 16, 25, 55)]
+    assert sizes == sorted(sizes, reverse=True) and len(set(sizes)) == 4 and sizes[-1] >= 1
+    assert all(r["batch_auto"]["4bit"] >= r["batch_auto"]["bf16"] for r in rows)
+    small = [
+        json.loads(x) for x in invoke(["tiers", "--vram", "18", "--json"]).stdout.split("\n") if x
+    ]
+    assert [r["batch_auto"]["bf16"] for r in small if r["tier"] == 65] == [0]  # does not fit
+    plain = invoke(["tiers", "--json"]).stdout.split("\n")[0]
+    if json.loads(plain)["fits"] is None:  # no GPU here: nothing to size
+        assert json.loads(plain)["batch_auto"] is None
