@@ -511,24 +511,34 @@ def open_output(path: PathLike, *, fsync: bool = True) -> tuple[JsonlWriter, Res
     ``output_locked``). A torn final record is cut under that same lock.
     """
     path = Path(path)
+    state = ResumeState(path=path)
+    fd, state.repaired_bytes = open_locked_scan(path, lambda p: _read_state(p, state), fsync=fsync)
+    return JsonlWriter._adopt(path, fd, fsync=fsync), state
+
+
+def open_locked_scan(
+    path: Path, scan: Callable[[Path], _Scan], *, fsync: bool = True
+) -> tuple[int, int]:
+    """Lock ``path`` (created if missing), run ``scan`` over it, cut a torn tail under the lock:
+    (the locked append descriptor, bytes cut). For any ixcdoc JSONL (records, evaluation)."""
     _check_output(path)
     existed = path.exists()
     fd = _open_locked(path)
     try:
-        state = ResumeState(path=path)
-        scan = _read_state(path, state)
-        if scan.tail_problem is not None:
-            if os.fstat(fd).st_size != scan.size:  # pragma: no cover - we hold the lock
+        result = scan(path)
+        cut = 0
+        if result.tail_problem is not None:
+            if os.fstat(fd).st_size != result.size:  # pragma: no cover - we hold the lock
                 raise RecordsError(f"{path} changed while being read", code="output_locked")
-            os.ftruncate(fd, scan.good_end)
+            os.ftruncate(fd, result.good_end)
             os.fsync(fd)
-            state.repaired_bytes = scan.size - scan.good_end
+            cut = result.size - result.good_end
         if not existed and fsync:
             _fsync_dir(path.parent)
     except BaseException:
         os.close(fd)
         raise
-    return JsonlWriter._adopt(path, fd, fsync=fsync), state
+    return fd, cut
 
 
 def _read_state(path: Path, state: ResumeState) -> _Scan:
@@ -627,7 +637,13 @@ class _Scan:
     tail_problem: str | None  # why the bytes after good_end may be cut, when there are any
 
 
-def _scan(path: Path, on_record: Callable[[dict[str, Any]], None]) -> _Scan:
+def _scan(
+    path: Path,
+    on_record: Callable[[dict[str, Any]], None],
+    *,
+    parse: Callable[[str], dict[str, Any]] | None = None,
+    header: bytes = RECORD_HEADER,
+) -> _Scan:
     """Stream the records of a JSONL file; only a torn final record may follow the last one.
 
     Everything after the last complete record must be what an interrupted append leaves: one
@@ -665,7 +681,7 @@ def _scan(path: Path, on_record: Callable[[dict[str, Any]], None]) -> _Scan:
             if tail is not None:  # text after a NUL fill: not what a crash leaves
                 _corrupt(path, lineno, "text after NUL bytes")
             if not raw.endswith(b"\n"):  # only the final segment can lack a newline
-                if _is_torn_record(raw, after_records=records > 0):
+                if _is_torn_record(raw, after_records=records > 0, header=header):
                     tail = f"line {lineno} is incomplete (no newline at the end)"
                     break
                 why = "an incomplete line that is not the start of a record"
@@ -673,7 +689,7 @@ def _scan(path: Path, on_record: Callable[[dict[str, Any]], None]) -> _Scan:
                     _not_ours(path, lineno, why)
                 _corrupt(path, lineno, why)
             try:
-                d = _loads(raw.decode("utf-8"))
+                d = (parse or _loads)(raw.decode("utf-8"))
             except ValueError as e:  # UnicodeDecodeError and JSONDecodeError included
                 if not records:
                     _not_ours(path, lineno, _what_it_is(e))
@@ -684,12 +700,12 @@ def _scan(path: Path, on_record: Callable[[dict[str, Any]], None]) -> _Scan:
     return _Scan(size=offset, good_end=good_end, tail_problem=tail)
 
 
-def _is_torn_record(raw: bytes, *, after_records: bool) -> bool:
+def _is_torn_record(raw: bytes, *, after_records: bool, header: bytes = RECORD_HEADER) -> bool:
     """True when an unterminated final line can only be an interrupted ixcdoc append."""
-    if raw.startswith(RECORD_HEADER):
+    if raw.startswith(header):
         return True
     # A few bytes of a header prove nothing on their own: trust them only after real records.
-    return after_records and RECORD_HEADER.startswith(raw)
+    return after_records and header.startswith(raw)
 
 
 def _what_it_is(e: ValueError) -> str:

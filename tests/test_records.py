@@ -257,7 +257,7 @@ def test_utc_now_is_valid_created_at() -> None:
 def test_resume_key_fields() -> None:
     rec = make()
     key = resume_key(rec)
-    assert key == (SHA_A, 1, "extract", rec.prompt, "auto", "0123abcd")
+    assert key == (SHA_A, 1, "extract", rec.prompt, "auto", "0123abcd", 1)  # 1 beam: greedy
     assert key == resume_key(rec.to_dict())
     assert key == make_key(
         content_sha256=SHA_A,
@@ -721,3 +721,14 @@ def test_refusal_says_in_a_few_words_what_the_file_holds(
         f"{out} is not an ixcdoc output file (line 1: {what}); it was left untouched: "
         "choose another output file"
     )
+
+
+def test_beams_are_part_of_the_key_and_written_only_when_used() -> None:
+    greedy = make()
+    beams = dataclasses.replace(greedy, num_beams=3)
+    assert "num_beams" not in greedy.to_dict() and beams.to_dict()["num_beams"] == 3
+    assert resume_key(beams) != resume_key(greedy)
+    assert resume_key(beams).beams == 3 and resume_key(greedy).beams == 1
+    assert PageRecord.from_dict(json.loads(beams.to_json())) == beams
+    with pytest.raises(ValueError):
+        dataclasses.replace(greedy, num_beams=1)  # 1 is greedy: written as absent

@@ -21,7 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple, TextIO
 
-from ixcdoc.records import JsonlWriter, RecordsError, _check_parent, _truncate, utc_now
+from ixcdoc.records import JsonlWriter, RecordsError, _check_parent, open_locked_scan, utc_now
+from ixcdoc.records import _scan as _records_scan
 
 EVAL_SCHEMA = "ixcdoc.eval/1"
 FIELDS: tuple[str, ...] = (
@@ -161,46 +162,57 @@ class EvalState:
         return list(self.latest.values())
 
 
+EVAL_HEADER = f'{{"schema":"{EVAL_SCHEMA}",'.encode()
+
+
+def _parse(text: str) -> dict[str, Any]:
+    rec = json.loads(text)
+    validate(rec)
+    return rec
+
+
+def _scan_into(state: EvalState) -> Any:
+    """A scan of an evaluation file into ``state``, with the records file's rules: bounded
+    lines, a non-ixcdoc file refused untouched, only a torn evaluation record cut."""
+
+    def scan(path: Path) -> Any:
+        return _records_scan(path, state.add, parse=_parse, header=EVAL_HEADER)
+
+    return scan
+
+
 def load_records(path: str | os.PathLike[str], *, repair: bool = True) -> EvalState:
-    """Read a records file; cut a torn final line (``repair``), raise on a corrupt middle."""
+    """Read a records file (``repair``: cut a torn final record, under the file's lock).
+
+    The same rules as the page records (records.py): every line is read with a bound, a file
+    that is not ixcdoc's is refused untouched, and only a torn final record is ever cut.
+    """
     path = Path(path)
     state = EvalState(path=path)
-    if repair:
-        _check_parent(path)
     if not path.exists():
         if not repair:
             raise RecordsError(f"{path}: no such records file", code="not_found")
+        _check_parent(path)
         return state
-    try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise RecordsError(f"cannot read {path}: {e.strerror or e}", code="output") from e
-    offset = good_end = 0
-    pending: tuple[int, str] | None = None
-    lines = data.split(b"\n")
-    for lineno, raw in enumerate(lines, 1):
-        last = lineno == len(lines)
-        end = offset + len(raw) + (0 if last else 1)
-        if raw.strip():
-            if pending is not None:
-                _corrupt(path, *pending)
-            try:
-                if last:
-                    raise ValueError("incomplete (no newline at the end)")
-                rec = json.loads(raw.decode("utf-8"))
-                validate(rec)
-            except ValueError as e:  # UnicodeDecodeError and JSONDecodeError included
-                pending = (lineno, str(e))
-            else:
-                state.add(rec)
-                good_end = end
-        elif pending is None:
-            good_end = end
-        offset = end
-    if pending is not None and repair:
-        _truncate(path, good_end, expected_size=len(data))
-        state.repaired_bytes = len(data) - good_end
+    if not repair:
+        _check_parent(path)
+        _scan_into(state)(path)
+        return state
+    fd, state.repaired_bytes = open_locked_scan(path, _scan_into(state))
+    os.close(fd)
     return state
+
+
+def open_eval_output(path: str | os.PathLike[str]) -> tuple[EvalWriter, EvalState]:
+    """Lock an evaluation records file for this run, then read it: (writer, state). The lock
+    comes first and stays until the writer closes (as ``records.open_output``)."""
+    path = Path(path)
+    state = EvalState(path=path)
+    fd, state.repaired_bytes = open_locked_scan(path, _scan_into(state))
+    w = EvalWriter.__new__(EvalWriter)
+    w.count, w._fd, w._stream, w._closed, w._broken = 0, fd, None, False, None
+    w.path, w._fsync, w._ascii = path, True, False
+    return w, state
 
 
 def _corrupt(path: Path, lineno: int, why: str) -> None:

@@ -20,10 +20,9 @@ from ixcdoc.evaluation.metrics import score
 from ixcdoc.evaluation.records import (
     EvalKey,
     EvalState,
-    EvalWriter,
     key_of,
-    load_records,
     make_record,
+    open_eval_output,
 )
 
 BATCH_SIZE = 8  # questions handed to chat_batch at once
@@ -235,8 +234,10 @@ def run_eval(
     summary = EvalSummary(bench.name, split, hd_setting, total=len(selected))
 
     state = EvalState()
+    writer = None
     if output is not None:
-        state = load_records(output)
+        # Locked before it is read, and for the whole run (as extract's -o).
+        writer, state = open_eval_output(output)
         summary.output = Path(output)
         summary.repaired_bytes = state.repaired_bytes
 
@@ -266,7 +267,6 @@ def run_eval(
             continue
         jobs.append(EvalJob(item=item, query=query, hd=fixed, key=k))
 
-    writer = EvalWriter(output) if output is not None and jobs else None
     try:
         for out in answer_all(model, jobs, max_new_tokens=mnt):
             rec = _record(bench, split, hd_setting, fields, out)

@@ -142,3 +142,32 @@ def test_mean_ci_clips_and_degenerates() -> None:
     m, lo, hi = mean_ci([1.0, 1.0, 1.0, 0.0])  # mean .75, s = .5, half = 1.96 * .5 / 2 = .49
     assert (m, lo) == (0.75, pytest.approx(0.75 - 0.48999, abs=1e-5))
     assert hi == 1.0  # .75 + .49 clipped to 1
+
+
+def test_an_eval_output_is_locked_bounded_and_never_someone_elses(tmp_path: Path) -> None:
+    """The records file's rules hold for evaluation records too (issue 9 items 1, 2 and 4)."""
+    from ixcdoc.evaluation.records import load_records, open_eval_output
+    from ixcdoc.records import RecordsError
+
+    theirs = tmp_path / "package.json"
+    theirs.write_text('{"name": "my-project"}\n')
+    with pytest.raises(RecordsError) as e:
+        open_eval_output(theirs)
+    assert e.value.code == "not_records"
+    assert theirs.read_text() == '{"name": "my-project"}\n'  # untouched
+    notes = tmp_path / "notes.txt"
+    notes.write_text("no newline at the end")
+    with pytest.raises(RecordsError):
+        load_records(notes)
+    assert notes.read_text() == "no newline at the end"
+    with pytest.raises(RecordsError) as e:
+        open_eval_output("/dev/zero")  # would be an endless line
+    assert "regular file" in e.value.message
+    out = tmp_path / "eval.jsonl"
+    writer, _state = open_eval_output(out)
+    try:
+        with pytest.raises(RecordsError) as e:
+            open_eval_output(out)
+        assert e.value.code == "output_locked"
+    finally:
+        writer.close()
