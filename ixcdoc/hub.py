@@ -47,7 +47,18 @@ def _env_offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in _TRUE
 
 
-def _not_available(model_id: str) -> WeightsError:
+def _not_available(model_id: str, *, downloading: bool = False) -> WeightsError:
+    if downloading:  # telling someone who runs `ixcdoc download` to run it would help nobody
+        why = (
+            "HF_HUB_OFFLINE is set"
+            if _env_offline()
+            else "the hub cannot be reached from this machine"
+        )
+        return WeightsError(
+            f"cannot download {model_id}: {why}; download it where the hub is reachable and "
+            f"copy the cache folder ({hub_cache_dir()}) here, or pass --model PATH to a "
+            "checkpoint folder"
+        )
     return WeightsError(
         f"model {model_id} is not in the local cache and the hub is unreachable; run "
         "`ixcdoc download` on a machine with internet access, or pass --model PATH"
@@ -243,7 +254,7 @@ def download_model(
     if progress is not None:
         kwargs["tqdm_class"] = _progress_tqdm(progress)
     if _env_offline():
-        raise _not_available(model_id)
+        raise _not_available(model_id, downloading=True)
 
     def caught(*names: str) -> tuple[type[BaseException], ...]:
         return tuple(errors[n] for n in names if n in errors)
@@ -263,7 +274,7 @@ def download_model(
             f"model {model_id} has no revision {revision!r} ({_first_line(e)})"
         ) from None
     except caught("LocalEntryNotFoundError", "IncompleteSnapshotError", "OfflineModeIsEnabled"):
-        raise _not_available(model_id) from None
+        raise _not_available(model_id, downloading=True) from None
     except caught("HfHubHTTPError") as e:
         raise WeightsError(f"downloading {model_id} failed: {_first_line(e)}") from None
     except caught("HFValidationError") as e:  # our id check should have caught it first

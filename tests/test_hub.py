@@ -202,13 +202,17 @@ def test_download_without_network_is_the_clear_error(monkeypatch: pytest.MonkeyP
         raise huggingface_hub.errors.LocalEntryNotFoundError("connection refused")
 
     monkeypatch.setattr(huggingface_hub, "snapshot_download", no_network)
-    with pytest.raises(WeightsError, match=_unreachable("owner/model")):
+    with pytest.raises(WeightsError, match="cannot download owner/model: the hub cannot be "):
         hub.resolve_model("owner/model")
 
 
-def test_download_refuses_when_offline() -> None:
-    with pytest.raises(WeightsError, match=_unreachable("owner/model")):
+def test_download_refuses_when_offline_without_sending_you_back_to_download() -> None:
+    """Issue 9.14: `ixcdoc download` with no hub used to say "run `ixcdoc download`"."""
+    with pytest.raises(WeightsError) as e:
         hub.download_model("owner/model")
+    assert "HF_HUB_OFFLINE is set" in e.value.message
+    assert "copy the cache folder" in e.value.message
+    assert "ixcdoc download" not in e.value.message
 
 
 def test_partly_cached_model_names_what_is_missing(_cache: Path) -> None:
