@@ -82,6 +82,15 @@ class BatchStats:
     def any_failed(self) -> bool:
         return bool(self.failed or self.skipped_failed)
 
+    def count(self, rec: PageRecord) -> None:
+        """Account for a record written in this run."""
+        if rec.status == "ok":
+            self.ok += 1
+            self.blank += "blank" in rec.flags
+            self.flagged += bool(set(rec.flags) - {"blank"})
+        else:
+            self.failed += 1
+
 
 class SkipDone:
     """``skip(sha256, page)``: the (content, page) pairs a resume state has for this job."""
@@ -253,12 +262,7 @@ def run(
             if docs is not None:
                 earlier.remember(rec)
                 docs.add(rec, fresh=True)
-            if rec.status == "ok":
-                stats.ok += 1
-                stats.blank += "blank" in rec.flags
-                stats.flagged += bool(set(rec.flags) - {"blank"})
-            else:
-                stats.failed += 1
+            stats.count(rec)
             ordered.done(item, rec)
 
         try:

@@ -44,6 +44,7 @@ from ixcdoc.outdir import FORMATS
 from ixcdoc.tasks import PRESETS, parse_hd
 
 if TYPE_CHECKING:
+    from ixcdoc.batch import BatchStats
     from ixcdoc.inputs import Sources
     from ixcdoc.runner import Job
 
@@ -295,21 +296,26 @@ def run_job(
     finally:
         display.stop()
     if not quiet and (stats.pages > 1 or stats.skipped or stats.skipped_failed or out_dir):
-        parts = [f"{stats.ok} ok"]
-        if stats.failed:
-            parts.append(f"{stats.failed} failed")
-        if stats.blank:
-            parts.append(f"{stats.blank} blank")
-        if stats.skipped:
-            parts.append(f"{stats.skipped} already done")
-        if stats.skipped_failed:
-            parts.append(f"{stats.skipped_failed} failed earlier (retry with --redo-failed)")
         where = f"; records in {stats.records_path}" if stats.records_path else ""
         if out_dir is not None:
             where += f"; {stats.files_written} files written to {out_dir}"
-        err.print(", ".join(parts) + where, markup=False)
+        summary_line(stats, where)
     if stats.any_failed:
         raise typer.Exit(EXIT_PARTIAL)
+
+
+def summary_line(stats: BatchStats, where: str) -> None:
+    """The line a batch run ends with on stderr: what was done, skipped and failed."""
+    parts = [f"{stats.ok} ok"]
+    if stats.failed:
+        parts.append(f"{stats.failed} failed")
+    if stats.blank:
+        parts.append(f"{stats.blank} blank")
+    if stats.skipped:
+        parts.append(f"{stats.skipped} already done")
+    if stats.skipped_failed:
+        parts.append(f"{stats.skipped_failed} failed earlier (retry with --redo-failed)")
+    err.print(", ".join(parts) + where, markup=False)
 
 
 def _needs_output(redo_failed: bool, output: Path | None) -> None:

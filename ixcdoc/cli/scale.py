@@ -76,16 +76,8 @@ def run_ray_job(
     finally:
         display.stop()
     if not quiet:
-        parts = [f"{stats.ok} ok"]
-        if stats.failed:
-            parts.append(f"{stats.failed} failed")
-        if stats.blank:
-            parts.append(f"{stats.blank} blank")
-        if stats.skipped:
-            parts.append(f"{stats.skipped} already done")
-        if stats.skipped_failed:
-            parts.append(f"{stats.skipped_failed} failed earlier (retry with --redo-failed)")
-        where = f"; records in {output}" if output is not None else ""
-        err.print(", ".join(parts) + where, markup=False)
+        from ixcdoc.cli.commands import summary_line
+
+        summary_line(stats, f"; records in {output}" if output is not None else "")
     if stats.any_failed:
         raise typer.Exit(EXIT_PARTIAL)

@@ -149,12 +149,7 @@ def _drive(
                     w.write(rec)
             if state is not None:
                 state.add(rec)
-            if rec.status == "ok":
-                stats.ok += 1
-                stats.blank += "blank" in rec.flags
-                stats.flagged += bool(set(rec.flags) - {"blank"})
-            else:
-                stats.failed += 1
+            stats.count(rec)
             events.record(item, rec)
 
         for err_item in listing.file_errors:
