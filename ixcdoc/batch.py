@@ -14,16 +14,18 @@ file, the writers, the skip rules and the out-of-memory ladder. It reports what 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
-from ixcdoc.reading import Opened, PageItem, TierPlan, ahead, read_pages
+from ixcdoc.reading import Opened, PageItem, TierPlan, ahead, read_pages, through_feeder
 from ixcdoc.runner import Job, PageRunner
 
 if TYPE_CHECKING:
+    from ixcdoc.feeder import Feeder
     from ixcdoc.inputs import Sources
     from ixcdoc.records import PageRecord, ResumeState
     from ixcdoc.runner import EnginePages
@@ -176,6 +178,7 @@ def run(
     out_dir: str | os.PathLike[str] | None = None,
     out_format: str = "md",
     batch_size: int | None = None,
+    workers: int = 0,
 ) -> BatchStats:
     """Run ``job`` on every page of ``sources``, one record each; return what happened.
 
@@ -190,6 +193,8 @@ def run(
     none is given, in ``out_dir/.ixcdoc/records.jsonl``. ``batch_size``: pages in flight on the
     batched engine (None: as many as the memory estimate allows; 1: one page at a time with
     ``chat``); records are written as pages finish, which may differ from input order.
+    ``workers``: render and HD-transform pages in that many processes (``ixcdoc.feeder``;
+    born-digital PDF pages in one pass at their tier's size) instead of the reader thread.
     KeyboardInterrupt propagates after the reader stops; every record written before it is
     complete.
     """
@@ -235,8 +240,11 @@ def run(
         plan.set(lambda info: runner.tier_for(job, info), runner.hd_image)
 
     skip = skip_rule(runner, job, state, redo_failed) if state is not None else None
-    pages = read_pages(sources, choose=job.choose_pages(), skip=skip, plan=plan)
+    pages = read_pages(
+        sources, choose=job.choose_pages(), skip=skip, plan=plan, render=workers == 0
+    )
     items = ahead(pages, depth=read_ahead) if read_ahead > 0 else pages
+    closers: list[Callable[[], None]] = []
     stats = BatchStats()
     single_arg = _single_input(sources)
     engine: EnginePages | None = None
@@ -266,7 +274,25 @@ def run(
             ordered.done(item, rec)
 
         try:
-            for item in items:
+            stream: list[Iterator[Opened | PageItem]] = [iter(items)]  # swapped for the feeder
+            feeder = None
+            for item in _switchable(stream):
+                if workers and feeder is None and isinstance(item, PageItem) and item.info:
+                    # The first page to render: the model (its tile, the tier rule), then the
+                    # feeder's worker processes render this page and every later one.
+                    if runner.model is None:
+                        load()
+                        stats.loaded = True
+                    feeder = _feeder(runner, job, workers)
+                    closers.append(feeder.close)
+                    stream[0] = through_feeder(
+                        itertools.chain([item], stream[0]),
+                        feeder,
+                        lambda info: runner.tier_for(job, info),
+                        password=sources.password,
+                        max_pixels=sources.max_pixels,
+                    )
+                    continue
                 if isinstance(item, Opened):
                     for note in item.notes:  # once per file
                         events.note(f"{item.source}: {note}")
@@ -315,11 +341,33 @@ def run(
         finally:
             if hasattr(items, "close"):
                 items.close()
+            for close in closers:
+                close()
             if engine is not None:
                 engine.close()
             stats.files_written = 0 if docs is None else docs.written
             stats.records_path = None if output is None else Path(output)
     return stats
+
+
+def _switchable(current: list[Iterator[Any]]) -> Iterator[Any]:
+    """Items of whatever iterator ``current[0]`` is now (the loop may swap it)."""
+    while True:
+        try:
+            yield next(current[0])
+        except StopIteration:
+            return
+
+
+def _feeder(runner: PageRunner, job: Job, workers: int) -> Feeder:
+    """The page feeder for a loaded model: ``workers`` processes, blank check included, its
+    shared-memory slots sized for the largest tier the job can use."""
+    from ixcdoc.feeder import Feeder
+
+    assert runner.model is not None
+    tile = runner.model.config.tile
+    max_hd = job.hd if job.hd is not None else job.task.hd_ceiling
+    return Feeder(workers, max_tile=tile, max_hd=max_hd, blank_check=True)
 
 
 def _engine(runner: PageRunner, job: Job, batch_size: int | None) -> EnginePages:

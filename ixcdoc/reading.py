@@ -16,6 +16,9 @@ from typing import TYPE_CHECKING, Any
 from ixcdoc.errors import InputError, IxcdocError
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
+    from ixcdoc.feeder import Feeder
     from ixcdoc.inputs import Document, PageInfo, RenderedPage, Sources
     from ixcdoc.planning import TierChoice
     from ixcdoc.preprocess import HDImage
@@ -36,6 +39,10 @@ class PageItem:
     error: IxcdocError | None = None
     skipped: bool = False  # already done in the output file (resume): not rendered
     flags: tuple[str, ...] = ()  # what the document says of this page (repaired, low_dpi, ...)
+    # Not rendered yet (the feeder renders it in a worker process): what the worker needs.
+    info: PageInfo | None = None
+    origin: Path | bytes | None = None
+    has_text: bool = False
 
 
 @dataclass(frozen=True)
@@ -119,12 +126,15 @@ def read_pages(
     choose: Callable[[Document, list[int]], list[int]] | None = None,
     skip: Callable[[str, int], bool] | None = None,
     plan: TierPlan | None = None,
+    render: bool = True,
 ) -> Iterator[Opened | PageItem]:
     """Open, select, render and blank-check pages in input order, each document once.
 
     ``choose(doc, numbers)`` narrows the selected pages (``ask`` ranks them);
     ``skip(sha256, page)`` says a page is already done, so it is not even rendered;
     ``plan`` chooses each page's tier and HD image ahead once the model is known.
+    ``render=False`` leaves rendering to the feeder (``through_feeder``): pages come with
+    their ``info``, ``origin`` and whether they have a text layer instead.
     """
     from ixcdoc.guards import is_blank
 
@@ -147,6 +157,10 @@ def read_pages(
                 continue
             try:
                 flags = doc.page_flags(n)
+                if not render:
+                    info, text = doc.page_info(n), doc.has_text_layer(n)
+                    yield PageItem(*base, flags=flags, info=info, origin=doc.origin, has_text=text)
+                    continue
                 r = doc.render(n)
             except InputError as e:
                 yield PageItem(*base, error=e, flags=doc.flags)
@@ -202,3 +216,60 @@ def ahead(items: Iterator[Any], depth: int = 2) -> Iterator[Any]:
             yield value
     finally:
         stop.set()
+
+
+def through_feeder(
+    items: Iterator[Opened | PageItem],
+    feeder: Feeder,
+    tier: Callable[[PageInfo], TierChoice],
+    *,
+    password: str | None = None,
+    max_pixels: int | None = None,
+) -> Iterator[Opened | PageItem]:
+    """Pages of ``read_pages(render=False)`` rendered and HD-transformed by ``feeder``'s
+    worker processes, in the same order, everything else passed through where it was.
+
+    Each page's tier is chosen here, once (``tier(info)``), and the worker renders straight
+    at it (a born-digital page in one pass). The feeder pulls pages on this thread as it needs
+    them, so the items in between come out in their place.
+    """
+    from collections import deque
+
+    from ixcdoc.feeder import FeedItem
+    from ixcdoc.inputs import RenderedPage
+
+    waiting: deque[Opened | PageItem] = deque()
+
+    def feed() -> Iterator[FeedItem]:
+        for it in items:
+            waiting.append(it)
+            if isinstance(it, PageItem) and it.info is not None and it.error is None:
+                it.tier = tier(it.info)
+                assert it.origin is not None
+                yield FeedItem(
+                    it.origin if isinstance(it.origin, bytes) else str(it.origin),
+                    it.page or 1,
+                    hd=it.tier.hd,
+                    tile=it.tier.geometry.tile,
+                    name=it.source,
+                    password=password,
+                    max_pixels=max_pixels,
+                )
+
+    def fed_page(it: object) -> bool:
+        return isinstance(it, PageItem) and it.info is not None and it.error is None
+
+    for fed in feeder.map(feed()):
+        while not fed_page(waiting[0]):
+            yield waiting.popleft()
+        it = waiting.popleft()
+        assert isinstance(it, PageItem) and it.info is not None
+        if fed.error is not None:
+            it.error, it.tier = fed.error, None
+        else:
+            own = fed.own()  # its pixels outlive the next page (many pages are in flight)
+            it.rendered = RenderedPage(None, fed.info or it.info, own.render_ms)  # type: ignore[arg-type]
+            it.hd_image = own.hd_image()
+            it.blank = bool(fed.blank) and not it.has_text
+        yield it
+    yield from waiting

@@ -300,3 +300,40 @@ def test_beams_are_their_own_job_and_match_the_engine_beam_search(
         [ChatRequest([img], EXTRACT.prompt, hd=4, max_new_tokens=6, num_beams=2)]
     )
     assert recs[1].text == want.text.strip()
+
+
+def test_the_feeder_processes_give_the_records_of_the_reader_thread(
+    model: DocModel, inputs: list[str], tmp_path: Path
+) -> None:
+    """--workers 2: pages rendered in feeder processes. Images keep upstream's pixels, so their
+    text is identical; PDFs are rendered straight at their tier (sharper, other pixels), so
+    for them the status, tier, grid and flags must agree. Nothing is left in /dev/shm."""
+    shm = Path("/dev/shm")
+    before = set(shm.iterdir()) if shm.is_dir() else set()
+    one, fed = tmp_path / "one.jsonl", tmp_path / "fed.jsonl"
+    a = run(JOB, Sources(inputs), model=model, output=one, batch_size=3)
+    b = run(JOB, Sources(inputs), model=model, output=fed, batch_size=3, workers=2)
+    assert (a.ok, a.failed, a.blank) == (b.ok, b.failed, b.blank) == (4, 2, 1)
+
+    def view(out: Path) -> dict:
+        return {
+            (Path(r.source).name, r.page): (
+                r.status,
+                r.tier,
+                r.grid,
+                r.flags,
+                r.error and r.error.code,
+            )
+            for r in latest_records(out)
+        }
+
+    assert view(one) == view(fed)
+    texts = {
+        path: {
+            Path(r.source).name: r.text for r in latest_records(path) if r.source.endswith(".png")
+        }
+        for path in (one, fed)
+    }
+    assert texts[one] == texts[fed] and texts[one]
+    if shm.is_dir():
+        assert set(shm.iterdir()) <= before

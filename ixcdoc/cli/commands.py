@@ -261,6 +261,7 @@ def run_job(
     out_dir: Path | None = None,
     out_format: str = "md",
     batch_size: str = "auto",
+    workers: int = 0,
 ) -> None:
     """Run ``job`` over ``sources`` with the display; exit 0, 3 (some pages failed) or 130."""
     from ixcdoc.batch import run
@@ -287,6 +288,7 @@ def run_job(
             out_dir=out_dir,
             out_format=out_format,
             batch_size=parse_batch(batch_size),
+            workers=workers,
         )
     except KeyboardInterrupt:
         display.stop()
@@ -427,6 +429,17 @@ def extract(
             help="Also write one file per document here, mirroring the input tree (resumable).",
         ),
     ] = None,
+    workers: Annotated[
+        int,
+        typer.Option(
+            "--workers",
+            min=0,
+            max=64,
+            metavar="N",
+            help="Render pages in N processes (born-digital PDF pages in one pass at their "
+            "tier's size); 0 renders on one thread.",
+        ),
+    ] = 0,
     out_format: Annotated[
         OutFormat,
         typer.Option("--format", metavar="md|txt|json", help="File format for --out-dir."),
@@ -510,6 +523,7 @@ def extract(
         out_dir=out_dir,
         out_format=out_format.value,
         batch_size=batch_size,
+        workers=workers,
     )
 
 

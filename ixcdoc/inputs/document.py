@@ -140,6 +140,15 @@ class Document(ABC):
         return (*self.flags, *own)
 
     @property
+    def origin(self) -> Path | bytes:
+        """Where the document's bytes are: its file, or the bytes themselves (stdin, pipes)
+        for another process to open it again (the feeder's workers)."""
+        if self.path is not None:
+            return self.path
+        assert self._data is not None
+        return self._data
+
+    @property
     def sha256(self) -> str:
         """Hex SHA-256 of the file's bytes (computed on first use, then cached)."""
         if self._sha256 is None:
