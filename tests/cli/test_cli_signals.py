@@ -146,5 +146,5 @@ def test_reader_going_away_stops_the_run_quietly(tmp_path: Path, ckpts: Checkpoi
     assert proc.returncode not in (0, EXIT_INTERRUPTED)  # stopped, and says it did not finish
     assert b"Traceback" not in stderr
     done = read_records(out)
-    assert done[0] == rec
+    assert rec in done  # the file gets records as pages finish: not necessarily first
     assert len(done) < 3
