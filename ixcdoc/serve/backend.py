@@ -79,6 +79,8 @@ def _report(ticket: Ticket, answer: Any, error: BaseException | None) -> None:
 class Backend:
     """Runs jobs one at a time on a single worker thread, so the model never sees two forwards."""
 
+    n_slots = 1  # jobs on the model at once: what /health reports as the batch size
+
     def __init__(self, model: Any, *, max_queue: int = 64) -> None:
         """``model`` has ``DocModel.chat``'s interface; ``max_queue`` bounds waiting jobs."""
         if max_queue < 1:
