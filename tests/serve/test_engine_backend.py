@@ -179,3 +179,31 @@ def test_the_cli_passes_batch_size_and_max_tokens_to_the_server(
     assert res.exit_code == 0, res.output
     assert seen["batch_size"] == want
     assert seen["max_tokens"] == 64
+
+
+def test_seeded_sampling_on_the_engine_equals_chat(tiny: Any) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    png = page_png("sampled")
+    page = Image.open(io.BytesIO(png)).convert("RGB")
+    seeds = [3, 11]
+    want = {
+        s: tiny.chat(
+            [page], "Sample it.", hd=4, max_new_tokens=6, do_sample=True, temperature=0.7, seed=s
+        ).text
+        for s in seeds
+    }
+    with (
+        live_server(create_app(tiny, batch_size=2, max_tokens=16)) as url,
+        httpx.Client(base_url=url, timeout=TIMEOUT) as http,
+    ):
+
+        def ask(seed: int) -> str:
+            body = chat_body("Sample it.", data_url(png), temperature=0.7, seed=seed)
+            r = http.post(CHAT, json=body)
+            assert r.status_code == 200, r.text
+            return r.json()["choices"][0]["message"]["content"]
+
+        with ThreadPoolExecutor(2) as pool:
+            got = dict(zip(seeds, pool.map(ask, seeds), strict=True))
+    assert got == want
