@@ -7,6 +7,7 @@ from typing import Annotated
 import typer
 
 from ixcdoc.cli.app import (
+    BatchOpt,
     DeviceOpt,
     MaxPixelsOpt,
     ModelOpt,
@@ -17,6 +18,7 @@ from ixcdoc.cli.app import (
     err,
     handles_errors,
     load_model,
+    parse_batch,
 )
 from ixcdoc.errors import UsageError
 
@@ -63,6 +65,17 @@ def serve(
             help="Name in /v1/models [default: the hub id or folder].",
         ),
     ] = None,
+    max_tokens: Annotated[
+        int | None,
+        typer.Option(
+            "--max-tokens",
+            min=1,
+            metavar="N",
+            help="Largest max_tokens a request may ask for (400 above); smaller engine slots "
+            "[default: up to the position limit].",
+        ),
+    ] = None,
+    batch_size: BatchOpt = "auto",
     max_pixels: MaxPixelsOpt = None,
     quant: QuantOpt = Quant.auto,
     model: ModelOpt = None,
@@ -74,6 +87,7 @@ def serve(
     \b
     ixcdoc serve --port 8000
     ixcdoc serve --host 0.0.0.0 --api-key "$KEY"
+    ixcdoc serve --batch-size 1          # one request at a time, no batched engine
     """
     try:
         import fastapi  # noqa: F401
@@ -89,6 +103,7 @@ def serve(
             f"--host {host} makes the server reachable from other machines: set --api-key "
             "(or IXCDOC_API_KEY) as well"
         )
+    slots = parse_batch(batch_size)
     dm = load_model(model, device, quant, quiet)
     run_server(
         dm,
@@ -101,4 +116,6 @@ def serve(
         max_pixels=max_pixels,
         allow_urls=allow_urls,
         model_name=model_name,
+        batch_size=slots,
+        max_tokens=max_tokens,
     )

@@ -75,6 +75,8 @@ class ModelRunner:
         The crops of every image go through the vision tower as one batch; the 2x2 merge,
         separators and projector then run per image, as ``XComposer2.encode_image`` does.
         """
+        if not pixels:  # a round of text-only requests: no vision forward at all
+            return []
         m = self.model
         t = m.tile
         batches = [m.vit_input(p.to(self.device)) for p in pixels]  # [1 + h*w, 3, t, t] each

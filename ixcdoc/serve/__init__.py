@@ -5,8 +5,9 @@ Needs the ``serve`` extra (FastAPI and uvicorn): ``pip install 'ixcdoc[serve]'``
     >>> from ixcdoc.serve import create_app, serve
     >>> serve(ixcdoc.load(), port=8000)                  # blocks; Ctrl-C stops it
 
-``create_app(model, ...)`` gives the FastAPI app for embedding; ``Backend`` is the seam where
-requests meet the model (one worker thread, a bounded queue).
+``create_app(model, ...)`` gives the FastAPI app for embedding. Requests meet the model in a
+backend: ``EngineBackend`` (the default: requests decoded together on the batched engine) or
+``Backend`` (``batch_size=1``: one ``chat`` at a time on a worker thread).
 """
 
 from __future__ import annotations
@@ -16,17 +17,19 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from ixcdoc.serve.app import create_app
     from ixcdoc.serve.backend import Backend, GenRequest, QueueFull
+    from ixcdoc.serve.engine_backend import EngineBackend
     from ixcdoc.serve.run import serve
 
 _WHERE = {
     "create_app": "ixcdoc.serve.app",
     "serve": "ixcdoc.serve.run",
     "Backend": "ixcdoc.serve.backend",
+    "EngineBackend": "ixcdoc.serve.engine_backend",
     "GenRequest": "ixcdoc.serve.backend",
     "QueueFull": "ixcdoc.serve.backend",
 }
 
-__all__ = ["Backend", "GenRequest", "QueueFull", "create_app", "serve"]
+__all__ = ["Backend", "EngineBackend", "GenRequest", "QueueFull", "create_app", "serve"]
 
 
 def __getattr__(name: str) -> Any:

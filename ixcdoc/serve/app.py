@@ -24,6 +24,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ixcdoc.errors import IxcdocError
 from ixcdoc.serve.backend import Backend, Cancelled, GenRequest, QueueFull, Ticket
+from ixcdoc.serve.engine_backend import EngineBackend, slot_positions
 from ixcdoc.serve.errors import ApiError, library_error, model_failure
 from ixcdoc.serve.guard import Guard
 from ixcdoc.serve.images import open_image
@@ -43,7 +44,7 @@ class _Run:
     events: asyncio.Queue[tuple[str, Any]]  # ("token", id) | ("done", Answer) | ("error", exc)
 
 
-def _submit(backend: Backend, request: GenRequest, *, stream: bool) -> _Run:
+def _submit(backend: Backend | EngineBackend, request: GenRequest, *, stream: bool) -> _Run:
     loop = asyncio.get_running_loop()
     events: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
 
@@ -157,18 +158,30 @@ def create_app(
     max_pixels: int | None = None,
     allow_urls: bool = False,
     model_name: str | None = None,
-    backend: Backend | None = None,
+    batch_size: int | None = None,
+    max_tokens: int | None = None,
+    backend: Backend | EngineBackend | None = None,
 ) -> FastAPI:
     """The OpenAI-compatible app over ``model`` (a ``DocModel``); ``backend`` replaces the queue.
 
-    The backend's worker starts with the app's lifespan and stops with it.
+    ``batch_size``: requests in flight on the batched engine (None: what memory allows; 1: the
+    one-at-a-time ``Backend`` on ``chat``). ``max_tokens``: the largest ``max_tokens`` a request
+    may ask for (None: up to the position limit); it bounds each engine slot's positions.
+    The backend starts with the app's lifespan and stops with it.
     """
     from ixcdoc.inputs import DEFAULT_MAX_PIXELS
     from ixcdoc.planning import choose_tier
     from ixcdoc.tasks import ASK
     from ixcdoc.tiling import hd_geometry, merged_side
 
-    backend = backend or Backend(model, max_queue=max_queue)
+    if max_tokens is not None and max_tokens < 1:
+        raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
+    if backend is None:
+        if batch_size == 1:
+            backend = Backend(model, max_queue=max_queue)
+        else:
+            max_len = slot_positions(model, max_tokens)
+            backend = EngineBackend(model, n_slots=batch_size, max_len=max_len, max_queue=max_queue)
     name = model_name or default_model_name(model)
     max_body = int(max_body_mb * 2**20)
     pixels_limit = max_pixels or DEFAULT_MAX_PIXELS
@@ -182,7 +195,7 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        backend.start()
+        await asyncio.to_thread(backend.start)  # the engine allocates its KV cache here
         try:
             yield
         finally:
@@ -219,13 +232,14 @@ def create_app(
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
-        """Model loaded, device, queue depth."""
+        """Model loaded, device, batch size (requests decoded at once), queue depth."""
         return {
             "status": "ok",
             "model": name,
             "model_loaded": model is not None,
             "device": str(getattr(model, "device", "unknown")),
             "precision": getattr(model, "precision", None),
+            "batch_size": backend.n_slots,
             "queue_depth": backend.depth,
             "queued": backend.queued,
             "running": backend.running,
@@ -243,7 +257,16 @@ def create_app(
     def prepare(body: ChatCompletionRequest) -> GenRequest:
         """Decode images and choose the tier (blocking: runs on a worker thread)."""
         conv = to_conversation(body.messages)
-        max_new = body.max_completion_tokens or body.max_tokens or ASK.max_new_tokens
+        default_new = min(ASK.max_new_tokens, max_tokens or ASK.max_new_tokens)
+        max_new = body.max_completion_tokens or body.max_tokens or default_new
+        if max_tokens is not None and max_new > max_tokens:
+            field = "max_completion_tokens" if body.max_completion_tokens else "max_tokens"
+            raise ApiError(
+                400,
+                f"{field} {max_new} is over this server's limit of {max_tokens} (--max-tokens)",
+                code="invalid_request",
+                param=field,
+            )
         hd = body.ixcdoc.tier()
         if hd is not None and hd > max_hd:
             raise ApiError(

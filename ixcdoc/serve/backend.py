@@ -3,8 +3,9 @@
 The server calls only ``Backend.submit(request, on_token, on_done) -> Ticket`` (and reads
 ``depth``/``queued``/``running`` for /health and 429s). ``on_token(id) -> bool`` and
 ``on_done(answer, error)`` are called on the worker thread; the caller hands them over to its
-own event loop. A batched engine can replace this class by offering the same three things:
-``submit`` that raises ``QueueFull`` when saturated, cancellable tickets, and the callbacks.
+own event loop. ``engine_backend.EngineBackend`` (the server's default) offers the same three
+things on the batched engine: ``submit`` that raises ``QueueFull`` when saturated, cancellable
+tickets, and the callbacks; this class stays for ``--batch-size 1``.
 """
 
 from __future__ import annotations
@@ -78,6 +79,8 @@ def _report(ticket: Ticket, answer: Any, error: BaseException | None) -> None:
 
 class Backend:
     """Runs jobs one at a time on a single worker thread, so the model never sees two forwards."""
+
+    n_slots = 1  # jobs on the model at once: what /health reports as the batch size
 
     def __init__(self, model: Any, *, max_queue: int = 64) -> None:
         """``model`` has ``DocModel.chat``'s interface; ``max_queue`` bounds waiting jobs."""

@@ -18,6 +18,7 @@ import uvicorn
 from PIL import Image, ImageDraw
 
 from ixcdoc.serve.backend import Backend
+from ixcdoc.serve.engine_backend import EngineBackend
 
 TIMEOUT = 60.0  # seconds: every client call in these tests is bounded by this
 
@@ -167,5 +168,76 @@ class CountingBackend(Backend):
 
     def submit(self, *args: Any, **kwargs: Any) -> Any:
         ticket = super().submit(*args, **kwargs)
+        self.submitted.release()
+        return ticket
+
+
+class ProbeEngineBackend(EngineBackend):
+    """An EngineBackend on a real engine, with probes through the engine's own hooks.
+
+    ``hold``: each prefill waits until ``release`` is set (``entered`` says one is waiting).
+    ``gather``: the first prefill waits until that many requests are in flight, so they
+    overlap. ``fail``: every prefill raises RuntimeError(fail). ``fail_after_token``: a
+    request's first streamed token is delivered, then its callback raises. ``answers`` keeps
+    each Answer by query; ``rows`` the rows of every decode forward; ``submitted`` counts submits.
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        *,
+        hold: bool = False,
+        gather: int = 0,
+        fail: str | None = None,
+        fail_after_token: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        self.entered = threading.Event()
+        self.release = threading.Event()
+        if not hold:
+            self.release.set()
+        self.gather = gather
+        self.fail = fail
+        self.fail_after_token = fail_after_token
+        self.answers: dict[str, Any] = {}
+        self.rows: list[int] = []
+        self.submitted = threading.Semaphore(0)
+        super().__init__(model, fault_hook=self._before_prefill, **kwargs)
+
+    def _before_prefill(self, request: Any) -> None:
+        self.entered.set()
+        if not self.release.wait(TIMEOUT):
+            raise TimeoutError("the test never released the engine")
+        if self.gather:
+            with self._lock:
+                if not self._lock.wait_for(lambda: self.running >= self.gather, TIMEOUT):
+                    raise TimeoutError(f"{self.gather} requests never were in flight together")
+            self.gather = 0  # once: later prefills must not wait for a crowd
+        if self.fail is not None:
+            raise RuntimeError(self.fail)
+
+    def start(self) -> None:
+        super().start()
+        runner = self.engine.runner
+        decode = runner.decode
+
+        def counted(ids: Any, pos: Any) -> Any:
+            self.rows.append(len(ids))
+            return decode(ids, pos)
+
+        runner.decode = counted
+
+    def submit(self, request: Any, on_token: Any, on_done: Any) -> Any:
+        def record(answer: Any, error: BaseException | None) -> None:
+            if answer is not None:
+                self.answers[request.query] = answer
+            on_done(answer, error)
+
+        def one_then_fail(tid: int) -> bool:
+            on_token(tid)
+            raise RuntimeError("failed after the first token")
+
+        token = one_then_fail if self.fail_after_token else on_token
+        ticket = super().submit(request, token, record)
         self.submitted.release()
         return ticket

@@ -19,6 +19,7 @@ from tests.serve.helpers import (
     FailingModel,
     FailsAfterATokenModel,
     HeldModel,
+    ProbeEngineBackend,
     chat_body,
     data_url,
     live_server,
@@ -43,7 +44,7 @@ def _error(r: httpx.Response, status: int, code: str | None = None) -> dict[str,
 
 @pytest.fixture(scope="module")
 def server(tiny: Any) -> Iterator[str]:
-    app = create_app(tiny, api_key=KEY, max_body_mb=0.25, max_pixels=20_000)
+    app = create_app(tiny, api_key=KEY, max_body_mb=0.25, max_pixels=20_000, batch_size=2)
     with live_server(app) as url:
         yield url
 
@@ -222,9 +223,15 @@ def test_too_many_placeholders_is_400(http: httpx.Client) -> None:
     assert "placeholder" in err["message"]
 
 
-def test_a_failing_model_is_500_and_the_server_lives_on(tiny: Any) -> None:
+@pytest.mark.parametrize("kind", ["chat", "engine"])
+def test_a_failing_model_is_500_and_the_server_lives_on(tiny: Any, kind: str) -> None:
+    if kind == "chat":
+        app = create_app(FailingModel(tiny), batch_size=1)
+    else:
+        backend = ProbeEngineBackend(tiny, n_slots=2, max_len=512, fail="simulated model failure")
+        app = create_app(tiny, backend=backend)
     with (
-        live_server(create_app(FailingModel(tiny))) as url,
+        live_server(app) as url,
         httpx.Client(base_url=url, timeout=TIMEOUT) as http,
     ):
         err = _error(http.post(CHAT, json=chat_body("hi")), 500)
@@ -235,12 +242,18 @@ def test_a_failing_model_is_500_and_the_server_lives_on(tiny: Any) -> None:
         assert http.get("/health").json()["queue_depth"] == 0
 
 
-def test_a_full_queue_is_429_with_retry_after(tiny: Any) -> None:
-    held = HeldModel(tiny)
-    backend = CountingBackend(held, max_queue=1)
+@pytest.mark.parametrize("kind", ["chat", "engine"])
+def test_a_full_queue_is_429_with_retry_after(tiny: Any, kind: str) -> None:
+    if kind == "chat":
+        held: Any = HeldModel(tiny)
+        backend: Any = CountingBackend(held, max_queue=1)
+        app = create_app(held, backend=backend)
+    else:  # one slot, held in its first prefill
+        held = backend = ProbeEngineBackend(tiny, n_slots=1, max_len=512, max_queue=1, hold=True)
+        app = create_app(tiny, backend=backend)
     results: list[int] = []
     with (
-        live_server(create_app(held, backend=backend)) as url,
+        live_server(app) as url,
         httpx.Client(base_url=url, timeout=TIMEOUT) as http,
     ):
 
@@ -265,9 +278,15 @@ def test_a_full_queue_is_429_with_retry_after(tiny: Any) -> None:
     assert results == [200, 200]
 
 
-def test_a_failure_mid_stream_ends_it_with_an_error_event(tiny: Any) -> None:
+@pytest.mark.parametrize("kind", ["chat", "engine"])
+def test_a_failure_mid_stream_ends_it_with_an_error_event(tiny: Any, kind: str) -> None:
+    if kind == "chat":
+        app = create_app(FailsAfterATokenModel(tiny), batch_size=1)
+    else:
+        backend = ProbeEngineBackend(tiny, n_slots=2, max_len=512, fail_after_token=True)
+        app = create_app(tiny, backend=backend)
     with (
-        live_server(create_app(FailsAfterATokenModel(tiny))) as url,
+        live_server(app) as url,
         httpx.Client(base_url=url, timeout=TIMEOUT) as http,
     ):
         r = http.post(CHAT, json=chat_body("hi", stream=True))
@@ -294,7 +313,7 @@ def test_allow_urls_fetches_http_images_within_the_size_cap(
     files = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=files.serve_forever, daemon=True).start()
     base = f"http://127.0.0.1:{files.server_address[1]}"
-    app = create_app(tiny, allow_urls=True, max_body_mb=0.25)
+    app = create_app(tiny, allow_urls=True, max_body_mb=0.25, batch_size=2)
     try:
         with live_server(app) as url, httpx.Client(base_url=url, timeout=TIMEOUT) as http:
             ok = http.post(CHAT, json=chat_body("hi", f"{base}/page.png"))

@@ -16,9 +16,12 @@ openai = pytest.importorskip("openai")
 KEY = "sk-test-key"
 
 
-@pytest.fixture(scope="module")
-def server(tiny: Any) -> Any:
-    with live_server(create_app(tiny, api_key=KEY, model_name="ixc-tiny")) as url:
+@pytest.fixture(scope="module", params=["chat", "engine"])
+def server(tiny: Any, request: pytest.FixtureRequest) -> Any:
+    """A live server on each backend: ``--batch-size 1`` (chat) and the batched engine."""
+    batch_size = 1 if request.param == "chat" else 4
+    app = create_app(tiny, api_key=KEY, model_name="ixc-tiny", batch_size=batch_size)
+    with live_server(app) as url:
         yield url
 
 

@@ -1,0 +1,261 @@
+"""The server's default backend: requests run concurrently on the batched engine.
+
+``EngineBackend`` offers what ``Backend`` offers (``submit(request, on_token, on_done) ->
+Ticket``, ``QueueFull``, ``Ticket.cancel()``, the counters, ``start``/``close``) but hands up
+to ``n_slots`` requests at once to ``DocModel.engine``, whose loop decodes every running
+sequence in one forward. Requests past the slots wait in a queue bounded by ``max_queue``; the
+engine only ever sees as many requests as it has slots, so a waiting request can still be
+withdrawn without reaching the model, and ``queued``/``running`` mean what they say.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import threading
+import time
+from typing import Any
+
+from ixcdoc.serve.backend import Cancelled, GenRequest, OnDone, OnToken, QueueFull, Ticket
+
+
+def slot_positions(model: Any, max_tokens: int | None = None) -> int:
+    """Positions one slot must hold: the longest prompt the server admits plus the longest answer.
+
+    The server refuses images past ``config.max_length`` tokens and the prompt is cut there, so
+    a prompt never passes ``max_length``; an answer may run to ``max_tokens`` (None: up to the
+    position limit, as ``chat`` allows). Never more than ``max_position_embeddings``.
+    """
+    cfg = model.config
+    if max_tokens is None:
+        return int(cfg.max_position_embeddings)
+    return min(int(cfg.max_length) + max_tokens, int(cfg.max_position_embeddings))
+
+
+def auto_slots(model: Any, positions: int) -> int:
+    """Slots that fit: on a GPU, ``vram.auto_batch_size`` for slots of ``positions``; on the
+    CPU, as many as half the available RAM holds (at most 64, as for the batch CLI). At least 1."""
+    from ixcdoc.planning import VRAM_HEADROOM
+    from ixcdoc.sizing import CPU_MAX_BATCH, RAM_SHARE, available_ram
+    from ixcdoc.vram import (
+        PROMPT_TEXT_TOKENS,
+        VISION_BATCH_TILES,
+        auto_batch_size,
+        kv_bytes_per_token,
+    )
+
+    cfg = model.config
+    gpu = model.gpu_budget() if hasattr(model, "gpu_budget") else None
+    if gpu is not None:
+        # The worst request: an image filling the prompt, then the longest answer.
+        image_tokens = max(min(positions, cfg.max_length) - PROMPT_TEXT_TOKENS, 0)
+        n = auto_batch_size(
+            cfg,
+            int(gpu.free_bytes * VRAM_HEADROOM),
+            image_tokens,
+            VISION_BATCH_TILES - 1,  # one admission round's vision batch, what the engine caps
+            max(positions - image_tokens - PROMPT_TEXT_TOKENS, 0),
+            "4bit" if getattr(model, "quant", None) == "4bit" else "bf16",
+        )
+        return max(1, n)
+    # kv_bytes_per_token counts bf16; the CPU runs float32 unless the model was loaded in bf16.
+    itemsize = getattr(getattr(model, "dtype", None), "itemsize", 4)
+    per_slot = max(1, positions * kv_bytes_per_token(cfg) * itemsize // 2)
+    return max(1, min(CPU_MAX_BATCH, int(available_ram() * RAM_SHARE) // per_slot))
+
+
+class EngineTicket(Ticket):
+    """A ticket whose ``cancel()`` also withdraws it from the backend's queue at once."""
+
+    # identity, not field values: tickets are kept in a set and removed from a deque
+    __eq__ = object.__eq__
+    __hash__ = object.__hash__
+
+    def __init__(self, request: GenRequest, on_token: OnToken, on_done: OnDone) -> None:
+        super().__init__(request, on_token, on_done)
+        self.withdraw: Any = None  # set by the backend: called once on cancel
+        self.reported = False  # on_done ran (exactly once, whoever finishes the ticket)
+
+    def cancel(self) -> None:
+        """Stop the job: withdrawn if it still waits, stopped at its next token if it runs."""
+        super().cancel()
+        if self.withdraw is not None:
+            self.withdraw(self)
+
+
+class EngineBackend:
+    """Up to ``n_slots`` requests in flight on one ``Engine``; a bounded queue beyond that."""
+
+    def __init__(
+        self,
+        model: Any,
+        *,
+        n_slots: int | None = None,
+        max_len: int | None = None,
+        max_queue: int = 64,
+        **engine_options: Any,
+    ) -> None:
+        """``n_slots`` None: what memory allows (``auto_slots``); ``max_len`` None: the most a
+        request can use (``slot_positions``). ``engine_options`` go to ``model.engine``."""
+        if max_queue < 1:
+            raise ValueError(f"max_queue must be >= 1, got {max_queue}")
+        if n_slots is not None and n_slots < 1:
+            raise ValueError(f"n_slots must be >= 1, got {n_slots}")
+        self.model = model
+        self.max_len = max_len if max_len is not None else slot_positions(model)
+        self.n_slots = n_slots if n_slots is not None else auto_slots(model, self.max_len)
+        self.max_queue = max_queue
+        self.engine_options = engine_options
+        self.engine: Any = None
+        self._lock = threading.Condition()
+        self._waiting: collections.deque[EngineTicket] = collections.deque()
+        self._inflight: set[EngineTicket] = set()
+        self._mean_s = 5.0  # a guess until the first job finishes; feeds Retry-After only
+        self._closing = False
+
+    # -- state ------------------------------------------------------------------------------
+
+    @property
+    def queued(self) -> int:
+        """Jobs waiting for a slot."""
+        return len(self._waiting)
+
+    @property
+    def running(self) -> int:
+        """Jobs handed to the engine (at most ``n_slots``)."""
+        return len(self._inflight)
+
+    @property
+    def depth(self) -> int:
+        """Waiting plus running jobs: what /health reports."""
+        return self.queued + self.running
+
+    def retry_after(self) -> int:
+        """Seconds a refused client should wait: the rounds of slots ahead times a job's time."""
+        rounds = max(1, -(-self.depth // self.n_slots))
+        return max(1, round(self._mean_s * rounds))
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Build the engine (its KV cache) and start its loop thread (once)."""
+        if self.engine is None:
+            self.engine = self.model.engine(
+                n_slots=self.n_slots, max_len=self.max_len, **self.engine_options
+            )
+            self.engine.start()
+        self._pump()
+
+    def close(self, timeout: float | None = 10.0) -> None:
+        """Refuse waiting jobs, stop running ones at their next token, then stop the engine."""
+        with self._lock:
+            self._closing = True
+            waiting = list(self._waiting)
+            self._waiting.clear()
+            running = list(self._inflight)
+        for ticket in waiting:
+            self._report(ticket, None, Cancelled("the server is shutting down"))
+        for ticket in running:
+            ticket.cancel()
+        with self._lock:  # a cancelled sequence ends within one engine step
+            self._lock.wait_for(lambda: not self._inflight, timeout=timeout)
+            left = list(self._inflight)
+            self._inflight.clear()
+        if self.engine is not None:
+            self.engine.close(timeout)
+            self.engine = None
+        for ticket in left:
+            self._report(ticket, None, Cancelled("the server is shutting down"))
+
+    # -- the seam -----------------------------------------------------------------------------
+
+    def submit(self, request: GenRequest, on_token: OnToken, on_done: OnDone) -> Ticket:
+        """Queue a job; raises QueueFull when ``max_queue`` jobs are already waiting."""
+        ticket = EngineTicket(request, on_token, on_done)
+        with self._lock:
+            if self._closing:
+                raise QueueFull(len(self._waiting), self.retry_after())
+            # The pump keeps the slots full, so the waiting jobs are those past the slots.
+            if len(self._waiting) >= self.max_queue:
+                raise QueueFull(len(self._waiting), self.retry_after())
+            ticket.withdraw = self._withdraw
+            self._waiting.append(ticket)
+        self._pump()
+        return ticket
+
+    # -- internals ----------------------------------------------------------------------------
+
+    def _withdraw(self, ticket: EngineTicket) -> None:
+        with self._lock:
+            try:
+                self._waiting.remove(ticket)
+            except ValueError:
+                return  # running (its on_token stops it) or already finished
+        self._report(ticket, None, Cancelled("cancelled before it started"))
+
+    def _report(self, ticket: EngineTicket, answer: Any, error: BaseException | None) -> None:
+        with self._lock:
+            if ticket.reported:
+                return
+            ticket.reported = True
+        with contextlib.suppress(Exception):  # a callback bug must not stop the engine's loop
+            ticket.on_done(answer, error)
+
+    def _pump(self) -> None:
+        """Hand waiting jobs to the engine while it has free slots."""
+        while True:
+            with self._lock:
+                if (
+                    self.engine is None
+                    or self._closing
+                    or not self._waiting
+                    or len(self._inflight) >= self.n_slots
+                ):
+                    return
+                ticket = self._waiting.popleft()
+                self._inflight.add(ticket)
+                self._lock.notify_all()
+            self._hand_over(ticket)
+
+    def _hand_over(self, ticket: EngineTicket) -> None:
+        from ixcdoc.engine import ChatRequest
+
+        r = ticket.request
+        started = time.monotonic()
+
+        def on_token(tid: int) -> bool:
+            if ticket.cancelled:
+                return False
+            return ticket.on_token(tid) is not False and not ticket.cancelled
+
+        def on_done(handle: Any) -> None:
+            self._finished(ticket, started, handle.answer, handle.error)
+
+        try:
+            self.engine.submit(
+                ChatRequest(
+                    list(r.images),
+                    r.query,
+                    hd=r.hd,
+                    meta_instruction=r.meta_instruction,
+                    max_new_tokens=r.max_new_tokens,
+                    do_sample=r.do_sample,
+                    temperature=r.temperature,
+                    top_p=r.top_p,
+                    seed=r.seed,
+                ),
+                on_token=on_token,
+                on_done=on_done,
+            )
+        except BaseException as e:  # an invalid request fails alone, before the engine sees it
+            self._finished(ticket, started, None, e)
+
+    def _finished(
+        self, ticket: EngineTicket, started: float, answer: Any, error: BaseException | None
+    ) -> None:
+        with self._lock:
+            self._inflight.discard(ticket)
+            self._mean_s = 0.8 * self._mean_s + 0.2 * (time.monotonic() - started)
+            self._lock.notify_all()
+        self._report(ticket, answer, error)
+        self._pump()  # its slot is free: the next waiting job takes it
