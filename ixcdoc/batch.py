@@ -216,7 +216,14 @@ def run(
         docs = DocumentFiles(out_dir, out_format, sources.paths)
         if output is None:
             output = Path(out_dir) / ".ixcdoc" / "records.jsonl"
-            output.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                output.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                from ixcdoc.records import RecordsError
+
+                raise RecordsError(
+                    f"cannot use --out-dir {out_dir}: {e.strerror or e}", code="output_dir"
+                ) from None
     state = file_writer = None
     if output is not None:
         # Locked first and held for the whole run; the resume state is read under the lock.
@@ -249,6 +256,7 @@ def run(
     single_arg = _single_input(sources)
     engine: EnginePages | None = None
     inflight: set[Any] = set()  # resume keys of pages on the engine now
+    twins: dict[Any, list[PageItem]] = {}  # pages waiting for identical bytes on the engine
     with _outputs(file_writer, json_stream) as (to_file, to_stream):
         earlier = _Earlier(output)
 
@@ -266,10 +274,13 @@ def run(
                 to_file.write(rec)
             if state is not None:
                 state.add(rec)
-            inflight.discard(runner.key(job, item.sha256, item.source, item.page))
+            key = runner.key(job, item.sha256, item.source, item.page)
+            inflight.discard(key)
             if docs is not None:
                 earlier.remember(rec)
                 docs.add(rec, fresh=True)
+                for twin in twins.pop(key, []):  # identical bytes under another name
+                    docs.add(_as(rec, twin), fresh=True)
             stats.count(rec)
             ordered.done(item, rec)
 
@@ -298,17 +309,19 @@ def run(
                         events.note(f"{item.source}: {note}")
                     events.opened(item.source, item.pages, single=single_arg and item.pages == 1)
                     if docs is not None:
-                        docs.opened(item.source, item.numbers)
+                        docs.opened(item.source, item.numbers, item.sha256)
                     continue
                 stats.pages += 1
                 key = runner.key(job, item.sha256, item.source, item.page)
                 if _skip(item, runner, job, state, redo_failed, stats) or key in inflight:
                     if key in inflight:  # the same bytes again, already on the engine
                         stats.skipped += 1
+                        twins.setdefault(key, []).append(item)
                     elif docs is not None:
                         before = earlier.get(key)
                         if before is not None:
-                            docs.add(before, fresh=False)
+                            # Its own file too (same text, its own name and page count).
+                            docs.add(_as(before, item), fresh=False)
                     events.skipped(item)
                     continue
                 ordered.expect(item)
@@ -348,6 +361,15 @@ def run(
             stats.files_written = 0 if docs is None else docs.written
             stats.records_path = None if output is None else Path(output)
     return stats
+
+
+def _as(rec: PageRecord, item: PageItem) -> PageRecord:
+    """``rec`` (of identical bytes) as the record of ``item``'s document, for its own file."""
+    import dataclasses
+
+    if rec.source == item.source:
+        return rec
+    return dataclasses.replace(rec, source=item.source, page_count=item.page_count)
 
 
 def _switchable(current: list[Iterator[Any]]) -> Iterator[Any]:

@@ -36,8 +36,15 @@ def output_name(source: str, roots: Sequence[str]) -> str:
     return os.path.splitext(os.path.basename(source))[0] or "document"
 
 
+def _shown(source: str) -> str:
+    """A file name as a marker shows it: control characters escaped (a newline cannot break
+    the marker line) and "--" spaced out (it cannot end the Markdown comment)."""
+    shown = "".join(c if c.isprintable() else repr(c)[1:-1] for c in source)
+    return shown.replace("--", "- -")
+
+
 def _marker(fmt: str, rec: PageRecord) -> str:
-    where = f"{rec.source} page {rec.page}/{rec.page_count}"
+    where = f"{_shown(rec.source)} page {rec.page}/{rec.page_count}"
     if rec.status != "ok":
         assert rec.error is not None
         why = f"failed ({rec.error.code}): {rec.error.message}"
@@ -85,6 +92,7 @@ def write_atomic(path: Path, text: str) -> None:
 
 @dataclass
 class _Open:
+    path: Path  # chosen when the document is opened, in input order: stable across runs
     pages: set[int]  # the page numbers a complete file holds
     records: dict[int, PageRecord] = field(default_factory=dict)
     fresh: bool = False  # some page got a new record in this run
@@ -121,12 +129,13 @@ class DocumentFiles:
             self._names.setdefault(name, source)
         return self.out_dir / (name + FORMATS[self.fmt])
 
-    def opened(self, source: str, numbers: Sequence[int]) -> None:
-        """A document starts: these pages' records will follow (in any order)."""
+    def opened(self, source: str, numbers: Sequence[int], sha256: str | None = None) -> None:
+        """A document starts: these pages' records will follow (in any order). Its file name
+        is fixed now, in input order, so a name clash resolves the same way in every run."""
         if source in self._open:  # the same file named twice: its pages are the same pages
             self._open[source].pages.update(numbers)
         else:
-            self._open[source] = _Open(set(numbers))
+            self._open[source] = _Open(self.path_for(source, sha256), set(numbers))
 
     def add(self, rec: PageRecord, *, fresh: bool) -> None:
         """A page's record (``fresh``: written in this run)."""
@@ -144,7 +153,6 @@ class DocumentFiles:
 
     def _finish(self, source: str, cur: _Open) -> None:
         records = [cur.records[p] for p in sorted(cur.pages)]
-        path = self.path_for(source, records[0].content_sha256)
-        if cur.fresh or not path.exists():
-            write_atomic(path, render_document(self.fmt, records))
+        if cur.fresh or not cur.path.exists():
+            write_atomic(cur.path, render_document(self.fmt, records))
             self.written += 1

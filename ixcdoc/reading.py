@@ -54,6 +54,7 @@ class Opened:
     pages: int
     notes: tuple[str, ...] = ()
     numbers: tuple[int, ...] = ()  # the page numbers that will follow
+    sha256: str | None = None
 
 
 class TierPlan:
@@ -149,7 +150,7 @@ def read_pages(
         doc, numbers = item
         if choose is not None:
             numbers = choose(doc, numbers)
-        yield Opened(doc.source, len(numbers), tuple(doc.notes), tuple(numbers))
+        yield Opened(doc.source, len(numbers), tuple(doc.notes), tuple(numbers), doc.sha256)
         for n in numbers:
             base = (doc.source, doc.sha256, n, doc.page_count)
             if skip is not None and skip(doc.sha256, n):

@@ -81,8 +81,7 @@ def test_merge_command_writes_one_file(tmp_path: Path) -> None:
     whole_file_error = failed(page=None, page_count=None, created_at="2026-01-31T11:00:00Z")
     write(shards / "part-1.jsonl", whole_file_error, make(page=1))
     write(shards / "part-2.jsonl", make(page=2), make(page=1, created_at="2026-01-31T12:00:01Z"))
-    target = tmp_path / "all.jsonl"
-    target.write_text("stale\n")  # replaced, not appended to
+    target = write(tmp_path / "all.jsonl", make(page=3))  # an older merge: replaced, not appended
     result = invoke(["merge", shards, "-o", target])
     assert result.exit_code == 0, result.stderr
     got = read_records(target)
@@ -91,6 +90,17 @@ def test_merge_command_writes_one_file(tmp_path: Path) -> None:
     assert next(r for r in got if r.page == 1).created_at == "2026-01-31T12:00:01Z"
     assert latest_records(target) == got
     assert "2 records from 2 shards" in result.stderr
+
+
+def test_merge_never_replaces_a_file_that_is_not_ixcdoc_records(tmp_path: Path) -> None:
+    shards = tmp_path / "out"
+    shards.mkdir()
+    write(shards / "part-1.jsonl", make(page=1))
+    notes = tmp_path / "notes.txt"
+    notes.write_text("my notes\n")
+    result = invoke(["merge", shards, "-o", notes])
+    assert result.exit_code == 1 and "not an ixcdoc output file" in result.stderr
+    assert notes.read_text() == "my notes\n"
 
 
 def test_merge_of_an_empty_folder_is_a_usage_error(tmp_path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from enum import Enum
 from pathlib import Path
@@ -320,6 +321,22 @@ def summary_line(stats: BatchStats, where: str) -> None:
     err.print(", ".join(parts) + where, markup=False)
 
 
+def _check_out_dir(out_dir: Path, paths: list[str]) -> None:
+    """--out-dir must be a folder (or not exist yet), and not an input folder or above one:
+    its files would then be read as inputs, or every input would count as output."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UsageError(f"--out-dir {out_dir}: exists and is not a folder")
+    out = os.path.realpath(out_dir)
+    for arg in paths:
+        if arg != "-" and os.path.isdir(arg):
+            real = os.path.realpath(arg)
+            if real == out or real.startswith(out + os.sep):
+                raise UsageError(
+                    f"--out-dir {out_dir} is the folder being read, or holds it ({arg}); "
+                    "write the files elsewhere (a folder inside the input folder is fine)"
+                )
+
+
 def _needs_output(redo_failed: bool, output: Path | None) -> None:
     if redo_failed and output is None:
         raise UsageError("--redo-failed needs -o/--output (the file that records failures)")
@@ -468,6 +485,8 @@ def extract(
     from ixcdoc.runner import Job
     from ixcdoc.tasks import EXTRACT
 
+    if out_dir is not None:
+        _check_out_dir(out_dir, paths)
     if redo_failed and output is None and out_dir is None:
         raise UsageError("--redo-failed needs -o/--output or --out-dir (where failures are kept)")
     job = Job(

@@ -29,13 +29,17 @@ def merge(
     ixcdoc extract scans/ -o out/ --ray
     ixcdoc merge out/ -o scans.jsonl
     """
-    from ixcdoc.records import JsonlWriter, merge_shards, shard_paths
+    from ixcdoc.records import JsonlWriter, load_existing, merge_shards, shard_paths
 
     paths = [shards] if shards.is_file() else shard_paths(shards)
     if not paths:
         raise UsageError(f"{shards}: no *.jsonl shards in this folder")
     if output.resolve() in {p.resolve() for p in paths}:
         raise UsageError(f"{output} is one of the shards; write the merge somewhere else")
+    if output.exists() or output.is_symlink():
+        # Replacing is the point, but only an ixcdoc records file: anything else (a user's
+        # notes, a device) is refused untouched, as extract's -o refuses it.
+        load_existing(output)
     records = merge_shards(paths)
     # Written beside the target, then renamed over it: a crash never leaves half a merge.
     tmp = output.with_name(f".{output.name}.merging")

@@ -111,3 +111,36 @@ def test_an_out_dir_inside_the_folder_being_read_is_not_read(invoke, ckpts, tree
     again = invoke(args)  # the .md files written by the first run must not become inputs
     assert again.exit_code == 0, again.stderr
     assert "0 ok, 4 already done" in again.stderr
+
+
+def test_out_dir_edge_cases_are_refused_or_handled(invoke, ckpts, tree: Path, tmp_path: Path):
+    """Found by an adversarial run: the input folder as --out-dir, a file as --out-dir,
+    identical bytes under two names, and a name clash that must resolve the same each run."""
+    same = invoke(["extract", str(tree), "--out-dir", str(tree), *model_args(ckpts.normal)])
+    assert same.exit_code == 2 and "is the folder being read" in same.stderr
+    above = invoke(["extract", str(tree / "a"), "--out-dir", str(tree), *model_args(ckpts.normal)])
+    assert above.exit_code == 2
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    res = invoke(["extract", str(tree), "--out-dir", str(afile), *model_args(ckpts.normal)])
+    assert res.exit_code == 2 and "not a folder" in res.stderr and "Traceback" not in res.stderr
+
+    dup = tmp_path / "dup"
+    text_png(dup / "a.png", "Same bytes")
+    (dup / "b.png").write_bytes((dup / "a.png").read_bytes())
+    out = tmp_path / "dup-md"
+    res = invoke(["extract", str(dup), "--out-dir", str(out), *model_args(ckpts.normal)])
+    assert res.exit_code == 0, res.stderr
+    assert sorted(p.name for p in out.glob("*.md")) == ["a.md", "b.md"]
+    assert (out / "b.md").read_text().startswith(f"<!-- ixcdoc: {dup}/b.png page 1/1 -->")
+
+    clash = tmp_path / "clash"
+    text_pdf(clash / "a.pdf", ["one words", "two words"])
+    text_png(clash / "a.png", "png")
+    out = tmp_path / "clash-md"
+    args = ["extract", str(clash), "--out-dir", str(out), *model_args(ckpts.normal)]
+    assert invoke([*args, "--pages", "1"]).exit_code == 0
+    first = sorted(p.name for p in out.glob("*.md"))
+    assert invoke(args).exit_code == 0
+    assert sorted(p.name for p in out.glob("*.md")) == first  # same names, no stale file
+    assert "page 2/2" in (out / "a.md").read_text()  # a.pdf keeps a.md, now complete
