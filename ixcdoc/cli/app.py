@@ -87,8 +87,11 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def fail_line(message: str) -> None:
-    """One red ``error:`` line on stderr."""
-    err.print(f"[bold red]error:[/] {message}", markup=True)
+    """One red ``error:`` line on stderr (the message is text, never Rich markup: a file
+    named "scan[1].pdf" must print as it is)."""
+    from rich.markup import escape
+
+    err.print(f"[bold red]error:[/] {escape(message)}", markup=True)
 
 
 def handles_errors(fn: F) -> F:

@@ -99,7 +99,9 @@ class Display(Events):
             self.live = None
         if rec.status == "error":
             assert rec.error is not None
-            self._console().print(f"[bold red]error:[/] {rec.error.message}", markup=True)
+            from rich.markup import escape  # a file name like "scan[1].pdf" is not markup
+
+            self._console().print(f"[bold red]error:[/] {escape(rec.error.message)}", markup=True)
         elif not self.json_out:
             self._page_text(rec, streamed)
             if not self.quiet:

@@ -169,6 +169,18 @@ def eval_(
             )
             bar.start()
             task_id = bar.add_task("eval", total=total)
+
+        def progress(rec: Any) -> None:
+            # A question that failed is one line on stderr, as a page of extract is.
+            if rec is not None and rec["status"] == "error" and rec.get("error"):
+                from rich.markup import escape
+
+                why = escape(f"{rec['question_id']}: {rec['error']['message']}")
+                line = f"[bold red]error:[/] {why}"
+                (bar.console if bar is not None else err).print(line, markup=True)
+            if bar is not None:
+                bar.advance(task_id)
+
         try:
             summary = run_eval(
                 dm,
@@ -181,7 +193,7 @@ def eval_(
                 max_new_tokens=max_new_tokens,
                 output=output,
                 redo_failed=redo_failed,
-                progress=(lambda rec: bar.advance(task_id)) if bar is not None else None,
+                progress=progress,
             )
         except KeyboardInterrupt:
             if bar is not None:

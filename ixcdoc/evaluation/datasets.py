@@ -17,6 +17,7 @@ each dataset and how to lay it out) and yields ``EvalItem``s in file order.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -157,10 +158,34 @@ def _first_existing(folder: Path, names: list[str], what: str) -> Path:
     )
 
 
-def _field(entry: Any, key: str, path: Path, index: int) -> Any:
-    if not isinstance(entry, dict) or key not in entry:
+def _field(entry: Any, key: str, path: Path, index: int, kind: str = "text") -> Any:
+    """``entry[key]``, checked: "text" a string (ids may be whole numbers), "answers" a
+    non-empty list of strings or numbers (ChartQA's label may be one). One line otherwise."""
+    if not isinstance(entry, dict):
+        raise DatasetError(
+            f"{path}: entry {index} is not an object ({type(entry).__name__})",
+            code="dataset_format",
+        )
+    if key not in entry:
         raise DatasetError(f"{path}: entry {index} has no {key!r}", code="dataset_format")
-    return entry[key]
+    value = entry[key]
+    scalar = (str, int, float)
+    if kind == "answers":
+        items = value if isinstance(value, list) else [value]
+        ok = bool(items) and all(
+            isinstance(a, scalar) and not isinstance(a, bool) and str(a).strip() for a in items
+        )
+    elif kind == "id":
+        ok = isinstance(value, (str, int)) and not isinstance(value, bool) and str(value) != ""
+    else:
+        ok = isinstance(value, str) and value.strip() != ""
+    if not ok:
+        want = {"answers": "a non-empty list of answers", "id": "an id"}.get(kind, "text")
+        raise DatasetError(
+            f"{path}: entry {index}: {key!r} should be {want}, got {value!r:.60}",
+            code="dataset_format",
+        )
+    return value
 
 
 def _answers(value: Any) -> tuple[str, ...]:
@@ -174,10 +199,19 @@ def _image_dirs(root: Path, extra: tuple[str, ...]) -> list[Path]:
     return [d for d in dirs if d.is_dir()]
 
 
-def _find_image(dirs: list[Path], rel: str) -> Path:
+def _find_image(dirs: list[Path], rel: str, path: Path | None = None, index: int = 0) -> Path:
+    """The image file a question names, inside the dataset's folders only: an absolute path
+    or one that climbs out ("../") is refused, so a dataset file cannot make ixcdoc read
+    files elsewhere on the machine."""
+    if os.path.isabs(rel) or ".." in Path(rel).parts:
+        raise DatasetError(
+            f"{path}: entry {index}: image path {rel!r} leaves the dataset folder",
+            code="dataset_format",
+        )
     for d in dirs:
-        if (d / rel).is_file():
-            return d / rel
+        candidate = d / rel
+        if candidate.is_file() and candidate.resolve().is_relative_to(d.resolve()):
+            return candidate
     return dirs[0] / rel  # missing: the run records an error naming this path
 
 
@@ -187,7 +221,7 @@ def _rrc_items(name: str, path: Path, image_key: str, dirs: list[Path]) -> Itera
     if not isinstance(data, list):
         raise DatasetError(f"{path}: expected an object with a 'data' list", code="dataset_format")
     for i, entry in enumerate(data):
-        if "answers" not in entry:
+        if isinstance(entry, dict) and "answers" not in entry:
             raise DatasetError(
                 f"{path}: entry {i} has no 'answers' (test annotations are withheld; score the "
                 "val split here, submit test predictions to the RRC server)",
@@ -195,10 +229,10 @@ def _rrc_items(name: str, path: Path, image_key: str, dirs: list[Path]) -> Itera
             )
         yield EvalItem(
             benchmark=name,
-            question_id=str(_field(entry, "questionId", path, i)),
+            question_id=str(_field(entry, "questionId", path, i, "id")),
             question=str(_field(entry, "question", path, i)),
-            answers=_answers(entry["answers"]),
-            image=_find_image(dirs, str(_field(entry, image_key, path, i))),
+            answers=_answers(_field(entry, "answers", path, i, "answers")),
+            image=_find_image(dirs, str(_field(entry, image_key, path, i)), path, i),
         )
 
 
@@ -235,8 +269,8 @@ def read_chartqa(root: Path, split: str = "val") -> Iterator[EvalItem]:
                 benchmark="chartqa",
                 question_id=f"{subset}/{i}",
                 question=str(_field(entry, "query", path, i)),
-                answers=_answers(_field(entry, "label", path, i)),
-                image=_find_image(dirs, str(_field(entry, "imgname", path, i))),
+                answers=_answers(_field(entry, "label", path, i, "answers")),
+                image=_find_image(dirs, str(_field(entry, "imgname", path, i)), path, i),
                 category=subset,
             )
     if not found:
@@ -258,10 +292,12 @@ def read_ocrbench(root: Path, split: str = "test") -> Iterator[EvalItem]:
     for i, entry in enumerate(entries):
         yield EvalItem(
             benchmark="ocrbench",
-            question_id=str(_field(entry, "id", path, i)),
+            question_id=str(_field(entry, "id", path, i, "id")),
             question=str(_field(entry, "question", path, i)),
-            answers=_answers(_field(entry, "answers", path, i)),
-            image=_find_image(dirs, str(_field(entry, "image_path", path, i)).removeprefix("./")),
+            answers=_answers(_field(entry, "answers", path, i, "answers")),
+            image=_find_image(
+                dirs, str(_field(entry, "image_path", path, i)).removeprefix("./"), path, i
+            ),
             category=str(_field(entry, "type", path, i)),
         )
 

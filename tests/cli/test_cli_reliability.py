@@ -101,3 +101,12 @@ def test_a_file_that_is_not_ixcdoc_output_is_refused_untouched(invoke, tmp_path:
     assert res.exit_code == EXIT_FATAL
     assert "not an ixcdoc output file" in res.stderr
     assert target.read_text() == '{"name": "my-project", "version": "1.0"}\n'
+
+
+def test_brackets_in_a_file_name_are_printed_as_they_are(invoke, tmp_path: Path) -> None:
+    """Rich markup in error lines must not eat "[bold]" or "[/]" from a file name."""
+    odd = tmp_path / "scan[bold][red].pdf"
+    odd.write_bytes(b"%PDF-1.7 garbage")
+    res = invoke(["plan", str(odd)])
+    assert res.exit_code == 3
+    assert "scan[bold][red].pdf" in res.stderr

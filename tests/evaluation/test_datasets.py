@@ -98,3 +98,30 @@ def test_upstream_settings() -> None:
     q = BENCHMARKS["docvqa"].query("What is it?")
     assert q.startswith("Answer the question using a single word or phrase.")
     assert q.endswith("What is it?")
+
+
+def test_malformed_entries_and_escaping_images_are_one_line_errors(tmp_path: Path) -> None:
+    """Found by an adversarial run: a non-object entry crashed with a traceback, wrong types
+    were scored, and an image path could point anywhere on the machine."""
+    import json
+
+    from ixcdoc.evaluation.datasets import DatasetError, read_items
+
+    def docvqa(entries: list) -> Path:
+        root = tmp_path / f"d{len(list(tmp_path.iterdir()))}"
+        root.mkdir()
+        (root / "val_v1.0.json").write_text(json.dumps({"data": entries}))
+        return root
+
+    good = {"questionId": 1, "question": "q?", "image": "documents/x.png", "answers": ["a"]}
+    for bad, why in [
+        ([good, 3], "is not an object"),
+        ([dict(good, question=5)], "'question' should be text"),
+        ([dict(good, answers=[])], "'answers' should be a non-empty list"),
+        ([dict(good, answers=[None])], "'answers' should be a non-empty list"),
+        ([dict(good, image="../../etc/passwd")], "leaves the dataset folder"),
+        ([dict(good, image="/etc/hostname")], "leaves the dataset folder"),
+    ]:
+        with pytest.raises(DatasetError) as e:
+            read_items("docvqa", docvqa(bad))
+        assert why in e.value.message and "\n" not in e.value.message
