@@ -270,7 +270,10 @@ def tier_rows(
     scale = 10000 / max(h, w)  # a large page, so every tier's budget is the limit
     ph, pw = max(1, round(h * scale)), max(1, round(w * scale))
     any_task = TaskPreset("tiers", "", 1, 10**6, max_new_tokens, "")
-    return [tier_row(choose_tier(ph, pw, any_task, hd=hd, cfg=cfg, gpu=gpu), gpu) for hd in tiers]
+    return [
+        tier_row(choose_tier(ph, pw, any_task, hd=hd, cfg=cfg, gpu=gpu), gpu, cfg, max_new_tokens)
+        for hd in tiers
+    ]
 
 
 TierFor = Callable[["PageInfo"], TierChoice]

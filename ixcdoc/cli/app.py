@@ -200,7 +200,11 @@ DeviceOpt = Annotated[
 MaxNewOpt = Annotated[
     int | None,
     typer.Option(
-        "--max-new-tokens", min=1, metavar="N", help="Generation limit [default: per task]."
+        "--max-new-tokens",
+        min=1,
+        max=32768,  # the model's positions: no answer can be longer
+        metavar="N",
+        help="Generation limit [default: per task].",
     ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="One JSON object per page on stdout.")]

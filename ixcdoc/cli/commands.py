@@ -203,7 +203,11 @@ def tiers(
     max_new_tokens: Annotated[
         int,
         typer.Option(
-            "--max-new-tokens", min=1, metavar="N", help="Generation length to budget for."
+            "--max-new-tokens",
+            min=1,
+            max=32768,
+            metavar="N",
+            help="Generation length to budget for.",
         ),
     ] = 512,
     json_out: TableJsonOpt = False,

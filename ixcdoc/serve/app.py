@@ -213,10 +213,12 @@ def create_app(
         first = e.errors()[0] if e.errors() else {}
         loc = [str(x) for x in first.get("loc", ()) if x != "body"]
         if first.get("type") == "json_invalid":
-            message, code = f"malformed JSON: {first.get('msg', '')}", "invalid_json"
-        else:
-            where = ".".join(loc) or "body"
-            message, code = f"{where}: {first.get('msg', 'invalid')}", "invalid_request"
+            # loc holds a byte offset here, not a field: say where in the message instead.
+            at = f" at byte {loc[0]}" if loc else ""
+            message, code = f"malformed JSON{at}: {first.get('msg', '')}", "invalid_json"
+            return ApiError(400, message, code=code, param=None).response()
+        where = ".".join(loc) or "body"
+        message, code = f"{where}: {first.get('msg', 'invalid')}", "invalid_request"
         return ApiError(400, message, code=code, param=".".join(loc) or None).response()
 
     @app.exception_handler(StarletteHTTPException)

@@ -36,8 +36,9 @@ def library_error(e: IxcdocError) -> ApiError:
     if isinstance(e, InputError):
         status = 413 if e.code == "too_large" else 400
         return ApiError(status, e.message, code=e.code, param="messages")
-    if isinstance(e, UsageError):
-        return ApiError(400, e.message, code=e.code, param="messages")
+    if isinstance(e, UsageError):  # the generic code gets OpenAI's name; specific ones stay
+        code = "invalid_request" if e.code == "usage" else e.code
+        return ApiError(400, e.message, code=code, param="messages")
     return ApiError(500, f"the model failed: {e.message}", type="server_error", code=e.code)
 
 
