@@ -58,7 +58,7 @@ def main() -> None:
         for _ in range(args.repeat):  # interleaved, so drift hits every mode
             for name, ahead in modes:
                 t0 = time.perf_counter()
-                stats = run(job, Sources(args.paths), model=model, read_ahead=ahead)
+                stats = run(job, Sources(args.paths), model=model, read_ahead=ahead, batch_size=1)
                 rows.append((name, stats.ok, time.perf_counter() - t0))
     result = []
     for name, ahead in modes:

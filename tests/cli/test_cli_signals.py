@@ -70,13 +70,13 @@ def wait_for_records(proc: subprocess.Popen, out: Path, n: int) -> None:
     pytest.fail(f"no record in {out} after {WAIT_S} s")
 
 
+@pytest.mark.parametrize(("batch", "n"), [(1, 4), (2, 8)])
 def test_rerun_after_kill_9_finishes_the_job(
-    tmp_path: Path, ckpts: Checkpoints, invoke: Invoke
+    tmp_path: Path, ckpts: Checkpoints, invoke: Invoke, batch: int, n: int
 ) -> None:
-    n = 4
     pages = pages_folder(tmp_path / "scans", n)
     out = tmp_path / "out.jsonl"
-    args = ["extract", str(tmp_path / "scans"), "-o", str(out)]
+    args = ["extract", str(tmp_path / "scans"), "-o", str(out), "--batch-size", str(batch)]
     args += [*model_args(ckpts.normal, SLOW_TOKENS), "--hd", "4"]
 
     proc = start(args, tmp_path)
@@ -99,13 +99,15 @@ def test_rerun_after_kill_9_finishes_the_job(
     assert all(r.status == "ok" for r in final)
 
 
+@pytest.mark.parametrize(("batch", "n"), [(1, 3), (2, 8)])
 def test_ctrl_c_exits_130_with_a_valid_file_and_a_resume_hint(
-    tmp_path: Path, ckpts: Checkpoints, invoke: Invoke
+    tmp_path: Path, ckpts: Checkpoints, invoke: Invoke, batch: int, n: int
 ) -> None:
-    n = 3
+    """One page at a time, and on the engine with more pages than slots (pages in flight
+    finish together, so fewer slots than pages keeps the run going when Ctrl-C lands)."""
     pages = pages_folder(tmp_path / "scans", n)
     out = tmp_path / "out.jsonl"
-    args = ["extract", str(tmp_path / "scans"), "-o", str(out)]
+    args = ["extract", str(tmp_path / "scans"), "-o", str(out), "--batch-size", str(batch)]
     args += [*model_args(ckpts.normal, SLOW_TOKENS), "--hd", "4"]
 
     proc = start(args, tmp_path)
