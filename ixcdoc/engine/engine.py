@@ -209,7 +209,17 @@ class Engine:
             self.scheduler.add(seq, tiles)
         admitted = self.scheduler.admit(self.slots.free)
         if admitted:
-            self._admit(admitted)
+            try:
+                self._admit(admitted)
+            except Exception as e:
+                # Unexpected (per-request errors are handled inside): the pages being admitted
+                # fail with it rather than vanish, so no caller waits forever on its handle.
+                for seq in admitted:
+                    if not seq.handle.done:
+                        self._leave(seq)
+                        self._fail(seq, _oom(seq.request) if _is_oom(e) else e)
+                self.dm.release_memory()
+                raise
         if self.running:
             try:
                 self._decode()

@@ -119,3 +119,26 @@ def test_submit_rejects_what_cannot_fit(fixture_dm) -> None:
     with pytest.raises(UsageError, match="temperature"):
         eng.submit(ChatRequest([page(40, 30, 0)], "q", hd=1, do_sample=True, temperature=0))
     fixture_dm.model.reset_caches()
+
+
+def test_an_unexpected_admission_error_fails_those_requests_instead_of_losing_them(
+    tiny_dm, monkeypatch
+) -> None:
+    """run_forever swallows a step's error; the requests it was admitting must still finish
+    (with the error), or a server's clients would wait forever."""
+    eng = tiny_dm.engine(n_slots=4, max_len=1024)
+
+    def broken(pixels):  # a bug in the vision batch, not out of memory
+        raise RuntimeError("vision batch broke")
+
+    monkeypatch.setattr(eng.runner, "encode_images", broken)
+    handles = [eng.submit(r) for r in _reqs(2)]
+    eng.start()
+    try:
+        for h in handles:
+            assert h.wait(timeout=60), "a request was lost"
+            assert isinstance(h.error, RuntimeError) and "vision batch broke" in str(h.error)
+        assert eng.idle
+    finally:
+        eng.close()
+        tiny_dm.model.reset_caches()
