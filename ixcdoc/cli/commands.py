@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -45,7 +46,10 @@ from ixcdoc.outdir import FORMATS
 from ixcdoc.tasks import PRESETS, parse_hd
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     from ixcdoc.batch import BatchStats
+    from ixcdoc.cli.display import Display
     from ixcdoc.inputs import Sources
     from ixcdoc.runner import Job
 
@@ -279,7 +283,7 @@ def run_job(
         # with -o or --out-dir the files are the output; stdout stays empty
         text_out=output is None and out_dir is None,
     )
-    try:
+    with interruptible(display, saved=output is not None or out_dir is not None):
         stats = run(
             job,
             sources,
@@ -295,13 +299,6 @@ def run_job(
             batch_size=parse_batch(batch_size),
             workers=workers,
         )
-    except KeyboardInterrupt:
-        display.stop()
-        hint = " (every finished page is saved; run the same command again to resume)"
-        err.print(f"interrupted{hint if output is not None else ''}", markup=False)
-        raise typer.Exit(EXIT_INTERRUPTED) from None
-    finally:
-        display.stop()
     if not quiet and (stats.pages > 1 or stats.skipped or stats.skipped_failed or out_dir):
         where = f"; records in {stats.records_path}" if stats.records_path else ""
         if out_dir is not None:
@@ -309,6 +306,21 @@ def run_job(
         summary_line(stats, where)
     if stats.any_failed:
         raise typer.Exit(EXIT_PARTIAL)
+
+
+@contextlib.contextmanager
+def interruptible(display: Display, *, saved: bool) -> Iterator[None]:
+    """Around a batch run: Ctrl-C stops the display and exits 130 with one line (and the hint
+    to resume when the records are saved); the display is stopped in every case."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        display.stop()
+        hint = " (every finished page is saved; run the same command again to resume)"
+        err.print(f"interrupted{hint if saved else ''}", markup=False)
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+    finally:
+        display.stop()
 
 
 def summary_line(stats: BatchStats, where: str) -> None:

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import typer
 
-from ixcdoc.cli.app import Quant, err
-from ixcdoc.errors import EXIT_INTERRUPTED, EXIT_PARTIAL
+from ixcdoc.cli.app import Quant
+from ixcdoc.errors import EXIT_PARTIAL
 from ixcdoc.runner import Job
 
 
@@ -53,7 +53,9 @@ def run_ray_job(
         exclude=[output] if output is not None else (),
     )
     display = Display(json_out=json_out, quiet=quiet, stream=False, text_out=output is None)
-    try:
+    from ixcdoc.cli.commands import interruptible, summary_line
+
+    with interruptible(display, saved=output is not None):
         stats = run_ray(
             job,
             sources,
@@ -68,16 +70,7 @@ def run_ray_job(
                 address=address, replicas=replicas, verbose=verbose, batch_size=batch_size
             ),
         )
-    except KeyboardInterrupt:
-        display.stop()
-        hint = " (every finished page is saved; run the same command again to resume)"
-        err.print(f"interrupted{hint if output is not None else ''}", markup=False)
-        raise typer.Exit(EXIT_INTERRUPTED) from None
-    finally:
-        display.stop()
     if not quiet:
-        from ixcdoc.cli.commands import summary_line
-
         summary_line(stats, f"; records in {output}" if output is not None else "")
     if stats.any_failed:
         raise typer.Exit(EXIT_PARTIAL)

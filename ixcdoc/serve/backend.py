@@ -49,6 +49,19 @@ class GenRequest:
     top_p: float = 0.8
     seed: int | None = None
 
+    def options(self) -> dict[str, Any]:
+        """The keyword options ``DocModel.chat`` and ``ChatRequest`` share (one list for both
+        backends)."""
+        return {
+            "hd": self.hd,
+            "meta_instruction": self.meta_instruction,
+            "max_new_tokens": self.max_new_tokens,
+            "do_sample": self.do_sample,
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "seed": self.seed,
+        }
+
 
 @dataclass
 class Ticket:
@@ -197,15 +210,4 @@ class Backend:
                 return False
             return ticket.on_token(tid) is not False and not ticket.cancelled
 
-        return self.model.chat(
-            list(r.images),
-            r.query,
-            hd=r.hd,
-            meta_instruction=r.meta_instruction,
-            max_new_tokens=r.max_new_tokens,
-            do_sample=r.do_sample,
-            temperature=r.temperature,
-            top_p=r.top_p,
-            seed=r.seed,
-            on_token=on_token,
-        )
+        return self.model.chat(list(r.images), r.query, on_token=on_token, **r.options())

@@ -233,17 +233,7 @@ class EngineBackend:
 
         try:
             self.engine.submit(
-                ChatRequest(
-                    list(r.images),
-                    r.query,
-                    hd=r.hd,
-                    meta_instruction=r.meta_instruction,
-                    max_new_tokens=r.max_new_tokens,
-                    do_sample=r.do_sample,
-                    temperature=r.temperature,
-                    top_p=r.top_p,
-                    seed=r.seed,
-                ),
+                ChatRequest(list(r.images), r.query, **r.options()),
                 on_token=on_token,
                 on_done=on_done,
             )
