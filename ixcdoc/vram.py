@@ -123,6 +123,14 @@ class VramEstimate:
         return self.total / GiB
 
 
+def prefill_activation_bytes(cfg: ModelConfig, tokens: int) -> int:
+    """Peak activations of a prefill forward over ``tokens`` tokens (one prompt or a pack)."""
+    d, i = cfg.hidden_size, cfg.intermediate_size
+    mlp = 3 * tokens * i * BF16
+    lora = tokens * cfg.lora_rank * BF16 * 2
+    return mlp + ACT_HIDDEN_BUFFERS * tokens * d * BF16 + lora + cfg.vocab_size * 4
+
+
 def estimate_vram(
     cfg: ModelConfig,
     image_tokens: int,
@@ -135,10 +143,7 @@ def estimate_vram(
     """Peak GPU memory for a page of ``image_tokens`` (``crops`` local crops) at ``quant``."""
     seq = image_tokens + text_tokens
     kv = (seq + max_new_tokens) * kv_bytes_per_token(cfg)
-    d, i = cfg.hidden_size, cfg.intermediate_size
-    mlp = 3 * seq * i * BF16
-    lora = seq * cfg.lora_rank * BF16 * 2
-    act = mlp + ACT_HIDDEN_BUFFERS * seq * d * BF16 + lora + cfg.vocab_size * 4
+    act = prefill_activation_bytes(cfg, seq)
     v = cfg.vision
     vis_tokens = (crops + 1) * ((v.image_size // v.patch_size) ** 2 + 1)
     vision = vis_tokens * (v.intermediate_size + 4 * v.hidden_size) * BF16
@@ -170,7 +175,7 @@ class BatchVramEstimate:
     beams: int
     weights: int
     kv_cache: int  # every slot row: batch x beams x slot positions x KV bytes per position
-    prefill: int  # activations of the largest prefill (one sequence at a time)
+    prefill: int  # activations of one packed prefill (up to a slot's positions of prompts)
     vision: int  # one admission round's ViT batch
     decode: int  # logits of one decode step for every row
     overhead: int
@@ -200,15 +205,18 @@ def estimate_batch_vram(
     """Peak memory of ``batch`` requests of ``image_tokens`` (``crops`` crops), ``beams`` each.
 
     weights + KV per position x every position a slot reserves (beams have their own rows; the
-    prompt is prefilled once and copied into them) + the largest prefill's activations (the
-    single-page figure, since prefill runs one sequence at a time) + the vision batch of one
-    admission round (at least ``VISION_BATCH_TILES`` tiles) + fp32 logits of a decode step.
+    prompt is prefilled once and copied into them) + the activations of one packed prefill
+    (the engine packs prompts up to one slot's positions per forward; the decode tokens that
+    ride along are a rounding error) + the vision batch of one admission round (at least
+    ``VISION_BATCH_TILES`` tiles) + fp32 logits of a decode step.
     """
     one = estimate_vram(
         cfg, image_tokens, crops, quant=quant, max_new_tokens=0, text_tokens=text_tokens
     )
     rows = batch * beams
-    kv = rows * slot_positions(image_tokens, max_new_tokens, text_tokens) * kv_bytes_per_token(cfg)
+    slot = slot_positions(image_tokens, max_new_tokens, text_tokens)
+    kv = rows * slot * kv_bytes_per_token(cfg)
+    prefill = prefill_activation_bytes(cfg, slot)
     v = cfg.vision
     tiles = max(VISION_BATCH_TILES, crops + 1)
     vis_tokens = tiles * ((v.image_size // v.patch_size) ** 2 + 1)
@@ -216,7 +224,7 @@ def estimate_batch_vram(
     vision += image_tokens * (cfg.merged_dim + cfg.hidden_size) * BF16
     decode = rows * cfg.vocab_size * 4 * 2  # logits and one processed copy
     return BatchVramEstimate(
-        quant, batch, beams, one.weights, kv, one.activations, vision, decode, one.overhead
+        quant, batch, beams, one.weights, kv, prefill, vision, decode, one.overhead
     )
 
 

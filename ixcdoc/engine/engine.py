@@ -6,8 +6,9 @@
     h.result().text
 
 ``step()`` does one round: queue submissions, admit what fits (vision for the admitted pages in
-one batch, then each prefill into its slot and its first token), then one decode forward for
-every running row. A sequence leaves the batch the moment it stops; its rows go back to the
+one batch, then their prompts packed into as few prefill forwards as ``prefill_tokens`` allows,
+each prompt into its slot, and their first tokens), then one decode forward for every running
+row. A sequence leaves the batch the moment it stops; its rows go back to the
 slot table before the next admission. ``submit`` may be called from any thread; ``step`` runs on
 one thread (the caller's, or the one ``start`` creates).
 """
@@ -18,6 +19,7 @@ import contextlib
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -120,12 +122,15 @@ class Engine:
         max_len: int,
         capture: bool | None = None,
         vision_batch_tiles: int = VISION_BATCH_TILES,
+        prefill_tokens: int | None = None,
         fault_hook: FaultHook | None = None,
         logits_hook: LogitsHook | None = None,
     ) -> None:
         """``n_slots`` sequences (beams count one each) of up to ``max_len`` positions.
 
         ``capture``: compile the decode step per batch bucket (None: on CUDA only).
+        ``prefill_tokens``: the most prompt tokens packed into one prefill forward (None: one
+        slot's length, ``max_len``; a longer prompt still runs, alone); 1 prefills one by one.
         ``fault_hook(request)`` runs just before each prefill (tests inject errors there);
         ``logits_hook(handle, logits [V])`` sees every fp32 logits row a sequence gets.
         """
@@ -134,6 +139,7 @@ class Engine:
         self.runner = ModelRunner(dm.model, n_slots, max_len, capture=capture)
         self.slots = SlotTable(n_slots)
         self.scheduler = Scheduler(vision_batch_tiles)
+        self.prefill_tokens = self.max_len if prefill_tokens is None else prefill_tokens
         self.running: list[Sequence] = []
         self.stop_ids = frozenset(int(s) for s in dm.tokenizer.stop_ids)
         self.fault_hook = fault_hook
@@ -223,7 +229,7 @@ class Engine:
         if self.running:
             try:
                 self._decode()
-            except Exception as e:  # e.g. OOM in a decode step: every running row is lost
+            except Exception as e:  # an error in a decode step (or OOM with one row left)
                 for seq in list(self.running):
                     self._leave(seq)
                     self._fail(seq, _oom(seq.request) if _is_oom(e) else e)
@@ -273,6 +279,7 @@ class Engine:
     # -- admission -----------------------------------------------------------------------------
 
     def _admit(self, seqs: list[Sequence]) -> None:
+        """Vision for ``seqs`` in one batch, then their prompts in packed prefills."""
         dm = self.dm
         t0 = time.perf_counter()
         parts: dict[int, list[TextPart | ImagePart]] = {}
@@ -310,15 +317,21 @@ class Engine:
                     dm.release_memory()
                     self._fail(seq, _oom(seq.request))
         vision_ms = (time.perf_counter() - t0) * 1000 / max(len(live), 1)
+        ready: list[_Prompt] = []
         for seq in live:
             if seq.handle.done:
                 continue
             seq.timings["vision_ms"] = vision_ms
-            self._prefill(seq, parts[id(seq)], embeds[id(seq)])
+            prompt = self._prepare(seq, parts[id(seq)], embeds[id(seq)])
+            if prompt is not None:
+                ready.append(prompt)
+        for pack in _packs(ready, self.prefill_tokens):
+            self._prefill(pack)
 
-    def _prefill(
+    def _prepare(
         self, seq: Sequence, parts: list[TextPart | ImagePart], images: list[torch.Tensor]
-    ) -> None:
+    ) -> _Prompt | None:
+        """Splice the prompt, set the budget, take the cache rows; None if it ended here."""
         dm, req, cfg = self.dm, seq.request, seq.config
         tensors: list[torch.Tensor] = []
         it = iter(images)
@@ -338,7 +351,7 @@ class Engine:
         if seq.budget == 0:  # as generate: no forward at all
             seq.stop_reason = MAX_NEW_TOKENS if cfg.max_new_tokens == 0 else MAX_LENGTH
             self._complete(seq)
-            return
+            return None
         if seq.prompt_len + seq.budget > self.max_len:  # submit's estimate is exact; a guard
             self._fail(
                 seq,
@@ -347,21 +360,46 @@ class Engine:
                     f"positions; this engine's slots hold {self.max_len}"
                 ),
             )
-            return
+            return None
+        if self.fault_hook is not None:
+            try:
+                self.fault_hook(req)
+            except Exception as e:
+                self._fail_prefill(seq, e)
+                return None
         seq.rows = self.slots.allocate(seq, seq.n_rows)
         self.running.append(seq)
+        return _Prompt(seq, embeds, im_mask)
+
+    def _prefill(self, pack: list[_Prompt]) -> None:
+        """One packed forward for ``pack``; if it fails, each prompt alone (failing alone)."""
+        dm = self.dm
         t0 = time.perf_counter()
         try:
-            if self.fault_hook is not None:
-                self.fault_hook(req)
-            logits = self.runner.prefill(embeds, im_mask, seq.rows[0])  # [V]
-        except Exception as e:  # out of memory (or anything else) fails this request alone
-            del embeds, im_mask
-            self._leave(seq)
+            logits = self.runner.prefill_packed(
+                [p.embeds for p in pack], [p.im_mask for p in pack], [p.seq.rows[0] for p in pack]
+            )  # [n, V]
+        except Exception as e:  # out of memory (or anything else)
             if _is_oom(e):
                 dm.release_memory()
-            self._fail(seq, _oom(req) if _is_oom(e) else e)
+            if len(pack) == 1:
+                self._fail_prefill(pack[0].seq, e)
+                return
+            for p in pack:  # a smaller forward may fit; a bad prompt fails alone
+                self._prefill([p])
             return
+        for p, row in zip(pack, logits, strict=True):
+            self._first_token(p.seq, row, t0)
+
+    def _fail_prefill(self, seq: Sequence, e: BaseException) -> None:
+        self._leave(seq)
+        if _is_oom(e):
+            self.dm.release_memory()
+        self._fail(seq, _oom(seq.request) if _is_oom(e) else e)
+
+    def _first_token(self, seq: Sequence, logits: torch.Tensor, t0: float) -> None:
+        """The prefill's logits [V] of ``seq``: its first token, or the first beam step."""
+        req, cfg = seq.request, seq.config
         if self.logits_hook is not None:
             self.logits_hook(seq.handle, logits)
         if req.num_beams > 1:
@@ -374,10 +412,10 @@ class Engine:
             self._beam_step(seq, logits[None].expand(req.num_beams, -1))
         else:
             if cfg.repetition_penalty != 1.0:
-                seq.generated = torch.empty(seq.budget, dtype=torch.long, device=dm.device)
+                seq.generated = torch.empty(seq.budget, dtype=torch.long, device=self.dm.device)
             tok = int(choose_token(logits, self._history(seq), cfg, seq.generator))
             self._accept(seq, tok)
-        _sync(dm.device)
+        _sync(self.dm.device)
         seq.t_prefilled = time.perf_counter()
         seq.timings["prefill_ms"] = (seq.t_prefilled - t0) * 1000
         if seq.stop_reason is not None:
@@ -387,16 +425,29 @@ class Engine:
     # -- decoding ------------------------------------------------------------------------------
 
     def _decode(self) -> None:
-        used = self.slots.used
-        ids = [0] * used
-        pos = [0] * used
-        for seq in self.running:
-            p = seq.next_position
-            for j, r in enumerate(seq.rows):
-                ids[r], pos[r] = seq.feed[j], p
-        logits = self.runner.decode(ids, pos)  # [used, V]
+        """One decode forward for every running row (``running`` holds rows 0..used-1)."""
+        running = list(self.running)
+        ids, pos = _feed(running, self.slots.used)
+        while True:
+            try:
+                logits = self.runner.decode(ids, pos)  # [used, V]
+                break
+            except torch.cuda.OutOfMemoryError:
+                if len(running) == 1:
+                    raise  # step() fails it: nothing else to make room for
+                # make room: the newest sequence (the least work lost) fails with 'oom',
+                # which callers retry one tier lower; the others decode on
+                self.dm.release_memory()
+                victim = running.pop()
+                self._leave(victim)
+                self._fail(victim, _oom(victim.request))
+                ids, pos = _feed(running, self.slots.used)
         self.steps += 1
-        plain = [s for s in self.running if s.beam is None]
+        self._decoded(running, logits)
+
+    def _decoded(self, running: list[Sequence], logits: torch.Tensor) -> None:
+        """Choose every decode row's token from its logits [used, V]; finished ones leave."""
+        plain = [s for s in running if s.beam is None]
         special = [s for s in plain if s.config.do_sample or s.generated is not None]
         # greedy rows: one argmax over the batch; sampled or penalised rows overwrite theirs
         chosen = logits.argmax(-1)  # [used]
@@ -408,7 +459,7 @@ class Engine:
                 self.logits_hook(seq.handle, logits[seq.rows[0]])
         tokens = chosen.tolist() if plain else []  # the one device-to-host read per step
         finished: list[Sequence] = []
-        for seq in self.running:
+        for seq in running:
             if seq.beam is not None:
                 if self.logits_hook is not None:
                     for r in seq.rows:
@@ -467,12 +518,15 @@ class Engine:
                     if seq.on_token(t) is False:
                         break
             return
-        # new beam j continues old beam sources[j]: copy its cached positions
+        # new beam j continues old beam sources[j]: copy its cached positions. The first step
+        # fans the prompt out of the prefilled row; after that every row holds the same
+        # prompt, so a reorder copies only the generated positions.
         filled = seq.prompt_len + beam.generated - 1
+        start = 0 if beam.generated == 1 else seq.prompt_len
         src = [seq.rows[s] for s in out.sources]
         moved = [(s, d) for s, d in zip(src, seq.rows, strict=True) if s != d]
         if moved:
-            self.runner.copy_rows([s for s, _ in moved], [d for _, d in moved], filled)
+            self.runner.copy_rows([s for s, _ in moved], [d for _, d in moved], filled, start)
         seq.feed = out.tokens
 
     # -- leaving -------------------------------------------------------------------------------
@@ -533,6 +587,44 @@ class Engine:
         if seq.on_done is not None:
             with contextlib.suppress(Exception):  # a caller's bug must not stop the others
                 seq.on_done(seq.handle)
+
+
+def _feed(running: list[Sequence], used: int) -> tuple[list[int], list[int]]:
+    """Next input token and position of every decode row 0..used-1."""
+    ids = [0] * used
+    pos = [0] * used
+    for seq in running:
+        p = seq.next_position
+        for j, r in enumerate(seq.rows):
+            ids[r], pos[r] = seq.feed[j], p
+    return ids, pos
+
+
+@dataclass
+class _Prompt:
+    """A sequence ready for prefill: its spliced prompt, rows already allocated."""
+
+    seq: Sequence
+    embeds: torch.Tensor  # [1, L, D]
+    im_mask: torch.Tensor | None  # [1, L]
+
+
+def _packs(prompts: list[_Prompt], budget: int) -> list[list[_Prompt]]:
+    """Consecutive prompts grouped so each group's tokens stay within ``budget``.
+
+    A prompt longer than the budget goes alone (it fits a slot, so it is never too long to
+    prefill).
+    """
+    packs: list[list[_Prompt]] = []
+    used = budget + 1
+    for p in prompts:
+        n = p.embeds.shape[1]
+        if used + n > budget:
+            packs.append([])
+            used = 0
+        packs[-1].append(p)
+        used += n
+    return packs
 
 
 def _is_oom(e: BaseException) -> bool:

@@ -1,9 +1,10 @@
 """Batched forwards on the slot cache: vision for many pages, prefill into a slot, decode rows.
 
 The decoder's static KV cache is allocated as ``[n_slots, n_kv, max_len, head_dim]`` per layer.
-Prefill runs one sequence at a time (exactly the batch-1 prefill of ``generate``, written into
-its slot row); a decode step runs every running row in one forward with per-row positions and
-masks (``InternLM2ForCausalLM.forward`` with a 2-D ``input_pos``).
+The prompts admitted together are prefilled as one packed forward (their tokens back to back;
+attention and cache writes per prompt, each into its slot row; a lone prompt runs exactly the
+batch-1 prefill of ``generate``); a decode step runs every running row in one forward with
+per-row positions and masks (``InternLM2ForCausalLM.forward`` with a 2-D ``input_pos``).
 
 Decode capture: on CUDA the decode step is compiled with ``torch.compile(mode=
 "reduce-overhead")`` (CUDA graphs) once per batch-size bucket (1, 2, 4, ... up to the slots),
@@ -99,6 +100,29 @@ class ModelRunner:
         """Spliced prompt [1, L, D] into cache row ``row`` -> fp32 logits [V] of its last token."""
         return self.model(embeds, im_mask, None, last_only=True, cache_row=row)[0, -1]
 
+    def prefill_packed(
+        self,
+        embeds: Sequence[torch.Tensor],
+        im_masks: Sequence[torch.Tensor | None],
+        rows: Sequence[int],
+    ) -> torch.Tensor:
+        """Several spliced prompts [1, L_i, D] into their cache rows in one forward -> [n, V].
+
+        The prompts are packed back to back: the linear layers run once over every token,
+        attention and the cache writes per prompt (``InternLM2ForCausalLM.forward`` segments).
+        Row i of the result is the fp32 logits of prompt i's last token.
+        """
+        if len(embeds) == 1:
+            return self.prefill(embeds[0], im_masks[0], rows[0])[None]
+        x = torch.cat([e.to(self.device) for e in embeds], dim=1)
+        masks = [
+            m if m is not None else torch.zeros(e.shape[:2], dtype=torch.bool, device=e.device)
+            for m, e in zip(im_masks, embeds, strict=True)
+        ]
+        im_mask = torch.cat([m.to(self.device) for m in masks], dim=1)
+        segments = [(e.shape[1], r) for e, r in zip(embeds, rows, strict=True)]
+        return self.model(x, im_mask, None, last_only=True, segments=segments)[0]
+
     def decode(self, ids: Sequence[int], positions: Sequence[int]) -> torch.Tensor:
         """One token per cache row 0..B-1 at its own position -> fp32 logits [B, V]."""
         b = len(ids)
@@ -119,15 +143,17 @@ class ModelRunner:
             torch.compiler.cudagraph_mark_step_begin()
         return fn(self.model, idt.view(n, 1), pos.view(n, 1))[:b].clone()
 
-    def copy_rows(self, src: Sequence[int], dst: Sequence[int], length: int) -> None:
-        """Copy the first ``length`` cached positions of rows ``src`` into rows ``dst``.
+    def copy_rows(
+        self, src: Sequence[int], dst: Sequence[int], length: int, start: int = 0
+    ) -> None:
+        """Copy cached positions ``start..length-1`` of rows ``src`` into rows ``dst``.
 
         Reads everything before writing, so a permutation (a beam reorder) is safe.
         """
-        if not src or length <= 0:
+        if not src or length <= start:
             return
         s = torch.tensor(list(src), device=self.device)
         d = torch.tensor(list(dst), device=self.device)
         for k, v in self._caches():
-            k[d, :, :length] = k[s, :, :length]
-            v[d, :, :length] = v[s, :, :length]
+            k[d, :, start:length] = k[s, :, start:length]
+            v[d, :, start:length] = v[s, :, start:length]

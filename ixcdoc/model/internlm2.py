@@ -26,13 +26,15 @@ if one is set up. A tensor ``input_pos`` [S] continues a cached sequence: keys g
 at those positions and queries attend over the cache with a position mask. A 2-D ``input_pos``
 [B, S] gives every row its own positions (the batched engine: sequences of different lengths
 decode together, row b of the batch owning cache row ``cache_row + b``). ``cache_row`` places
-the batch in the cache (a prefill into one engine slot).
+the batch in the cache (a prefill into one engine slot). ``segments`` packs several fresh
+prompts into one row (the engine's packed prefill): every linear layer runs once over all their
+tokens, while attention and the cache writes run per prompt, each into its own cache row.
 """
 
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -42,6 +44,7 @@ from ixcdoc.config import ModelConfig
 from ixcdoc.model.plora import PLoRALinear, lora_scaling
 
 LinearFactory = Callable[..., PLoRALinear]
+Segments = Sequence[tuple[int, int]]  # packed prefill: (prompt length, cache row) per prompt
 
 
 class RMSNorm(nn.Module):
@@ -246,6 +249,31 @@ class Attention(nn.Module):
             o = F.scaled_dot_product_attention(qg, k, v, attn_mask=mask)  # [B, n_kv, g*S, D]
         return o.reshape(b, h, s, d)
 
+    def _attend_packed(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        positions: torch.Tensor,
+        segments: Segments,
+    ) -> torch.Tensor:
+        """Prompts packed along the sequence: q [1, H, T, D], k/v [1, n_kv, T, D] -> [1, H, T, D].
+
+        Segment i (``length``, ``row``) is a fresh prompt at positions 0..length-1: its keys go
+        into cache row ``row`` and its queries attend causally to its own keys only, through
+        the same kernel call as an unpacked prefill of that prompt.
+        """
+        out: list[torch.Tensor] = []
+        start = 0
+        for length, row in segments:
+            end = start + length
+            ks, vs = k[:, :, start:end], v[:, :, start:end]
+            if self.kv_cache is not None:
+                self.kv_cache.update(positions[start:end], ks, vs, row)
+            out.append(self._attend_causal(q[:, :, start:end], ks, vs))
+            start = end
+        return torch.cat(out, dim=2)
+
     def forward(
         self,
         x: torch.Tensor,
@@ -255,11 +283,14 @@ class Attention(nn.Module):
         mask: torch.Tensor | None,
         im_mask: torch.Tensor | None,
         cache_row: int = 0,
+        segments: Segments | None = None,
     ) -> torch.Tensor:
         """x: [B, S, D], cos/sin: [S, D], [S, 1, 1, D] or [B, S, 1, 1, D]; positions: [S] or [B, S].
 
         ``mask`` None = fresh causal prefill, else the additive cache mask [1 or B, 1, g*S,
         max_seq] from ``cache_mask``. ``cache_row``: the first cache row this batch uses.
+        ``segments``: x [1, T, D] holds fresh prompts back to back (packed prefill; ``mask``
+        None, ``positions`` their concatenated 0..L-1).
         """
         b, s, _ = x.shape
         g, d = self.q_per_kv, self.head_dim
@@ -271,7 +302,9 @@ class Attention(nn.Module):
         q = qk[:, :, :, :g].reshape(b, s, self.n_heads, d).transpose(1, 2)  # [B, H, S, D]
         k = qk[:, :, :, g].transpose(1, 2)  # [B, n_kv, S, D]
         v = qkv[:, :, :, g + 1].transpose(1, 2)  # [B, n_kv, S, D]
-        if mask is None:
+        if segments is not None:  # packed prompts: each attends to its own keys only
+            o = self._attend_packed(q, k, v, positions, segments)
+        elif mask is None:
             if self.kv_cache is not None:
                 self.kv_cache.update(positions, k, v, cache_row)
             o = self._attend_causal(q, k, v)
@@ -306,8 +339,12 @@ class DecoderLayer(nn.Module):
         self.ffn_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.feed_forward = FeedForward(cfg, make_linear)
 
-    def forward(self, x, cos, sin, positions, mask, im_mask, cache_row=0) -> torch.Tensor:
-        h = self.attention(self.attention_norm(x), cos, sin, positions, mask, im_mask, cache_row)
+    def forward(
+        self, x, cos, sin, positions, mask, im_mask, cache_row=0, segments=None
+    ) -> torch.Tensor:
+        h = self.attention(
+            self.attention_norm(x), cos, sin, positions, mask, im_mask, cache_row, segments
+        )
         x = x + h
         return x + self.feed_forward(self.ffn_norm(x), im_mask)
 
@@ -398,6 +435,7 @@ class InternLM2ForCausalLM(nn.Module):
         last_only: bool = False,
         cache_row: int = 0,
         attend_len: int | None = None,
+        segments: Segments | None = None,
     ) -> torch.Tensor:
         """inputs_embeds [B, S, D], im_mask [B, S] bool, input_pos [S] -> fp32 logits [B, S, V].
 
@@ -406,10 +444,18 @@ class InternLM2ForCausalLM(nn.Module):
         [S, 92544] tensor. ``cache_row``: batch row b reads and writes cache row cache_row + b.
         ``attend_len``: cached queries attend to the first ``attend_len`` positions only (the
         caller guarantees every query position is below it); None = the whole cache.
+        ``segments``: packed prefill of several fresh prompts, ``(length, cache_row)`` each,
+        inputs_embeds [1, T, D] holding them back to back (lengths sum to T, input_pos None);
+        with ``last_only`` the logits are [1, n, V], the last token of each prompt.
         """
         x = inputs_embeds
         s = x.shape[1]
-        if input_pos is None:
+        if segments is not None:
+            if input_pos is not None or x.shape[0] != 1 or sum(n for n, _ in segments) != s:
+                raise ValueError("segments need one packed row of fresh prompts (input_pos None)")
+            positions = torch.cat([torch.arange(n, device=x.device) for n, _ in segments])
+            mask = None
+        elif input_pos is None:
             positions = torch.arange(s, device=x.device)
             mask = None
         else:
@@ -435,8 +481,11 @@ class InternLM2ForCausalLM(nn.Module):
             cos, sin = rope_cos_sin(positions, d, theta, x.dtype)
             cos, sin = cos.view(s, 1, 1, d), sin.view(s, 1, 1, d)  # over [B, S, n_kv, g, D]
         for layer in self.model.layers:
-            x = layer(x, cos, sin, positions, mask, im_mask, cache_row)
-        if last_only:
+            x = layer(x, cos, sin, positions, mask, im_mask, cache_row, segments)
+        if last_only and segments is not None:
+            ends = torch.tensor([n for n, _ in segments], device=x.device).cumsum(0) - 1
+            x = x[:, ends]
+        elif last_only:
             x = x[:, -1:]
         logits = self.output(self.model.norm(x))
         return logits if logits.dtype == torch.float32 else logits.float()

@@ -142,3 +142,48 @@ def test_an_unexpected_admission_error_fails_those_requests_instead_of_losing_th
     finally:
         eng.close()
         tiny_dm.model.reset_caches()
+
+
+def test_oom_in_a_decode_step_fails_only_the_newest_request(fixture_dm, monkeypatch) -> None:
+    """The newest sequence makes room (failing with 'oom', which callers retry one tier
+    lower); the step is retried and every other request still equals chat."""
+    from ixcdoc.engine.runner import ModelRunner
+
+    real = ModelRunner.decode
+    raised: list[int] = []
+
+    def oom_once_at_three_rows(self, ids, positions):
+        if len(ids) == 3 and not raised:
+            raised.append(len(ids))
+            raise torch.cuda.OutOfMemoryError("injected")
+        return real(self, ids, positions)
+
+    monkeypatch.setattr(ModelRunner, "decode", oom_once_at_three_rows)
+    reqs = _reqs(3, tokens=8)
+    eng = fixture_dm.engine(n_slots=3, max_len=512)
+    handles = [eng.submit(r) for r in reqs]
+    eng.run_until_idle()
+    fixture_dm.model.reset_caches()
+    assert raised == [3]
+    with pytest.raises(DeviceError) as info:
+        handles[2].result()
+    assert info.value.code == "oom"
+    for i in (0, 1):
+        assert handles[i].result().token_ids == chat_reference(fixture_dm, reqs[i]).token_ids
+    assert eng.slots.used == 0 and not eng.running
+
+
+def test_oom_in_a_decode_step_with_one_row_fails_it(fixture_dm, monkeypatch) -> None:
+    from ixcdoc.engine.runner import ModelRunner
+
+    def oom(self, ids, positions):
+        raise torch.cuda.OutOfMemoryError("injected")
+
+    monkeypatch.setattr(ModelRunner, "decode", oom)
+    eng = fixture_dm.engine(n_slots=2, max_len=512)
+    h = eng.submit(_reqs(1, tokens=4)[0])
+    with pytest.raises(torch.cuda.OutOfMemoryError):
+        eng.run_until_idle()
+    fixture_dm.model.reset_caches()
+    assert h.done and isinstance(h.error, DeviceError) and h.error.code == "oom"
+    assert eng.slots.used == 0 and not eng.running

@@ -32,8 +32,12 @@ def test_kv_term_counts_every_row_and_every_reserved_position() -> None:
 def test_other_terms() -> None:
     est = estimate_batch_vram(CFG, 8, HD25_TOKENS, HD25_CROPS, quant="4bit", max_new_tokens=512)
     assert est.weights == weight_bytes(CFG, "4bit")
+    # one packed prefill holds up to a slot's 4864 positions of prompts: the MLP's three
+    # [tokens, 14336] buffers, 8 [tokens, 4096] buffers, the PLoRA branch (rank 256, two
+    # buffers) and one fp32 logits row, all bf16
+    assert est.prefill == 4864 * (3 * 14336 + 8 * 4096 + 2 * 256) * 2 + 92544 * 4
     single = estimate_vram(CFG, HD25_TOKENS, HD25_CROPS, quant="4bit")
-    assert est.prefill == single.activations  # prefill runs one sequence at a time
+    assert est.prefill > single.activations  # a pack may be longer than one page's prompt
     assert est.overhead == CUDA_OVERHEAD
     assert est.decode == 8 * 92544 * 4 * 2  # fp32 logits [rows, vocab] and one copy
     # vision: 56 tiles (one HD55 page) x 577 tokens x (MLP 4096 + 4 x 1024) x 2 bytes,
