@@ -1,7 +1,7 @@
 """Batched engine vs the batch-1 chat loop on CPU: wall-clock tokens/s at batch 1, 4, 16, 64.
 
     python benchmarks/engine.py [--requests 64] [--batches 1,4,16,64] [--new-tokens 16,48]
-                                [--layers 32] [--threads 1] [--json out.json]
+                                [--no-prefix 16] [--layers 32] [--threads 1] [--json out.json]
 
 A DEEP TINY model (32 layers, hidden 64, 8 heads, 2 KV heads, MLP 128, vocabulary 1000, tile
 56) is written in the official layout and loaded through the real loader. At this width a
@@ -11,7 +11,9 @@ same for 1 or 32 sequences". 64 requests with mixed tiers (HD1..HD9), page shape
 lengths and answer lengths (``--new-tokens`` lo,hi) run:
 
 - ``chat loop``: ``DocModel.chat`` once per request (today's page-by-page path);
-- ``engine bN``: ``DocModel.chat_batch(requests, max_batch=N)``.
+- ``engine bN``: ``DocModel.chat_batch(requests, max_batch=N)``;
+- ``bN no prefix``: the same engine with the system-prompt reuse off (``Engine(prefix_cache=
+  False)``), so every prompt is prefilled whole, as the chat loop does (``--no-prefix``).
 
 The stop ids are moved outside the vocabulary so every request generates exactly its
 ``max_new_tokens`` in every mode; "same" counts the requests whose tokens equal the chat
@@ -40,6 +42,7 @@ import torch
 from PIL import Image
 
 from ixcdoc.engine import ChatRequest
+from ixcdoc.engine.engine import request_positions
 from ixcdoc.runtime import load
 from ixcdoc.tinyckpt import write_tiny_checkpoint
 
@@ -93,11 +96,17 @@ def main() -> None:
     ap.add_argument("--layers", type=int, default=32)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--rounds", type=int, default=2, help="interleaved rounds; best one kept")
+    ap.add_argument(
+        "--no-prefix",
+        default="16",
+        help="batch sizes also run with the system-prompt reuse off ('' for none)",
+    )
     ap.add_argument("--json", default=str(Path(__file__).parent / "results" / "engine.json"))
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     lo, hi = (int(x) for x in args.new_tokens.split(","))
     batches = [int(b) for b in args.batches.split(",")]
+    no_prefix = [int(b) for b in args.no_prefix.split(",") if b]
 
     with tempfile.TemporaryDirectory() as tmp:
         path = write_tiny_checkpoint(Path(tmp) / "deep", layers=args.layers, **MODEL)
@@ -117,7 +126,19 @@ def main() -> None:
     def engine(b: int):
         return lambda: [a.token_ids for a in dm.chat_batch(reqs, max_batch=b)]
 
+    def engine_no_prefix(b: int):
+        def run() -> list[list[int]]:
+            eng = dm.engine(n_slots=b, max_len=max_len, prefix_cache=False)
+            handles = [eng.submit(r) for r in reqs]
+            eng.run_until_idle()
+            dm.model.reset_caches()
+            return [h.result().token_ids for h in handles]
+
+        return run
+
+    max_len = -(-max(request_positions(dm, r) for r in reqs) // 256) * 256  # as chat_batch
     modes = [("chat loop", 1, chat_loop)] + [(f"engine b{b}", b, engine(b)) for b in batches]
+    modes += [(f"b{b} no prefix", b, engine_no_prefix(b)) for b in no_prefix]
     best: dict[str, dict] = {}
     ref = None
     load_before = os.getloadavg()
@@ -143,7 +164,7 @@ def main() -> None:
         f"{args.threads} thread(s), {cpu_model()}, best of {args.rounds} rounds, {loadavg}"
     )
     print(
-        f"{'mode':<12} {'batch':>5} {'wall s':>8} {'tokens/s':>9} {'vs chat':>8} "
+        f"{'mode':<14} {'batch':>5} {'wall s':>8} {'tokens/s':>9} {'vs chat':>8} "
         f"{'cpu s':>8} {'tok/cpu-s':>9} {'vs chat':>8} same"
     )
     for r in rows:
@@ -152,7 +173,7 @@ def main() -> None:
         r["tokens_per_cpu_s"] = r["tokens"] / r["cpu_s"]
         r["speedup_cpu"] = r["tokens_per_cpu_s"] / base_cpu
         print(
-            f"{r['mode']:<12} {r['batch']:>5} {r['wall_s']:>8.2f} {r['tokens_per_s']:>9.1f} "
+            f"{r['mode']:<14} {r['batch']:>5} {r['wall_s']:>8.2f} {r['tokens_per_s']:>9.1f} "
             f"{r['speedup']:>7.2f}x {r['cpu_s']:>8.2f} {r['tokens_per_cpu_s']:>9.1f} "
             f"{r['speedup_cpu']:>7.2f}x {r['same']}/{len(reqs)}"
         )

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -50,6 +51,7 @@ if TYPE_CHECKING:
     from ixcdoc.runtime import DocModel
 
 FaultHook = Callable[[ChatRequest], None]
+PREFIX_CACHE_ENTRIES = 8  # distinct system prompts kept (~17 MB each for the 7B's default)
 LogitsHook = Callable[[Handle, torch.Tensor], None]
 
 
@@ -123,6 +125,7 @@ class Engine:
         capture: bool | None = None,
         vision_batch_tiles: int = VISION_BATCH_TILES,
         prefill_tokens: int | None = None,
+        prefix_cache: bool = True,
         fault_hook: FaultHook | None = None,
         logits_hook: LogitsHook | None = None,
     ) -> None:
@@ -131,6 +134,8 @@ class Engine:
         ``capture``: compile the decode step per batch bucket (None: on CUDA only).
         ``prefill_tokens``: the most prompt tokens packed into one prefill forward (None: one
         slot's length, ``max_len``; a longer prompt still runs, alone); 1 prefills one by one.
+        ``prefix_cache``: keep the KV of the prompts' leading text (the system prompt, the same
+        for every page of a job) and copy it into each new slot instead of prefilling it again.
         ``fault_hook(request)`` runs just before each prefill (tests inject errors there);
         ``logits_hook(handle, logits [V])`` sees every fp32 logits row a sequence gets.
         """
@@ -140,6 +145,9 @@ class Engine:
         self.slots = SlotTable(n_slots)
         self.scheduler = Scheduler(vision_batch_tiles)
         self.prefill_tokens = self.max_len if prefill_tokens is None else prefill_tokens
+        self.prefix_cache = prefix_cache
+        self._prefixes: OrderedDict[tuple[int, ...], Any] = OrderedDict()  # LRU, ids -> KV
+        self.prefix_hits = 0  # prompts that reused a saved prefix
         self.running: list[Sequence] = []
         self.stop_ids = frozenset(int(s) for s in dm.tokenizer.stop_ids)
         self.fault_hook = fault_hook
@@ -369,7 +377,16 @@ class Engine:
                 return None
         seq.rows = self.slots.allocate(seq, seq.n_rows)
         self.running.append(seq)
-        return _Prompt(seq, embeds, im_mask)
+        key = _prefix_key(parts, seq.prompt_len) if self.prefix_cache else None
+        if key is not None and (saved := self._prefixes.get(key)) is not None:
+            # the system prompt this engine has already prefilled: copy its KV into the row
+            # and prefill only what follows it
+            self._prefixes.move_to_end(key)
+            self.runner.load_prefix(seq.rows[0], saved)
+            self.prefix_hits += 1
+            n = len(key)
+            return _Prompt(seq, embeds[:, n:], im_mask[:, n:], first=n)
+        return _Prompt(seq, embeds, im_mask, save=key)
 
     def _prefill(self, pack: list[_Prompt]) -> None:
         """One packed forward for ``pack``; if it fails, each prompt alone (failing alone)."""
@@ -377,7 +394,10 @@ class Engine:
         t0 = time.perf_counter()
         try:
             logits = self.runner.prefill_packed(
-                [p.embeds for p in pack], [p.im_mask for p in pack], [p.seq.rows[0] for p in pack]
+                [p.embeds for p in pack],
+                [p.im_mask for p in pack],
+                [p.seq.rows[0] for p in pack],
+                [p.first for p in pack],
             )  # [n, V]
         except Exception as e:  # out of memory (or anything else)
             if _is_oom(e):
@@ -388,6 +408,11 @@ class Engine:
             for p in pack:  # a smaller forward may fit; a bad prompt fails alone
                 self._prefill([p])
             return
+        for p in pack:  # before any first token: a sequence that stops at once moves rows
+            if p.save is not None and p.save not in self._prefixes:
+                self._prefixes[p.save] = self.runner.save_prefix(p.seq.rows[0], len(p.save))
+                while len(self._prefixes) > PREFIX_CACHE_ENTRIES:
+                    self._prefixes.popitem(last=False)
         for p, row in zip(pack, logits, strict=True):
             self._first_token(p.seq, row, t0)
 
@@ -605,8 +630,19 @@ class _Prompt:
     """A sequence ready for prefill: its spliced prompt, rows already allocated."""
 
     seq: Sequence
-    embeds: torch.Tensor  # [1, L, D]
+    embeds: torch.Tensor  # [1, L, D]: what is left to prefill
     im_mask: torch.Tensor | None  # [1, L]
+    first: int = 0  # position of embeds[0]: > 0 when a saved prefix was loaded into the row
+    save: tuple[int, ...] | None = None  # save this prefix from the row once prefilled
+
+
+def _prefix_key(parts: list[TextPart | ImagePart], prompt_len: int) -> tuple[int, ...] | None:
+    """The prompt's reusable prefix: its leading text (the system prompt and the user turn's
+    opening) when an image follows it, as token ids; None if there is none."""
+    if len(parts) < 2 or not isinstance(parts[0], TextPart):
+        return None
+    ids = tuple(parts[0].ids)
+    return ids if 0 < len(ids) < prompt_len else None
 
 
 def _packs(prompts: list[_Prompt], budget: int) -> list[list[_Prompt]]:

@@ -105,14 +105,18 @@ class ModelRunner:
         embeds: Sequence[torch.Tensor],
         im_masks: Sequence[torch.Tensor | None],
         rows: Sequence[int],
+        firsts: Sequence[int] | None = None,
     ) -> torch.Tensor:
         """Several spliced prompts [1, L_i, D] into their cache rows in one forward -> [n, V].
 
         The prompts are packed back to back: the linear layers run once over every token,
         attention and the cache writes per prompt (``InternLM2ForCausalLM.forward`` segments).
-        Row i of the result is the fp32 logits of prompt i's last token.
+        ``firsts[i]`` > 0: prompt i's tokens start at that position, after a prefix already
+        in its row (``load_prefix``). Row i of the result is the fp32 logits of prompt i's
+        last token.
         """
-        if len(embeds) == 1:
+        firsts = list(firsts) if firsts is not None else [0] * len(embeds)
+        if len(embeds) == 1 and not any(firsts):
             return self.prefill(embeds[0], im_masks[0], rows[0])[None]
         x = torch.cat([e.to(self.device) for e in embeds], dim=1)
         masks = [
@@ -120,8 +124,19 @@ class ModelRunner:
             for m, e in zip(im_masks, embeds, strict=True)
         ]
         im_mask = torch.cat([m.to(self.device) for m in masks], dim=1)
-        segments = [(e.shape[1], r) for e, r in zip(embeds, rows, strict=True)]
+        segments = [(e.shape[1], r, f) for e, r, f in zip(embeds, rows, firsts, strict=True)]
         return self.model(x, im_mask, None, last_only=True, segments=segments)[0]
+
+    def save_prefix(self, row: int, length: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """A copy of the first ``length`` cached positions of ``row``: per layer (k, v)."""
+        return [(k[row, :, :length].clone(), v[row, :, :length].clone()) for k, v in self._caches()]
+
+    def load_prefix(self, row: int, prefix: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        """Write a saved prefix into positions 0.. of ``row``."""
+        for (k, v), (pk, pv) in zip(self._caches(), prefix, strict=True):
+            n = pk.shape[1]
+            k[row, :, :n] = pk
+            v[row, :, :n] = pv
 
     def decode(self, ids: Sequence[int], positions: Sequence[int]) -> torch.Tensor:
         """One token per cache row 0..B-1 at its own position -> fp32 logits [B, V]."""

@@ -26,9 +26,10 @@ if one is set up. A tensor ``input_pos`` [S] continues a cached sequence: keys g
 at those positions and queries attend over the cache with a position mask. A 2-D ``input_pos``
 [B, S] gives every row its own positions (the batched engine: sequences of different lengths
 decode together, row b of the batch owning cache row ``cache_row + b``). ``cache_row`` places
-the batch in the cache (a prefill into one engine slot). ``segments`` packs several fresh
-prompts into one row (the engine's packed prefill): every linear layer runs once over all their
-tokens, while attention and the cache writes run per prompt, each into its own cache row.
+the batch in the cache (a prefill into one engine slot). ``segments`` packs several prompts
+into one row (the engine's packed prefill): every linear layer runs once over all their tokens,
+while attention and the cache writes run per prompt, each into its own cache row; a prompt may
+start after a prefix already in its row (the engine's reused system prompt).
 """
 
 from __future__ import annotations
@@ -44,7 +45,9 @@ from ixcdoc.config import ModelConfig
 from ixcdoc.model.plora import PLoRALinear, lora_scaling
 
 LinearFactory = Callable[..., PLoRALinear]
-Segments = Sequence[tuple[int, int]]  # packed prefill: (prompt length, cache row) per prompt
+# packed prefill: (new tokens, cache row, first position) per prompt; the positions before the
+# first one are already in that cache row (a reused prompt prefix), 0 = a fresh prompt
+Segments = Sequence[tuple[int, int, int]]
 
 
 class RMSNorm(nn.Module):
@@ -255,22 +258,29 @@ class Attention(nn.Module):
         k: torch.Tensor,
         v: torch.Tensor,
         positions: torch.Tensor,
-        segments: Segments,
+        segments: Sequence[tuple[int, int, int, torch.Tensor | None]],
     ) -> torch.Tensor:
         """Prompts packed along the sequence: q [1, H, T, D], k/v [1, n_kv, T, D] -> [1, H, T, D].
 
-        Segment i (``length``, ``row``) is a fresh prompt at positions 0..length-1: its keys go
-        into cache row ``row`` and its queries attend causally to its own keys only, through
-        the same kernel call as an unpacked prefill of that prompt.
+        Segment i (``length``, ``row``, ``first``, ``mask``) holds the prompt's tokens at
+        positions first..first+length-1; its keys go into cache row ``row``. A fresh prompt
+        (first 0, mask None) attends causally to its own keys, through the same kernel call as
+        an unpacked prefill of it; one that continues a cached prefix attends over its row of
+        the cache with ``mask`` (``cache_mask`` of its positions).
         """
+        if self.kv_cache is None and any(first for _, _, first, _ in segments):
+            raise RuntimeError("a prompt that continues a cached prefix needs the KV cache")
         out: list[torch.Tensor] = []
         start = 0
-        for length, row in segments:
+        for length, row, _first, mask in segments:
             end = start + length
             ks, vs = k[:, :, start:end], v[:, :, start:end]
             if self.kv_cache is not None:
-                self.kv_cache.update(positions[start:end], ks, vs, row)
-            out.append(self._attend_causal(q[:, :, start:end], ks, vs))
+                k_row, v_row = self.kv_cache.update(positions[start:end], ks, vs, row)
+            if mask is None:
+                out.append(self._attend_causal(q[:, :, start:end], ks, vs))
+            else:
+                out.append(self._attend_cache(q[:, :, start:end], k_row, v_row, mask))
             start = end
         return torch.cat(out, dim=2)
 
@@ -283,14 +293,14 @@ class Attention(nn.Module):
         mask: torch.Tensor | None,
         im_mask: torch.Tensor | None,
         cache_row: int = 0,
-        segments: Segments | None = None,
+        segments: Sequence[tuple[int, int, int, torch.Tensor | None]] | None = None,
     ) -> torch.Tensor:
         """x: [B, S, D], cos/sin: [S, D], [S, 1, 1, D] or [B, S, 1, 1, D]; positions: [S] or [B, S].
 
         ``mask`` None = fresh causal prefill, else the additive cache mask [1 or B, 1, g*S,
         max_seq] from ``cache_mask``. ``cache_row``: the first cache row this batch uses.
-        ``segments``: x [1, T, D] holds fresh prompts back to back (packed prefill; ``mask``
-        None, ``positions`` their concatenated 0..L-1).
+        ``segments``: x [1, T, D] holds prompts back to back (packed prefill; ``mask`` None,
+        ``positions`` their concatenated positions; see ``_attend_packed``).
         """
         b, s, _ = x.shape
         g, d = self.q_per_kv, self.head_dim
@@ -302,7 +312,7 @@ class Attention(nn.Module):
         q = qk[:, :, :, :g].reshape(b, s, self.n_heads, d).transpose(1, 2)  # [B, H, S, D]
         k = qk[:, :, :, g].transpose(1, 2)  # [B, n_kv, S, D]
         v = qkv[:, :, :, g + 1].transpose(1, 2)  # [B, n_kv, S, D]
-        if segments is not None:  # packed prompts: each attends to its own keys only
+        if segments is not None:  # packed prompts: each attends to its own row only
             o = self._attend_packed(q, k, v, positions, segments)
         elif mask is None:
             if self.kv_cache is not None:
@@ -444,16 +454,31 @@ class InternLM2ForCausalLM(nn.Module):
         [S, 92544] tensor. ``cache_row``: batch row b reads and writes cache row cache_row + b.
         ``attend_len``: cached queries attend to the first ``attend_len`` positions only (the
         caller guarantees every query position is below it); None = the whole cache.
-        ``segments``: packed prefill of several fresh prompts, ``(length, cache_row)`` each,
-        inputs_embeds [1, T, D] holding them back to back (lengths sum to T, input_pos None);
-        with ``last_only`` the logits are [1, n, V], the last token of each prompt.
+        ``segments``: packed prefill of several prompts, ``(length, cache_row, first)`` each,
+        inputs_embeds [1, T, D] holding their tokens back to back (lengths sum to T, input_pos
+        None) at positions first..first+length-1 (first > 0: positions 0..first-1 are already
+        in that cache row, a reused prefix); with ``last_only`` the logits are [1, n, V], the
+        last token of each prompt.
         """
         x = inputs_embeds
         s = x.shape[1]
+        packed = None
         if segments is not None:
-            if input_pos is not None or x.shape[0] != 1 or sum(n for n, _ in segments) != s:
-                raise ValueError("segments need one packed row of fresh prompts (input_pos None)")
-            positions = torch.cat([torch.arange(n, device=x.device) for n, _ in segments])
+            if input_pos is not None or x.shape[0] != 1 or sum(n for n, _, _ in segments) != s:
+                raise ValueError("segments need one packed row of prompts (input_pos None)")
+            g = self.config.num_attention_heads // self.config.num_key_value_heads
+            packed, pieces = [], []
+            for n, row, first in segments:
+                pos = torch.arange(first, first + n, device=x.device)
+                pieces.append(pos)
+                seg_mask = None
+                if first:  # continues a cached prefix: attends over its row with a mask
+                    seg_mask = cache_mask(pos, first + n, g, x.dtype)  # [1, 1, g*n, first+n]
+                    if not x.is_cuda:  # the CPU baddbmm layout (SDPA's masked CPU kernel is slow)
+                        n_kv = self.config.num_key_value_heads
+                        seg_mask = seg_mask.expand(-1, n_kv, -1, -1).reshape(n_kv, g * n, -1)
+                packed.append((n, row, first, seg_mask))
+            positions = torch.cat(pieces)
             mask = None
         elif input_pos is None:
             positions = torch.arange(s, device=x.device)
@@ -481,9 +506,9 @@ class InternLM2ForCausalLM(nn.Module):
             cos, sin = rope_cos_sin(positions, d, theta, x.dtype)
             cos, sin = cos.view(s, 1, 1, d), sin.view(s, 1, 1, d)  # over [B, S, n_kv, g, D]
         for layer in self.model.layers:
-            x = layer(x, cos, sin, positions, mask, im_mask, cache_row, segments)
+            x = layer(x, cos, sin, positions, mask, im_mask, cache_row, packed)
         if last_only and segments is not None:
-            ends = torch.tensor([n for n, _ in segments], device=x.device).cumsum(0) - 1
+            ends = torch.tensor([n for n, _, _ in segments], device=x.device).cumsum(0) - 1
             x = x[:, ends]
         elif last_only:
             x = x[:, -1:]

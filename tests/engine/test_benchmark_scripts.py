@@ -39,3 +39,35 @@ def test_gpu_batched_tiny_mode_runs(tmp_path: Path) -> None:
     for r in rows:
         assert r["decode_tokens"] == 3 * r["pages"]  # no stop ids: every page decodes 3 tokens
         assert r["image_tokens"] > 0 and r["estimate_gib"] > 0
+
+
+def test_engine_cpu_proxy_runs(tmp_path: Path) -> None:
+    out = tmp_path / "engine.json"
+    cmd = [
+        sys.executable,
+        str(ROOT / "benchmarks" / "engine.py"),
+        "--requests",
+        "5",
+        "--batches",
+        "1,4",
+        "--no-prefix",
+        "4",
+        "--layers",
+        "2",
+        "--new-tokens",
+        "2,4",
+        "--rounds",
+        "1",
+        "--json",
+        str(out),
+    ]
+    subprocess.run(cmd, check=True, capture_output=True, timeout=300, cwd=ROOT)
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["mode"], r["batch"]) for r in rows] == [
+        ("chat loop", 1),
+        ("engine b1", 1),
+        ("engine b4", 4),
+        ("b4 no prefix", 4),
+    ]
+    assert len({r["tokens"] for r in rows}) == 1  # every mode generates the same tokens
+    assert all(r["same"] == 5 for r in rows)  # and, on 5 requests, exactly the chat loop's

@@ -44,7 +44,7 @@ def test_packed_prompts_equal_separate_prefills(fixture_dm) -> None:
         model.reset_caches()
         model.setup_caches(3, 32)
         im = torch.cat([masks[0], torch.zeros(1, 13, dtype=torch.bool)], dim=1)
-        segments = [(p.shape[1], r) for p, r in zip(prompts, rows, strict=True)]
+        segments = [(p.shape[1], r, 0) for p, r in zip(prompts, rows, strict=True)]
         out = model(torch.cat(prompts, dim=1), im, None, last_only=True, segments=segments)[0]
         cache_packed = [(c.k.clone(), c.v.clone()) for c in _caches(model)]
     model.reset_caches()
@@ -57,6 +57,44 @@ def test_packed_prompts_equal_separate_prefills(fixture_dm) -> None:
             torch.testing.assert_close(vp[r, :, :n], va[r, :, :n], rtol=0, atol=1e-5)
 
 
+def test_prompts_that_continue_a_saved_prefix_equal_full_prefills(fixture_dm) -> None:
+    """Two prompts sharing a 7-token prefix: one prefilled whole, the other packed beside a
+    fresh prompt as its 5 remaining tokens after the prefix's KV is copied into its row,
+    give the logits and the cache of full prefills."""
+    model = fixture_dm.model
+    d = model.config.hidden_size
+    gen = torch.Generator().manual_seed(2)
+    prefix = torch.randn(1, 7, d, generator=gen)
+    full = [torch.cat([prefix, torch.randn(1, n, d, generator=gen)], dim=1) for n in (5, 3)]
+    other = torch.randn(1, 4, d, generator=gen)
+    tail_mask = torch.tensor([[False, True, True, False, False]])
+    with torch.inference_mode():
+        model.reset_caches()
+        model.setup_caches(3, 32)
+        m0 = torch.cat([torch.zeros(1, 7, dtype=torch.bool), tail_mask], dim=1)
+        alone = [
+            model(full[0], m0, None, last_only=True, cache_row=0)[0, -1],
+            model(other, None, None, last_only=True, cache_row=2)[0, -1],
+        ]
+        cache_alone = [(c.k.clone(), c.v.clone()) for c in _caches(model)]
+
+        model.reset_caches()
+        model.setup_caches(3, 32)
+        model(full[1], None, None, cache_row=1)  # the prefix arrives with another prompt
+        for c in _caches(model):  # copy positions 0..6 of row 1 into row 0
+            c.k[0, :, :7], c.v[0, :, :7] = c.k[1, :, :7], c.v[1, :, :7]
+        x = torch.cat([full[0][:, 7:], other], dim=1)
+        im = torch.cat([tail_mask, torch.zeros(1, 4, dtype=torch.bool)], dim=1)
+        out = model(x, im, None, last_only=True, segments=[(5, 0, 7), (4, 2, 0)])[0]
+        cache_packed = [(c.k.clone(), c.v.clone()) for c in _caches(model)]
+    model.reset_caches()
+    torch.testing.assert_close(out, torch.stack(alone), rtol=0, atol=1e-5)
+    for (ka, va), (kp, vp) in zip(cache_alone, cache_packed, strict=True):
+        for row, n in ((0, 12), (2, 4)):
+            torch.testing.assert_close(kp[row, :, :n], ka[row, :, :n], rtol=0, atol=1e-5)
+            torch.testing.assert_close(vp[row, :, :n], va[row, :, :n], rtol=0, atol=1e-5)
+
+
 def _caches(model):
     return [layer.attention.kv_cache for layer in model.model.layers]
 
@@ -65,7 +103,7 @@ def test_a_packed_row_refuses_inconsistent_lengths(fixture_dm) -> None:
     model = fixture_dm.model
     x = torch.zeros(1, 5, model.config.hidden_size)
     with pytest.raises(ValueError, match="packed row"):
-        model(x, None, None, segments=[(3, 0)])
+        model(x, None, None, segments=[(3, 0, 0)])
 
 
 def test_engine_packs_the_prompts_admitted_together(fixture_dm, monkeypatch):
@@ -103,3 +141,38 @@ def test_a_failing_packed_prefill_falls_back_to_one_prompt_at_a_time(fixture_dm,
     handles, logits, _ = _run(fixture_dm, reqs, n_slots=3)
     assert failed  # the packed forward was tried and failed
     _check(fixture_dm, reqs, handles, logits)  # nobody lost anything: each prompt went alone
+
+
+def test_engine_reuses_each_system_prompt_and_answers_as_chat(fixture_dm) -> None:
+    from collections import defaultdict
+
+    reqs = _mixed(8)
+    metas = [None, "You read invoices.", ""]  # None: the default system prompt
+    for i, r in enumerate(reqs):
+        if metas[i % 3] is not None:
+            r.meta_instruction = metas[i % 3]
+    logits: dict[int, list[torch.Tensor]] = defaultdict(list)
+    eng = fixture_dm.engine(
+        n_slots=2, max_len=1024, logits_hook=lambda h, row: logits[h.id].append(row.clone())
+    )
+    handles = [eng.submit(r) for r in reqs]
+    eng.run_until_idle()
+    fixture_dm.model.reset_caches()
+    # rounds of two: the first two prompts (two system prompts) and the first "" one prefill
+    # whole; every later prompt finds its own system prompt saved
+    assert eng.prefix_hits == 8 - 3
+    assert len(eng._prefixes) == 3
+    _check(fixture_dm, reqs, handles, logits)
+
+
+def test_prefix_reuse_off_gives_the_same_tokens(fixture_dm) -> None:
+    reqs = _mixed(5)
+    on = fixture_dm.engine(n_slots=2, max_len=1024)
+    a = [on.submit(r) for r in reqs]
+    on.run_until_idle()
+    off = fixture_dm.engine(n_slots=2, max_len=1024, prefix_cache=False)
+    b = [off.submit(r) for r in reqs]
+    off.run_until_idle()
+    fixture_dm.model.reset_caches()
+    assert on.prefix_hits > 0 and off.prefix_hits == 0
+    assert [h.result().token_ids for h in a] == [h.result().token_ids for h in b]
