@@ -6,10 +6,11 @@
     h.result().text
 
 ``step()`` does one round: queue submissions, admit what fits (vision for the admitted pages in
-one batch, then their prompts packed into as few prefill forwards as ``prefill_tokens`` allows,
-each prompt into its slot, and their first tokens), then one decode forward for every running
-row. A sequence leaves the batch the moment it stops; its rows go back to the
-slot table before the next admission. ``submit`` may be called from any thread; ``step`` runs on
+one batch; each prompt's system-prompt prefix copied from the engine's saved KV when it has it;
+the prompts packed into as few prefill forwards as ``prefill_tokens`` allows, each into its
+slot, and their first tokens), then one decode forward for every running row. A sequence
+leaves the batch the moment it stops; its rows go back to the slot table before the next
+admission. ``submit`` may be called from any thread; ``step`` runs on
 one thread (the caller's, or the one ``start`` creates).
 """
 

@@ -3,8 +3,9 @@
 The decoder's static KV cache is allocated as ``[n_slots, n_kv, max_len, head_dim]`` per layer.
 The prompts admitted together are prefilled as one packed forward (their tokens back to back;
 attention and cache writes per prompt, each into its slot row; a lone prompt runs exactly the
-batch-1 prefill of ``generate``); a decode step runs every running row in one forward with
-per-row positions and masks (``InternLM2ForCausalLM.forward`` with a 2-D ``input_pos``).
+batch-1 prefill of ``generate``; a prompt may start after a saved prefix copied into its row);
+a decode step runs every running row in one forward with per-row positions and masks
+(``InternLM2ForCausalLM.forward`` with a 2-D ``input_pos``).
 
 Decode capture: on CUDA the decode step is compiled with ``torch.compile(mode=
 "reduce-overhead")`` (CUDA graphs) once per batch-size bucket (1, 2, 4, ... up to the slots),
