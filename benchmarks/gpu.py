@@ -22,8 +22,12 @@ then decodes exactly ``--new-tokens`` tokens (no stop ids). Reported per (precis
 ``--batched``: the batched engine (``DocModel.chat_batch``, decode captured with CUDA graphs
 per batch bucket) on the same random model: for each (precision, tier, batch) it runs
 ``--batch-pages`` x batch copies of the page (at least 2), every one decoding exactly
-``--new-tokens`` tokens (no stop ids), and reports pages/s, decode tokens/s over the run, and
-peak VRAM against ``ixcdoc.vram.estimate_batch_vram`` for that batch.
+``--new-tokens`` tokens (no stop ids), and reports pages/s (and its ratio to batch 1), decode
+tokens/s over the run, and peak VRAM against ``ixcdoc.vram.estimate_batch_vram`` for that
+batch; then it times one engine decode step of that many rows mid-answer against the
+memory-bandwidth bound (decoder weights + every row's KV cache read once, at the copy bandwidth
+measured in the same run) and names the first batch whose step is compute-bound (slower than
+1.5x that bound).
 """
 
 from __future__ import annotations
@@ -47,7 +51,7 @@ from ixcdoc.generate import SamplingConfig, generate
 from ixcdoc.model.weights import random_model
 from ixcdoc.preprocess import hd_transform, hwc_uint8, normalize_uint8
 from ixcdoc.tiling import hd_geometry
-from ixcdoc.vram import estimate_batch_vram, estimate_vram, param_counts
+from ixcdoc.vram import estimate_batch_vram, estimate_vram, kv_bytes_per_token, param_counts
 
 TINY = ModelConfig(
     vocab_size=1000,
@@ -195,8 +199,32 @@ def doc_model(model: torch.nn.Module, dev: torch.device, dtype: torch.dtype, qua
     return DocModel(model, tok, device=dev, dtype=dtype, quant=quant)
 
 
-def run_batched(dm, cfg, dev, quant, hd, batch, pages, new_tokens, img) -> dict:
-    """``pages`` copies of the page through chat_batch(max_batch=batch): pages/s, peak VRAM."""
+STEP_REPS = 20  # decode steps timed per batch size
+COMPUTE_BOUND = 1.5  # a step this many times slower than the bandwidth bound is compute-bound
+
+
+def time_decode_step(dm, batch: int, position: int, max_len: int, dev) -> float:
+    """Seconds per engine decode step of ``batch`` rows at ``position`` (as the engine runs it:
+    captured per bucket on CUDA), averaged over STEP_REPS steps after a warm-up."""
+    eng = dm.engine(n_slots=batch, max_len=max_len)
+    ids, pos = [0] * batch, [position] * batch
+    try:
+        with torch.inference_mode():
+            for _ in range(3):
+                eng.runner.decode(ids, pos)
+            sync(dev)
+            t0 = time.perf_counter()
+            for _ in range(STEP_REPS):
+                eng.runner.decode(ids, pos)
+            sync(dev)
+            return (time.perf_counter() - t0) / STEP_REPS
+    finally:
+        dm.model.reset_caches()
+
+
+def run_batched(dm, cfg, dev, quant, hd, batch, pages, new_tokens, img, bw) -> dict:
+    """``pages`` copies of the page through chat_batch(max_batch=batch): pages/s, peak VRAM,
+    then one decode step of ``batch`` rows timed against the memory-bandwidth bound."""
     from ixcdoc.engine import ChatRequest
 
     reqs = [ChatRequest([img], "Transcribe the page.", hd=hd, max_new_tokens=new_tokens)] * pages
@@ -217,6 +245,13 @@ def run_batched(dm, cfg, dev, quant, hd, batch, pages, new_tokens, img) -> dict:
         cfg, batch, n_img, geo.crops, quant=quant, max_new_tokens=new_tokens, text_tokens=text
     )
     tokens = sum(len(a.token_ids) for a in answers)
+    # one decode step, mid-answer: every row reads all decoder weights once per step, plus its
+    # KV cache (a captured step attends over the whole slot: max_len positions per row)
+    max_len = -(-(answers[0].prompt_tokens + new_tokens) // 256) * 256  # as chat_batch sizes it
+    step_s = time_decode_step(dm, batch, answers[0].prompt_tokens + new_tokens // 2, max_len, dev)
+    span = max_len if dev.type == "cuda" else answers[0].prompt_tokens + new_tokens // 2
+    step_bytes = decode_bytes_per_token(cfg, quant) + batch * span * kv_bytes_per_token(cfg)
+    bound_s = None if bw is None else step_bytes / (bw / 2)  # reads only: half the copy rate
     return {
         "quant": quant,
         "tier": hd,
@@ -231,30 +266,71 @@ def run_batched(dm, cfg, dev, quant, hd, batch, pages, new_tokens, img) -> dict:
         "peak_vram_gib": None if peak is None else round(peak / 2**30, 3),
         "estimate_gib": round(est.total_gib, 3),
         "estimate_minus_overhead_gib": round((est.total - est.overhead) / 2**30, 3),
+        "step_ms": round(step_s * 1000, 3),
+        "step_tokens_per_s": round(batch / step_s, 1),
+        "step_bytes": step_bytes,
+        "bound_step_ms": None if bound_s is None else round(bound_s * 1000, 3),
+        "step_vs_bound": None if bound_s is None else round(bound_s / step_s, 3),
     }
+
+
+def summarize(group: list[dict]) -> None:
+    """Per (precision, tier): pages/s against batch 1, and where the step turns compute-bound.
+
+    Adds ``pages_vs_b1`` to each row (the issue's target: 10x at batch 32 on an 80 GB GPU) and
+    prints a table. A step is called compute-bound from the first batch whose step takes more
+    than COMPUTE_BOUND x the time of reading its weights and KV at the measured bandwidth.
+    """
+    base = next((r for r in group if r["batch"] == 1), None)
+    turn = None
+    for r in group:
+        r["pages_vs_b1"] = (
+            None if base is None else round(r["pages_per_s"] / base["pages_per_s"], 2)
+        )
+        vs = r["step_vs_bound"]
+        if turn is None and vs is not None and vs < 1 / COMPUTE_BOUND:
+            turn = r["batch"]
+    head = f"{group[0]['quant']} HD{group[0]['tier']}"
+    print(f"{head}: batch, pages/s, x batch 1, step ms, bound ms, step tok/s, peak GiB, estimate")
+    for r in group:
+        print(
+            f"  {r['batch']:>3} {r['pages_per_s']:>8.3f} {r['pages_vs_b1'] or 0:>6.2f}x "
+            f"{r['step_ms']:>8.2f} {r['bound_step_ms'] or 0:>8.2f} {r['step_tokens_per_s']:>9.1f} "
+            f"{r['peak_vram_gib'] or 0:>7.2f} {r['estimate_gib']:>7.2f}"
+        )
+    if group[0]["step_vs_bound"] is not None:
+        where = f"batch {turn}" if turn is not None else "no batch measured"
+        print(f"  compute-bound (step > {COMPUTE_BOUND}x the bandwidth bound) from: {where}")
+    for r in group:
+        r["compute_bound_from"] = turn
 
 
 def main_batched(args, cfg, dev, dtype) -> None:
     """The --batched mode: every (precision, tier, batch), one JSON row each."""
     img = page_image()
+    bw = copy_bandwidth(dev)
     rows = []
     for quant in args.quant.split(","):
         model = random_model(cfg, dtype=dtype, device=dev, quant=None if quant == "bf16" else quant)
         dm = doc_model(model, dev, dtype, quant)
         tiers = [int(t) for t in args.tiers.split(",")]
-        run_batched(dm, cfg, dev, quant, tiers[0], 2, 2, 4, img)  # warm-up (and capture)
+        run_batched(dm, cfg, dev, quant, tiers[0], 2, 2, 4, img, bw)  # warm-up (and capture)
         for hd in tiers:
+            group = []
             for b in (int(x) for x in args.batches.split(",")):
                 pages = max(2, args.batch_pages * b)
-                row = run_batched(dm, cfg, dev, quant, hd, b, pages, args.new_tokens, img)
-                rows.append(row)
+                row = run_batched(dm, cfg, dev, quant, hd, b, pages, args.new_tokens, img, bw)
+                group.append(row)
                 print(json.dumps(row))
+            summarize(group)
+            rows += group
         del model, dm
         if dev.type == "cuda":
             torch.cuda.empty_cache()
     device = torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor()
     out = {
         "benchmark": "gpu-batched",
+        "copy_bandwidth_gb_s": None if bw is None else round(bw / 1e9, 1),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "device": device,
         "torch": torch.__version__,

@@ -39,6 +39,10 @@ def test_gpu_batched_tiny_mode_runs(tmp_path: Path) -> None:
     for r in rows:
         assert r["decode_tokens"] == 3 * r["pages"]  # no stop ids: every page decodes 3 tokens
         assert r["image_tokens"] > 0 and r["estimate_gib"] > 0
+        assert r["step_ms"] > 0 and r["step_tokens_per_s"] > 0
+        assert r["bound_step_ms"] is None and r["step_vs_bound"] is None  # no bandwidth on a CPU
+        assert r["compute_bound_from"] is None
+    assert [r["pages_vs_b1"] for r in rows if r["batch"] == 1] == [1.0, 1.0]
 
 
 def test_engine_cpu_proxy_runs(tmp_path: Path) -> None:
