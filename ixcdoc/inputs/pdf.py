@@ -122,10 +122,20 @@ def _analyze(
     if rect.is_empty or rect.width < 1e-3 or rect.height < 1e-3:
         raise InputError(source, f"page has no area ({rect})", code="corrupt", page=number)
 
+    # One text extraction interprets the page. When the page's resources list no image, the
+    # only images it can draw are inline ones (small by design): the same extraction reports
+    # them, and ``get_image_info``, a second interpretation of the page as costly as the
+    # first, is skipped. Pages that list images (scans) keep it: it reads their metadata
+    # without decoding the pixels, which the dict's image blocks would do.
+    listed = bool(page.get_images(full=True))
+    flags = _TEXT_FLAGS if listed else _TEXT_FLAGS | pymupdf.TEXT_PRESERVE_IMAGES
+    blocks = page.get_text("dict", flags=flags)["blocks"]
+    images = page.get_image_info() if listed else [b for b in blocks if b.get("type") == 1]
+
     # Text layer: characters per (bucketed) font size, visible and invisible (OCR) alike.
     by_size: dict[float, int] = {}
     total = visible = 0
-    for block in page.get_text("dict", flags=_TEXT_FLAGS)["blocks"]:
+    for block in blocks:
         for line in block.get("lines", ()):
             for span in line["spans"]:
                 text = span["text"]
@@ -143,7 +153,7 @@ def _analyze(
     unrotated = rect * page.derotation_matrix
     area = abs(unrotated.width * unrotated.height)
     scan: tuple[float, float, int, int] | None = None  # zoom_x, zoom_y, w_px, h_px
-    for img in page.get_image_info():
+    for img in images:
         w_px, h_px = int(img.get("width") or 0), int(img.get("height") or 0)
         if w_px <= 0 or h_px <= 0:
             continue

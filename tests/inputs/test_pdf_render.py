@@ -362,3 +362,27 @@ def test_body_size_tie_goes_to_the_smaller_size(
         info = doc.page_info(1)
     assert info.dpi == pytest.approx(rule_dpi(10.0), abs=0.01)
     assert info.dpi_rule.startswith("text: body 10.0pt")
+
+
+def test_a_scan_drawn_as_an_inline_image_is_a_scan(tmp_path: Path) -> None:
+    """An inline image (BI ... EI in the content stream) is not in the page's resources; the
+    analysis must still see it. 300 x 400 grey pixels over a whole 216 x 288 pt page (100 dpi),
+    with one line of 10-pt text on top (too little to count as text over the scan)."""
+    h, w = 400, 300
+    pixels = noise_image(h, w)
+    doc = pymupdf.open()
+    page = doc.new_page(width=216, height=288)
+    head = f"q 216 0 0 288 0 0 cm BI /W {w} /H {h} /CS /G /BPC 8 ID ".encode()
+    xref = doc.get_new_xref()
+    doc.update_object(xref, "<<>>")
+    doc.update_stream(xref, head + pixels.tobytes() + b" EI Q")
+    page.set_contents(xref)
+    page.insert_text((20, 20), "Invoice", fontsize=10)
+    doc.save(tmp_path / "inline.pdf")
+    with open_document(tmp_path / "inline.pdf") as d:
+        info = d.page_info(1)
+        assert info.dpi_rule.startswith(f"scan: embedded image {w}x{h} (100 dpi)")
+        assert info.size == (h, w)
+        out = np.asarray(d.render(1).image)
+    # on the image's own pixel grid (below the line of text drawn over it)
+    assert np.array_equal(out[60:, :, 0], pixels[60:])
