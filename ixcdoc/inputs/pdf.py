@@ -23,6 +23,7 @@ native render and no PIL resampling (docs/inputs.md).
 from __future__ import annotations
 
 import math
+import re
 import threading
 import time
 from dataclasses import dataclass, replace
@@ -115,6 +116,22 @@ def _image_zoom(t: pymupdf.Matrix, w_px: int, h_px: int) -> tuple[float, float]:
     return (z, z)
 
 
+# the inline-image operator as a token: PDF delimiters (whitespace, ()<>[]{}/%) on both sides
+_INLINE_IMAGE = re.compile(
+    rb"(?:^|[\x00\t\n\x0c\r ()<>\[\]{}/%])BI(?=[\x00\t\n\x0c\r ()<>\[\]{}/%]|$)"
+)
+
+
+def _may_draw_images(page: pymupdf.Page) -> bool:
+    """False only when the page provably draws no image: its resources list no image and no
+    form XObject (a form may hold inline images), and its content has no inline-image
+    operator (``BI``). A false alarm only costs the ``get_image_info`` pass it would skip.
+    Type3 glyphs and annotation appearances are not looked at; neither counts as a scan."""
+    if page.get_images(full=True) or page.get_xobjects():
+        return True
+    return _INLINE_IMAGE.search(page.read_contents()) is not None
+
+
 def _analyze(
     page: pymupdf.Page, source: str, number: int, page_count: int, max_pixels: int
 ) -> _Layout:
@@ -122,20 +139,14 @@ def _analyze(
     if rect.is_empty or rect.width < 1e-3 or rect.height < 1e-3:
         raise InputError(source, f"page has no area ({rect})", code="corrupt", page=number)
 
-    # One text extraction interprets the page. When the page's resources list no image, the
-    # only images it can draw are inline ones (small by design): the same extraction reports
-    # them, and ``get_image_info``, a second interpretation of the page as costly as the
-    # first, is skipped. Pages that list images (scans) keep it: it reads their metadata
-    # without decoding the pixels, which the dict's image blocks would do.
-    listed = bool(page.get_images(full=True))
-    flags = _TEXT_FLAGS if listed else _TEXT_FLAGS | pymupdf.TEXT_PRESERVE_IMAGES
-    blocks = page.get_text("dict", flags=flags)["blocks"]
-    images = page.get_image_info() if listed else [b for b in blocks if b.get("type") == 1]
+    # ``get_image_info`` interprets the whole page again, as costly as the text extraction;
+    # skip it on a page that cannot draw an image (most born-digital pages).
+    images = page.get_image_info() if _may_draw_images(page) else []
 
     # Text layer: characters per (bucketed) font size, visible and invisible (OCR) alike.
     by_size: dict[float, int] = {}
     total = visible = 0
-    for block in blocks:
+    for block in page.get_text("dict", flags=_TEXT_FLAGS)["blocks"]:
         for line in block.get("lines", ()):
             for span in line["spans"]:
                 text = span["text"]

@@ -364,25 +364,40 @@ def test_body_size_tie_goes_to_the_smaller_size(
     assert info.dpi_rule.startswith("text: body 10.0pt")
 
 
-def test_a_scan_drawn_as_an_inline_image_is_a_scan(tmp_path: Path) -> None:
-    """An inline image (BI ... EI in the content stream) is not in the page's resources; the
-    analysis must still see it. 300 x 400 grey pixels over a whole 216 x 288 pt page (100 dpi),
-    with one line of 10-pt text on top (too little to count as text over the scan)."""
-    h, w = 400, 300
-    pixels = noise_image(h, w)
+def _inline_image_pdf(path: Path, pixels: np.ndarray, box: tuple[float, ...]) -> None:
+    """A 216 x 288 pt page whose content draws ``pixels`` (grey) as an inline image (BI ...
+    EI, not in the page's resources) over ``box`` (x0, y0, width, height in points)."""
+    h, w = pixels.shape
+    x0, y0, bw, bh = box
     doc = pymupdf.open()
     page = doc.new_page(width=216, height=288)
-    head = f"q 216 0 0 288 0 0 cm BI /W {w} /H {h} /CS /G /BPC 8 ID ".encode()
+    head = f"q {bw} 0 0 {bh} {x0} {y0} cm BI /W {w} /H {h} /CS /G /BPC 8 ID ".encode()
     xref = doc.get_new_xref()
     doc.update_object(xref, "<<>>")
     doc.update_stream(xref, head + pixels.tobytes() + b" EI Q")
     page.set_contents(xref)
-    page.insert_text((20, 20), "Invoice", fontsize=10)
-    doc.save(tmp_path / "inline.pdf")
-    with open_document(tmp_path / "inline.pdf") as d:
+    doc.save(path)
+
+
+@pytest.mark.parametrize("where", ["inside", "bleeding past the edges", "inside a form"])
+def test_a_scan_drawn_as_an_inline_image_is_a_scan(tmp_path: Path, where: str) -> None:
+    """Inline images are not in the page's resources; the analysis must still see them,
+    including one that overruns the page by a point and one inside a form XObject."""
+    h, w = 400, 300  # 100 dpi over the whole 216 x 288 pt page
+    pixels = noise_image(h, w)
+    box = (-1, -1, 218, 290) if where.startswith("bleeding") else (0, 0, 216, 288)
+    _inline_image_pdf(tmp_path / "inline.pdf", pixels, box)
+    path = tmp_path / "inline.pdf"
+    if where == "inside a form":  # the page shows the first one as a form XObject
+        src = pymupdf.open(path)
+        doc = pymupdf.open()
+        page = doc.new_page(width=216, height=288)
+        page.show_pdf_page(page.rect, src, 0)
+        path = tmp_path / "form.pdf"
+        doc.save(path)
+    with open_document(path) as d:
         info = d.page_info(1)
-        assert info.dpi_rule.startswith(f"scan: embedded image {w}x{h} (100 dpi)")
-        assert info.size == (h, w)
-        out = np.asarray(d.render(1).image)
-    # on the image's own pixel grid (below the line of text drawn over it)
-    assert np.array_equal(out[60:, :, 0], pixels[60:])
+        assert info.dpi_rule.startswith(f"scan: embedded image {w}x{h}")
+        if where == "inside":
+            assert info.size == (h, w)
+            assert np.array_equal(np.asarray(d.render(1).image)[..., 0], pixels)  # its own grid
