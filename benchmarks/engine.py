@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -39,6 +38,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from decode import cpu_model  # benchmarks/decode.py: the script's folder is on sys.path
 from PIL import Image
 
 from ixcdoc.engine import ChatRequest
@@ -56,17 +56,6 @@ MODEL = {
 }
 SHAPES = [(40, 30), (300, 900), (120, 60), (64, 200), (90, 90), (200, 120)]
 QUERIES = ["Transcribe.", "What is the total?", "Summarize this page in a few sentences, please."]
-
-
-def cpu_model() -> str:
-    """The CPU model name from /proc/cpuinfo."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def requests(n: int, lo: int, hi: int) -> list[ChatRequest]:

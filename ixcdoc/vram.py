@@ -240,26 +240,20 @@ def auto_batch_size(
     text_tokens: int = PROMPT_TEXT_TOKENS,
 ) -> int:
     """The most requests ``estimate_batch_vram`` fits in ``free_bytes`` (0: not even one)."""
-    fixed = estimate_batch_vram(
-        cfg,
-        0,
-        image_tokens,
-        crops,
-        quant=quant,
-        max_new_tokens=max_new_tokens,
-        beams=beams,
-        text_tokens=text_tokens,
-    ).total
-    one = estimate_batch_vram(
-        cfg,
-        1,
-        image_tokens,
-        crops,
-        quant=quant,
-        max_new_tokens=max_new_tokens,
-        beams=beams,
-        text_tokens=text_tokens,
-    ).total
+
+    def total(batch: int) -> int:
+        return estimate_batch_vram(
+            cfg,
+            batch,
+            image_tokens,
+            crops,
+            quant=quant,
+            max_new_tokens=max_new_tokens,
+            beams=beams,
+            text_tokens=text_tokens,
+        ).total
+
+    fixed, one = total(0), total(1)  # the estimate is linear in the batch
     per = one - fixed
     if free_bytes < one:
         return 0

@@ -22,10 +22,12 @@ native render and no PIL resampling (docs/inputs.md).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import re
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -320,23 +322,30 @@ class PdfDocument(Document):
                 self.source, f"cannot load page: {e}", code="corrupt", page=page
             ) from e
 
+    @contextlib.contextmanager
+    def _page(self, page: int, what: str) -> Iterator[pymupdf.Page]:
+        """The loaded page, under the MuPDF lock. Any failure inside becomes one line naming
+        the file and page (``InputError`` code corrupt, "cannot {what}: ..."); MuPDF's
+        warning buffer is cleared afterwards (it keeps them all otherwise)."""
+        with _MUPDF_LOCK:
+            try:
+                yield self._load(page)
+            except InputError:
+                raise
+            except Exception as e:
+                raise InputError(
+                    self.source, f"cannot {what}: {e}", code="corrupt", page=page
+                ) from e
+            finally:
+                pymupdf.TOOLS.reset_mupdf_warnings()
+
     def _layout(self, page: int) -> _Layout:
         self._check_open()
         self.check_page(page)
         layout = self._layouts.get(page)
         if layout is None:
-            with _MUPDF_LOCK:
-                p = self._load(page)
-                try:
-                    layout = _analyze(p, self.source, page, self.page_count, self.max_pixels)
-                except InputError:
-                    raise
-                except Exception as e:
-                    raise InputError(
-                        self.source, f"cannot read page: {e}", code="corrupt", page=page
-                    ) from e
-                finally:
-                    pymupdf.TOOLS.reset_mupdf_warnings()
+            with self._page(page, "read page") as p:
+                layout = _analyze(p, self.source, page, self.page_count, self.max_pixels)
             self._layouts[page] = layout
         return layout
 
@@ -349,27 +358,17 @@ class PdfDocument(Document):
         t0 = time.perf_counter()
         layout = self._layout(page)
         info = layout.info
-        with _MUPDF_LOCK:
-            try:
-                p = self._load(page)
-                pix = p.get_pixmap(
-                    matrix=pymupdf.Matrix(layout.zoom_x, layout.zoom_y),
-                    colorspace=pymupdf.csRGB,
-                    alpha=False,
-                )
-                # Straight from MuPDF's buffer into PIL: one copy, no PNG round trip.
-                image = Image.frombytes(
-                    "RGB", (pix.width, pix.height), pix.samples_mv, "raw", "RGB", pix.stride
-                )
-                del pix
-            except InputError:
-                raise
-            except Exception as e:
-                raise InputError(
-                    self.source, f"cannot render page: {e}", code="corrupt", page=page
-                ) from e
-            finally:
-                pymupdf.TOOLS.reset_mupdf_warnings()
+        with self._page(page, "render page") as p:
+            pix = p.get_pixmap(
+                matrix=pymupdf.Matrix(layout.zoom_x, layout.zoom_y),
+                colorspace=pymupdf.csRGB,
+                alpha=False,
+            )
+            # Straight from MuPDF's buffer into PIL: one copy, no PNG round trip.
+            image = Image.frombytes(
+                "RGB", (pix.width, pix.height), pix.samples_mv, "raw", "RGB", pix.stride
+            )
+            del pix
         if image.size != (info.native_w, info.native_h):  # never seen; keep the truth if so
             info = replace(info, native_h=image.size[1], native_w=image.size[0])
         return RenderedPage(image, info, (time.perf_counter() - t0) * 1000.0)
@@ -402,34 +401,24 @@ class PdfDocument(Document):
         out.fill(255)
         stride = g.padded_w * 3
         offset = g.pad_top * stride + g.pad_left * 3
-        with _MUPDF_LOCK:
+        with self._page(page, "render page") as p:
+            rect = p.rect
+            zx, zy = g.resized_w / rect.width, g.resized_h / rect.height
+            cs = mupdf.FzColorspace(mupdf.FzColorspace.Fixed_RGB)
+            # A pixmap over out's memory from the page's first pixel: rows are padded_w
+            # wide, so the page lands inside the padding; the pixmap never outlives out.
+            data = mupdf.python_mutable_buffer_data(memoryview(out).cast("B")[offset:])
+            pix = mupdf.fz_new_pixmap_with_data(
+                cs, g.resized_w, g.resized_h, mupdf.FzSeparations(), 0, stride, data
+            )
+            ctm = mupdf.FzMatrix(zx, 0, 0, zy, -rect.x0 * zx, -rect.y0 * zy)
+            dev = mupdf.fz_new_draw_device(ctm, pix)
             try:
-                p = self._load(page)
-                rect = p.rect
-                zx, zy = g.resized_w / rect.width, g.resized_h / rect.height
-                cs = mupdf.FzColorspace(mupdf.FzColorspace.Fixed_RGB)
-                # A pixmap over out's memory from the page's first pixel: rows are padded_w
-                # wide, so the page lands inside the padding; the pixmap never outlives out.
-                data = mupdf.python_mutable_buffer_data(memoryview(out).cast("B")[offset:])
-                pix = mupdf.fz_new_pixmap_with_data(
-                    cs, g.resized_w, g.resized_h, mupdf.FzSeparations(), 0, stride, data
-                )
-                ctm = mupdf.FzMatrix(zx, 0, 0, zy, -rect.x0 * zx, -rect.y0 * zy)
-                dev = mupdf.fz_new_draw_device(ctm, pix)
-                try:
-                    fz_page = p.this if isinstance(p.this, mupdf.FzPage) else mupdf.FzPage(p.this)
-                    mupdf.fz_run_page(fz_page, dev, mupdf.FzMatrix(), mupdf.FzCookie())
-                finally:
-                    mupdf.fz_close_device(dev)
-                    del dev, pix
-            except InputError:
-                raise
-            except Exception as e:
-                raise InputError(
-                    self.source, f"cannot render page: {e}", code="corrupt", page=page
-                ) from e
+                fz_page = p.this if isinstance(p.this, mupdf.FzPage) else mupdf.FzPage(p.this)
+                mupdf.fz_run_page(fz_page, dev, mupdf.FzMatrix(), mupdf.FzCookie())
             finally:
-                pymupdf.TOOLS.reset_mupdf_warnings()
+                mupdf.fz_close_device(dev)
+                del dev, pix
         return out
 
     def has_text_layer(self, page: int) -> bool:
@@ -440,16 +429,8 @@ class PdfDocument(Document):
         """The page's text layer in reading order as MuPDF extracts it."""
         self._check_open()
         self.check_page(page)
-        with _MUPDF_LOCK:
-            p = self._load(page)
-            try:
-                return p.get_text("text")
-            except Exception as e:
-                raise InputError(
-                    self.source, f"cannot extract text: {e}", code="corrupt", page=page
-                ) from e
-            finally:
-                pymupdf.TOOLS.reset_mupdf_warnings()
+        with self._page(page, "extract text") as p:
+            return p.get_text("text")
 
     def close(self) -> None:
         """Close the PDF."""
