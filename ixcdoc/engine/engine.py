@@ -52,7 +52,7 @@ if TYPE_CHECKING:
     from ixcdoc.runtime import DocModel
 
 FaultHook = Callable[[ChatRequest], None]
-PREFIX_CACHE_ENTRIES = 8  # distinct system prompts kept (~17 MB each for the 7B's default)
+PREFIX_CACHE_ENTRIES = 8  # distinct system prompts kept (and one slot's positions in all)
 LogitsHook = Callable[[Handle, torch.Tensor], None]
 
 
@@ -391,7 +391,6 @@ class Engine:
 
     def _prefill(self, pack: list[_Prompt]) -> None:
         """One packed forward for ``pack``; if it fails, each prompt alone (failing alone)."""
-        dm = self.dm
         t0 = time.perf_counter()
         try:
             logits = self.runner.prefill_packed(
@@ -401,21 +400,32 @@ class Engine:
                 [p.first for p in pack],
             )  # [n, V]
         except Exception as e:  # out of memory (or anything else)
-            if _is_oom(e):
-                dm.release_memory()
             if len(pack) == 1:
                 self._fail_prefill(pack[0].seq, e)
                 return
+            if _is_oom(e):
+                self.dm.release_memory()
             for p in pack:  # a smaller forward may fit; a bad prompt fails alone
                 self._prefill([p])
             return
         for p in pack:  # before any first token: a sequence that stops at once moves rows
             if p.save is not None and p.save not in self._prefixes:
-                self._prefixes[p.save] = self.runner.save_prefix(p.seq.rows[0], len(p.save))
-                while len(self._prefixes) > PREFIX_CACHE_ENTRIES:
-                    self._prefixes.popitem(last=False)
+                self._save_prefix(p.save, p.seq.rows[0])
         for p, row in zip(pack, logits, strict=True):
             self._first_token(p.seq, row, t0)
+
+    def _save_prefix(self, key: tuple[int, ...], row: int) -> None:
+        """Keep the KV of ``key``'s positions from ``row``, within the cache's bounds: at most
+        PREFIX_CACHE_ENTRIES prefixes and one slot's positions in all (a client's giant
+        system prompts must not pin GPU memory); least recently used dropped first."""
+        if len(key) > self.max_len // 2:
+            return  # would crowd out every other prefix; prefilling it is the lesser cost
+        self._prefixes[key] = self.runner.save_prefix(row, len(key))
+        while (
+            len(self._prefixes) > PREFIX_CACHE_ENTRIES
+            or sum(len(k) for k in self._prefixes) > self.max_len
+        ):
+            self._prefixes.popitem(last=False)
 
     def _fail_prefill(self, seq: Sequence, e: BaseException) -> None:
         self._leave(seq)

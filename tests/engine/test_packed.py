@@ -176,3 +176,29 @@ def test_prefix_reuse_off_gives_the_same_tokens(fixture_dm) -> None:
     fixture_dm.model.reset_caches()
     assert on.prefix_hits > 0 and off.prefix_hits == 0
     assert [h.result().token_ids for h in a] == [h.result().token_ids for h in b]
+
+
+def test_saved_prefixes_stay_within_one_slot_of_positions(fixture_dm) -> None:
+    """Hostile system prompts cannot pin memory: a prefix over half a slot is not kept, and
+    the kept ones never add up to more than one slot's positions."""
+    from ixcdoc.engine import ChatRequest
+    from ixcdoc.engine.engine import _parts
+
+    from .conftest import page
+
+    def req(meta: str) -> ChatRequest:
+        return ChatRequest([page(40, 30, 0)], "q", hd=1, max_new_tokens=1, meta_instruction=meta)
+
+    eng = fixture_dm.engine(n_slots=2, max_len=1024)
+    metas = [f"Rule {i}. " + "Read every word with care. " * (15 + 8 * i) for i in range(4)]
+    metas.append("Read. " * 110)  # a prefix over half a slot
+    sizes = [len(_parts(fixture_dm, req(m))[0].ids) for m in metas]
+    assert sizes[-1] > 512 and sum(sizes[:-1]) > 1024  # the bounds are really exercised
+    handles = [eng.submit(req(m)) for m in metas + metas]  # each twice
+    eng.run_until_idle()
+    fixture_dm.model.reset_caches()
+    assert all(h.result().token_ids is not None for h in handles)
+    kept = list(eng._prefixes)
+    assert sum(len(k) for k in kept) <= 1024
+    assert all(len(k) <= 512 for k in kept)
+    assert len(kept[-1]) == sizes[-2]  # the most recently saved one survives
