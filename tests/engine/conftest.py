@@ -10,7 +10,8 @@ import torch
 from PIL import Image
 
 from ixcdoc.engine import ChatRequest
-from ixcdoc.generate import SamplingConfig, decode_step, generate
+from ixcdoc.engine.engine import sampling_config
+from ixcdoc.generate import decode_step, generate
 from ixcdoc.runtime import DocModel, load
 
 from ..model.upstream import TINY_CKPT
@@ -64,14 +65,7 @@ def chat_reference(dm: DocModel, req: ChatRequest, **callbacks) -> Reference:
     gen = None
     if req.seed is not None:
         gen = torch.Generator().manual_seed(req.seed)
-    cfg = SamplingConfig(
-        max_new_tokens=req.max_new_tokens,
-        do_sample=req.do_sample,
-        temperature=req.temperature,
-        top_p=req.top_p,
-        top_k=req.top_k,
-        repetition_penalty=req.repetition_penalty,
-    )
+    cfg = sampling_config(req)  # the request's options, mapped field for field
     res = generate(
         dm.model,
         p.inputs_embeds,
