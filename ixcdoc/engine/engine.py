@@ -334,7 +334,17 @@ class Engine:
             prompt = self._prepare(seq, parts[id(seq)], embeds[id(seq)])
             if prompt is not None:
                 ready.append(prompt)
-        for pack in _packs(ready, self.prefill_tokens):
+        # a system prompt that several of these pages start with and the engine has not kept
+        # yet: the first page prefills it whole and saves it, the others then reuse it
+        leaders: list[_Prompt] = []
+        followers: list[_Prompt] = []
+        for p in ready:
+            same = p.save is not None and any(q.save == p.save for q in leaders)
+            (followers if same else leaders).append(p)
+        for pack in _packs(leaders, self.prefill_tokens):
+            self._prefill(pack)
+        followers = [self._reuse_prefix(p) for p in followers if not p.seq.handle.done]
+        for pack in _packs(followers, self.prefill_tokens):
             self._prefill(pack)
 
     def _prepare(
@@ -379,15 +389,20 @@ class Engine:
         seq.rows = self.slots.allocate(seq, seq.n_rows)
         self.running.append(seq)
         key = _prefix_key(parts, seq.prompt_len) if self.prefix_cache else None
-        if key is not None and (saved := self._prefixes.get(key)) is not None:
-            # the system prompt this engine has already prefilled: copy its KV into the row
-            # and prefill only what follows it
-            self._prefixes.move_to_end(key)
-            self.runner.load_prefix(seq.rows[0], saved)
-            self.prefix_hits += 1
-            n = len(key)
-            return _Prompt(seq, embeds[:, n:], im_mask[:, n:], first=n)
-        return _Prompt(seq, embeds, im_mask, save=key)
+        return self._reuse_prefix(_Prompt(seq, embeds, im_mask, save=key))
+
+    def _reuse_prefix(self, p: _Prompt) -> _Prompt:
+        """``p`` with its saved system prompt copied into its row and cut from what it still
+        has to prefill, if the engine keeps that prefix; else ``p`` as it is."""
+        key = p.save
+        if key is None or (saved := self._prefixes.get(key)) is None:
+            return p
+        self._prefixes.move_to_end(key)
+        self.runner.load_prefix(p.seq.rows[0], saved)
+        self.prefix_hits += 1
+        n = len(key)
+        im_mask = None if p.im_mask is None else p.im_mask[:, n:]
+        return _Prompt(p.seq, p.embeds[:, n:], im_mask, first=n)
 
     def _prefill(self, pack: list[_Prompt]) -> None:
         """One packed forward for ``pack``; if it fails, each prompt alone (failing alone)."""

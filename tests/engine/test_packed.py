@@ -1,4 +1,4 @@
-"""Packed prefill: prompts admitted together share one forward, and ride inside decode steps."""
+"""Packed prefill: prompts admitted together share one forward; a saved system prompt is reused."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import torch
 
 from ixcdoc.engine.engine import _packs, _Prompt
 
-from .test_parity import _check, _mixed, _run
+from .test_parity import _check, _mixed, _run, chat_reference
 
 
 def _prompt(n: int) -> _Prompt:
@@ -106,7 +106,8 @@ def test_a_packed_row_refuses_inconsistent_lengths(fixture_dm) -> None:
         model(x, None, None, segments=[(3, 0, 0)])
 
 
-def test_engine_packs_the_prompts_admitted_together(fixture_dm, monkeypatch):
+@pytest.mark.parametrize("prefix", [True, False])
+def test_engine_packs_the_prompts_admitted_together(fixture_dm, monkeypatch, prefix):
     from ixcdoc.engine.runner import ModelRunner
 
     real = ModelRunner.prefill_packed
@@ -118,10 +119,27 @@ def test_engine_packs_the_prompts_admitted_together(fixture_dm, monkeypatch):
 
     monkeypatch.setattr(ModelRunner, "prefill_packed", spy)
     reqs = _mixed(7)
-    handles, logits, _ = _run(fixture_dm, reqs, n_slots=3)
+    handles, logits, _ = _run(fixture_dm, reqs, n_slots=3, prefix_cache=prefix)
     _check(fixture_dm, reqs, handles, logits)
-    assert sizes[0] == 3  # the first round: three prompts, one forward
+    # the first round's three pages share the system prompt. With the reuse on, the first
+    # prefills it whole and keeps it, then the other two reuse it in one forward; off, all
+    # three go in one forward.
+    assert sizes[:2] == [1, 2] if prefix else sizes[0] == 3
     assert sum(sizes) == 7
+
+
+def test_pages_admitted_together_reuse_the_system_prompt_the_first_one_saves(fixture_dm):
+    reqs = _mixed(4)
+    reqs[3].meta_instruction = "You read invoices."  # its own system prompt: prefilled whole
+    eng = fixture_dm.engine(n_slots=4, max_len=1024)
+    handles = [eng.submit(r) for r in reqs]
+    eng.step()  # one round admits all four
+    assert eng.prefix_hits == 2
+    assert len(eng._prefixes) == 2
+    eng.run_until_idle()
+    fixture_dm.model.reset_caches()
+    for req, h in zip(reqs, handles, strict=True):
+        assert h.result().token_ids == chat_reference(fixture_dm, req).token_ids
 
 
 def test_a_failing_packed_prefill_falls_back_to_one_prompt_at_a_time(fixture_dm, monkeypatch):

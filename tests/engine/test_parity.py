@@ -30,13 +30,16 @@ def _mixed(n: int) -> list[ChatRequest]:
     ]
 
 
-def _run(dm: DocModel, reqs, *, n_slots: int, submit_later: int = 0, after_steps: int = 2):
+def _run(
+    dm: DocModel, reqs, *, n_slots: int, submit_later: int = 0, after_steps: int = 2, **engine
+):
     """Run ``reqs`` through an engine; the last ``submit_later`` join after ``after_steps``."""
     logits: dict[int, list[torch.Tensor]] = defaultdict(list)
     eng = dm.engine(
         n_slots=n_slots,
         max_len=1024,
         logits_hook=lambda h, row: logits[h.id].append(row.clone()),
+        **engine,
     )
     first = len(reqs) - submit_later
     handles = [eng.submit(r) for r in reqs[:first]]
