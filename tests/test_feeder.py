@@ -116,6 +116,28 @@ def test_render_hd_hits_the_exact_geometry_and_equals_a_plain_render(
     assert any(s[1] for s in seen) and any(s[2] for s in seen)
 
 
+def test_the_analysis_and_the_next_render_interpret_the_page_once(
+    files, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = pymupdf.Page.get_displaylist
+    lists: list[int] = []
+
+    def counted(self: pymupdf.Page, *a: object, **k: object) -> pymupdf.DisplayList:
+        lists.append(self.number)
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(pymupdf.Page, "get_displaylist", counted)
+    with open_document(files["paper"]) as doc:
+        info = doc.page_info(1)
+        g = hd_geometry(info.native_h, info.native_w, 4, TILE)
+        first = doc.render_hd(1, g)
+        assert lists == [0]  # the analysis's list drew the page
+        assert np.array_equal(doc.render_hd(1, g), first)  # a second render: a new list
+        doc.page_info(2)
+        doc.render(2)
+        assert lists == [0, 0, 1]
+
+
 def test_render_hd_fills_the_callers_array_and_rejects_a_wrong_one(files) -> None:
     with open_document(files["paper"]) as doc:
         info = doc.page_info(1)

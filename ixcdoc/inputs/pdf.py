@@ -135,8 +135,21 @@ def _may_draw_images(page: pymupdf.Page) -> bool:
     return b"BI" in content and _INLINE_IMAGE.search(content) is not None  # `in`: 30x faster
 
 
+def _text_blocks(page: pymupdf.Page, drawn: pymupdf.DisplayList) -> list[dict]:
+    """The page's text as ``get_text("dict")`` blocks, read from its display list (the page
+    interpreted once for the analysis and the render) instead of interpreting it again."""
+    tp = pymupdf.TextPage(drawn.get_textpage(flags=_TEXT_FLAGS))
+    tp.parent = page
+    return tp.extractDICT()["blocks"]
+
+
 def _analyze(
-    page: pymupdf.Page, source: str, number: int, page_count: int, max_pixels: int
+    page: pymupdf.Page,
+    drawn: pymupdf.DisplayList,
+    source: str,
+    number: int,
+    page_count: int,
+    max_pixels: int,
 ) -> _Layout:
     rect = page.rect
     if rect.is_empty or rect.width < 1e-3 or rect.height < 1e-3:
@@ -149,7 +162,7 @@ def _analyze(
     # Text layer: characters per (bucketed) font size, visible and invisible (OCR) alike.
     by_size: dict[float, int] = {}
     total = visible = 0
-    for block in page.get_text("dict", flags=_TEXT_FLAGS)["blocks"]:
+    for block in _text_blocks(page, drawn):
         for line in block.get("lines", ()):
             for span in line["spans"]:
                 text = span["text"]
@@ -270,6 +283,9 @@ class PdfDocument(Document):
         super().__init__(source, path, data, format="PDF", note=note, note_flag=note_flag)
         self.max_pixels = max_pixels
         self._layouts: dict[int, _Layout] = {}
+        # the display list of the page analysed last, until it is rendered: the analysis and
+        # the render share one interpretation of the page (get_pixmap draws from one anyway)
+        self._drawn: tuple[int, pymupdf.DisplayList] | None = None
         with _MUPDF_LOCK:
             _quiet_mupdf()
             try:
@@ -345,9 +361,19 @@ class PdfDocument(Document):
         layout = self._layouts.get(page)
         if layout is None:
             with self._page(page, "read page") as p:
-                layout = _analyze(p, self.source, page, self.page_count, self.max_pixels)
+                drawn = p.get_displaylist()
+                layout = _analyze(p, drawn, self.source, page, self.page_count, self.max_pixels)
+                self._drawn = (page, drawn)
             self._layouts[page] = layout
         return layout
+
+    def _display_list(self, page: int, p: pymupdf.Page) -> pymupdf.DisplayList:
+        """``page``'s display list: the analysis's (once) or a new one. Under the lock."""
+        if self._drawn is not None and self._drawn[0] == page:
+            drawn = self._drawn[1]
+            self._drawn = None
+            return drawn
+        return p.get_displaylist()
 
     def page_info(self, page: int) -> PageInfo:
         """Native size and DPI from the page's text and image metadata (no rasterizing)."""
@@ -359,7 +385,8 @@ class PdfDocument(Document):
         layout = self._layout(page)
         info = layout.info
         with self._page(page, "render page") as p:
-            pix = p.get_pixmap(
+            # what page.get_pixmap does, from the list the analysis made
+            pix = self._display_list(page, p).get_pixmap(
                 matrix=pymupdf.Matrix(layout.zoom_x, layout.zoom_y),
                 colorspace=pymupdf.csRGB,
                 alpha=False,
@@ -403,6 +430,7 @@ class PdfDocument(Document):
         offset = g.pad_top * stride + g.pad_left * 3
         with self._page(page, "render page") as p:
             rect = p.rect
+            drawn = self._display_list(page, p)
             zx, zy = g.resized_w / rect.width, g.resized_h / rect.height
             cs = mupdf.FzColorspace(mupdf.FzColorspace.Fixed_RGB)
             # A pixmap over out's memory from the page's first pixel: rows are padded_w
@@ -414,8 +442,10 @@ class PdfDocument(Document):
             ctm = mupdf.FzMatrix(zx, 0, 0, zy, -rect.x0 * zx, -rect.y0 * zy)
             dev = mupdf.fz_new_draw_device(ctm, pix)
             try:
-                fz_page = p.this if isinstance(p.this, mupdf.FzPage) else mupdf.FzPage(p.this)
-                mupdf.fz_run_page(fz_page, dev, mupdf.FzMatrix(), mupdf.FzCookie())
+                everywhere = mupdf.FzRect(mupdf.FzRect.Fixed_INFINITE)
+                mupdf.fz_run_display_list(
+                    drawn.this, dev, mupdf.FzMatrix(), everywhere, mupdf.FzCookie()
+                )
             finally:
                 mupdf.fz_close_device(dev)
                 del dev, pix
@@ -436,5 +466,6 @@ class PdfDocument(Document):
         """Close the PDF."""
         if not self._closed:
             with _MUPDF_LOCK:
+                self._drawn = None
                 self._doc.close()
         super().close()

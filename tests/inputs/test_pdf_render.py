@@ -298,14 +298,16 @@ def test_render_error_names_the_page_and_spares_the_others(
     for _ in range(3):
         add_text_page(doc, [(12.0, BODY)])
     doc.save(tmp_path / "three.pdf")
-    real = pymupdf.Page.get_pixmap
+    real = pymupdf.DisplayList.get_pixmap  # what a page render draws from
+    calls: list[int] = []
 
-    def flaky(self: pymupdf.Page, *args: object, **kwargs: object) -> pymupdf.Pixmap:
-        if self.number == 1:
+    def flaky(self: pymupdf.DisplayList, *args: object, **kwargs: object) -> pymupdf.Pixmap:
+        calls.append(1)
+        if len(calls) == 2:  # the second render: page 2
             raise RuntimeError("code=2: broken content stream")
         return real(self, *args, **kwargs)
 
-    monkeypatch.setattr(pymupdf.Page, "get_pixmap", flaky)
+    monkeypatch.setattr(pymupdf.DisplayList, "get_pixmap", flaky)
     from ixcdoc.errors import InputError
 
     with open_document(tmp_path / "three.pdf") as d:
