@@ -316,12 +316,40 @@ class DocModel:
         on_token: OnToken | None = None,
         should_stop: ShouldStop | None = None,
         seed: int | None = None,
+        num_beams: int = 1,
     ) -> Answer:
         """Answer ``query`` about ``images`` (one ``<ImageHere>`` per image; prepended if absent).
 
         Greedy by default. ``on_token(id)`` streams every generated token; returning False
         stops. Stops at EOS or ``[UNUSED_TOKEN_145]`` (neither is part of the answer).
+        ``num_beams`` > 1: beam search on the batched engine (a one-request ``chat_batch``);
+        ``on_token`` then sees the chosen answer's tokens once it is chosen and
+        ``should_stop`` is not consulted.
         """
+        if num_beams != 1:
+            from ixcdoc.engine.request import ChatRequest
+
+            try:
+                req = ChatRequest(
+                    list(images),
+                    query,
+                    hd=hd,
+                    meta_instruction=meta_instruction,
+                    max_new_tokens=max_new_tokens,
+                    do_sample=do_sample,
+                    temperature=temperature,
+                    top_p=top_p,
+                    top_k=top_k,
+                    repetition_penalty=repetition_penalty,
+                    seed=seed,
+                    num_beams=num_beams,
+                )
+            except ValueError as e:
+                raise UsageError(str(e)) from None
+            [answer] = self._run_engine([req], num_beams, on_token=on_token)
+            if isinstance(answer, BaseException):
+                raise answer
+            return answer
         try:
             cfg = SamplingConfig(
                 max_new_tokens=max_new_tokens,
@@ -429,29 +457,35 @@ class DocModel:
         'oom') does not stop the others: with ``return_exceptions`` its error object takes its
         place in the list, otherwise the first error is raised once all have finished.
         """
-        from ixcdoc.engine.engine import request_positions
-
         if not requests:
             return []
         for r in requests:
             check_hd(r.hd)
         n = max_batch if max_batch is not None else self.batch_size_for(requests)
+        out = self._run_engine(requests, n)
+        if not return_exceptions:
+            for a in out:
+                if isinstance(a, BaseException):
+                    raise a
+        return out
+
+    def _run_engine(
+        self, requests: Sequence[ChatRequest], n: int, *, on_token: OnToken | None = None
+    ) -> list[Any]:
+        """Run ``requests`` on an engine of up to ``n`` sequences; answers or errors in order."""
+        from ixcdoc.engine.engine import request_positions
+
         beams = max(r.num_beams for r in requests)
         n_slots = max(min(n, sum(r.num_beams for r in requests)), beams)
         need = max(request_positions(self, r) for r in requests)
         max_len = -(-max(need, 1) // 256) * 256  # as generate rounds: nearby runs share shapes
         eng = self.engine(n_slots=n_slots, max_len=max_len)
         try:
-            handles = [eng.submit(r) for r in requests]
+            handles = [eng.submit(r, on_token=on_token) for r in requests]
             eng.run_until_idle()
         finally:
             self.model.reset_caches()  # a batch-sized cache must not outlive the batch
-        out: list[Any] = []
-        for h in handles:
-            if h.error is not None and not return_exceptions:
-                raise h.error
-            out.append(h.error if h.error is not None else h.answer)
-        return out
+        return [h.error if h.error is not None else h.answer for h in handles]
 
 
 def load(

@@ -11,6 +11,7 @@ import typer
 from rich.console import Console
 
 from ixcdoc.cli.app import (
+    BeamsOpt,
     DeviceOpt,
     MaxNewOpt,
     ModelOpt,
@@ -55,6 +56,7 @@ def eval_table(rows: list[Any]) -> Any:
         ("split", "left"),
         ("precision", "left"),
         ("hd", "left"),
+        ("beams", "right"),
         ("n", "right"),
         ("failed", "right"),
         ("score", "right"),
@@ -73,6 +75,7 @@ def eval_table(rows: list[Any]) -> Any:
             r.split,
             str(r.precision),
             r.hd_setting,
+            str(r.num_beams),
             str(r.n),
             str(r.failed),
             f"{r.score:.{digits}f}{r.unit if r.unit != '%' else ''}",
@@ -114,6 +117,7 @@ def eval_(
     model: ModelOpt = None,
     device: DeviceOpt = "auto",
     max_new_tokens: MaxNewOpt = None,
+    beams: BeamsOpt = 1,
     output: OutputOpt = None,
     redo_failed: RedoOpt = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
@@ -194,6 +198,7 @@ def eval_(
                 output=output,
                 redo_failed=redo_failed,
                 progress=progress,
+                num_beams=beams,
             )
         except KeyboardInterrupt:
             if bar is not None:

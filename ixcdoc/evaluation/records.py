@@ -7,8 +7,9 @@ evaluation record is about a question, not a page (docs/accuracy.md lists the ke
 
 Resume: a question is done when a record with the same key has status "ok"; the key is the
 benchmark, the split, the question id, the prompt, the HD setting, the model (its revision
-when known) and the precision, so bf16 and 4-bit runs, or HD55 and auto, share one file. The
-latest record per key wins.
+when known), the precision and the beam count, so bf16 and 4-bit runs, HD55 and auto, or
+greedy and 3 beams, share one file. The latest record per key wins. ``num_beams`` came after
+the first files were written: a record without it is a greedy one (1).
 """
 
 from __future__ import annotations
@@ -48,9 +49,11 @@ FIELDS: tuple[str, ...] = (
     "model",
     "model_revision",
     "precision",
+    "num_beams",
     "device",
     "created_at",
 )
+_OPTIONAL = frozenset({"num_beams"})  # absent from records written before it existed: greedy
 _REQUIRED_STR = ("benchmark", "split", "question_id", "prompt", "hd_setting", "model", "status")
 
 
@@ -64,6 +67,7 @@ class EvalKey(NamedTuple):
     hd_setting: str
     model: str  # model_revision when known, else the model id or path
     precision: str | None
+    num_beams: int
 
 
 def key_of(rec: Mapping[str, Any]) -> EvalKey:
@@ -76,7 +80,13 @@ def key_of(rec: Mapping[str, Any]) -> EvalKey:
         hd_setting=rec["hd_setting"],
         model=rec["model_revision"] or rec["model"],
         precision=rec["precision"],
+        num_beams=beams_of(rec),
     )
+
+
+def beams_of(rec: Mapping[str, Any]) -> int:
+    """The record's beam count: 1 (greedy) when null or absent (a record that predates it)."""
+    return int(rec.get("num_beams") or 1)
 
 
 def make_record(**values: Any) -> dict[str, Any]:
@@ -98,7 +108,7 @@ def validate(rec: Any) -> None:
     """Raise ValueError naming what is wrong with an evaluation record."""
     if not isinstance(rec, dict):
         raise ValueError(f"a record must be a JSON object, got {type(rec).__name__}")
-    missing = [k for k in FIELDS if k not in rec]
+    missing = [k for k in FIELDS if k not in rec and k not in _OPTIONAL]
     if missing:
         raise ValueError(f"missing keys: {', '.join(missing)}")
     if rec["schema"] != EVAL_SCHEMA:
@@ -120,6 +130,9 @@ def validate(rec: Any) -> None:
         raise ValueError("score: must be null for an error record")
     if rec["status"] == "error" and not isinstance(rec["error"], dict):
         raise ValueError("error: expected {code, message} for an error record")
+    beams = rec.get("num_beams")
+    if beams is not None and (not isinstance(beams, int) or isinstance(beams, bool) or beams < 2):
+        raise ValueError(f"num_beams: expected null (greedy) or a whole number >= 2, got {beams!r}")
     sec = rec["seconds"]
     if sec is not None and not (isinstance(sec, (int, float)) and math.isfinite(sec) and sec >= 0):
         raise ValueError(f"seconds: expected a number >= 0, got {sec!r}")

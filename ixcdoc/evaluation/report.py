@@ -18,13 +18,15 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ixcdoc.evaluation.datasets import BENCHMARKS
+from ixcdoc.evaluation.records import beams_of
 
 Z95 = 1.959963984540054  # two-sided 95% quantile of the standard normal
 
 
 @dataclass(frozen=True)
 class ScoreRow:
-    """The score of one benchmark under one setting (model, precision, HD setting, split)."""
+    """The score of one benchmark under one setting (model, precision, HD setting, beams,
+    split)."""
 
     benchmark: str
     title: str
@@ -44,6 +46,7 @@ class ScoreRow:
     paper: float | None = None
     paper_split: str | None = None
     paper_source: str | None = None
+    num_beams: int = 1
 
     def to_dict(self) -> dict[str, Any]:
         """The row as a JSON-ready dict."""
@@ -67,14 +70,22 @@ def _scale(unit: str) -> float:
 
 
 def summarize(records: Iterable[Mapping[str, Any]]) -> list[ScoreRow]:
-    """One row per (benchmark, split, model, precision, HD setting), in first-seen order."""
+    """One row per (benchmark, split, model, precision, HD setting, beams), in first-seen
+    order."""
     groups: dict[tuple[Any, ...], list[Mapping[str, Any]]] = {}
     for rec in records:
         model = rec.get("model_revision") or rec["model"]
-        k = (rec["benchmark"], rec["split"], model, rec.get("precision"), rec["hd_setting"])
+        k = (
+            rec["benchmark"],
+            rec["split"],
+            model,
+            rec.get("precision"),
+            rec["hd_setting"],
+            beams_of(rec),
+        )
         groups.setdefault(k, []).append(rec)
     rows = []
-    for (name, split, model, precision, hd_setting), recs in groups.items():
+    for (name, split, model, precision, hd_setting, beams), recs in groups.items():
         bench = BENCHMARKS.get(name)
         unit = bench.unit if bench else "%"
         scale = _scale(unit)
@@ -104,6 +115,7 @@ def summarize(records: Iterable[Mapping[str, Any]]) -> list[ScoreRow]:
                 paper=paper.value if paper else None,
                 paper_split=paper.split if paper else None,
                 paper_source=paper.source if paper else None,
+                num_beams=beams,
             )
         )
     return rows

@@ -100,7 +100,12 @@ def _tier(model: Any, job: EvalJob, image: Any, max_new_tokens: int) -> int:
 
 
 def answer_all(
-    model: Any, jobs: Iterable[EvalJob], *, max_new_tokens: int, batch_size: int | None = None
+    model: Any,
+    jobs: Iterable[EvalJob],
+    *,
+    max_new_tokens: int,
+    batch_size: int | None = None,
+    num_beams: int = 1,
 ) -> Iterator[Outcome]:
     """Answer every job, in order; batched through ``model.chat_batch`` when the model has it.
 
@@ -111,12 +116,18 @@ def answer_all(
     batched = hasattr(model, "chat_batch")
     batch_size = batch_size or BATCH_SIZE
     pending: list[tuple[EvalJob, Any, int]] = []
+    beams = {"num_beams": num_beams} if num_beams != 1 else {}  # greedy: chat's own default
 
     def one(job: EvalJob, image: Any, hd: int) -> Outcome:
         t0 = time.perf_counter()
         try:
             ans = model.chat(
-                [image], job.query, hd=hd, meta_instruction="", max_new_tokens=max_new_tokens
+                [image],
+                job.query,
+                hd=hd,
+                meta_instruction="",
+                max_new_tokens=max_new_tokens,
+                **beams,
             )
         except (IxcdocError, RuntimeError, ValueError) as e:
             if hasattr(model, "release_memory"):
@@ -132,7 +143,12 @@ def answer_all(
 
             requests = [
                 ChatRequest(
-                    [image], job.query, hd=hd, max_new_tokens=max_new_tokens, meta_instruction=""
+                    [image],
+                    job.query,
+                    hd=hd,
+                    max_new_tokens=max_new_tokens,
+                    meta_instruction="",
+                    **beams,
                 )
                 for job, image, hd in pending
             ]
@@ -212,17 +228,21 @@ def run_eval(
     redo_failed: bool = False,
     progress: Callable[[dict[str, Any] | None], None] | None = None,
     items: Sequence[EvalItem] | None = None,
+    num_beams: int = 1,
 ) -> EvalSummary:
     """Answer and score a benchmark's questions; append records to ``output`` (resumable).
 
     ``hd``: None for the benchmark's upstream tier, "auto" for the planner (ask preset), or a
-    tier. ``progress(record)`` is called after each question (None for one skipped as done).
+    tier. ``num_beams`` > 1: beam search (records and the resume key carry it).
+    ``progress(record)`` is called after each question (None for one skipped as done).
     ``items`` replaces reading ``data_dir`` (the caller read it already).
     """
     bench = benchmark(benchmark_name)
     split = split or bench.splits[0]
     if limit is not None and limit < 1:
         raise UsageError(f"--limit must be >= 1, got {limit}")
+    if isinstance(num_beams, bool) or not isinstance(num_beams, int) or num_beams < 1:
+        raise UsageError(f"--beams must be a whole number >= 1, got {num_beams!r}")
     if redo_failed and output is None:
         raise UsageError("--redo-failed needs -o/--output (the file that records failures)")
     if items is None:
@@ -230,7 +250,8 @@ def run_eval(
     selected = list(items)[:limit] if limit is not None else list(items)
     hd_setting, fixed = _hd_setting(bench, hd)
     mnt = max_new_tokens or bench.max_new_tokens
-    fields = _model_fields(model)
+    # beams as in extract's page records: only when > 1 (null is greedy)
+    fields = {**_model_fields(model), "num_beams": num_beams if num_beams > 1 else None}
     summary = EvalSummary(bench.name, split, hd_setting, total=len(selected))
 
     state = EvalState()
@@ -268,7 +289,7 @@ def run_eval(
         jobs.append(EvalJob(item=item, query=query, hd=fixed, key=k))
 
     try:
-        for out in answer_all(model, jobs, max_new_tokens=mnt):
+        for out in answer_all(model, jobs, max_new_tokens=mnt, num_beams=num_beams):
             rec = _record(bench, split, hd_setting, fields, out)
             if writer is not None:
                 writer.write_record(rec)

@@ -95,3 +95,19 @@ def test_beam_search_with_queueing(tiny_dm) -> None:
         tiny_dm, req, set(tiny_dm.tokenizer.stop_ids)
     )
     assert math.isfinite(answers[3].timings["decode_ms"])
+
+
+def test_chat_takes_num_beams_and_gives_the_reference_beam_answer(tiny_dm) -> None:
+    from ixcdoc.errors import UsageError
+
+    req = ChatRequest([page(80, 60, seed=1)], "Read it.", hd=1, max_new_tokens=6, num_beams=3)
+    streamed: list[int] = []
+    ans = tiny_dm.chat(
+        req.images, req.query, hd=1, max_new_tokens=6, num_beams=3, on_token=streamed.append
+    )
+    assert ans.token_ids == reference_beam_search(tiny_dm, req, set(tiny_dm.tokenizer.stop_ids))
+    assert streamed == ans.token_ids  # the chosen answer, once chosen
+    with pytest.raises(UsageError, match="do_sample"):
+        tiny_dm.chat(req.images, req.query, hd=1, num_beams=3, do_sample=True)
+    with pytest.raises(UsageError, match="num_beams"):
+        tiny_dm.chat(req.images, req.query, hd=1, num_beams=0)

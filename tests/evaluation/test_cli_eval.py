@@ -65,6 +65,23 @@ def test_eval_limit_and_hd(invoke, eval_ckpts: EvalCkpts, tmp_path: Path) -> Non
     assert (row["n"], row["hd_setting"], row["unit"], row["split"]) == (1, "16", "/1000", "test")
 
 
+def test_eval_beams(invoke, eval_ckpts: EvalCkpts, tmp_path: Path) -> None:
+    data = builders.ocrbench(tmp_path / "ocrbench")
+    out = tmp_path / "o.jsonl"
+    args = ["eval", "ocrbench", data, "--limit", "1", "-o", out, *model_args(eval_ckpts.normal)]
+    r = invoke([*args, "--beams", "3", "--json"])
+    assert r.exit_code == EXIT_OK, r.stderr
+    [row] = json.loads(r.stdout)["rows"]
+    assert (row["n"], row["num_beams"]) == (1, 3)
+    assert [json.loads(x)["num_beams"] for x in out.read_text().splitlines()] == [3]
+    table = invoke(["eval", "report", out])
+    assert table.exit_code == EXIT_OK
+    assert "beams" in table.stdout
+    bad = invoke([*args, "--beams", "0"])
+    assert bad.exit_code == EXIT_USAGE
+    assert "--beams" in bad.stderr
+
+
 def test_eval_errors_before_loading(invoke, tmp_path: Path) -> None:
     missing_model = ["--model", str(tmp_path / "no-model"), "--device", "cpu"]
     r = invoke(["eval", "textvqa", tmp_path, *missing_model])

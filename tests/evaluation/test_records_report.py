@@ -96,6 +96,21 @@ def test_invalid_records_are_rejected() -> None:
         make_record(benchmark="docvqa", colour="red")
 
 
+def test_num_beams_is_part_of_the_key_and_absent_means_greedy(tmp_path: Path) -> None:
+    old = {k: v for k, v in rec("1", 1.0).items() if k != "num_beams"}  # an older file's line
+    out = tmp_path / "r.jsonl"
+    out.write_text(json.dumps(old) + "\n", encoding="utf-8")
+    state = load_records(out)
+    assert key_of(old).num_beams == 1
+    assert state.should_skip(key_of(rec("1", 1.0, num_beams=None)), redo_failed=False)
+    assert not state.should_skip(key_of(rec("1", 1.0, num_beams=3)), redo_failed=False)
+    rows = summarize([old, rec("2", 0.0, num_beams=3)])
+    assert [(r.num_beams, r.n, r.score) for r in rows] == [(1, 1, 100.0), (3, 1, 0.0)]
+    for bad in (0, 1, "3", True, 1.5):
+        with pytest.raises(ValueError, match="num_beams"):
+            rec("1", 1.0, num_beams=bad)
+
+
 def test_report_score_and_ci_by_hand(tmp_path: Path) -> None:
     # scores 1, 0, 0.8, 0.6 and one error (counts 0): mean = 2.4 / 5 = 0.48
     # sample variance: deviations .52, -.48, .32, .12, -.48 -> squares .2704 .2304 .1024 .0144

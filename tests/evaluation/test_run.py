@@ -155,3 +155,42 @@ def test_uses_chat_batch_when_the_model_has_it(
     assert sizes == [2, 1]  # the chat-only model never batched
     # greedy answers do not depend on the path taken
     assert [r["prediction"] for r in batched.records] == [r["prediction"] for r in single.records]
+
+
+def test_beams_run_as_chat_with_beams_under_their_own_key(
+    normal_model: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from PIL import Image
+
+    from ixcdoc.errors import UsageError
+    from ixcdoc.evaluation.report import summarize
+    from ixcdoc.runtime import DocModel
+
+    beams_sent: list[int] = []
+    real = DocModel.chat_batch
+
+    def chat_batch(self: Any, requests: Any, **kw: Any) -> Any:
+        beams_sent.extend(r.num_beams for r in requests)
+        return real(self, requests, **kw)
+
+    monkeypatch.setattr(DocModel, "chat_batch", chat_batch)
+    data = builders.docvqa(tmp_path / "d", n=2)
+    out = tmp_path / "out.jsonl"
+    greedy = run_eval(normal_model, "docvqa", data, output=out, max_new_tokens=MNT)
+    beams = run_eval(normal_model, "docvqa", data, output=out, max_new_tokens=MNT, num_beams=3)
+    assert beams_sent == [1, 1, 3, 3]
+    # another setting: answered again, not skipped as done
+    assert (beams.answered, beams.skipped) == (2, 0)
+    assert [r["num_beams"] for r in greedy.records] == [None, None]  # greedy, as extract's
+    assert [r["num_beams"] for r in beams.records] == [3, 3]
+    for i, r in enumerate(beams.records):  # what chat answers with 3 beams
+        image = Image.open(data / "documents" / f"doc{i}.png").convert("RGB")
+        ans = normal_model.chat(
+            [image], r["prompt"], hd=r["tier"], meta_instruction="", max_new_tokens=MNT, num_beams=3
+        )
+        assert r["prediction"] == ans.text.strip()
+    again = run_eval(normal_model, "docvqa", data, output=out, max_new_tokens=MNT, num_beams=3)
+    assert (again.answered, again.skipped) == (0, 2)
+    assert [row.num_beams for row in summarize(lines(out))] == [1, 3]
+    with pytest.raises(UsageError, match="--beams"):
+        run_eval(normal_model, "docvqa", data, max_new_tokens=MNT, num_beams=0)
