@@ -339,7 +339,7 @@ class Engine:
         leaders: list[_Prompt] = []
         followers: list[_Prompt] = []
         for p in ready:
-            same = p.save is not None and any(q.save == p.save for q in leaders)
+            same = self._keepable(p.save) and any(q.save == p.save for q in leaders)
             (followers if same else leaders).append(p)
         for pack in _packs(leaders, self.prefill_tokens):
             self._prefill(pack)
@@ -433,14 +433,19 @@ class Engine:
         """Keep the KV of ``key``'s positions from ``row``, within the cache's bounds: at most
         PREFIX_CACHE_ENTRIES prefixes and one slot's positions in all (a client's giant
         system prompts must not pin GPU memory); least recently used dropped first."""
-        if len(key) > self.max_len // 2:
-            return  # would crowd out every other prefix; prefilling it is the lesser cost
+        if not self._keepable(key):
+            return
         self._prefixes[key] = self.runner.save_prefix(row, len(key))
         while (
             len(self._prefixes) > PREFIX_CACHE_ENTRIES
             or sum(len(k) for k in self._prefixes) > self.max_len
         ):
             self._prefixes.popitem(last=False)
+
+    def _keepable(self, key: tuple[int, ...] | None) -> bool:
+        """A prefix the engine may keep: one over half a slot would crowd out every other
+        prefix, and prefilling it is the lesser cost."""
+        return key is not None and len(key) <= self.max_len // 2
 
     def _fail_prefill(self, seq: Sequence, e: BaseException) -> None:
         self._leave(seq)

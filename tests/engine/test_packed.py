@@ -220,3 +220,27 @@ def test_saved_prefixes_stay_within_one_slot_of_positions(fixture_dm) -> None:
     assert sum(len(k) for k in kept) <= 1024
     assert all(len(k) <= 512 for k in kept)
     assert len(kept[-1]) == sizes[-2]  # the most recently saved one survives
+
+
+def test_pages_whose_prefix_cannot_be_kept_are_not_held_back(fixture_dm, monkeypatch):
+    """A system prompt over half a slot is never kept, so the pages that share it gain nothing
+    from waiting for the first one: they all go in the first pack."""
+    from ixcdoc.engine.runner import ModelRunner
+
+    real = ModelRunner.prefill_packed
+    sizes: list[int] = []
+
+    def spy(self, embeds, *a):
+        sizes.append(len(embeds))
+        return real(self, embeds, *a)
+
+    monkeypatch.setattr(ModelRunner, "prefill_packed", spy)
+    reqs = _mixed(3)
+    for r in reqs:
+        r.meta_instruction = "You read long documents with care. " * 80
+        r.max_new_tokens = 2
+    handles, logits, _ = _run(fixture_dm, reqs, n_slots=3, prefill_tokens=10_000)
+    _check(fixture_dm, reqs, handles, logits)
+    prefix = len(fixture_dm.tokenizer.encode(reqs[0].meta_instruction))
+    assert prefix > 1024 // 2  # the slots hold 1024 positions
+    assert sizes[0] == 3
