@@ -147,8 +147,13 @@ class ModelRunner:
             pos = torch.tensor(positions, dtype=torch.long, device=self.device).view(b, 1)
             # no row sees past the longest one: skip the empty tail of the slots (a captured
             # step keeps the whole cache, its shapes must not change)
-            span = -(-(max(positions) + 1) // ATTEND_ROUND) * ATTEND_ROUND
-            return _decode_rows(self.model, idt, pos, min(span, self.max_len))
+            span = min(-(-(max(positions) + 1) // ATTEND_ROUND) * ATTEND_ROUND, self.max_len)
+            if b == 1:
+                # one row (row 0): generate's batch-1 step, one position for the batch, which
+                # skips the per-row mask and flat cache indices (~7% of a step on the CPU)
+                x = self.model.embed_tokens(idt)
+                return self.model(x, None, pos.view(1), last_only=True, attend_len=span)[:, -1]
+            return _decode_rows(self.model, idt, pos, span)
         n = bucket_for(b, self.n_slots)
         pad = n - b  # dummy rows: token 0 at position 0 of free slots
         idt = torch.tensor(list(ids) + [0] * pad, dtype=torch.long, device=self.device)
