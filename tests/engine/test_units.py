@@ -1,4 +1,4 @@
-"""Slot table bookkeeping, the per-row decoder path, and the lazy export."""
+"""Slot table bookkeeping, the per-row decoder path, the captured step, and the lazy export."""
 
 from __future__ import annotations
 
@@ -84,3 +84,57 @@ def test_captured_decode_equals_eager_on_cuda() -> None:
         eng.run_until_idle()
         results[capture] = [h.result().token_ids for h in handles]
     assert results[True] == results[False]
+
+
+def test_captured_decode_equals_eager_on_the_cpu(tiny_dm, monkeypatch) -> None:
+    """The captured step as the GPU runs it (batch padded to its bucket with dummy rows in free
+    slots, the whole cache attended, one fullgraph compile per bucket) gives the eager tokens
+    and logits. Compiled with ``aot_eager`` (no inductor C++ build, no CUDA graphs here): what
+    it checks is dynamo's capture of the per-row step and the runner's padding."""
+    from collections import defaultdict
+
+    from torch._dynamo.utils import counters
+
+    from ixcdoc.engine import ChatRequest
+    from ixcdoc.engine import runner as runner_mod
+
+    from .conftest import page
+
+    real_compile = torch.compile
+    monkeypatch.setattr(
+        torch, "compile", lambda fn, **kw: real_compile(fn, **{**kw, "backend": "aot_eager"})
+    )
+    runner_mod._compiled_decode_rows.cache_clear()
+    torch._dynamo.reset()
+    reqs = [
+        ChatRequest([page(40 + 30 * i, 60, seed=i)], "q", hd=1 + i % 3, max_new_tokens=3 + i)
+        for i in range(4)
+    ]
+    reqs.append(ChatRequest([page(70, 50, seed=9)], "q", hd=2, max_new_tokens=7, num_beams=2))
+    results, graphs = {}, {}
+    try:
+        for capture in (False, True):
+            logits: dict[int, list[torch.Tensor]] = defaultdict(list)
+            eng = tiny_dm.engine(
+                n_slots=8,
+                max_len=512,
+                capture=capture,
+                logits_hook=lambda h, row, logits=logits: logits[h.id].append(row.clone()),
+            )
+            handles = [eng.submit(r) for r in reqs]
+            counters.clear()
+            eng.run_until_idle()
+            tiny_dm.model.reset_caches()
+            graphs[capture] = counters["stats"]["unique_graphs"]
+            results[capture] = [(h.result().token_ids, torch.stack(logits[h.id])) for h in handles]
+    finally:
+        runner_mod._compiled_decode_rows.cache_clear()
+        torch._dynamo.reset()
+    for (eager_ids, eager_logits), (cap_ids, cap_logits) in zip(
+        results[False], results[True], strict=True
+    ):
+        assert cap_ids == eager_ids
+        torch.testing.assert_close(cap_logits, eager_logits, rtol=0, atol=1e-4)
+    # 6 rows (4 pages, one with 2 beams), then fewer as answers end; the beams (7 tokens) end
+    # last: buckets 8, 4 and 2, one graph each
+    assert (graphs[False], graphs[True]) == (0, 3)
