@@ -328,8 +328,15 @@ def main_batched(args, cfg, dev, dtype) -> None:
         if dev.type == "cuda":
             torch.cuda.empty_cache()
     device = torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor()
+    from torch._dynamo.utils import counters
+
+    # compiled steps that inductor ran without CUDA graphs (it logs why): 0 means every
+    # captured decode step replayed a graph
+    skips = counters["inductor"]["cudagraph_skips"]
+    print(f"CUDA graph skips: {skips}")
     out = {
         "benchmark": "gpu-batched",
+        "cudagraph_skips": skips,
         "copy_bandwidth_gb_s": None if bw is None else round(bw / 1e9, 1),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "device": device,

@@ -29,7 +29,9 @@ def test_gpu_batched_tiny_mode_runs(tmp_path: Path) -> None:
         str(out),
     ]
     subprocess.run(cmd, check=True, capture_output=True, timeout=300, cwd=ROOT)
-    rows = json.loads(out.read_text())["rows"]
+    result = json.loads(out.read_text())
+    assert result["cudagraph_skips"] == 0  # nothing compiled on the CPU
+    rows = result["rows"]
     assert [(r["tier"], r["batch"], r["pages"]) for r in rows] == [
         (1, 1, 2),
         (1, 3, 3),
