@@ -326,6 +326,18 @@ class DocModel:
         ``on_token`` then sees the chosen answer's tokens once it is chosen and
         ``should_stop`` is not consulted.
         """
+        options = {
+            "max_new_tokens": max_new_tokens,
+            "do_sample": do_sample,
+            "temperature": temperature,
+            "top_p": top_p,
+            "top_k": top_k,
+            "repetition_penalty": repetition_penalty,
+        }
+        try:
+            cfg = SamplingConfig(**options)
+        except ValueError as e:
+            raise UsageError(str(e)) from None
         if num_beams != 1:
             from ixcdoc.engine.request import ChatRequest
 
@@ -335,14 +347,9 @@ class DocModel:
                     query,
                     hd=hd,
                     meta_instruction=meta_instruction,
-                    max_new_tokens=max_new_tokens,
-                    do_sample=do_sample,
-                    temperature=temperature,
-                    top_p=top_p,
-                    top_k=top_k,
-                    repetition_penalty=repetition_penalty,
                     seed=seed,
                     num_beams=num_beams,
+                    **options,
                 )
             except ValueError as e:
                 raise UsageError(str(e)) from None
@@ -350,17 +357,6 @@ class DocModel:
             if isinstance(answer, BaseException):
                 raise answer
             return answer
-        try:
-            cfg = SamplingConfig(
-                max_new_tokens=max_new_tokens,
-                do_sample=do_sample,
-                temperature=temperature,
-                top_p=top_p,
-                top_k=top_k,
-                repetition_penalty=repetition_penalty,
-            )
-        except ValueError as e:
-            raise UsageError(str(e)) from None
         gen = None
         if seed is not None:
             gen = torch.Generator(device=self.device).manual_seed(seed)

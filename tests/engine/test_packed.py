@@ -10,6 +10,22 @@ from ixcdoc.engine.engine import _packs, _Prompt
 from .test_parity import _check, _mixed, _run, chat_reference
 
 
+@pytest.fixture
+def pack_sizes(monkeypatch) -> list[int]:
+    """The number of prompts in each packed prefill forward, as the engine runs them."""
+    from ixcdoc.engine.runner import ModelRunner
+
+    real = ModelRunner.prefill_packed
+    sizes: list[int] = []
+
+    def spy(self, embeds, *a):
+        sizes.append(len(embeds))
+        return real(self, embeds, *a)
+
+    monkeypatch.setattr(ModelRunner, "prefill_packed", spy)
+    return sizes
+
+
 def _prompt(n: int) -> _Prompt:
     return _Prompt(None, torch.zeros(1, n, 2), None)  # type: ignore[arg-type]
 
@@ -107,17 +123,8 @@ def test_a_packed_row_refuses_inconsistent_lengths(fixture_dm) -> None:
 
 
 @pytest.mark.parametrize("prefix", [True, False])
-def test_engine_packs_the_prompts_admitted_together(fixture_dm, monkeypatch, prefix):
-    from ixcdoc.engine.runner import ModelRunner
-
-    real = ModelRunner.prefill_packed
-    sizes: list[int] = []
-
-    def spy(self, embeds, *a):
-        sizes.append(len(embeds))
-        return real(self, embeds, *a)
-
-    monkeypatch.setattr(ModelRunner, "prefill_packed", spy)
+def test_engine_packs_the_prompts_admitted_together(fixture_dm, pack_sizes, prefix):
+    sizes = pack_sizes
     reqs = _mixed(7)
     handles, logits, _ = _run(fixture_dm, reqs, n_slots=3, prefix_cache=prefix)
     _check(fixture_dm, reqs, handles, logits)
@@ -222,19 +229,10 @@ def test_saved_prefixes_stay_within_one_slot_of_positions(fixture_dm) -> None:
     assert len(kept[-1]) == sizes[-2]  # the most recently saved one survives
 
 
-def test_pages_whose_prefix_cannot_be_kept_are_not_held_back(fixture_dm, monkeypatch):
+def test_pages_whose_prefix_cannot_be_kept_are_not_held_back(fixture_dm, pack_sizes):
     """A system prompt over half a slot is never kept, so the pages that share it gain nothing
     from waiting for the first one: they all go in the first pack."""
-    from ixcdoc.engine.runner import ModelRunner
-
-    real = ModelRunner.prefill_packed
-    sizes: list[int] = []
-
-    def spy(self, embeds, *a):
-        sizes.append(len(embeds))
-        return real(self, embeds, *a)
-
-    monkeypatch.setattr(ModelRunner, "prefill_packed", spy)
+    sizes = pack_sizes
     reqs = _mixed(3)
     for r in reqs:
         r.meta_instruction = "You read long documents with care. " * 80
