@@ -69,3 +69,44 @@ def test_batch_of_one_is_close_to_the_single_page_estimate(batch) -> None:
     b = estimate_batch_vram(CFG, batch, HD25_TOKENS, HD25_CROPS, quant="bf16", max_new_tokens=512)
     # the slot rounds its positions up to 256 and the vision batch may hold 56 tiles
     assert b.total >= one.total if batch == 1 else b.total > 10 * one.kv_cache
+
+
+@pytest.mark.parametrize("beams", [1, 3])
+def test_kv_term_is_what_the_engine_allocates(monkeypatch, beams) -> None:
+    """The estimate's KV bytes for a batch equal the cache tensors ``chat_batch`` allocates for
+    it, beams included (a tiny checkpoint on the CPU in float32: twice the estimate's bf16)."""
+    import torch
+
+    from ixcdoc.engine import ChatRequest
+    from ixcdoc.engine.runner import ModelRunner
+    from ixcdoc.runtime import load
+    from tests.model.upstream import TINY_CKPT
+
+    from .conftest import page
+
+    dm = load(TINY_CKPT, device="cpu")
+    allocated: list[int] = []
+    dtypes: set[torch.dtype] = set()
+    real_init = ModelRunner.__init__
+
+    def spy(self, *a, **kw):
+        real_init(self, *a, **kw)
+        allocated.append(sum(k.nbytes + v.nbytes for k, v in self._caches()))
+        dtypes.update(k.dtype for k, _ in self._caches())
+
+    monkeypatch.setattr(ModelRunner, "__init__", spy)
+    req = ChatRequest([page(300, 200, seed=1)], "Transcribe.", hd=4, max_new_tokens=300)
+    req.num_beams = beams
+    [ans, _] = dm.chat_batch([req, req], max_batch=2 * beams)
+    assert dtypes == {torch.float32}
+    est = estimate_batch_vram(
+        dm.config,
+        2,
+        ans.n_image_tokens,
+        sum(r * c for r, c in ans.grids),
+        quant="bf16",
+        max_new_tokens=300,
+        beams=beams,
+        text_tokens=ans.prompt_tokens - ans.n_image_tokens,
+    )
+    assert allocated == [est.kv_cache * 4 // 2]  # float32 here, bf16 in the estimate
