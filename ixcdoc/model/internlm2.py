@@ -112,6 +112,13 @@ def cache_mask(
     return mask.masked_fill_(~visible, float("-inf"))[None, None]
 
 
+def bmm_attention(x: torch.Tensor) -> bool:
+    """Whether masked attention over the cache runs as ``baddbmm`` + softmax + ``bmm`` with a
+    3-D mask (the CPU: SDPA's masked CPU kernel costs ~2 ms per call on a few query rows) or as
+    SDPA with a 4-D mask (CUDA). Tests switch it off to run the CUDA layout on the CPU."""
+    return not x.is_cuda
+
+
 def row_slots(positions: torch.Tensor, n_kv: int, max_seq: int) -> torch.Tensor:
     """Per-row positions [B, S] -> flat cache indices [B, n_kv * S] for ``KVCache.update``.
 
@@ -474,7 +481,7 @@ class InternLM2ForCausalLM(nn.Module):
                 seg_mask = None
                 if first:  # continues a cached prefix: attends over its row with a mask
                     seg_mask = cache_mask(pos, first + n, g, x.dtype)  # [1, 1, g*n, first+n]
-                    if not x.is_cuda:  # the CPU baddbmm layout (SDPA's masked CPU kernel is slow)
+                    if bmm_attention(x):  # the CPU layout (see bmm_attention)
                         n_kv = self.config.num_key_value_heads
                         seg_mask = seg_mask.expand(-1, n_kv, -1, -1).reshape(n_kv, g * n, -1)
                 packed.append((n, row, first, seg_mask))
@@ -491,7 +498,7 @@ class InternLM2ForCausalLM(nn.Module):
             g = self.config.num_attention_heads // self.config.num_key_value_heads
             span = m if attend_len is None else min(attend_len, m)
             mask = cache_mask(positions, span, g, x.dtype)  # [1|B, 1, g*S, span], for all layers
-            if positions.dim() == 2 and not x.is_cuda:  # the CPU per-row path's baddbmm layout
+            if positions.dim() == 2 and bmm_attention(x):  # the CPU per-row layout
                 n_kv = self.config.num_key_value_heads
                 mask = mask.expand(-1, n_kv, -1, -1).reshape(-1, g * s, span)
         if im_mask is not None and not bool(im_mask.any()):

@@ -74,6 +74,23 @@ def test_mixed_batch_equals_chat(request, which) -> None:
     assert len(stops) > 2  # the sequences really left the batch at different steps
 
 
+@pytest.mark.parametrize("which", ["fixture_dm", "tiny_dm"])
+def test_the_cuda_attention_layout_equals_chat_on_the_cpu(request, which, monkeypatch) -> None:
+    """The masked attention as CUDA runs it (SDPA with a 4-D mask, for the per-row decode step
+    and for prompts that continue a saved prefix), run here on the CPU: CI has no GPU."""
+    from ixcdoc.model import internlm2
+
+    def no_bmm(*a, **k):
+        raise AssertionError("the CPU layout ran")
+
+    monkeypatch.setattr(internlm2, "bmm_attention", lambda x: False)
+    monkeypatch.setattr(torch, "baddbmm", no_bmm)
+    dm = request.getfixturevalue(which)
+    reqs = _mixed(7)
+    handles, logits, _ = _run(dm, reqs, n_slots=3, submit_later=2)
+    _check(dm, reqs, handles, logits)
+
+
 def test_more_requests_than_slots_queue(fixture_dm) -> None:
     reqs = _mixed(7)
     handles, logits, _ = _run(fixture_dm, reqs, n_slots=2)
