@@ -91,6 +91,21 @@ def test_the_cuda_attention_layout_equals_chat_on_the_cpu(request, which, monkey
     _check(dm, reqs, handles, logits)
 
 
+def test_a_4bit_model_batches_as_it_chats() -> None:
+    """NF4 decoder weights (bitsandbytes, which runs on the CPU): the batched rows go through
+    the same 4-bit matmuls as chat's single row, within 1e-4 at every step."""
+    pytest.importorskip("bitsandbytes")
+    from ixcdoc.runtime import load
+
+    from ..model.upstream import TINY_CKPT
+
+    dm = load(TINY_CKPT, device="cpu", quant="4bit")
+    assert dm.precision == "4bit"
+    reqs = _mixed(7)
+    handles, logits, _ = _run(dm, reqs, n_slots=3, submit_later=2)
+    _check(dm, reqs, handles, logits)
+
+
 def test_more_requests_than_slots_queue(fixture_dm) -> None:
     reqs = _mixed(7)
     handles, logits, _ = _run(fixture_dm, reqs, n_slots=2)
