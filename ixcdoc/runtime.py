@@ -508,7 +508,7 @@ def load(
     auto = quant == "auto"
     quant, torch_dtype = _resolve_precision(dev, quant, dtype)
     path, model_id = _resolve_path(model, revision, progress)
-    if auto and quant == "bf16" and not _bf16_fits(path, dev):
+    if auto and quant == "bf16" and dev.type == "cuda" and not _bf16_fits(path, dev):
         quant = "4bit"
     tokenizer = Tokenizer.from_dir(path)
     try:

@@ -144,6 +144,17 @@ def test_load_4bit_on_cpu() -> None:
     assert ans.stop_reason in ("max_new_tokens", "stop_token")
 
 
+def test_bf16_on_cpu_loads_and_is_close_to_fp32(dm) -> None:
+    """dtype='bfloat16' on the CPU: no GPU fit check (it used to ask CUDA for free memory and
+    crash), and the bf16 model's logits stay close to float32's."""
+    cpu = load(TINY_CKPT, device="cpu", dtype="bfloat16")
+    assert cpu.dtype == torch.bfloat16 and cpu.quant == "bf16"
+    case = chat_cases()[1]
+    a = cpu.prompt_logits([_image(case)], case["query"], 1, meta_instruction="")
+    b = dm.prompt_logits([_image(case)], case["query"], 1, meta_instruction="")
+    assert torch.nn.functional.cosine_similarity(a.float(), b, dim=-1).min() > 0.98
+
+
 @pytest.mark.gpu
 def test_bf16_on_cuda_close_to_fp32(dm) -> None:
     gpu = load(TINY_CKPT, device="cuda")
