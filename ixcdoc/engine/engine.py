@@ -265,6 +265,11 @@ class Engine:
             with contextlib.suppress(Exception):
                 self.step()
 
+    @property
+    def started(self) -> bool:
+        """Whether the background thread ``start`` creates is running."""
+        return self._thread is not None
+
     def start(self) -> None:
         """Run the loop on a background daemon thread (for a server); ``close`` stops it."""
         if self._thread is not None:

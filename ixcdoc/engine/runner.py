@@ -21,6 +21,7 @@ from collections.abc import Sequence
 
 import torch
 
+from ixcdoc.errors import DeviceError, UsageError
 from ixcdoc.model import merge
 
 ATTEND_ROUND = 64  # eager decode attends to the longest row's prefix, rounded up to this
@@ -38,6 +39,27 @@ def _compiled_decode_rows(mode: str | None) -> object:
     # One wrapper per process: dynamo keys its graphs on the batch shape (one per bucket).
     torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
     return torch.compile(_decode_rows, mode=mode, fullgraph=True, dynamic=False)
+
+
+def _free_bytes(device: torch.device) -> int | None:
+    """Memory a new allocation can still get on ``device`` (None when unknown): on CUDA the
+    driver's free memory plus what torch's caching allocator holds unused; on the CPU the
+    kernel's MemAvailable plus free swap."""
+    if device.type == "cuda":
+        free, _total = torch.cuda.mem_get_info(device)
+        return free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+    if device.type != "cpu":
+        return None
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            info = {k: int(v.split()[0]) * 1024 for k, v in (ln.split(":", 1) for ln in f)}
+        return info["MemAvailable"] + info.get("SwapFree", 0)
+    except (OSError, KeyError, ValueError):
+        return None
+
+
+def _size(n: int) -> str:
+    return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
 
 
 def bucket_for(n: int, limit: int) -> int:
@@ -60,10 +82,46 @@ class ModelRunner:
         param = next(model.parameters())
         self.device = param.device
         self.capture = (self.device.type == "cuda") if capture is None else capture
-        model.setup_caches(n_slots, max_len)
+        if n_slots < 1 or max_len < 1:
+            raise UsageError(f"an engine needs n_slots and max_len >= 1, got {n_slots}, {max_len}")
+        self._allocate_cache()
         cache = model.model.layers[0].attention.kv_cache
         if cache.k.shape[0] < n_slots or cache.max_seq_length < max_len:
             raise RuntimeError("the model's KV cache is smaller than the engine asked for")
+
+    def _allocate_cache(self) -> None:
+        """The slot cache, or a one-line DeviceError (code 'oom') when it cannot fit: refused
+        before allocating when it is larger than the memory left (a huge ``--batch-size`` must
+        not take the machine down), and any allocation failure said the same way."""
+        model, dev = self.model, self.device
+        cfg = model.config
+        dtype = model.model.tok_embeddings.weight.dtype
+        need = (
+            2 * cfg.num_hidden_layers * self.n_slots * cfg.num_key_value_heads
+            * self.max_len * cfg.head_dim * dtype.itemsize
+        )  # fmt: skip
+        held = sum(k.nbytes + v.nbytes for k, v in self._caches()) if self._has_cache() else 0
+        free = _free_bytes(dev)
+        what = f"the KV cache for {self.n_slots} sequences of {self.max_len} positions"
+        if free is not None and need > free + held:
+            raise DeviceError(
+                f"{what} needs {_size(need)}, more than the {_size(free + held)} free on {dev}; "
+                "lower --batch-size (or use auto)",
+                code="oom",
+            )
+        try:
+            model.setup_caches(self.n_slots, self.max_len)
+        except (torch.cuda.OutOfMemoryError, RuntimeError) as e:
+            if not isinstance(e, torch.cuda.OutOfMemoryError) and "allocate" not in str(e):
+                raise
+            model.reset_caches()  # a partial cache must not stay behind
+            raise DeviceError(
+                f"{what} ({_size(need)}) does not fit on {dev}; lower --batch-size (or use auto)",
+                code="oom",
+            ) from None
+
+    def _has_cache(self) -> bool:
+        return self.model.model.layers[0].attention.kv_cache is not None
 
     def _caches(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
         caches = [layer.attention.kv_cache for layer in self.model.model.layers]

@@ -137,12 +137,18 @@ class EngineBackend:
 
     # -- lifecycle --------------------------------------------------------------------------
 
-    def start(self) -> None:
-        """Build the engine (its KV cache) and start its loop thread (once)."""
+    def prepare(self) -> None:
+        """Build the engine, which allocates its KV cache, without starting it: ``serve`` calls
+        this before it listens, so a cache that cannot fit is one line, not a failed start."""
         if self.engine is None:
             self.engine = self.model.engine(
                 n_slots=self.n_slots, max_len=self.max_len, **self.engine_options
             )
+
+    def start(self) -> None:
+        """Build the engine if ``prepare`` has not, and start its loop thread (once)."""
+        self.prepare()
+        if not self.engine.started:
             self.engine.start()
         self._pump()
 

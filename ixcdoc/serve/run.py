@@ -46,6 +46,9 @@ def serve(
             "(or IXCDOC_API_KEY) as well"
         )
     app = create_app(model, api_key=api_key, **app_options)
+    prepare = getattr(app.state.backend, "prepare", None)
+    if prepare is not None:
+        prepare()  # the KV cache now: one that cannot fit is an error before listening
     infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     family, _, _, _, address = infos[0]
     sock = socket.socket(family, socket.SOCK_STREAM)
@@ -54,6 +57,7 @@ def serve(
         sock.bind(address)
     except OSError as e:
         sock.close()
+        app.state.backend.close()  # the cache prepared above
         raise UsageError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
     sock.listen(2048)  # connections queue from here on, so announcing the URL is truthful
     bound = sock.getsockname()

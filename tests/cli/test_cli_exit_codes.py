@@ -115,3 +115,20 @@ def test_output_file_in_use_by_another_run(
     assert res.exit_code == EXIT_FATAL
     assert "another process" in one_error_line(res.stderr)
     assert out.read_bytes() == b""
+
+
+def test_a_batch_size_no_memory_holds_is_one_line_before_any_allocation(
+    tmp_path: Path, ckpts: Checkpoints, invoke: Invoke
+) -> None:
+    """An absurd --batch-size used to reach torch.zeros (an overflow traceback, or for merely
+    huge values the kernel's OOM killer): the engine now refuses a cache larger than the memory
+    left, saying how large, and nothing is recorded."""
+    png = text_png(tmp_path / "p.png", "x")
+    out = tmp_path / "o.jsonl"
+    for n in ("99999999999999999999", "5000000"):
+        res = invoke(["extract", png, "-o", out, "--batch-size", n, *model_args(ckpts.normal)])
+        assert res.exit_code == EXIT_FATAL
+        line = one_error_line(res.stderr)
+        assert f"KV cache for {n} sequences" in line and "GiB" in line
+        assert "--batch-size" in line
+    assert not out.exists() or out.read_text() == ""

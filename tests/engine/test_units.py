@@ -138,3 +138,53 @@ def test_captured_decode_equals_eager_on_the_cpu(tiny_dm, monkeypatch) -> None:
     # 6 rows (4 pages, one with 2 beams), then fewer as answers end; the beams (7 tokens) end
     # last: buckets 8, 4 and 2, one graph each
     assert (graphs[False], graphs[True]) == (0, 3)
+
+
+def test_a_cache_larger_than_the_memory_left_is_refused_before_allocating(
+    tiny_dm, monkeypatch
+) -> None:
+    from ixcdoc.engine import runner as runner_mod
+    from ixcdoc.errors import DeviceError, UsageError
+
+    model = tiny_dm.model
+    eng = tiny_dm.engine(n_slots=2, max_len=256)  # a cache is in place
+    held = sum(k.nbytes + v.nbytes for k, v in eng.runner._caches())
+    monkeypatch.setattr(runner_mod, "_free_bytes", lambda dev: 0)
+    tiny_dm.engine(n_slots=2, max_len=256)  # the cache in place is reused: nothing needed
+    with pytest.raises(DeviceError, match="sequences of 512 positions needs") as info:
+        tiny_dm.engine(n_slots=2, max_len=512)  # 2 x held > 0 free + held (dropped first)
+    assert info.value.code == "oom"
+    monkeypatch.setattr(runner_mod, "_free_bytes", lambda dev: held)
+    tiny_dm.engine(n_slots=2, max_len=512)  # 2 x held = held free + held: fits
+    with pytest.raises(DeviceError, match="4 sequences of 512 positions"):
+        tiny_dm.engine(n_slots=4, max_len=512)  # 4 x held > held free + 2 x held now held
+    assert model.model.layers[0].attention.kv_cache is not None  # refused, nothing freed
+    with pytest.raises(UsageError):
+        tiny_dm.engine(n_slots=0, max_len=256)
+    model.reset_caches()
+
+
+def test_an_allocation_failure_is_a_device_error_and_leaves_no_partial_cache(
+    tiny_dm, monkeypatch
+) -> None:
+    from ixcdoc.errors import DeviceError
+
+    model = tiny_dm.model
+    model.reset_caches()
+    real = type(model).setup_caches
+
+    def half_then_fail(self, *a, **k):
+        real(self, *a, **k)  # allocated, then the allocator gives up on a later tensor
+        raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate")
+
+    monkeypatch.setattr(type(model), "setup_caches", half_then_fail)
+    with pytest.raises(DeviceError, match="does not fit"):
+        tiny_dm.engine(n_slots=2, max_len=256)
+    assert model.model.layers[0].attention.kv_cache is None
+
+    def other(self, *a, **k):
+        raise RuntimeError("something else")
+
+    monkeypatch.setattr(type(model), "setup_caches", other)
+    with pytest.raises(RuntimeError, match="something else"):
+        tiny_dm.engine(n_slots=2, max_len=256)

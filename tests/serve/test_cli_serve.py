@@ -91,3 +91,20 @@ def test_without_the_extra_one_line_says_what_to_install(monkeypatch: pytest.Mon
     res = CliRunner().invoke(app, ["serve"])
     assert res.exit_code == 1
     assert res.stderr.strip() == "ixcdoc serve needs: pip install 'ixcdoc[serve]'"
+
+
+def test_a_batch_size_no_memory_holds_is_one_line_before_listening(
+    tiny_paths: dict[str, Path],
+) -> None:
+    """The engine's KV cache is allocated before the socket is bound: a --batch-size whose cache
+    cannot fit is a one-line error (exit 1), never a server that announces itself and then
+    fails its start-up with a traceback."""
+    from ixcdoc.errors import EXIT_FATAL
+
+    args = ["serve", "--model", str(tiny_paths["normal"]), "--device", "cpu"]
+    res = CliRunner().invoke(app, [*args, "--port", "0", "--batch-size", "5000000"])
+    assert res.exit_code == EXIT_FATAL
+    lines = res.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), lines
+    assert "KV cache for 5000000 sequences" in lines[0]
+    assert "listening" not in res.output
