@@ -108,6 +108,8 @@ def _resolve_precision(
         if dtype.lower() not in _DTYPES:
             raise UsageError(f"unknown dtype {dtype!r}; use bfloat16, float16 or float32")
         dtype = _DTYPES[dtype.lower()]
+    elif dtype is not None and dtype not in _DTYPES.values():
+        raise UsageError(f"unsupported dtype {dtype}; use bfloat16, float16 or float32")
     if quant == "auto":
         cuda_bf16 = dev.type == "cuda" and dtype in (None, torch.bfloat16)
         quant = "bf16" if cuda_bf16 else "none"  # load() turns this into 4bit when it won't fit
@@ -453,6 +455,10 @@ class DocModel:
         'oom') does not stop the others: with ``return_exceptions`` its error object takes its
         place in the list, otherwise the first error is raised once all have finished.
         """
+        if max_batch is not None and (
+            isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1
+        ):
+            raise UsageError(f"max_batch must be None or a whole number >= 1, got {max_batch!r}")
         if not requests:
             return []
         for r in requests:

@@ -155,6 +155,12 @@ def test_bf16_on_cpu_loads_and_is_close_to_fp32(dm) -> None:
     assert torch.nn.functional.cosine_similarity(a.float(), b, dim=-1).min() > 0.98
 
 
+def test_a_dtype_the_model_cannot_run_in_is_a_usage_error() -> None:
+    for bad in (torch.int8, torch.float64, "int8"):
+        with pytest.raises(UsageError, match="dtype"):
+            load(TINY_CKPT, device="cpu", dtype=bad)
+
+
 @pytest.mark.gpu
 def test_bf16_on_cuda_close_to_fp32(dm) -> None:
     gpu = load(TINY_CKPT, device="cuda")

@@ -280,15 +280,18 @@ class Engine:
         )
         self._thread.start()
 
-    def close(self, timeout: float | None = 10.0) -> None:
-        """Stop the background thread (after its current step)."""
+    def close(self, timeout: float | None = 10.0) -> bool:
+        """Stop the background thread (after its current step); False if it is still running
+        after ``timeout`` seconds (its step goes on; do not free the model's cache under it)."""
         if self._thread is None:
-            return
+            return True
         self._stop.set()
         with self._cond:
             self._cond.notify_all()
         self._thread.join(timeout)
+        stopped = not self._thread.is_alive()
         self._thread = None
+        return stopped
 
     # -- admission -----------------------------------------------------------------------------
 

@@ -23,6 +23,7 @@ import torch
 
 from ixcdoc.errors import DeviceError, UsageError
 from ixcdoc.model import merge
+from ixcdoc.vram import prefill_activation_bytes
 
 ATTEND_ROUND = 64  # eager decode attends to the longest row's prefix, rounded up to this
 
@@ -44,18 +45,69 @@ def _compiled_decode_rows(mode: str | None) -> object:
 def _free_bytes(device: torch.device) -> int | None:
     """Memory a new allocation can still get on ``device`` (None when unknown): on CUDA the
     driver's free memory plus what torch's caching allocator holds unused; on the CPU the
-    kernel's MemAvailable plus free swap."""
+    kernel's MemAvailable, or less when a container's memory limit (cgroup v2 or v1) leaves
+    less. Swap is not counted: a cache in swap is no cache."""
     if device.type == "cuda":
         free, _total = torch.cuda.mem_get_info(device)
         return free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
     if device.type != "cpu":
         return None
+    left = _meminfo_available()
+    cgroup = _cgroup_left()
+    if cgroup is not None:
+        left = cgroup if left is None else min(left, cgroup)
+    return left
+
+
+_MEMINFO = "/proc/meminfo"
+
+
+def _meminfo_available() -> int | None:
+    """MemAvailable from /proc/meminfo in bytes; None when absent or unreadable."""
     try:
-        with open("/proc/meminfo", encoding="ascii") as f:
-            info = {k: int(v.split()[0]) * 1024 for k, v in (ln.split(":", 1) for ln in f)}
-        return info["MemAvailable"] + info.get("SwapFree", 0)
-    except (OSError, KeyError, ValueError):
+        with open(_MEMINFO, encoding="ascii", errors="replace") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key == "MemAvailable":
+                    return int(value.split()[0]) * 1024
+    except (OSError, ValueError, IndexError):
         return None
+    return None
+
+
+def _cgroup_dirs() -> list[tuple[str, str, str]]:
+    """(folder, limit file, usage file) of this process's memory cgroup, its own first (from
+    /proc/self/cgroup), then the mount's root (what a container with a cgroup namespace sees)."""
+    v2 = ("memory.max", "memory.current")
+    v1 = ("memory.limit_in_bytes", "memory.usage_in_bytes")
+    out: list[tuple[str, str, str]] = []
+    try:
+        with open("/proc/self/cgroup", encoding="ascii", errors="replace") as f:
+            for line in f:
+                _, controllers, path = line.rstrip("\n").split(":", 2)
+                if controllers == "":
+                    out.append((f"/sys/fs/cgroup{path}", *v2))
+                elif "memory" in controllers.split(","):
+                    out.append((f"/sys/fs/cgroup/memory{path}", *v1))
+    except (OSError, ValueError):
+        pass
+    return [*out, ("/sys/fs/cgroup", *v2), ("/sys/fs/cgroup/memory", *v1)]
+
+
+def _cgroup_left() -> int | None:
+    """What this process's memory cgroup still allows (limit - usage); None without a limit."""
+    for folder, limit_name, usage_name in _cgroup_dirs():
+        try:
+            with open(f"{folder}/{limit_name}", encoding="ascii") as f:
+                limit_text = f.read().strip()
+            with open(f"{folder}/{usage_name}", encoding="ascii") as f:
+                usage = int(f.read().strip())
+        except (OSError, ValueError):
+            continue
+        if not limit_text.isdigit() or int(limit_text) >= 2**60:  # "max", or v1's no limit
+            continue
+        return max(int(limit_text) - usage, 0)
+    return None
 
 
 def _size(n: int) -> str:
@@ -82,8 +134,9 @@ class ModelRunner:
         param = next(model.parameters())
         self.device = param.device
         self.capture = (self.device.type == "cuda") if capture is None else capture
-        if n_slots < 1 or max_len < 1:
-            raise UsageError(f"an engine needs n_slots and max_len >= 1, got {n_slots}, {max_len}")
+        for name, v in (("n_slots", n_slots), ("max_len", max_len)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise UsageError(f"an engine needs {name} a whole number >= 1, got {v!r}")
         self._allocate_cache()
         cache = model.model.layers[0].attention.kv_cache
         if cache.k.shape[0] < n_slots or cache.max_seq_length < max_len:
@@ -100,24 +153,36 @@ class ModelRunner:
             2 * cfg.num_hidden_layers * self.n_slots * cfg.num_key_value_heads
             * self.max_len * cfg.head_dim * dtype.itemsize
         )  # fmt: skip
+        # and one packed prefill's activations (a slot's positions), which must fit beside it
+        scale = dtype.itemsize / 2  # the memory model counts bf16
+        need_run = need + int(prefill_activation_bytes(cfg, self.max_len) * scale)
         held = sum(k.nbytes + v.nbytes for k, v in self._caches()) if self._has_cache() else 0
         free = _free_bytes(dev)
-        what = f"the KV cache for {self.n_slots} sequences of {self.max_len} positions"
-        if free is not None and need > free + held:
+        what = (
+            f"the KV cache for {self.n_slots} sequences (each beam counts one) of "
+            f"{self.max_len} positions"
+        )
+        hint = "use fewer at once (--batch-size N, or auto)"
+        if free is not None and need_run > free + held:
+            have, want = _size(free + held), _size(need_run)
+            if have == want:
+                have, want = f"{free + held:,} bytes", f"{need_run:,} bytes"
             raise DeviceError(
-                f"{what} needs {_size(need)}, more than the {_size(free + held)} free on {dev}; "
-                "lower --batch-size (or use auto)",
+                f"{what} and a prefill beside it need {want}, more than the {have} free on "
+                f"{dev}; {hint}",
                 code="oom",
             )
         try:
             model.setup_caches(self.n_slots, self.max_len)
-        except (torch.cuda.OutOfMemoryError, RuntimeError) as e:
-            if not isinstance(e, torch.cuda.OutOfMemoryError) and "allocate" not in str(e):
+        except (torch.cuda.OutOfMemoryError, RuntimeError, TypeError) as e:
+            text = str(e).lower()
+            if not isinstance(e, torch.cuda.OutOfMemoryError) and not (
+                "allocate" in text or "overflow" in text
+            ):
                 raise
             model.reset_caches()  # a partial cache must not stay behind
             raise DeviceError(
-                f"{what} ({_size(need)}) does not fit on {dev}; lower --batch-size (or use auto)",
-                code="oom",
+                f"{what} ({_size(need)}) does not fit on {dev}; {hint}", code="oom"
             ) from None
 
     def _has_cache(self) -> bool:

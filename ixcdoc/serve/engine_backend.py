@@ -168,7 +168,8 @@ class EngineBackend:
             left = list(self._inflight)
             self._inflight.clear()
         if self.engine is not None:
-            self.engine.close(timeout)
+            if self.engine.close(timeout):
+                self.model.model.reset_caches()  # the engine's KV cache goes with it
             self.engine = None
         for ticket in left:
             self._report(ticket, None, Cancelled("the server is shutting down"))

@@ -46,10 +46,11 @@ def serve(
             "(or IXCDOC_API_KEY) as well"
         )
     app = create_app(model, api_key=api_key, **app_options)
-    prepare = getattr(app.state.backend, "prepare", None)
-    if prepare is not None:
-        prepare()  # the KV cache now: one that cannot fit is an error before listening
-    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except (OSError, UnicodeError) as e:  # socket.gaierror: a host name that does not resolve
+        reason = getattr(e, "strerror", None) or e
+        raise UsageError(f"cannot listen on {host}:{port}: {reason}") from None
     family, _, _, _, address = infos[0]
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -57,8 +58,16 @@ def serve(
         sock.bind(address)
     except OSError as e:
         sock.close()
-        app.state.backend.close()  # the cache prepared above
         raise UsageError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+    # The engine's KV cache before the first connection is accepted: one that cannot fit is an
+    # error line (and the port is let go), not a server that announces itself and then fails.
+    prepare = getattr(app.state.backend, "prepare", None)
+    try:
+        if prepare is not None:
+            prepare()
+    except BaseException:
+        sock.close()
+        raise
     sock.listen(2048)  # connections queue from here on, so announcing the URL is truthful
     bound = sock.getsockname()
     shown = f"[{bound[0]}]" if family == socket.AF_INET6 else bound[0]

@@ -143,22 +143,29 @@ def test_captured_decode_equals_eager_on_the_cpu(tiny_dm, monkeypatch) -> None:
 def test_a_cache_larger_than_the_memory_left_is_refused_before_allocating(
     tiny_dm, monkeypatch
 ) -> None:
+    """Refused: a KV cache plus one packed prefill's activations (a slot's positions) larger
+    than the memory left, counting the cache being replaced as free. Nothing is freed then."""
     from ixcdoc.engine import runner as runner_mod
     from ixcdoc.errors import DeviceError, UsageError
 
     model = tiny_dm.model
     eng = tiny_dm.engine(n_slots=2, max_len=256)  # a cache is in place
     held = sum(k.nbytes + v.nbytes for k, v in eng.runner._caches())
-    monkeypatch.setattr(runner_mod, "_free_bytes", lambda dev: 0)
-    tiny_dm.engine(n_slots=2, max_len=256)  # the cache in place is reused: nothing needed
-    with pytest.raises(DeviceError, match="sequences of 512 positions needs") as info:
-        tiny_dm.engine(n_slots=2, max_len=512)  # 2 x held > 0 free + held (dropped first)
+
+    def prefill(positions: int) -> int:  # float32 here: twice the memory model's bf16
+        return runner_mod.prefill_activation_bytes(model.config, positions) * 2
+
+    monkeypatch.setattr(runner_mod, "_free_bytes", lambda dev: prefill(256))
+    tiny_dm.engine(n_slots=2, max_len=256)  # the same cache again, and room for a prefill
+    with pytest.raises(DeviceError, match="of 512 positions and a prefill beside it") as info:
+        tiny_dm.engine(n_slots=2, max_len=512)  # 2 x held + prefill(512) > prefill(256) + held
     assert info.value.code == "oom"
-    monkeypatch.setattr(runner_mod, "_free_bytes", lambda dev: held)
-    tiny_dm.engine(n_slots=2, max_len=512)  # 2 x held = held free + held: fits
-    with pytest.raises(DeviceError, match="4 sequences of 512 positions"):
-        tiny_dm.engine(n_slots=4, max_len=512)  # 4 x held > held free + 2 x held now held
-    assert model.model.layers[0].attention.kv_cache is not None  # refused, nothing freed
+    assert model.model.layers[0].attention.kv_cache.max_seq_length == 256  # refused, kept
+    monkeypatch.setattr(runner_mod, "_free_bytes", lambda dev: held + prefill(512))
+    tiny_dm.engine(n_slots=2, max_len=512)  # 2 x held + prefill(512): fits exactly
+    monkeypatch.setattr(runner_mod, "_free_bytes", lambda dev: prefill(512) - 1)
+    with pytest.raises(DeviceError, match=r"2 sequences .* of 512 positions"):
+        tiny_dm.engine(n_slots=2, max_len=512)  # one byte short, even reusing the held cache
     with pytest.raises(UsageError):
         tiny_dm.engine(n_slots=0, max_len=256)
     model.reset_caches()
@@ -188,3 +195,56 @@ def test_an_allocation_failure_is_a_device_error_and_leaves_no_partial_cache(
     monkeypatch.setattr(type(model), "setup_caches", other)
     with pytest.raises(RuntimeError, match="something else"):
         tiny_dm.engine(n_slots=2, max_len=256)
+
+
+def test_memory_left_on_the_cpu_honours_a_container_limit(tmp_path, monkeypatch) -> None:
+    from ixcdoc.engine import runner as runner_mod
+
+    cpu = torch.device("cpu")
+    meminfo = tmp_path / "meminfo"
+    # odd lines (no value, no colon) are skipped; MemAvailable is in kB
+    meminfo.write_text("MemTotal: 100 kB\nWeird:\nnonsense\nMemAvailable:    1000 kB\n")
+    monkeypatch.setattr(runner_mod, "_MEMINFO", str(meminfo))
+    v2 = tmp_path / "v2"
+    v2.mkdir()
+    monkeypatch.setattr(
+        runner_mod, "_cgroup_dirs", lambda: [(str(v2), "memory.max", "memory.current")]
+    )
+    (v2 / "memory.max").write_text("max\n")
+    (v2 / "memory.current").write_text("5\n")
+    assert runner_mod._free_bytes(cpu) == 1000 * 1024  # no limit: the machine's
+    (v2 / "memory.max").write_text("300000\n")
+    (v2 / "memory.current").write_text("100000\n")
+    assert runner_mod._free_bytes(cpu) == 200_000  # the container's, smaller
+    (v2 / "memory.max").write_text("9223372036854771712\n")  # cgroup v1's "no limit"
+    assert runner_mod._free_bytes(cpu) == 1000 * 1024
+    meminfo.write_text("MemTotal: 100 kB\n")
+    assert runner_mod._free_bytes(cpu) is None  # nothing known: no refusal
+    assert runner_mod._free_bytes(torch.device("meta")) is None
+
+
+def test_an_engine_refuses_arguments_that_are_not_counts(tiny_dm) -> None:
+    from ixcdoc.errors import UsageError
+
+    for bad in (0, -1, 2.5, True, "2", None):
+        with pytest.raises(UsageError, match="n_slots"):
+            tiny_dm.engine(n_slots=bad, max_len=256)
+    with pytest.raises(UsageError, match="max_len"):
+        tiny_dm.engine(n_slots=2, max_len=256.0)
+    with pytest.raises(UsageError, match="max_batch"):
+        tiny_dm.chat_batch([], max_batch=0)
+
+
+def test_with_memory_unknown_a_cache_too_large_to_address_is_still_one_error(
+    tiny_dm, monkeypatch
+) -> None:
+    """No /proc/meminfo (or no CUDA query): nothing to compare with, so torch is asked and its
+    overflow errors are reported as the cache not fitting, not as a raw C++ traceback."""
+    from ixcdoc.engine import runner as runner_mod
+    from ixcdoc.errors import DeviceError
+
+    monkeypatch.setattr(runner_mod, "_free_bytes", lambda dev: None)
+    for n in (10**20, 2**62):
+        with pytest.raises(DeviceError, match="does not fit"):
+            tiny_dm.engine(n_slots=n, max_len=256)
+    assert tiny_dm.model.model.layers[0].attention.kv_cache is None

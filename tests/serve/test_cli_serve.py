@@ -108,3 +108,34 @@ def test_a_batch_size_no_memory_holds_is_one_line_before_listening(
     assert len(lines) == 1 and lines[0].startswith("error: "), lines
     assert "KV cache for 5000000 sequences" in lines[0]
     assert "listening" not in res.output
+
+
+def test_a_port_in_use_or_an_unknown_host_is_one_line_and_allocates_nothing(
+    tiny: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The address is resolved and bound before the engine's cache is allocated: a server that
+    cannot listen takes no memory, and says why in one line (exit 2 through the CLI)."""
+    import socket
+
+    from ixcdoc.errors import UsageError
+    from ixcdoc.serve.run import serve
+
+    tiny.model.reset_caches()
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen(1)
+    try:
+        port = taken.getsockname()[1]
+        with pytest.raises(UsageError, match=f"cannot listen on 127.0.0.1:{port}"):
+            serve(tiny, host="127.0.0.1", port=port, batch_size=4)
+    finally:
+        taken.close()
+    assert tiny.model.model.layers[0].attention.kv_cache is None
+
+    def no_such_host(*a: Any, **k: Any) -> Any:
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_such_host)
+    with pytest.raises(UsageError, match="Name or service not known"):
+        serve(tiny, host="localhost", port=0, batch_size=4)
+    assert tiny.model.model.layers[0].attention.kv_cache is None

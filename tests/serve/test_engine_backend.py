@@ -99,6 +99,7 @@ def test_close_cancels_waiting_and_running_jobs_once_each(looping: Any) -> None:
     assert len(running.answer.token_ids) < 4000
     assert (running.calls, waiting.calls) == (1, 1)
     assert backend.engine is None
+    assert looping.model.model.layers[0].attention.kv_cache is None  # its cache went with it
 
 
 def test_slot_positions_hold_the_longest_prompt_and_answer(tiny: Any) -> None:
