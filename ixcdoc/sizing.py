@@ -3,13 +3,13 @@ slots (pages in flight) fit the memory there is: ``--batch-size auto``."""
 
 from __future__ import annotations
 
-import os
 from typing import TYPE_CHECKING
 
 from ixcdoc.planning import VRAM_HEADROOM
 from ixcdoc.prompt import DEFAULT_META_INSTRUCTION, TextPart, build_chat_prompt, split_prompt
 from ixcdoc.tiling import image_token_count
 from ixcdoc.vram import PROMPT_TEXT_TOKENS, auto_batch_size, kv_bytes_per_token
+from ixcdoc.vram import available_ram as _ram
 
 if TYPE_CHECKING:
     from ixcdoc.runner import Job
@@ -48,11 +48,8 @@ def job_positions(model: DocModel, job: Job) -> int:
 
 
 def available_ram() -> int:
-    """Bytes of RAM the system can still hand out (0 when unknown)."""
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):  # pragma: no cover - non-POSIX
-        return 0
+    """Bytes of RAM left for a KV cache (``vram.available_ram``; 0 when unknown)."""
+    return _ram() or 0
 
 
 def auto_batch(model: DocModel, job: Job, positions: int) -> int:

@@ -258,3 +258,65 @@ def auto_batch_size(
     if free_bytes < one:
         return 0
     return min((free_bytes - fixed) // per, MAX_AUTO_BATCH)
+
+
+def available_ram() -> int | None:
+    """Bytes of RAM a new allocation can still get (None when unknown): the kernel's
+    MemAvailable, or less when this process's container (memory cgroup, v2 or v1) allows less.
+    Swap is not counted: a KV cache in swap is no cache."""
+    left = _meminfo_available()
+    cgroup = _cgroup_left()
+    if cgroup is not None:
+        left = cgroup if left is None else min(left, cgroup)
+    return left
+
+
+_MEMINFO = "/proc/meminfo"
+
+
+def _meminfo_available() -> int | None:
+    """MemAvailable from /proc/meminfo in bytes; None when absent or unreadable."""
+    try:
+        with open(_MEMINFO, encoding="ascii", errors="replace") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key == "MemAvailable":
+                    return int(value.split()[0]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def _cgroup_dirs() -> list[tuple[str, str, str]]:
+    """(folder, limit file, usage file) of this process's memory cgroup, its own first (from
+    /proc/self/cgroup), then the mount's root (what a container with a cgroup namespace sees)."""
+    v2 = ("memory.max", "memory.current")
+    v1 = ("memory.limit_in_bytes", "memory.usage_in_bytes")
+    out: list[tuple[str, str, str]] = []
+    try:
+        with open("/proc/self/cgroup", encoding="ascii", errors="replace") as f:
+            for line in f:
+                _, controllers, path = line.rstrip("\n").split(":", 2)
+                if controllers == "":
+                    out.append((f"/sys/fs/cgroup{path}", *v2))
+                elif "memory" in controllers.split(","):
+                    out.append((f"/sys/fs/cgroup/memory{path}", *v1))
+    except (OSError, ValueError):
+        pass
+    return [*out, ("/sys/fs/cgroup", *v2), ("/sys/fs/cgroup/memory", *v1)]
+
+
+def _cgroup_left() -> int | None:
+    """What this process's memory cgroup still allows (limit - usage); None without a limit."""
+    for folder, limit_name, usage_name in _cgroup_dirs():
+        try:
+            with open(f"{folder}/{limit_name}", encoding="ascii") as f:
+                limit_text = f.read().strip()
+            with open(f"{folder}/{usage_name}", encoding="ascii") as f:
+                usage = int(f.read().strip())
+        except (OSError, ValueError):
+            continue
+        if not limit_text.isdigit() or int(limit_text) >= 2**60:  # "max", or v1's no limit
+            continue
+        return max(int(limit_text) - usage, 0)
+    return None

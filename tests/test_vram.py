@@ -77,3 +77,30 @@ def test_estimate_parts_grow_as_documented() -> None:
     )
     q = estimate_vram(cfg, 7297, 49, quant="4bit")
     assert q.total < big.total and abs(q.total_gib - q.total / GiB) < 1e-9
+
+
+def test_memory_left_on_the_cpu_honours_a_container_limit(tmp_path, monkeypatch) -> None:
+    from ixcdoc import sizing, vram
+    from ixcdoc.engine import runner as runner_mod
+
+    cpu = torch.device("cpu")
+    meminfo = tmp_path / "meminfo"
+    # odd lines (no value, no colon) are skipped; MemAvailable is in kB
+    meminfo.write_text("MemTotal: 100 kB\nWeird:\nnonsense\nMemAvailable:    1000 kB\n")
+    monkeypatch.setattr(vram, "_MEMINFO", str(meminfo))
+    v2 = tmp_path / "v2"
+    v2.mkdir()
+    monkeypatch.setattr(vram, "_cgroup_dirs", lambda: [(str(v2), "memory.max", "memory.current")])
+    (v2 / "memory.max").write_text("max\n")
+    (v2 / "memory.current").write_text("5\n")
+    assert runner_mod._free_bytes(cpu) == 1000 * 1024  # no limit: the machine's
+    (v2 / "memory.max").write_text("300000\n")
+    (v2 / "memory.current").write_text("100000\n")
+    assert runner_mod._free_bytes(cpu) == 200_000  # the container's, smaller
+    assert sizing.available_ram() == 200_000  # what --batch-size auto shares out on the CPU
+    (v2 / "memory.max").write_text("9223372036854771712\n")  # cgroup v1's "no limit"
+    assert runner_mod._free_bytes(cpu) == 1000 * 1024
+    meminfo.write_text("MemTotal: 100 kB\n")
+    assert runner_mod._free_bytes(cpu) is None  # nothing known: no refusal
+    assert sizing.available_ram() == 0
+    assert runner_mod._free_bytes(torch.device("meta")) is None

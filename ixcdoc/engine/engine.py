@@ -346,9 +346,14 @@ class Engine:
         # yet: the first page prefills it whole and saves it, the others then reuse it
         leaders: list[_Prompt] = []
         followers: list[_Prompt] = []
+        led: set[tuple[int, ...]] = set()  # the prefixes a leader of this round will save
         for p in ready:
-            same = self._keepable(p.save) and any(q.save == p.save for q in leaders)
-            (followers if same else leaders).append(p)
+            if p.save is not None and p.save in led:
+                followers.append(p)
+                continue
+            leaders.append(p)
+            if p.save is not None and self._keepable(p.save):
+                led.add(p.save)
         for pack in _packs(leaders, self.prefill_tokens):
             self._prefill(pack)
         followers = [self._reuse_prefix(p) for p in followers if not p.seq.handle.done]
@@ -450,10 +455,10 @@ class Engine:
         ):
             self._prefixes.popitem(last=False)
 
-    def _keepable(self, key: tuple[int, ...] | None) -> bool:
+    def _keepable(self, key: tuple[int, ...]) -> bool:
         """A prefix the engine may keep: one over half a slot would crowd out every other
         prefix, and prefilling it is the lesser cost."""
-        return key is not None and len(key) <= self.max_len // 2
+        return len(key) <= self.max_len // 2
 
     def _fail_prefill(self, seq: Sequence, e: BaseException) -> None:
         self._leave(seq)

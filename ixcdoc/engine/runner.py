@@ -23,7 +23,7 @@ import torch
 
 from ixcdoc.errors import DeviceError, UsageError
 from ixcdoc.model import merge
-from ixcdoc.vram import prefill_activation_bytes
+from ixcdoc.vram import available_ram, kv_bytes_per_token, prefill_activation_bytes
 
 ATTEND_ROUND = 64  # eager decode attends to the longest row's prefix, rounded up to this
 
@@ -44,70 +44,12 @@ def _compiled_decode_rows(mode: str | None) -> object:
 
 def _free_bytes(device: torch.device) -> int | None:
     """Memory a new allocation can still get on ``device`` (None when unknown): on CUDA the
-    driver's free memory plus what torch's caching allocator holds unused; on the CPU the
-    kernel's MemAvailable, or less when a container's memory limit (cgroup v2 or v1) leaves
-    less. Swap is not counted: a cache in swap is no cache."""
+    driver's free memory plus what torch's caching allocator holds unused; on the CPU
+    ``vram.available_ram`` (MemAvailable, within a container's limit; swap not counted)."""
     if device.type == "cuda":
         free, _total = torch.cuda.mem_get_info(device)
         return free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
-    if device.type != "cpu":
-        return None
-    left = _meminfo_available()
-    cgroup = _cgroup_left()
-    if cgroup is not None:
-        left = cgroup if left is None else min(left, cgroup)
-    return left
-
-
-_MEMINFO = "/proc/meminfo"
-
-
-def _meminfo_available() -> int | None:
-    """MemAvailable from /proc/meminfo in bytes; None when absent or unreadable."""
-    try:
-        with open(_MEMINFO, encoding="ascii", errors="replace") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                if key == "MemAvailable":
-                    return int(value.split()[0]) * 1024
-    except (OSError, ValueError, IndexError):
-        return None
-    return None
-
-
-def _cgroup_dirs() -> list[tuple[str, str, str]]:
-    """(folder, limit file, usage file) of this process's memory cgroup, its own first (from
-    /proc/self/cgroup), then the mount's root (what a container with a cgroup namespace sees)."""
-    v2 = ("memory.max", "memory.current")
-    v1 = ("memory.limit_in_bytes", "memory.usage_in_bytes")
-    out: list[tuple[str, str, str]] = []
-    try:
-        with open("/proc/self/cgroup", encoding="ascii", errors="replace") as f:
-            for line in f:
-                _, controllers, path = line.rstrip("\n").split(":", 2)
-                if controllers == "":
-                    out.append((f"/sys/fs/cgroup{path}", *v2))
-                elif "memory" in controllers.split(","):
-                    out.append((f"/sys/fs/cgroup/memory{path}", *v1))
-    except (OSError, ValueError):
-        pass
-    return [*out, ("/sys/fs/cgroup", *v2), ("/sys/fs/cgroup/memory", *v1)]
-
-
-def _cgroup_left() -> int | None:
-    """What this process's memory cgroup still allows (limit - usage); None without a limit."""
-    for folder, limit_name, usage_name in _cgroup_dirs():
-        try:
-            with open(f"{folder}/{limit_name}", encoding="ascii") as f:
-                limit_text = f.read().strip()
-            with open(f"{folder}/{usage_name}", encoding="ascii") as f:
-                usage = int(f.read().strip())
-        except (OSError, ValueError):
-            continue
-        if not limit_text.isdigit() or int(limit_text) >= 2**60:  # "max", or v1's no limit
-            continue
-        return max(int(limit_text) - usage, 0)
-    return None
+    return available_ram() if device.type == "cpu" else None
 
 
 def _size(n: int) -> str:
@@ -149,13 +91,10 @@ class ModelRunner:
         model, dev = self.model, self.device
         cfg = model.config
         dtype = model.model.tok_embeddings.weight.dtype
-        need = (
-            2 * cfg.num_hidden_layers * self.n_slots * cfg.num_key_value_heads
-            * self.max_len * cfg.head_dim * dtype.itemsize
-        )  # fmt: skip
-        # and one packed prefill's activations (a slot's positions), which must fit beside it
-        scale = dtype.itemsize / 2  # the memory model counts bf16
-        need_run = need + int(prefill_activation_bytes(cfg, self.max_len) * scale)
+        # the memory model counts bf16; this cache is in the model's dtype
+        need = self.n_slots * self.max_len * kv_bytes_per_token(cfg) * dtype.itemsize // 2
+        # and one packed prefill's activations (a slot's positions) must fit beside it
+        need_run = need + prefill_activation_bytes(cfg, self.max_len) * dtype.itemsize // 2
         held = sum(k.nbytes + v.nbytes for k, v in self._caches()) if self._has_cache() else 0
         free = _free_bytes(dev)
         what = (

@@ -443,6 +443,12 @@ class InternLM2ForCausalLM(nn.Module):
         for layer in self.model.layers:
             layer.attention.backend = backend
 
+    def _bmm_mask(self, mask: torch.Tensor) -> torch.Tensor:
+        """A cache mask [B, 1, g*S, M] in the ``baddbmm`` layout of ``Attention._attend_cache``:
+        [B * n_kv, g*S, M], one copy per KV head (see ``bmm_attention``)."""
+        n_kv = self.config.num_key_value_heads
+        return mask.expand(-1, n_kv, -1, -1).reshape(-1, *mask.shape[-2:])
+
     def forward(
         self,
         inputs_embeds: torch.Tensor,
@@ -481,9 +487,8 @@ class InternLM2ForCausalLM(nn.Module):
                 seg_mask = None
                 if first:  # continues a cached prefix: attends over its row with a mask
                     seg_mask = cache_mask(pos, first + n, g, x.dtype)  # [1, 1, g*n, first+n]
-                    if bmm_attention(x):  # the CPU layout (see bmm_attention)
-                        n_kv = self.config.num_key_value_heads
-                        seg_mask = seg_mask.expand(-1, n_kv, -1, -1).reshape(n_kv, g * n, -1)
+                    if bmm_attention(x):
+                        seg_mask = self._bmm_mask(seg_mask)
                 packed.append((n, row, first, seg_mask))
             positions = torch.cat(pieces)
             mask = None
@@ -499,8 +504,7 @@ class InternLM2ForCausalLM(nn.Module):
             span = m if attend_len is None else min(attend_len, m)
             mask = cache_mask(positions, span, g, x.dtype)  # [1|B, 1, g*S, span], for all layers
             if positions.dim() == 2 and bmm_attention(x):  # the CPU per-row layout
-                n_kv = self.config.num_key_value_heads
-                mask = mask.expand(-1, n_kv, -1, -1).reshape(-1, g * s, span)
+                mask = self._bmm_mask(mask)
         if im_mask is not None and not bool(im_mask.any()):
             im_mask = None  # text-only: skip the per-layer LoRA gather entirely
         d = self.config.head_dim

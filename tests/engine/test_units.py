@@ -197,32 +197,6 @@ def test_an_allocation_failure_is_a_device_error_and_leaves_no_partial_cache(
         tiny_dm.engine(n_slots=2, max_len=256)
 
 
-def test_memory_left_on_the_cpu_honours_a_container_limit(tmp_path, monkeypatch) -> None:
-    from ixcdoc.engine import runner as runner_mod
-
-    cpu = torch.device("cpu")
-    meminfo = tmp_path / "meminfo"
-    # odd lines (no value, no colon) are skipped; MemAvailable is in kB
-    meminfo.write_text("MemTotal: 100 kB\nWeird:\nnonsense\nMemAvailable:    1000 kB\n")
-    monkeypatch.setattr(runner_mod, "_MEMINFO", str(meminfo))
-    v2 = tmp_path / "v2"
-    v2.mkdir()
-    monkeypatch.setattr(
-        runner_mod, "_cgroup_dirs", lambda: [(str(v2), "memory.max", "memory.current")]
-    )
-    (v2 / "memory.max").write_text("max\n")
-    (v2 / "memory.current").write_text("5\n")
-    assert runner_mod._free_bytes(cpu) == 1000 * 1024  # no limit: the machine's
-    (v2 / "memory.max").write_text("300000\n")
-    (v2 / "memory.current").write_text("100000\n")
-    assert runner_mod._free_bytes(cpu) == 200_000  # the container's, smaller
-    (v2 / "memory.max").write_text("9223372036854771712\n")  # cgroup v1's "no limit"
-    assert runner_mod._free_bytes(cpu) == 1000 * 1024
-    meminfo.write_text("MemTotal: 100 kB\n")
-    assert runner_mod._free_bytes(cpu) is None  # nothing known: no refusal
-    assert runner_mod._free_bytes(torch.device("meta")) is None
-
-
 def test_an_engine_refuses_arguments_that_are_not_counts(tiny_dm) -> None:
     from ixcdoc.errors import UsageError
 

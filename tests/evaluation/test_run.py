@@ -134,51 +134,48 @@ class ChatOnly:
         return getattr(self.inner, name)
 
 
-def test_uses_chat_batch_when_the_model_has_it(
-    normal_model: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+@pytest.fixture
+def batches(monkeypatch: pytest.MonkeyPatch) -> list[list[Any]]:
+    """The requests of every ``DocModel.chat_batch`` call, one list per call."""
     from ixcdoc.runtime import DocModel
 
-    sizes: list[int] = []
+    calls: list[list[Any]] = []
     real = DocModel.chat_batch
 
     def chat_batch(self: Any, requests: Any, **kw: Any) -> Any:
-        sizes.append(len(requests))
+        calls.append(list(requests))
         return real(self, requests, **kw)
 
     monkeypatch.setattr(DocModel, "chat_batch", chat_batch)
+    return calls
+
+
+def test_uses_chat_batch_when_the_model_has_it(
+    normal_model: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, batches: list
+) -> None:
     monkeypatch.setattr(run_mod, "BATCH_SIZE", 2)
     data = builders.docvqa(tmp_path / "d", n=3)
     batched = run_eval(normal_model, "docvqa", data, max_new_tokens=MNT)
-    assert sizes == [2, 1]
+    assert [len(b) for b in batches] == [2, 1]
     single = run_eval(ChatOnly(normal_model), "docvqa", data, max_new_tokens=MNT)
-    assert sizes == [2, 1]  # the chat-only model never batched
+    assert [len(b) for b in batches] == [2, 1]  # the chat-only model never batched
     # greedy answers do not depend on the path taken
     assert [r["prediction"] for r in batched.records] == [r["prediction"] for r in single.records]
 
 
 def test_beams_run_as_chat_with_beams_under_their_own_key(
-    normal_model: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    normal_model: Any, tmp_path: Path, batches: list
 ) -> None:
     from PIL import Image
 
     from ixcdoc.errors import UsageError
     from ixcdoc.evaluation.report import summarize
-    from ixcdoc.runtime import DocModel
 
-    beams_sent: list[int] = []
-    real = DocModel.chat_batch
-
-    def chat_batch(self: Any, requests: Any, **kw: Any) -> Any:
-        beams_sent.extend(r.num_beams for r in requests)
-        return real(self, requests, **kw)
-
-    monkeypatch.setattr(DocModel, "chat_batch", chat_batch)
     data = builders.docvqa(tmp_path / "d", n=2)
     out = tmp_path / "out.jsonl"
     greedy = run_eval(normal_model, "docvqa", data, output=out, max_new_tokens=MNT)
     beams = run_eval(normal_model, "docvqa", data, output=out, max_new_tokens=MNT, num_beams=3)
-    assert beams_sent == [1, 1, 3, 3]
+    assert [r.num_beams for b in batches for r in b] == [1, 1, 3, 3]
     # another setting: answered again, not skipped as done
     assert (beams.answered, beams.skipped) == (2, 0)
     assert [r["num_beams"] for r in greedy.records] == [None, None]  # greedy, as extract's
