@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.text import Text
 
 from ixcdoc.cli.app import (
     AllPagesOpt,
@@ -282,6 +283,7 @@ def run_job(
         stream=stream,
         # with -o or --out-dir the files are the output; stdout stays empty
         text_out=output is None and out_dir is None,
+        token_cap=job.new_tokens,
     )
     with interruptible(display, saved=output is not None or out_dir is not None):
         stats = run(
@@ -299,8 +301,12 @@ def run_job(
             batch_size=parse_batch(batch_size),
             workers=workers,
         )
-    if not quiet and (stats.pages > 1 or stats.skipped or stats.skipped_failed or out_dir):
-        where = f"; records in {stats.records_path}" if stats.records_path else ""
+    saved = output is not None or out_dir is not None
+    if not quiet and (stats.pages > 1 or stats.skipped or stats.skipped_failed or saved):
+        # Every run that writes files says where they went, first run or rerun.
+        timing = display.summary()
+        where = f"; {timing}" if timing else ""
+        where += f"; records in {stats.records_path}" if stats.records_path else ""
         if out_dir is not None:
             where += f"; {stats.files_written} files written to {out_dir}"
         summary_line(stats, where)
@@ -317,7 +323,7 @@ def interruptible(display: Display, *, saved: bool) -> Iterator[None]:
     except KeyboardInterrupt:
         display.stop()
         hint = " (every finished page is saved; run the same command again to resume)"
-        err.print(f"interrupted{hint if saved else ''}", markup=False)
+        err.print(Text(f"interrupted{hint if saved else ''}"), soft_wrap=not err.is_terminal)
         raise typer.Exit(EXIT_INTERRUPTED) from None
     finally:
         display.stop()
@@ -334,7 +340,8 @@ def summary_line(stats: BatchStats, where: str) -> None:
         parts.append(f"{stats.skipped} already done")
     if stats.skipped_failed:
         parts.append(f"{stats.skipped_failed} failed earlier (retry with --redo-failed)")
-    err.print(", ".join(parts) + where, markup=False)
+    # On a terminal wrapped at spaces (no path or number broken mid-word); elsewhere one line.
+    err.print(Text(", ".join(parts) + where), soft_wrap=not err.is_terminal)
 
 
 def _check_out_dir(out_dir: Path, paths: list[str]) -> None:

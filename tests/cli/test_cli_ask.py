@@ -112,3 +112,21 @@ def test_pages_option_limits_the_ranking(
     assert [r.page for r in parse_lines(res.stdout)] == [1, 3]
     res = invoke(["ask", pdf, "the contract stamp", *args])
     assert [r.page for r in parse_lines(res.stdout)] == [3]
+
+
+def test_every_run_that_writes_a_file_ends_with_one_summary_line(
+    tmp_path: Path, ckpts: Checkpoints, invoke: Invoke
+) -> None:
+    """``ask -o``, ``chart -o`` and a one-file ``extract -o`` say where the records went, on
+    the first run as on a rerun (which does nothing)."""
+    png = text_png(tmp_path / "invoice.png", "Total 12.50")
+    for cmd in (["ask", png, "what is the total?"], ["chart", png], ["extract", png]):
+        out = tmp_path / f"{cmd[0]}.jsonl"
+        first = invoke([*cmd, "-o", out, *model_args(ckpts.normal)])
+        assert first.exit_code == 0, first.stderr
+        assert first.stdout == ""
+        last = first.stderr.splitlines()[-1]
+        assert last.startswith("1 ok; 1 page in ") and "tok/s" in last, last
+        assert last.endswith(f"; records in {out}"), last
+        again = invoke([*cmd, "-o", out, *model_args(ckpts.normal)])
+        assert again.stderr.splitlines()[-1] == f"0 ok, 1 already done; records in {out}"
