@@ -47,7 +47,7 @@ def test_engine_scores_equal_an_independent_forward(dm: DocModel) -> None:
         scan_page(LABELS[2], (640, 200)),
     ]
     q = "Who signed the contract?"
-    for hd in (SCREEN_HD, 1):
+    for hd in (SCREEN_HD, 1, 25):  # HD25: prompts past the prefix longer than BMM_MAX_ROWS
         got = dm.page_relevance(images, q, hd=hd)
         want = [independent_score(dm, im, q, hd) for im in images]
         assert len(got) == 3
