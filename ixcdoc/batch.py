@@ -14,6 +14,7 @@ file, the writers, the skip rules and the out-of-memory ladder. It reports what 
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import os
 from collections.abc import Callable, Iterator
@@ -57,8 +58,15 @@ class Events:
     def text(self, delta: str) -> None:
         """More generated text of the current page."""
 
+    def token(self, item: PageItem) -> None:
+        """The model generated one more token for ``item`` (for progress: counts, rates)."""
+
+    def finished(self, item: PageItem, rec: PageRecord) -> None:
+        """A page's record, as soon as it is written to the output file: pages on the batched
+        engine finish in any order. ``record`` follows for every page, in input order."""
+
     def record(self, item: PageItem, rec: PageRecord) -> None:
-        """A page's record, already written to every output."""
+        """A page's record, already written to every output, in input order."""
 
     def skipped(self, item: PageItem) -> None:
         """A page done (or failed) in an earlier run, not run again."""
@@ -302,6 +310,7 @@ def run(
                 for twin in twins.pop(key, []):  # identical bytes under another name
                     docs.add(_as(rec, twin), fresh=True)
             stats.count(rec)
+            events.finished(item, rec)
             ordered.done(item, rec)
 
         try:
@@ -353,16 +362,19 @@ def run(
                     engine = _engine(runner, job, batch_size)
                     stats.batch_size = engine.capacity
                 on_text: Callable[[str], None] | None = events.text if events.wants_text() else None
+                on_count = functools.partial(events.token, item)
                 if engine is None:
-                    finished(
-                        item,
-                        runner.run_page(item, job, on_start=events.page_started, on_text=on_text),
+                    rec = runner.run_page(
+                        item, job, on_start=events.page_started, on_text=on_text, on_count=on_count
                     )
+                    finished(item, rec)
                     continue
                 done = runner.settled(item, job)
                 if done is None:
                     inflight.add(key)
-                    done = engine.submit(item, on_start=events.page_started, on_text=on_text)
+                    done = engine.submit(
+                        item, on_start=events.page_started, on_text=on_text, on_count=on_count
+                    )
                 if done is not None:
                     finished(item, done)
                 while engine.busy >= engine.capacity:  # keep the slots full, no more

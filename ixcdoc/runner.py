@@ -263,8 +263,10 @@ class PageRunner:
         *,
         on_start: Callable[[PageItem, int], None] | None = None,
         on_text: Callable[[str], None] | None = None,
+        on_count: Callable[[], None] | None = None,
     ) -> PageRecord:
-        """Run the job on one page with ``chat`` and return its record (never raises)."""
+        """Run the job on one page with ``chat`` and return its record (never raises).
+        ``on_text`` gets the text as it is generated, ``on_count()`` is called per token."""
         from ixcdoc.guards import RepetitionGuard
         from ixcdoc.records import ErrorInfo
 
@@ -277,7 +279,7 @@ class PageRunner:
         flags: list[str] = []
         while True:
             guard = RepetitionGuard()
-            on_token = token_callback(guard, model, on_text)
+            on_token = token_callback(guard, model, on_text, on_count)
             if on_start is not None:
                 on_start(item, tier)
             try:
@@ -310,17 +312,25 @@ class PageRunner:
 
 
 class TokenCallback:
-    """``on_token`` for one generation: the repetition guard, and streamed text if wanted."""
+    """``on_token`` for one generation: the repetition guard, streamed text and a token count
+    if wanted."""
 
     def __init__(
-        self, guard: RepetitionGuard, model: DocModel, on_text: Callable[[str], None] | None
+        self,
+        guard: RepetitionGuard,
+        model: DocModel,
+        on_text: Callable[[str], None] | None,
+        on_count: Callable[[], None] | None = None,
     ) -> None:
         self.guard = guard
         self.on_text = on_text
+        self.on_count = on_count
         self.stream = model.tokenizer.stream() if on_text is not None else None
 
     def __call__(self, tid: int) -> bool:
         keep = self.guard(tid)
+        if self.on_count is not None:
+            self.on_count()
         if self.stream is not None and self.on_text is not None:
             delta = self.stream.push(tid)
             if delta:
@@ -336,10 +346,13 @@ class TokenCallback:
 
 
 def token_callback(
-    guard: RepetitionGuard, model: DocModel, on_text: Callable[[str], None] | None
+    guard: RepetitionGuard,
+    model: DocModel,
+    on_text: Callable[[str], None] | None,
+    on_count: Callable[[], None] | None = None,
 ) -> TokenCallback:
     """The ``on_token`` callback of one generation (see ``TokenCallback``)."""
-    return TokenCallback(guard, model, on_text)
+    return TokenCallback(guard, model, on_text, on_count)
 
 
 @dataclass
@@ -349,6 +362,9 @@ class _InFlight:
     flags: list[str]
     guard: RepetitionGuard
     on_token: TokenCallback
+    on_start: Callable[[PageItem, int], None] | None = None
+    on_text: Callable[[str], None] | None = None
+    on_count: Callable[[], None] | None = None
 
 
 class EnginePages:
@@ -386,6 +402,7 @@ class EnginePages:
         flags: list[str] | None = None,
         on_start: Callable[[PageItem, int], None] | None = None,
         on_text: Callable[[str], None] | None = None,
+        on_count: Callable[[], None] | None = None,
     ) -> PageRecord | None:
         """Queue a page; a record right away when the page cannot be submitted."""
         from ixcdoc.engine import ChatRequest
@@ -395,7 +412,7 @@ class EnginePages:
         tier = self.runner.first_tier(item, self.job) if tier is None else tier
         flags = [] if flags is None else flags
         guard = RepetitionGuard()
-        on_token = token_callback(guard, self.runner.model, on_text)
+        on_token = token_callback(guard, self.runner.model, on_text, on_count)
         request = ChatRequest(
             [self.runner.image(item)],
             self.job.prompt,
@@ -409,7 +426,9 @@ class EnginePages:
             handle = self.engine.submit(request, on_token=on_token, on_done=self._done.append)
         except IxcdocError as e:  # e.g. a prompt longer than the engine's slots
             return self.runner.failed(item, self.job, tier, flags, e.code, e.message)
-        self._inflight[handle.id] = _InFlight(item, tier, flags, guard, on_token)
+        self._inflight[handle.id] = _InFlight(
+            item, tier, flags, guard, on_token, on_start, on_text, on_count
+        )
         return None
 
     def step(self) -> list[tuple[PageItem, PageRecord]]:
@@ -446,4 +465,11 @@ class EnginePages:
             why = f"out of GPU memory even at HD{f.tier}; try --quant 4bit"
             return runner.failed(f.item, job, f.tier, f.flags, "oom", why)
         flags = f.flags if "tier_fallback" in f.flags else [*f.flags, "tier_fallback"]
-        return self.submit(f.item, tier=lower, flags=flags)
+        return self.submit(
+            f.item,
+            tier=lower,
+            flags=flags,
+            on_start=f.on_start,
+            on_text=f.on_text,
+            on_count=f.on_count,
+        )

@@ -1,7 +1,20 @@
 """What a batch run shows: the ``Events`` of ``ixcdoc.batch`` drawn with Rich.
 
-Streamed text or page text on stdout (records only with ``--json`` or ``-o``); the progress
-bar, per-page notes and errors on stderr.
+Page text on stdout (records only with ``--json`` or ``-o``); progress, per-page notes and
+errors on stderr. What a person sees on a terminal is the text the model produced, whole:
+
+- one page alone (``ask``, ``chart``, a one-page ``extract``) streams as it is generated,
+  word-wrapped to the terminal's width and written append-only (``cli/wrapping.py``), so an
+  answer of any length scrolls like ``cat``'s output and nothing is redrawn or cropped;
+- a run of several pages shows a live progress display (``cli/progress.py``: pages done and in
+  flight, tokens, rates as means over the run, an ETA counted in tokens) and prints each page's
+  text, wrapped, above it the moment the page finishes (on the batched engine, in finishing
+  order); off a terminal, stdout gets the pages in input order, as ``--json`` does;
+- notes, errors and the page headers wrap too; the progress display goes away at the end and
+  the summary line takes its place.
+
+The text is shown raw, never as Markdown: a ``*`` or ``#`` in a transcription is a character,
+and what is on the screen is what goes to the file or the pipe.
 """
 
 from __future__ import annotations
@@ -10,10 +23,13 @@ import contextlib
 import sys
 from typing import TYPE_CHECKING, Any
 
+from rich.cells import cell_len
 from rich.console import Console
+from rich.text import Text
 
 from ixcdoc.batch import Events
-from ixcdoc.cli.app import err
+from ixcdoc.cli.progress import RunProgress, page_name
+from ixcdoc.cli.wrapping import WrapWriter, wrap
 
 if TYPE_CHECKING:
     from ixcdoc.reading import PageItem
@@ -27,176 +43,208 @@ def page_label(source: str, page: int | None, page_count: int | None) -> str:
     return f"{shown} page {page}/{page_count}"
 
 
-class Display(Events):
-    """Text or records on stdout, progress and notes on stderr, as the options ask."""
+def page_note(rec: PageRecord) -> str:
+    """The dim line under a page: where it is, tier and grid, tokens and speed, and flags."""
+    notes = []
+    if "blank" in rec.flags:
+        notes.append("blank page: not sent to the model")
+    if "repetition" in rec.flags:
+        notes.append("stopped a repetition loop; output trimmed")
+    if "tier_fallback" in rec.flags:
+        notes.append(f"out of GPU memory; retried at HD{rec.tier}")
+    if "low_dpi" in rec.flags:
+        notes.append("rendered below the DPI its text needs (--max-pixels)")
+    where = page_label(rec.source, rec.page, rec.page_count)
+    tier = f", HD{rec.tier} {rec.grid[0]}x{rec.grid[1]}" if rec.grid else ""
+    t = rec.timings
+    speed = ""
+    if t.decode_ms and t.tokens:
+        speed = f", {t.tokens} tokens, {1000 * t.tokens / t.decode_ms:.1f} tok/s"
+    return f"({where}{tier}{speed}{'; ' + '; '.join(notes) if notes else ''})"
 
-    def __init__(self, *, json_out: bool, quiet: bool, stream: bool, text_out: bool = True) -> None:
+
+class Display(Events):
+    """Text or records on stdout, progress and notes on stderr, as the options ask.
+
+    ``token_cap``: the job's generation limit per page (the ETA's bound before any page has
+    finished).
+    """
+
+    def __init__(
+        self,
+        *,
+        json_out: bool,
+        quiet: bool,
+        stream: bool,
+        text_out: bool = True,
+        token_cap: int = 1024,
+    ) -> None:
         self.json_out = json_out or not text_out  # records only: no text on stdout
         self.quiet = quiet
         self.markers = True
         self.tty = sys.stdout.isatty()
         self.stream = stream and not json_out
-        self.progress: Any = None
-        self.task_id: Any = None
-        self.live: Any = None
-        self.text_so_far = ""
-        self.total = 0
+        self.counts = RunProgress(cap=token_cap)
+        self.live: Any = None  # the progress display while a run of several pages goes
+        self.waiting: Any = None  # a one-page run's spinner until its first text arrives
+        self.writer: WrapWriter | None = None  # the page streaming now
         self.docs = 0
-        self.out = Console(highlight=False, soft_wrap=True)
+        self._shown: set[int] = set()  # pages whose record was drawn when they finished
+        # People's console (stderr) wraps: a line Rich wraps itself is one it can count, so
+        # lines printed above the live display never tear it or get cropped.
+        self.err = Console(stderr=True, highlight=False)
+        self.out = Console(highlight=False)  # results on a terminal (stdout)
 
     # -- Events ----------------------------------------------------------------------------
 
     def loading(self, model: str) -> contextlib.AbstractContextManager[Any]:
-        if self.quiet or not err.is_terminal:
+        if self.quiet or not self.err.is_terminal:
             return contextlib.nullcontext()
-        return err.status(f"loading {model}")
+        return self.err.status(Text(f"loading {model}"))
 
     def note(self, message: str) -> None:
         if not self.quiet:
-            self._console().print(message, markup=False)
+            self._people(Text(message))
 
     def opened(self, source: str, pages: int, *, single: bool) -> None:
         self.docs += 1
-        self.total += pages
+        with self.counts.lock:
+            self.counts.total += pages
         if self.docs == 1:
             self.markers = not single
             if not single:
                 self._start_progress()
-        if self.progress is not None:
-            self.progress.update(self.task_id, total=self.total)
 
     def wants_text(self) -> bool:
-        """Page text is shown live as it is generated: on a terminal, without a progress bar."""
-        return self.stream and self.tty and self.progress is None
+        """Page text is shown live as it is generated: on a terminal, one page alone."""
+        return self.stream and self.tty and self.live is None and not self.markers
 
     def page_started(self, item: PageItem, tier: int) -> None:
-        if self.progress is not None:
-            self.progress.update(self.task_id, description=f"{item.source} p{item.page} HD{tier}")
-        if self.live is not None:  # a retry at a lower tier: drop the partial text
-            self.live.stop()
-            self.live = None
-        self.text_so_far = ""
+        self.counts.start(id(item), page_name(item.source, item.page))
+        self._refresh()
+        if self.writer is not None:  # a retry one tier lower after the text had started
+            self.writer.close()
+            self.writer = None
+            self._people(Text(f"(out of GPU memory; starting again at HD{tier})", style="dim"))
         if self.wants_text():
-            from rich.live import Live
-            from rich.markdown import Markdown
-
-            if self.markers:  # the header goes above the text that streams under it
-                self.out.rule(page_label(item.source, item.page, item.page_count), style="dim")
-            self.live = Live(Markdown(""), console=self.out, refresh_per_second=8)
-            self.live.start()
+            self.writer = WrapWriter(self._write_out, lambda: self.out.width)
+            if not self.quiet and self.err.is_terminal and self.waiting is None:
+                label = page_label(item.source, item.page, item.page_count)
+                self.waiting = self.err.status(Text(f"reading {label} at HD{tier}"))
+                self.waiting.start()
 
     def text(self, delta: str) -> None:
-        self.text_so_far += delta
-        if self.live is not None:
-            from rich.markdown import Markdown
+        self._stop_waiting()
+        if self.writer is not None:
+            self.writer.feed(delta)
+            sys.stdout.flush()
 
-            self.live.update(Markdown(self.text_so_far))
+    def token(self, item: PageItem) -> None:
+        self.counts.token(id(item))
+
+    def finished(self, item: PageItem, rec: PageRecord) -> None:
+        self._stop_waiting()
+        self._shown.add(id(item))
+        ran = rec.status == "ok" and rec.grid is not None and rec.timings.tokens is not None
+        self.counts.end(id(item), rec.timings.tokens if ran else None)
+        if rec.status == "error":
+            self._close_writer()
+            assert rec.error is not None
+            self._people(Text.assemble(("error:", "bold red"), " ", rec.error.message))
+        elif not self.json_out:
+            if self.tty:
+                if self.writer is not None:  # streamed already: end its last line
+                    self._close_writer()
+                else:
+                    self._page_text(rec)
+            if not self.quiet:
+                self._people(Text(page_note(rec), style="dim"))
+        self._refresh()
 
     def record(self, item: PageItem, rec: PageRecord) -> None:
-        streamed = self.live is not None
-        if streamed:
-            self.live.stop()
-            self.live = None
-        if rec.status == "error":
-            assert rec.error is not None
-            from rich.markup import escape  # a file name like "scan[1].pdf" is not markup
-
-            self._console().print(f"[bold red]error:[/] {escape(rec.error.message)}", markup=True)
-        elif not self.json_out:
-            self._page_text(rec, streamed)
-            if not self.quiet:
-                self._page_note(rec)
-        self._advance()
-
-    def skipped(self, item: PageItem) -> None:
-        self._advance()
-
-    # -- drawing ---------------------------------------------------------------------------
-
-    def _page_text(self, rec: PageRecord, streamed: bool) -> None:
-        where = page_label(rec.source, rec.page, rec.page_count)
-        if self.markers and not streamed:
-            if self.tty:
-                self._screen().rule(where, style="dim")
-            else:
-                sys.stdout.write(f"==> {where} <==\n")
-        if self.tty and not streamed:
-            from rich.markdown import Markdown
-
-            self._screen().print(Markdown(rec.text or ""))
-        elif not self.tty:
+        if id(item) not in self._shown:  # a caller that reports records only (Ray)
+            self.finished(item, rec)
+        self._shown.discard(id(item))
+        if rec.status == "ok" and not self.json_out and not self.tty:
+            if self.markers:
+                sys.stdout.write(f"==> {page_label(rec.source, rec.page, rec.page_count)} <==\n")
             sys.stdout.write((rec.text or "") + "\n")
             sys.stdout.flush()
 
-    def _page_note(self, rec: PageRecord) -> None:
-        notes = []
-        if "blank" in rec.flags:
-            notes.append("blank page: not sent to the model")
-        if "repetition" in rec.flags:
-            notes.append("stopped a repetition loop; output trimmed")
-        if "tier_fallback" in rec.flags:
-            notes.append(f"out of GPU memory; retried at HD{rec.tier}")
-        if "low_dpi" in rec.flags:
-            notes.append("rendered below the DPI its text needs (--max-pixels)")
-        where = page_label(rec.source, rec.page, rec.page_count)
-        tier = f", HD{rec.tier} {rec.grid[0]}x{rec.grid[1]}" if rec.grid else ""
-        t = rec.timings
-        speed = ""
-        if t.decode_ms and t.tokens:
-            speed = f", {t.tokens} tokens, {1000 * t.tokens / t.decode_ms:.1f} tok/s"
-        msg = f"({where}{tier}{speed}{'; ' + '; '.join(notes) if notes else ''})"
-        self._console().print(msg, style="dim", markup=False)
+    def skipped(self, item: PageItem) -> None:
+        self.counts.end(id(item), None)
+        self._refresh()
 
-    def _start_progress(self) -> None:
-        if self.quiet or not err.is_terminal:
-            return
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
-
-        self.progress = Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[rate]}"),
-            TimeElapsedColumn(),
-            TextColumn("eta"),
-            TimeRemainingColumn(),
-            console=err,
-            transient=False,
-        )
-        self.progress.start()
-        self.task_id = self.progress.add_task("pages", total=self.total, rate="")
-
-    def _advance(self) -> None:
-        if self.progress is not None:
-            t = self.progress.tasks[0]
-            self.progress.advance(self.task_id)
-            speed = t.finished_speed or t.speed
-            self.progress.update(self.task_id, rate=f"{speed:.2f} pages/s" if speed else "")
+    # -- the end ---------------------------------------------------------------------------
 
     def stop(self) -> None:
-        """End the live text and the progress bar (before the summary line)."""
+        """End the streamed text and the progress display (before the summary line)."""
+        self._stop_waiting()
+        self._close_writer()
         if self.live is not None:
             self.live.stop()
             self.live = None
-        if self.progress is not None:
-            self.progress.stop()
-            self.progress = None
 
-    def _console(self) -> Console:
-        """stderr, through the progress bar's console while it is live."""
-        return self.progress.console if self.progress is not None else err
+    def summary(self) -> str:
+        """The run's means for the summary line ("" when the model finished no page)."""
+        return self.counts.summary()
 
-    def _screen(self) -> Console:
-        """Where results go on a terminal: above the live progress bar while it runs.
+    # -- drawing ---------------------------------------------------------------------------
 
-        A second Console on stdout would write past Rich's live display and tear the bar;
-        both streams are the same terminal here, so the progress console prints them.
+    def _start_progress(self) -> None:
+        if self.quiet or not self.err.is_terminal:
+            return
+        from rich.live import Live
+
+        self.live = Live(
+            self.counts,
+            console=self.err,
+            refresh_per_second=4,
+            transient=True,
+            redirect_stdout=False,
+            redirect_stderr=False,
+        )
+        self.live.start()
+
+    def _refresh(self) -> None:
+        """Redraw now: every page that starts or ends is drawn, besides the timed redraws."""
+        if self.live is not None:
+            self.live.refresh()
+
+    def _stop_waiting(self) -> None:
+        if self.waiting is not None:
+            self.waiting.stop()
+            self.waiting = None
+
+    def _close_writer(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+            sys.stdout.flush()
+
+    def _write_out(self, s: str) -> None:
+        sys.stdout.write(s)
+
+    def _people(self, text: Text) -> None:
+        """A line for people on stderr: on a terminal wrapped to its width (above the progress
+        display if it is live); elsewhere one line, as logs and ``grep`` want it."""
+        self.err.print(text, soft_wrap=not self.err.is_terminal)
+
+    def _page_text(self, rec: PageRecord) -> None:
+        """A finished page on a terminal: its header and its text, wrapped to the width.
+
+        With the progress display live, both screens are one terminal and the text goes
+        through the display's console (stderr) so it lands above the display instead of
+        tearing it; otherwise to stdout.
         """
-        return self.progress.console if self.progress is not None else self.out
+        console = self.err if self.live is not None else self.out
+        if self.markers:
+            label = page_label(rec.source, rec.page, rec.page_count)
+            if cell_len(label) + 6 <= console.width:
+                console.rule(Text(label), style="dim")
+            else:
+                console.print(Text(label, style="bold"), soft_wrap=False)
+        body = wrap(rec.text or "", console.width)
+        if body:
+            # Already wrapped to the width: printed as it is, every line fits.
+            console.print(Text(body.removesuffix("\n")), soft_wrap=True)

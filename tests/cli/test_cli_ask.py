@@ -180,3 +180,21 @@ def test_a_mixed_document_uses_the_text_layer_and_the_model(
     (rec,) = parse_lines(res.stdout)
     assert rec.screening is not None and set(rec.screening.scores) == {1, 3, 4}
     assert rec.page == best(rec.screening.scores)
+
+
+def test_every_run_that_writes_a_file_ends_with_one_summary_line(
+    tmp_path: Path, ckpts: Checkpoints, invoke: Invoke
+) -> None:
+    """``ask -o``, ``chart -o`` and a one-file ``extract -o`` say where the records went, on
+    the first run as on a rerun (which does nothing)."""
+    png = text_png(tmp_path / "invoice.png", "Total 12.50")
+    for cmd in (["ask", png, "what is the total?"], ["chart", png], ["extract", png]):
+        out = tmp_path / f"{cmd[0]}.jsonl"
+        first = invoke([*cmd, "-o", out, *model_args(ckpts.normal)])
+        assert first.exit_code == 0, first.stderr
+        assert first.stdout == ""
+        last = first.stderr.splitlines()[-1]
+        assert last.startswith("1 ok; 1 page in ") and "tok/s" in last, last
+        assert last.endswith(f"; records in {out}"), last
+        again = invoke([*cmd, "-o", out, *model_args(ckpts.normal)])
+        assert again.stderr.splitlines()[-1] == f"0 ok, 1 already done; records in {out}"
