@@ -430,11 +430,15 @@ def ask(
 ) -> None:
     """Answer a question about a document, citing the page.
 
-    Multi-page PDFs with a text layer: the page(s) that best match the question (BM25) are
-    read. Scans and pages without text: every selected page is answered in turn.
+    A multi-page document is answered once, from its best page: pages with a text layer are
+    ranked by their words (BM25); pages without one (scans) are screened by the model at a
+    low tier, all in one batch, and the best is answered at the task's tier. --top-k N answers the N
+    best, --all-pages every selected page in turn. The screening scores go to stderr and to
+    the records (docs/screening.md).
 
     \b
     ixcdoc ask paper.pdf "What dataset is used in Table 3?"
+    ixcdoc ask scan.pdf "Who signed the contract?" --top-k 2
     maim -s | ixcdoc ask - "what does the error say?"
     echo "what is the total?" | ixcdoc ask invoice.pdf
     """
