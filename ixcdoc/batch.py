@@ -44,6 +44,11 @@ class Events:
     def note(self, message: str) -> None:
         """Something the user should know (a repaired output file)."""
 
+    def screening(self, source: str, pages: int) -> contextlib.AbstractContextManager[Any]:
+        """Wraps the model's screening of ``pages`` pages of ``source`` (``ask``'s page
+        choice, ``ixcdoc.screening``): a spinner, say."""
+        return contextlib.nullcontext()
+
     def opened(self, source: str, pages: int, *, single: bool) -> None:
         """A document was opened and ``pages`` of its pages will follow. ``single``: this
         is the run's only input and it has one page."""
@@ -277,6 +282,7 @@ def run(
             output=output if state is not None and state.count else None,
             batch_size=batch_size,
             note=events.note,
+            busy=events.screening,
         )
     pages = read_pages(sources, choose=choose, skip=skip, plan=plan, render=workers == 0)
     items = ahead(pages, depth=read_ahead) if read_ahead > 0 else pages

@@ -11,6 +11,7 @@ the answers. docs/screening.md describes the method and what it costs.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
     from ixcdoc.runtime import DocModel
 
 Choose = Callable[["Document", list[int]], PageChoice]
+Busy = Callable[[str, int], contextlib.AbstractContextManager[object]]
 
 
 def text_choice(
@@ -69,6 +71,7 @@ class Screener:
     have text never needs it). ``known``: scores an earlier run recorded, by content hash and
     page, reused instead of screening again. ``note(message)``: one line per screened
     document for the user (which pages, the tier, the choice and its scores).
+    ``busy(source, pages)``: a context manager around the model's screening (a spinner).
     """
 
     def __init__(
@@ -80,6 +83,7 @@ class Screener:
         batch_size: int | None = None,
         known: Mapping[str, Mapping[int, float]] | None = None,
         note: Callable[[str], None] | None = None,
+        busy: Busy | None = None,
     ) -> None:
         self.question = question
         self.top_k = top_k
@@ -87,6 +91,7 @@ class Screener:
         self.batch_size = batch_size
         self.known = known or {}
         self.note = note or (lambda message: None)
+        self.busy = busy or (lambda source, pages: contextlib.nullcontext())
 
     def __call__(self, doc: Document, numbers: list[int]) -> PageChoice:
         reused: list[bool] = []
@@ -128,9 +133,10 @@ class Screener:
         if not screened:
             return {}
         try:
-            scores = model.page_relevance(
-                images, self.question, hd=SCREEN_HD, max_batch=self.batch_size
-            )
+            with self.busy(doc.source, len(images)):
+                scores = model.page_relevance(
+                    images, self.question, hd=SCREEN_HD, max_batch=self.batch_size
+                )
         except IxcdocError as e:
             self.note(f"{doc.source}: screening failed ({e.message}); answering every page")
             return {}
@@ -209,6 +215,7 @@ def ask_choice(
     output: str | Path | None = None,
     batch_size: int | None = None,
     note: Callable[[str], None] | None = None,
+    busy: Busy | None = None,
 ) -> Choose:
     """The page filter of an ``ask`` run (``batch.run``): every document screened now where
     its text layer cannot choose, scores of an earlier run in ``output`` reused."""
@@ -219,6 +226,7 @@ def ask_choice(
         batch_size=batch_size,
         known=earlier_scores(output, probe),
         note=note,
+        busy=busy,
     )
 
     def by_text(doc: Document, numbers: list[int]) -> PageChoice:
