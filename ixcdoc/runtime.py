@@ -388,7 +388,8 @@ class DocModel:
                 )
             except ValueError as e:
                 raise UsageError(str(e)) from None
-            [answer] = self._run_engine([req], num_beams, on_token=on_token)
+            with self.owning_cache("chat"):  # the engine rebuilds the cache for the beams
+                [answer] = self._run_engine([req], num_beams, on_token=on_token)
             if isinstance(answer, BaseException):
                 raise answer
             return answer
@@ -500,7 +501,8 @@ class DocModel:
         for r in requests:
             check_hd(r.hd)
         n = max_batch if max_batch is not None else self.batch_size_for(requests)
-        out = self._run_engine(requests, n)
+        with self.owning_cache("chat_batch"):  # held until its engine's cache is freed
+            out = self._run_engine(requests, n)
         if not return_exceptions:
             for a in out:
                 if isinstance(a, BaseException):
@@ -517,13 +519,12 @@ class DocModel:
         n_slots = max(min(n, sum(r.num_beams for r in requests)), beams)
         need = max(request_positions(self, r) for r in requests)
         max_len = -(-max(need, 1) // 256) * 256  # as generate rounds: nearby runs share shapes
-        with self.owning_cache("chat_batch"):
-            eng = self.engine(n_slots=n_slots, max_len=max_len)
-            try:
-                handles = [eng.submit(r, on_token=on_token) for r in requests]
-                eng.run_until_idle()
-            finally:
-                self.model.reset_caches()  # a batch-sized cache must not outlive the batch
+        eng = self.engine(n_slots=n_slots, max_len=max_len)
+        try:
+            handles = [eng.submit(r, on_token=on_token) for r in requests]
+            eng.run_until_idle()
+        finally:
+            self.model.reset_caches()  # a batch-sized cache must not outlive the batch
         return [h.error if h.error is not None else h.answer for h in handles]
 
 
