@@ -546,7 +546,8 @@ class DocModel:
         for r in requests:
             check_hd(r.hd)
         n = max_batch if max_batch is not None else self.batch_size_for(requests)
-        out = self._run_engine(requests, n, logits_hook=first_logits)
+        with self.owning_cache("page_relevance"):  # held until its engine's cache is freed
+            out = self._run_engine(requests, n, logits_hook=first_logits)
         for a in out:
             if isinstance(a, BaseException):
                 raise a

@@ -86,6 +86,8 @@ def test_a_started_engine_owns_the_cache_until_it_is_closed(tiny_dm) -> None:
             tiny_dm.prompt_logits(req.images, req.query, hd=req.hd)
         with pytest.raises(UsageError, match=r"engine\(\): Engine"):
             tiny_dm.engine(n_slots=1, max_len=256)
+        with pytest.raises(UsageError, match="page_relevance: Engine"):
+            tiny_dm.page_relevance(req.images, req.query, hd=req.hd)
         served = eng.submit(req).result(timeout=120)  # the engine itself goes on
     finally:
         eng.close()
