@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
+import json
 import queue
+import re
 import signal
 import subprocess
 import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +22,7 @@ from typer.testing import CliRunner
 
 from ixcdoc.cli import app
 from ixcdoc.errors import EXIT_USAGE
-from tests.cli.helpers import subprocess_env
+from tests.cli.helpers import IXCDOC, subprocess_env
 from tests.serve.helpers import TIMEOUT, chat_body, data_url, page_png
 
 
@@ -35,22 +39,32 @@ def _lines(stream: Any) -> queue.Queue[str]:
     return out
 
 
-def test_serve_listens_answers_and_stops_on_ctrl_c(tiny_paths: dict[str, Path], tiny: Any) -> None:
-    cmd = [sys.executable, "-m", "ixcdoc.cli", "serve", "--model", str(tiny_paths["normal"])]
-    cmd += ["--device", "cpu", "--port", "0", "--api-key", "k1", "--model-name", "doc"]
+@contextlib.contextmanager
+def started(ckpt: Path, *args: str) -> Iterator[tuple[subprocess.Popen[bytes], list[str]]]:
+    """``ixcdoc serve --model ckpt --device cpu --port 0 ARGS`` as a process: yields it once it
+    says ``listening on``, with the stderr lines up to that one; killed if the test fails."""
+    cmd = [*IXCDOC, "serve", "--model", str(ckpt), "--device", "cpu", "--port", "0", *args]
     proc = subprocess.Popen(
         cmd, stderr=subprocess.PIPE, stdout=subprocess.PIPE, env=subprocess_env()
     )
     try:
         lines = _lines(proc.stderr)
-        seen = []
-        while True:
+        seen: list[str] = []
+        while not seen or not seen[-1].startswith("listening on "):
             line = lines.get(timeout=TIMEOUT)
             assert line, f"the server exited: {''.join(seen)}"
             seen.append(line)
-            if line.startswith("listening on "):
-                break
-        url = line.removeprefix("listening on ").strip()
+        yield proc, [line.rstrip("\n") for line in seen]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(TIMEOUT)
+
+
+def test_serve_listens_answers_and_stops_on_ctrl_c(tiny_paths: dict[str, Path], tiny: Any) -> None:
+    args = ["--api-key", "k1", "--model-name", "doc"]
+    with started(tiny_paths["normal"], *args) as (proc, seen):
+        url = seen[-1].removeprefix("listening on ").strip()
         assert url.startswith("http://127.0.0.1:")
         png = page_png("CLI")
         want = tiny.chat(
@@ -68,11 +82,33 @@ def test_serve_listens_answers_and_stops_on_ctrl_c(tiny_paths: dict[str, Path], 
         proc.send_signal(signal.SIGINT)
         proc.wait(TIMEOUT)
         assert proc.stdout is not None and proc.stdout.read() == b""  # stdout stays clean
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(TIMEOUT)
     assert proc.returncode == 130  # the CLI's Ctrl-C status, as for every command
+
+
+def test_serve_says_what_it_does_while_it_starts(tiny_paths: dict[str, Path]) -> None:
+    """Off a terminal, one line per start-up step, in order, before ``listening on``: the
+    weights, then the KV cache with its slots, positions and size."""
+    ckpt = tiny_paths["normal"]
+    with started(ckpt, "--batch-size", "2", "--max-tokens", "8") as (_, seen):
+        pass
+    loading, loaded, cache, listening = seen
+    assert loading == f"loading {ckpt} (auto, cpu)"
+    assert re.fullmatch(r"loaded in \d+\.\d s: fp32 on cpu", loaded), loaded
+    # a slot holds the longest prompt (max_length) and --max-tokens; float32 K and V per layer
+    cfg = json.loads((ckpt / "config.json").read_text())
+    positions = cfg["max_length"] + 8
+    head_dim = cfg["hidden_size"] // cfg["num_attention_heads"]
+    per_position = cfg["num_hidden_layers"] * 2 * cfg["num_key_value_heads"] * head_dim * 4
+    mib = 2 * positions * per_position / 2**20
+    assert cache == f"allocating the KV cache: 2 slots × {positions:,} positions, {mib:.1f} MiB"
+    assert listening.startswith("listening on http://127.0.0.1:")
+
+
+def test_serve_quiet_says_only_where_it_listens(tiny_paths: dict[str, Path]) -> None:
+    with started(tiny_paths["normal"], "--batch-size", "2", "--quiet") as (_, seen):
+        pass
+    (listening,) = seen
+    assert listening.startswith("listening on http://127.0.0.1:")
 
 
 @pytest.mark.parametrize("host", ["0.0.0.0", "192.168.1.5", "::"])
@@ -104,10 +140,12 @@ def test_a_batch_size_no_memory_holds_is_one_line_before_listening(
     args = ["serve", "--model", str(tiny_paths["normal"]), "--device", "cpu"]
     res = CliRunner().invoke(app, [*args, "--port", "0", "--batch-size", "5000000"])
     assert res.exit_code == EXIT_FATAL
-    lines = res.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), lines
-    assert "KV cache for 5000000 sequences" in lines[0]
+    *progress, error = res.stderr.splitlines()  # the start-up lines, then the error alone
+    assert error.startswith("error: ") and "KV cache for 5000000 sequences" in error
+    assert progress[-1].startswith("allocating the KV cache: 5000000 slots × ")
     assert "listening" not in res.output
+    quiet = CliRunner().invoke(app, [*args, "--port", "0", "--batch-size", "5000000", "-q"])
+    assert quiet.exit_code == EXIT_FATAL and quiet.stderr.splitlines() == [error]
 
 
 def test_a_port_in_use_or_an_unknown_host_is_one_line_and_allocates_nothing(
