@@ -222,16 +222,10 @@ def run(
         from ixcdoc.outdir import DocumentFiles
 
         docs = DocumentFiles(out_dir, out_format, sources.paths)
+        docs.prepare()  # a folder that takes no files fails now, before the model loads
         if output is None:
-            output = Path(out_dir) / ".ixcdoc" / "records.jsonl"
-            try:
-                output.parent.mkdir(parents=True, exist_ok=True)
-            except OSError as e:
-                from ixcdoc.records import RecordsError
-
-                raise RecordsError(
-                    f"cannot use --out-dir {out_dir}: {e.strerror or e}", code="output_dir"
-                ) from None
+            output = docs.own_records()
+        docs.records = Path(output)
     state = file_writer = None
     if output is not None:
         # Locked first and held for the whole run; the resume state is read under the lock.
