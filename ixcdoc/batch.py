@@ -193,8 +193,9 @@ def run(
     ``model``: a loaded ``DocModel``, or what ``ixcdoc.load`` takes (a folder, a hub id, None
     for the default) with ``device`` and ``quant``: then it is loaded when the first page
     needs it, and not at all when none does (every input failed or was done before).
-    ``output``: a JSONL file to append records to; pages it already holds for this job are
-    skipped (failed ones too, unless ``redo_failed``). ``json_stream``: also write each record
+    ``output``: a JSONL file to append records to, or a folder (``DIR/``, or one that exists)
+    that gets a new shard; pages it already holds for this job are skipped (failed ones too,
+    unless ``redo_failed``). ``json_stream``: also write each record
     there as a JSON line. Pages are read ``read_ahead`` pages in front of the model on a worker
     thread (0: on the calling thread). ``out_dir``: also write one file per document there
     (``out_format`` md, txt or json; ``ixcdoc.outdir``), with the records in ``output`` or, if
@@ -206,7 +207,7 @@ def run(
     KeyboardInterrupt propagates after the reader stops; every record written before it is
     complete.
     """
-    from ixcdoc.records import open_output
+    from ixcdoc.records import open_records
 
     events = events or Events()
     if isinstance(model, (str, Path)) or model is None:
@@ -229,7 +230,8 @@ def run(
     state = file_writer = None
     if output is not None:
         # Locked first and held for the whole run; the resume state is read under the lock.
-        file_writer, state = open_output(output)
+        # ``DIR/``: a folder of shards, as the Ray run writes (records.open_records).
+        file_writer, state = open_records(output)
         if state.repaired_bytes:
             events.note(
                 f"repaired {output}: cut a torn last line ({state.repaired_bytes} bytes) "
@@ -430,10 +432,10 @@ class _Earlier:
         if key in self._this_run:
             return self._this_run[key]
         if self._from_file is None:
-            from ixcdoc.records import latest_records, resume_key
+            from ixcdoc.records import latest_of, resume_key
 
-            exists = self.path is not None and Path(self.path).is_file()
-            recs = latest_records(self.path) if exists else []  # type: ignore[arg-type]
+            exists = self.path is not None and Path(self.path).exists()
+            recs = latest_of(self.path) if exists else []  # type: ignore[arg-type]
             self._from_file = {resume_key(r): r for r in recs}
         return self._from_file.get(key)
 

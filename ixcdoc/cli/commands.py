@@ -263,7 +263,7 @@ def run_job(
     model: str | None,
     device: str,
     quant: Quant,
-    output: Path | None,
+    output: str | None,
     json_out: bool,
     quiet: bool,
     redo_failed: bool = False,
@@ -360,7 +360,7 @@ def _check_out_dir(out_dir: Path, paths: list[str]) -> None:
                 )
 
 
-def _needs_output(redo_failed: bool, output: Path | None) -> None:
+def _needs_output(redo_failed: bool, output: str | None) -> None:
     if redo_failed and output is None:
         raise UsageError("--redo-failed needs -o/--output (the file that records failures)")
 
