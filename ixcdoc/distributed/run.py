@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from ixcdoc.batch import BatchStats, Events
-from ixcdoc.distributed.cluster import RayOptions, ray_session, run_pages
+from ixcdoc.distributed.cluster import RayOptions, check_address, ray_session, run_pages
 from ixcdoc.distributed.listing import list_pages
 from ixcdoc.errors import IxcdocError
 from ixcdoc.reading import PageItem
@@ -55,6 +55,8 @@ def run_ray(
     from ixcdoc.records import open_records
 
     options = ray or RayOptions()
+    if options.address is not None:
+        check_address(options.address)  # a malformed address: one line before any listing
     events = events or Events()
     model_arg = None if model is None else os.fspath(model)
     # A local folder becomes its absolute path (Ray's workers run elsewhere), a hub id stays.
