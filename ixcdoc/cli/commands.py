@@ -66,7 +66,7 @@ RayAddressOpt = Annotated[
     str | None,
     typer.Option(
         "--ray-address",
-        metavar="auto|ray://HOST:PORT",
+        metavar="auto|HOST:PORT",
         help="Join a running Ray cluster instead of starting one (implies --ray).",
     ),
 ]
@@ -369,7 +369,15 @@ def _question_from_stdin(doc: str, question: str | None) -> str:
     if question is not None and question.strip():
         return question.strip()
     if doc != "-" and not sys.stdin.isatty():
-        text = sys.stdin.read().strip()
+        raw = getattr(sys.stdin, "buffer", None)  # bytes: decoded here, strictly
+        data = raw.read() if raw is not None else sys.stdin.read().encode("utf-8", "replace")
+        try:
+            text = data.decode("utf-8").strip()
+        except UnicodeDecodeError as e:
+            raise UsageError(
+                f"the question on stdin is not valid UTF-8: byte 0x{data[e.start]:02x} at "
+                f"byte {e.start + 1}"
+            ) from None
         if text:
             return text
     raise UsageError("no question given: pass it after DOC, or pipe it on stdin")
