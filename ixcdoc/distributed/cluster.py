@@ -262,6 +262,9 @@ def ray_session(options: RayOptions, replicas: int | None = None) -> Iterator[An
                 except BaseException:
                     keep = True
                     raise
+                if log is not None:  # Ray is up: the file goes now (a killed run leaves none);
+                    with contextlib.suppress(OSError):  # descriptor 2 still writes into it
+                        os.unlink(log)
                 try:
                     yield ray
                 finally:
