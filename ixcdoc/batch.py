@@ -198,8 +198,9 @@ def run(
     ``model``: a loaded ``DocModel``, or what ``ixcdoc.load`` takes (a folder, a hub id, None
     for the default) with ``device`` and ``quant``: then it is loaded when the first page
     needs it, and not at all when none does (every input failed or was done before).
-    ``output``: a JSONL file to append records to; pages it already holds for this job are
-    skipped (failed ones too, unless ``redo_failed``). ``json_stream``: also write each record
+    ``output``: a JSONL file to append records to, or a folder (``DIR/``, or one that exists)
+    that gets a new shard; pages it already holds for this job are skipped (failed ones too,
+    unless ``redo_failed``). ``json_stream``: also write each record
     there as a JSON line. Pages are read ``read_ahead`` pages in front of the model on a worker
     thread (0: on the calling thread). ``out_dir``: also write one file per document there
     (``out_format`` md, txt or json; ``ixcdoc.outdir``), with the records in ``output`` or, if
@@ -211,7 +212,7 @@ def run(
     KeyboardInterrupt propagates after the reader stops; every record written before it is
     complete.
     """
-    from ixcdoc.records import open_output
+    from ixcdoc.records import open_records
 
     events = events or Events()
     if isinstance(model, (str, Path)) or model is None:
@@ -227,20 +228,15 @@ def run(
         from ixcdoc.outdir import DocumentFiles
 
         docs = DocumentFiles(out_dir, out_format, sources.paths)
+        docs.prepare()  # a folder that takes no files fails now, before the model loads
         if output is None:
-            output = Path(out_dir) / ".ixcdoc" / "records.jsonl"
-            try:
-                output.parent.mkdir(parents=True, exist_ok=True)
-            except OSError as e:
-                from ixcdoc.records import RecordsError
-
-                raise RecordsError(
-                    f"cannot use --out-dir {out_dir}: {e.strerror or e}", code="output_dir"
-                ) from None
+            output = docs.own_records()
+        docs.records = Path(output)
     state = file_writer = None
     if output is not None:
         # Locked first and held for the whole run; the resume state is read under the lock.
-        file_writer, state = open_output(output)
+        # ``DIR/``: a folder of shards, as the Ray run writes (records.open_records).
+        file_writer, state = open_records(output)
         if state.repaired_bytes:
             events.note(
                 f"repaired {output}: cut a torn last line ({state.repaired_bytes} bytes) "
@@ -462,10 +458,10 @@ class _Earlier:
         if key in self._this_run:
             return self._this_run[key]
         if self._from_file is None:
-            from ixcdoc.records import latest_records, resume_key
+            from ixcdoc.records import latest_of, resume_key
 
-            exists = self.path is not None and Path(self.path).is_file()
-            recs = latest_records(self.path) if exists else []  # type: ignore[arg-type]
+            exists = self.path is not None and Path(self.path).exists()
+            recs = latest_of(self.path) if exists else []  # type: ignore[arg-type]
             self._from_file = {resume_key(r): r for r in recs}
         return self._from_file.get(key)
 

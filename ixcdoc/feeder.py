@@ -48,6 +48,14 @@ DEFAULT_MAX_HD = 55  # slots hold HD55 pages of 336-px crops (18.6 MB); larger o
 SHM_PREFIX = "ixcdoc_feed_"  # /dev/shm/<prefix>...: recognisable, so leaks can be looked for
 _OPEN_DOCS = 4  # documents a worker keeps open (pages of one file usually come together)
 _POLL_S = 0.5  # how often a waiting side checks that the other side is still alive
+# A spawned worker that finds itself starting a Feeder while it imports the parent's script
+# (no `if __name__ == "__main__":`) exits with this, so the parent can say so in one line.
+_EXIT_NO_MAIN_GUARD = 87
+_NO_MAIN_GUARD = (
+    "Feeder workers are spawned processes: each imports your script again, and this script "
+    "starts a Feeder when it is imported. Put the code that uses Feeder under "
+    '`if __name__ == "__main__":` (docs/api.md)'
+)
 
 TierFn = Callable[[int, int], int]
 
@@ -389,6 +397,14 @@ def _close_shm(shm: Any) -> None:
         shm._mmap = None
 
 
+def _importing_main() -> bool:
+    """True in a spawned process while it imports the parent's main module (multiprocessing
+    marks that phase; starting processes from it is what the guard prevents)."""
+    import multiprocessing as mp
+
+    return bool(getattr(mp.current_process(), "_inheriting", False))
+
+
 class Feeder:
     """Render + HD-transform pages ahead on ``workers`` processes (0: in this process).
 
@@ -412,6 +428,10 @@ class Feeder:
     ) -> None:
         if workers < 0:
             raise ValueError(f"workers must be >= 0, got {workers}")
+        if workers and _importing_main():
+            # We are a worker of another Feeder, still importing the parent's script: stop
+            # here, quietly; the parent says why (a UsageError) when it sees this exit code.
+            raise SystemExit(_EXIT_NO_MAIN_GUARD)
         self.workers = workers
         self.depth = max(1, depth if depth is not None else 2 * max(1, workers))
         self.slot_bytes = max_hd * max_tile * max_tile * 3  # a tier has at most hd crops
@@ -476,6 +496,8 @@ class Feeder:
             while ready < self.workers:
                 kind, wid, payload = self._get()
                 if kind == "died":
+                    if payload == _EXIT_NO_MAIN_GUARD:
+                        raise UsageError(_NO_MAIN_GUARD)
                     raise IxcdocError(f"feeder worker {wid} failed to start (exit code {payload})")
                 ready += kind == "ready"
         except BaseException:

@@ -20,11 +20,15 @@ callbacks. The one-token step (embedding + decoder on the static KV cache) can b
 from __future__ import annotations
 
 import functools
+import math
+import numbers
 import time
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 
 import torch
+
+from ixcdoc.errors import UsageError
 
 OnToken = Callable[[int], "bool | None"]
 ShouldStop = Callable[[Sequence[int]], "str | None"]
@@ -56,6 +60,14 @@ class SamplingConfig:
     repetition_penalty: float = 1.0
 
     def __post_init__(self) -> None:
+        for name in ("max_new_tokens", "top_k"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+                raise ValueError(f"{name} must be a whole number, got {v!r}")
+        for name in ("temperature", "top_p", "repetition_penalty"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v):
+                raise ValueError(f"{name} must be a finite number, got {v!r}")
         if self.max_new_tokens < 0:
             raise ValueError("max_new_tokens must be >= 0")
         if self.do_sample and not self.temperature >= MIN_TEMPERATURE:
@@ -69,6 +81,20 @@ class SamplingConfig:
             raise ValueError("top_k must be >= 0")
         if self.repetition_penalty <= 0:
             raise ValueError("repetition_penalty must be > 0")
+
+
+SEED_RANGE = (-(2**63), 2**64 - 1)  # what torch.Generator.manual_seed takes
+
+
+def seeded_generator(seed: int | None, device: torch.device | str) -> torch.Generator | None:
+    """The random generator of a seeded request (None without a seed): the one rule ``chat``
+    and the engine share. A seed torch cannot take is a UsageError."""
+    if seed is None:
+        return None
+    low, high = SEED_RANGE
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not low <= seed <= high:
+        raise UsageError(f"seed must be a whole number from {low} to {high}, got {seed!r}")
+    return torch.Generator(device=device).manual_seed(int(seed))
 
 
 @dataclass

@@ -124,8 +124,6 @@ def read_pages(
     ``render=False`` leaves rendering to the feeder (``through_feeder``): pages come with
     their ``info``, ``origin`` and whether they have a text layer instead.
     """
-    from ixcdoc.guards import is_blank
-
     for item in sources.documents():
         if isinstance(item, IxcdocError):
             source = getattr(item, "source", "?")
@@ -141,33 +139,37 @@ def read_pages(
             numbers, screening = list(choice.pages), _screening(choice)
         yield Opened(doc.source, len(numbers), tuple(doc.notes), tuple(numbers), doc.sha256)
         for n in numbers:
-            base = (doc.source, doc.sha256, n, doc.page_count)
             if skip is not None and skip(doc.sha256, n):
-                yield PageItem(*base, skipped=True, screening=screening)
+                yield PageItem(
+                    doc.source, doc.sha256, n, doc.page_count, skipped=True, screening=screening
+                )
                 continue
-            try:
-                flags = doc.page_flags(n)
-                if not render:
-                    info, text = doc.page_info(n), doc.has_text_layer(n)
-                    yield PageItem(
-                        *base,
-                        flags=flags,
-                        info=info,
-                        origin=doc.origin,
-                        has_text=text,
-                        screening=screening,
-                    )
-                    continue
-                r = doc.render(n)
-            except InputError as e:
-                yield PageItem(*base, error=e, flags=doc.flags, screening=screening)
-                continue
-            # A page whose text layer has words is never blank, however faint its render.
-            blank = is_blank(r.image) and not doc.has_text_layer(n)
-            page = PageItem(*base, rendered=r, blank=blank, flags=flags, screening=screening)
+            page = read_page(doc, n, render=render)
+            page.screening = screening
             if plan is not None:
                 plan.apply(page)
             yield page
+
+
+def read_page(doc: Document, n: int, *, source: str | None = None, render: bool = True) -> PageItem:
+    """Page ``n`` of an open document as the reader hands it over: its flags (``repaired``,
+    ``type_mismatch``, ``low_dpi``, ...), rendered and blank-checked, or the error that stopped
+    it. The one page reader of ``read_pages`` and the Ray render task. ``source``: the name
+    records use (default: the document's). ``render=False``: what the feeder needs instead."""
+    from ixcdoc.guards import is_blank
+
+    base = (source or doc.source, doc.sha256, n, doc.page_count)
+    try:
+        flags = doc.page_flags(n)
+        if not render:
+            info, text = doc.page_info(n), doc.has_text_layer(n)
+            return PageItem(*base, flags=flags, info=info, origin=doc.origin, has_text=text)
+        r = doc.render(n)
+    except InputError as e:
+        return PageItem(*base, error=e, flags=doc.flags)
+    # A page whose text layer has words is never blank, however faint its render.
+    blank = is_blank(r.image) and not doc.has_text_layer(n)
+    return PageItem(*base, rendered=r, blank=blank, flags=flags)
 
 
 def _screening(choice: PageChoice) -> Screening | None:

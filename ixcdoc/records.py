@@ -669,7 +669,13 @@ def lock_shards(directory: PathLike) -> int:
     """Lock a folder of shards for one run (a descriptor to close at the end): a second run on
     the same folder stops with ``output_locked`` instead of redoing the same pages."""
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        why = "it is a file" if isinstance(e, FileExistsError) else (e.strerror or str(e))
+        raise RecordsError(
+            f"cannot use {directory}/ as a folder of shards: {why}", code="output_dir"
+        ) from None
     return _open_locked(directory / SHARD_LOCK)
 
 
@@ -686,6 +692,66 @@ def load_shards(directory: PathLike) -> ResumeState:
     for key in total.done:
         total.failed.pop(key, None)
     return total
+
+
+def is_shard_dir(output: PathLike) -> bool:
+    """``-o DIR/`` (a trailing slash, or an existing folder): a folder of JSONL shards."""
+    text = os.fspath(output)
+    return text.endswith(("/", os.sep)) or os.path.isdir(text)
+
+
+class ShardWriter:
+    """A run's records appended to a new shard ``DIR/part-<id>.jsonl``, made on the first
+    record (a run with nothing to do leaves no empty shard); the folder's lock is held from
+    ``open_records`` until ``close``."""
+
+    def __init__(self, directory: Path, lock: int, *, fsync: bool = True) -> None:
+        self.directory = directory
+        self.path: Path | None = None  # the shard, once the first record made it
+        self.count = 0
+        self._lock: int | None = lock
+        self._fsync = fsync
+        self._writer: JsonlWriter | None = None
+
+    def write(self, rec: PageRecord) -> None:
+        """Append one record to this run's shard (made now if this is the first)."""
+        if self._writer is None:
+            import uuid
+
+            self.path = self.directory / f"part-{uuid.uuid4().hex[:12]}.jsonl"
+            self._writer = JsonlWriter(self.path, fsync=self._fsync)
+        self._writer.write(rec)
+        self.count += 1
+
+    def close(self) -> None:
+        """Close the shard and release the folder's lock; closing twice is harmless."""
+        if self._writer is not None:
+            self._writer.close()
+        if self._lock is not None:
+            os.close(self._lock)
+            self._lock = None
+
+
+def open_records(output: PathLike, *, fsync: bool = True) -> tuple[Any, ResumeState]:
+    """(writer, resume state) for a run's ``-o``: a file (``open_output``), or a folder of
+    shards (``is_shard_dir``) whose shards together are the state and which gets a new shard.
+    Both are locked before anything is read, until the writer is closed."""
+    if not is_shard_dir(output):
+        return open_output(output, fsync=fsync)
+    lock = lock_shards(output)
+    try:
+        state = load_shards(output)
+    except BaseException:
+        os.close(lock)
+        raise
+    return ShardWriter(Path(output), lock, fsync=fsync), state
+
+
+def latest_of(output: PathLike) -> list[PageRecord]:
+    """``latest_records`` of a file, or ``merge_shards`` of a folder of shards."""
+    if is_shard_dir(output):
+        return merge_shards(shard_paths(output))
+    return latest_records(output)
 
 
 def merge_shards(paths: list[Path]) -> list[PageRecord]:
@@ -1070,12 +1136,16 @@ __all__ = [
     "RecordsError",
     "ResumeKey",
     "ResumeState",
+    "ShardWriter",
     "Timings",
+    "is_shard_dir",
+    "latest_of",
     "latest_records",
     "load_existing",
     "load_shards",
     "make_key",
     "merge_shards",
+    "open_records",
     "resume_key",
     "shard_paths",
     "utc_now",

@@ -41,6 +41,14 @@ class Job:
     top_k: int | None = None
     num_beams: int = 1  # > 1: beam search (transformers' rules), on the batched engine
 
+    def __post_init__(self) -> None:
+        from ixcdoc.tokenizer import check_text
+
+        # Before any model loads: a byte that is not UTF-8 is one usage line, not a traceback.
+        if self.question is not None:
+            check_text(self.question, "the question")
+        check_text(self.prompt, "the question" if self.prompt == self.question else "the prompt")
+
     @property
     def new_tokens(self) -> int:
         """The generation limit: the job's, else the task's."""

@@ -24,7 +24,14 @@ import torch
 from ixcdoc.answer import Answer
 from ixcdoc.config import ModelConfig
 from ixcdoc.errors import DeviceError, UsageError, WeightsError
-from ixcdoc.generate import GenerationResult, OnToken, SamplingConfig, ShouldStop, generate
+from ixcdoc.generate import (
+    GenerationResult,
+    OnToken,
+    SamplingConfig,
+    ShouldStop,
+    generate,
+    seeded_generator,
+)
 from ixcdoc.prompt import (
     DEFAULT_META_INSTRUCTION,
     ImagePart,
@@ -395,9 +402,7 @@ class DocModel:
             if isinstance(answer, BaseException):
                 raise answer
             return answer
-        gen = None
-        if seed is not None:
-            gen = torch.Generator(device=self.device).manual_seed(seed)
+        gen = seeded_generator(seed, self.device)
         try:
             with self.owning_cache("chat"):  # generate rebuilds the cache for this one prompt
                 p = self.prepare(images, query, hd=hd, meta_instruction=meta_instruction)
@@ -572,7 +577,15 @@ class DocModel:
         eng = self.engine(n_slots=n_slots, max_len=max_len, logits_hook=logits_hook)
         try:
             handles = [eng.submit(r, on_token=on_token) for r in requests]
-            eng.run_until_idle()
+            while not eng.idle:
+                done = sum(h.done for h in handles)
+                try:
+                    eng.step()
+                except Exception:
+                    # A step that raises has failed the requests it ran (their handles hold
+                    # the error): the others go on. One that failed none is a bug: raise it.
+                    if sum(h.done for h in handles) == done:
+                        raise
         finally:
             self.model.reset_caches()  # a batch-sized cache must not outlive the batch
         return [h.error if h.error is not None else h.answer for h in handles]

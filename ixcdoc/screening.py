@@ -189,13 +189,14 @@ def prescreen(sources: Sources, screener: Screener, *, fallback: Choose | None =
 
 def earlier_scores(output: str | Path | None, probe: ResumeKey) -> dict[str, dict[int, float]]:
     """Screening scores that an output file's records of the same job (question, tier setting,
-    model) hold, by content hash: a rerun reuses them instead of loading the model again."""
-    from ixcdoc.records import latest_records, resume_key
+    model) hold, by content hash: a rerun reuses them instead of loading the model again. A
+    folder of shards (``-o DIR/``) is read as all its shards."""
+    from ixcdoc.records import latest_of, resume_key
 
-    if output is None or not Path(output).is_file():
+    if output is None or not Path(output).exists():
         return {}
     out: dict[str, dict[int, float]] = {}
-    for rec in latest_records(output):
+    for rec in latest_of(output):
         s = rec.screening
         if s is None or s.tier != SCREEN_HD or rec.content_sha256 is None:
             continue

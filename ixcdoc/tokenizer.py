@@ -23,7 +23,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from ixcdoc.errors import WeightsError
+from ixcdoc.errors import UsageError, WeightsError
 
 TOKENIZER_MODEL = "tokenizer.model"
 ADDED_TOKENS = "added_tokens.json"
@@ -56,6 +56,19 @@ def _read_json(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise WeightsError(f"{path}: expected a JSON object")
     return data
+
+
+def check_text(text: str, what: str = "the text") -> str:
+    """``text``, if it is text UTF-8 can carry; else a UsageError naming the first bad
+    character. A byte that was not UTF-8 in a command-line argument reaches Python as a lone
+    surrogate (U+DC80..U+DCFF), which names the byte; the model's tokenizer cannot take it."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        code = ord(text[e.start])
+        bad = f"byte 0x{code - 0xDC00:02x}" if 0xDC80 <= code <= 0xDCFF else f"U+{code:04X}"
+        raise UsageError(f"{what} is not valid UTF-8: {bad} at character {e.start + 1}") from None
+    return text
 
 
 class Tokenizer:
@@ -213,7 +226,9 @@ class Tokenizer:
         return [chunk for chunk in self._split_re.split(text) if chunk]
 
     def encode(self, text: str, bos: bool = True) -> list[int]:
-        """Token ids of text: optional BOS, specials atomic, every other chunk verbatim to SP."""
+        """Token ids of text: optional BOS, specials atomic, every other chunk verbatim to SP.
+        Text that is not valid Unicode (a lone surrogate) is a UsageError."""
+        check_text(text)
         ids = [self.bos_id] if bos else []
         for chunk in self.split_special(text):
             tid = self._added.get(chunk)

@@ -487,3 +487,39 @@ def test_blank_check_flags_blank_pages_on_both_paths(files, tmp_path: Path) -> N
         (False, False),
     ]
     assert {p.blank for p in Feeder(0).map(items)} == {None}  # off by default
+
+
+def test_a_script_without_a_main_guard_is_told_so(tmp_path: Path) -> None:
+    """Workers are spawned: they import the parent's script again. A script that starts a
+    Feeder at import made each worker start Feeders of its own, and the parent said only
+    'feeder worker 0 failed to start (exit code 1)' after multiprocessing's long message.
+    Now the workers stop at once and the parent's error says what to write."""
+    import subprocess
+    import sys
+
+    Image.fromarray(noise_image(48, 64)).save(tmp_path / "page.png")
+    body = (
+        "from ixcdoc.feeder import Feeder, FeedItem\n"
+        "with Feeder(workers=2) as feeder:\n"
+        "    for fed in feeder.map([FeedItem('page.png', 1, hd=1)]):\n"
+        "        print(fed.pixels.shape)\n"
+    )
+    (tmp_path / "unguarded.py").write_text(body)
+    guarded = "def main():\n" + "".join(f"    {line}\n" for line in body.splitlines())
+    (tmp_path / "guarded.py").write_text(guarded + 'if __name__ == "__main__":\n    main()\n')
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+
+    def run(script: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, script], cwd=tmp_path, capture_output=True, env=env, timeout=120
+        )
+
+    bad = run("unguarded.py")
+    err = bad.stderr.decode()
+    assert bad.returncode == 1
+    assert err.splitlines()[-1].startswith("ixcdoc.errors.UsageError: Feeder workers are spawned")
+    assert 'if __name__ == "__main__":' in err.splitlines()[-1]
+    assert "bootstrapping phase" not in err  # the workers never got as far as multiprocessing
+    good = run("guarded.py")
+    assert good.returncode == 0, good.stderr.decode()
+    assert good.stdout.decode().strip().startswith("(")

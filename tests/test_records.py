@@ -660,6 +660,10 @@ def test_examples_in_docs_are_valid_lines() -> None:
         ("ok", ("blank",)),
         ("error", ()),
     ]
+    # The prompt is the real preset: a reader who keys on it (the resume key does) matches.
+    from ixcdoc.tasks import EXTRACT
+
+    assert {r.prompt for r in got} == {EXTRACT.prompt}
     for name in FIELDS:
         assert f"| `{name}` |" in doc, f"{name} is missing from the schema table"
 

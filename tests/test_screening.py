@@ -79,18 +79,24 @@ class Notes(Events):
         self.notes.append(message)
 
 
-def test_ask_answers_once_and_a_rerun_reuses_the_scores(dm: DocModel, tmp_path: Path) -> None:
-    """batch.run: one record, with every page's score; the rerun neither screens nor loads."""
+@pytest.mark.parametrize("name", ["out.jsonl", "out/"])
+def test_ask_answers_once_and_a_rerun_reuses_the_scores(
+    dm: DocModel, tmp_path: Path, name: str
+) -> None:
+    """batch.run: one record, with every page's score; the rerun neither screens nor loads.
+    The same from a folder of shards (-o DIR/)."""
+    from ixcdoc.records import latest_of
+
     pdf = scan_pdf(tmp_path / "scan.pdf", LABELS)
     q = "Who signed the contract?"
     job = Job(ASK, q, question=q, hd=4, max_new_tokens=2, top_k=1)
-    out = tmp_path / "out.jsonl"
+    out = f"{tmp_path}/{name}"
     events = Notes()
     stats = run(
         job, Sources([str(pdf)]), model=str(dm.path), device="cpu", output=out, events=events
     )
     assert stats.ok == 1 and stats.loaded
-    (rec,) = latest_records(out)
+    (rec,) = latest_of(out)
     assert rec.screening is not None and set(rec.screening.scores) == {1, 2, 3}
     scores = rec.screening.scores
     assert rec.page == max(scores, key=lambda p: (scores[p], -p))
@@ -104,7 +110,7 @@ def test_ask_answers_once_and_a_rerun_reuses_the_scores(dm: DocModel, tmp_path: 
     )
     assert (stats.ok, stats.skipped, stats.loaded) == (0, 1, False)  # no model at all
     assert "scores of an earlier run" in again.notes[0]
-    assert len(latest_records(out)) == 1
+    assert len(latest_of(out)) == 1
 
 
 def test_blank_pages_are_not_screened(dm: DocModel, tmp_path: Path) -> None:

@@ -107,3 +107,14 @@ def test_merge_of_an_empty_folder_is_a_usage_error(tmp_path: Path) -> None:
     result = invoke(["merge", tmp_path, "-o", tmp_path / "x.jsonl"])
     assert result.exit_code == 2
     assert "no *.jsonl shards" in result.stderr
+
+
+def test_merge_o_refuses_a_folder_name(tmp_path: Path) -> None:
+    """-o DIR/ names a folder everywhere: merge writes one file, so it is a usage error, not a
+    file named DIR."""
+    shards = tmp_path / "out"
+    shards.mkdir()
+    write(shards / "part-1.jsonl", make(page=1))
+    result = invoke(["merge", shards, "-o", f"{tmp_path}/all/"])
+    assert result.exit_code == 2 and "names a folder" in result.stderr
+    assert not (tmp_path / "all").exists()

@@ -209,3 +209,23 @@ def test_special_tokens_match_longest_first(tmp_path: Path) -> None:
     assert tok.split_special("a<pre>fix<pre>a") == ["a", "<pre>fix", "<pre>", "a"]
     assert tok.encode("a<pre>fix", bos=False) == [*a, 1001]
     assert tok.encode("<pre>a", bos=False) == [1000, *a]
+
+
+def test_text_utf8_cannot_carry_is_a_usage_error_naming_the_character() -> None:
+    from ixcdoc.errors import UsageError
+    from ixcdoc.tokenizer import check_text
+
+    assert check_text("café ✓") == "café ✓"
+    with pytest.raises(UsageError, match=r"the query is not valid UTF-8: byte 0xff at character 3"):
+        check_text("ab\udcffc", "the query")  # how Python receives byte 0xff in an argument
+    with pytest.raises(UsageError, match=r"U\+D800 at character 1"):
+        check_text("\ud800")  # a lone surrogate from a JSON escape
+
+
+def test_encoding_text_with_a_lone_surrogate_is_a_usage_error(tok: Tokenizer) -> None:
+    """Every prompt goes through encode (chat, the engine, the server): one usage error there,
+    not SentencePiece's cast error."""
+    from ixcdoc.errors import UsageError
+
+    with pytest.raises(UsageError, match="not valid UTF-8: byte 0xff"):
+        tok.encode("What is \udcff here?")

@@ -12,7 +12,6 @@ import os
 import sys
 from collections.abc import Callable
 from enum import Enum
-from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
@@ -213,10 +212,34 @@ MaxNewOpt = Annotated[
     ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="One JSON object per page on stdout.")]
+# -o stays the text typed: a trailing slash means a folder, everywhere (Path would drop it).
 OutputOpt = Annotated[
-    Path | None,
+    str | None,
     typer.Option(
-        "--output", "-o", metavar="FILE", help="Append JSON lines to this file (resumable)."
+        "--output",
+        "-o",
+        metavar="FILE|DIR/",
+        help="Append JSON lines to this file (resumable); DIR/ gets a new shard per run.",
+    ),
+]
+
+
+def file_only(value: str | None) -> str | None:
+    """An output that can only be a file (``eval -o``, ``merge -o``): ``DIR/`` is a usage
+    error, never a file named DIR."""
+    if value is not None and value.endswith(("/", os.sep)):
+        raise typer.BadParameter(f"{value} names a folder (a trailing slash); give a file name")
+    return value
+
+
+FileOutputOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--output",
+        "-o",
+        metavar="FILE",
+        help="Append JSON lines to this file (resumable).",
+        callback=file_only,
     ),
 ]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress or notes on stderr.")]

@@ -67,7 +67,7 @@ RayAddressOpt = Annotated[
     str | None,
     typer.Option(
         "--ray-address",
-        metavar="auto|ray://HOST:PORT",
+        metavar="auto|HOST:PORT",
         help="Join a running Ray cluster instead of starting one (implies --ray).",
     ),
 ]
@@ -289,7 +289,7 @@ def run_job(
     model: str | None,
     device: str,
     quant: Quant,
-    output: Path | None,
+    output: str | None,
     json_out: bool,
     quiet: bool,
     redo_failed: bool = False,
@@ -386,7 +386,7 @@ def _check_out_dir(out_dir: Path, paths: list[str]) -> None:
                 )
 
 
-def _needs_output(redo_failed: bool, output: Path | None) -> None:
+def _needs_output(redo_failed: bool, output: str | None) -> None:
     if redo_failed and output is None:
         raise UsageError("--redo-failed needs -o/--output (the file that records failures)")
 
@@ -395,7 +395,15 @@ def _question_from_stdin(doc: str, question: str | None) -> str:
     if question is not None and question.strip():
         return question.strip()
     if doc != "-" and not sys.stdin.isatty():
-        text = sys.stdin.read().strip()
+        raw = getattr(sys.stdin, "buffer", None)  # bytes: decoded here, strictly
+        data = raw.read() if raw is not None else sys.stdin.read().encode("utf-8", "replace")
+        try:
+            text = data.decode("utf-8").strip()
+        except UnicodeDecodeError as e:
+            raise UsageError(
+                f"the question on stdin is not valid UTF-8: byte 0x{data[e.start]:02x} at "
+                f"byte {e.start + 1}"
+            ) from None
         if text:
             return text
     raise UsageError("no question given: pass it after DOC, or pipe it on stdin")

@@ -3,19 +3,12 @@
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import typer
 
 from ixcdoc.cli.app import Quant
 from ixcdoc.errors import EXIT_PARTIAL
 from ixcdoc.runner import Job
-
-
-def _named_as_folder(output: Path) -> bool:
-    """True when the command line wrote ``-o DIR/``: Typer's Path drops the trailing slash."""
-    raw = str(output) + "/"
-    return any(arg.endswith(raw) for arg in sys.argv[1:])
 
 
 def run_ray_job(
@@ -28,7 +21,7 @@ def run_ray_job(
     model: str | None,
     device: str,
     quant: Quant,
-    output: Path | None,
+    output: str | None,
     json_out: bool,
     quiet: bool,
     redo_failed: bool,
@@ -42,9 +35,6 @@ def run_ray_job(
     from ixcdoc.distributed import RayOptions, run_ray
     from ixcdoc.inputs import Sources
 
-    target: str | None = None
-    if output is not None:
-        target = str(output) + ("/" if _named_as_folder(output) else "")
     sources = Sources.read(
         paths,
         pages=pages,
@@ -62,7 +52,7 @@ def run_ray_job(
             model=model,
             device=device,
             quant=quant.value,
-            output=target,
+            output=output,
             json_stream=sys.stdout if json_out else None,
             redo_failed=redo_failed,
             events=display,

@@ -20,8 +20,9 @@ the model replica), ``cluster`` (Ray: session, replica plan, the dataset), ``run
 
 from ixcdoc.distributed.cluster import RayOptions, ray_session, replica_plan, run_pages
 from ixcdoc.distributed.listing import PageTask, is_uri, list_pages, read_uri
-from ixcdoc.distributed.run import is_shard_dir, run_ray, shard_output
+from ixcdoc.distributed.run import run_ray
 from ixcdoc.distributed.workers import ModelReplica, render_row
+from ixcdoc.records import is_shard_dir
 
 __all__ = [
     "ModelReplica",
@@ -36,5 +37,4 @@ __all__ = [
     "replica_plan",
     "run_pages",
     "run_ray",
-    "shard_output",
 ]

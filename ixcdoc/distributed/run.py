@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import os
-import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from ixcdoc.batch import BatchStats, Events
-from ixcdoc.distributed.cluster import RayOptions, ray_session, run_pages
+from ixcdoc.distributed.cluster import RayOptions, check_address, ray_session, run_pages
 from ixcdoc.distributed.listing import list_pages
 from ixcdoc.errors import IxcdocError
 from ixcdoc.reading import PageItem
@@ -19,19 +18,6 @@ if TYPE_CHECKING:
     from ixcdoc.records import PageRecord, ResumeKey, ResumeState
 
 PASSES = 2  # Ray's own retries, then one pass over whatever is still missing
-
-
-def is_shard_dir(output: str | os.PathLike[str]) -> bool:
-    """``-o DIR/`` (a trailing slash or an existing folder): a folder of JSONL shards."""
-    text = os.fspath(output)
-    return text.endswith(("/", os.sep)) or os.path.isdir(text)
-
-
-def shard_output(directory: str | os.PathLike[str]) -> Path:
-    """A new shard in ``directory`` for this run (the folder is created if missing)."""
-    folder = Path(directory)
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder / f"part-{uuid.uuid4().hex[:12]}.jsonl"
 
 
 def _unwrap(e: BaseException) -> BaseException:
@@ -66,9 +52,11 @@ def run_ray(
     shards together are the resume state. Records carry ``worker`` (host:pid of the replica).
     """
     from ixcdoc.hub import local_revision, model_name
-    from ixcdoc.records import load_shards, lock_shards, open_output
+    from ixcdoc.records import open_records
 
     options = ray or RayOptions()
+    if options.address is not None:
+        check_address(options.address)  # a malformed address: one line before any listing
     events = events or Events()
     model_arg = None if model is None else os.fspath(model)
     # A local folder becomes its absolute path (Ray's workers run elsewhere), a hub id stays.
@@ -76,20 +64,11 @@ def run_ray(
     runner = PageRunner(name, local_revision(model_arg), device)
     state = None
     file_writer: Any = None
-    shard_lock: int | None = None
     if output is not None:
-        # As on one machine: the output is locked first and for the whole run, and the resume
-        # state is read under that lock (records.open_output; a shard folder has a lock file).
-        if is_shard_dir(output):
-            shard_lock = lock_shards(output)
-            try:
-                state = load_shards(output)
-                file_writer, _ = open_output(shard_output(output))
-            except BaseException:
-                os.close(shard_lock)
-                raise
-        else:
-            file_writer, state = open_output(output)
+        # As on one machine: the output (a file, or a folder of shards with a new shard for
+        # this run) is locked first and for the whole run, and the resume state is read under
+        # that lock (records.open_records).
+        file_writer, state = open_records(output)
         if state.repaired_bytes:
             events.note(
                 f"repaired {output}: cut a torn last line ({state.repaired_bytes} bytes) "
@@ -111,8 +90,8 @@ def run_ray(
             redo_failed=redo_failed,
         )
     finally:
-        if shard_lock is not None:
-            os.close(shard_lock)
+        if file_writer is not None:
+            file_writer.close()  # also when _drive never got to open its outputs
 
 
 def _drive(

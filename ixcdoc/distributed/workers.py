@@ -8,7 +8,7 @@ import pickle
 from typing import TYPE_CHECKING, Any
 
 from ixcdoc.distributed.listing import PageTask, is_uri, open_uri
-from ixcdoc.reading import PageItem
+from ixcdoc.reading import PageItem, read_page
 from ixcdoc.runner import Job, PageRunner
 
 if TYPE_CHECKING:
@@ -22,11 +22,12 @@ RENDER_CPUS = 0.25
 def render_row(row: dict[str, Any], password: str | None, max_pixels: int | None) -> dict[str, Any]:
     """Open a listed page's file, render and blank-check the page (a Ray CPU task).
 
-    The result travels as one pickled ``PageItem`` (a PIL image and, if the page could not
-    be read, its error), so the page fails alone, as on one machine.
+    The page is read by ``reading.read_page``, the reader of one machine, so it carries the
+    same flags (``repaired``, ``type_mismatch``, ``low_dpi``, ...). The result travels as one
+    pickled ``PageItem`` (a PIL image and, if the page could not be read, its error), so the
+    page fails alone, as on one machine.
     """
     from ixcdoc.errors import InputError
-    from ixcdoc.guards import is_blank
     from ixcdoc.inputs import DEFAULT_MAX_PIXELS, open_document
 
     task = PageTask(**{k: row[k] for k in ("source", "path", "sha256", "page", "page_count")})
@@ -41,10 +42,7 @@ def render_row(row: dict[str, Any], password: str | None, max_pixels: int | None
         with opened as doc:
             if doc.sha256 != task.sha256:
                 raise InputError(task.source, "changed while the run was listing it", code="input")
-            r = doc.render(task.page)
-            item.rendered = r
-            # A page whose text layer has words is never blank, however faint its render.
-            item.blank = is_blank(r.image) and not doc.has_text_layer(task.page)
+            item = read_page(doc, task.page, source=task.source)
     except InputError as e:
         item.error = e
     return {**row, "item": pickle.dumps(item, protocol=pickle.HIGHEST_PROTOCOL)}

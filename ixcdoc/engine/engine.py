@@ -32,7 +32,7 @@ from ixcdoc.engine.runner import ModelRunner
 from ixcdoc.engine.scheduler import Scheduler
 from ixcdoc.engine.sequence import Handle, OnDone, Sequence
 from ixcdoc.engine.slots import SlotTable
-from ixcdoc.errors import DeviceError, UsageError
+from ixcdoc.errors import DeviceError, IxcdocError, UsageError
 from ixcdoc.generate import (
     CALLBACK,
     HOOK,
@@ -43,6 +43,7 @@ from ixcdoc.generate import (
     SamplingConfig,
     ShouldStop,
     choose_token,
+    seeded_generator,
 )
 from ixcdoc.prompt import ImagePart, TextPart, build_chat_prompt, split_prompt
 from ixcdoc.tiling import check_hd, hd_geometry, image_token_count
@@ -157,7 +158,11 @@ class Engine:
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
+        self._closed = False
         self.steps = 0  # decode forwards run
+        # After a decode step ran out of memory: decode only rows 0..row_cap-1 (a power of
+        # two, a captured step's own bucket) until the batch empties; sequences above it wait.
+        self.row_cap: int | None = None
 
     def __repr__(self) -> str:
         state = "started" if self._thread is not None else "not started"
@@ -201,12 +206,12 @@ class Engine:
                 f"this engine's slots hold {self.max_len}"
             )
         handle = Handle(request)
-        gen = None
-        if request.seed is not None:
-            gen = torch.Generator(device=self.dm.device).manual_seed(request.seed)
+        gen = seeded_generator(request.seed, self.dm.device)
         seq = Sequence(handle, cfg, on_token, should_stop, on_done, gen)
         tiles = vision_tiles(self.dm, request)
         with self._cond:
+            if self._closed:  # under the lock: close() fails all that is queued, never this
+                raise UsageError("this engine is closed; make a new one", code="engine_closed")
             self._incoming.append((seq, tiles))
             self._cond.notify_all()
         return handle
@@ -226,7 +231,10 @@ class Engine:
             incoming, self._incoming = self._incoming, []
         for seq, tiles in incoming:
             self.scheduler.add(seq, tiles)
-        admitted = self.scheduler.admit(self.slots.free)
+        free = self.slots.free
+        if self.row_cap is not None:  # rows above the cap would only wait
+            free = max(0, min(free, self.row_cap - self.slots.used))
+        admitted = self.scheduler.admit(free)
         if admitted:
             try:
                 self._admit(admitted)
@@ -242,7 +250,7 @@ class Engine:
         if self.running:
             try:
                 self._decode()
-            except Exception as e:  # an error in a decode step (or OOM with one row left)
+            except Exception as e:  # an error in a decode forward (not out of memory: handled)
                 for seq in list(self.running):
                     self._leave(seq)
                     self._fail(seq, _oom(seq.request) if _is_oom(e) else e)
@@ -261,13 +269,17 @@ class Engine:
         A step that raises has already failed the requests it was running (their handles
         carry the error); the loop goes on with the next ones.
         """
-        while not stop.is_set():
-            if self.idle:
-                with self._cond:
-                    self._cond.wait_for(lambda: self._incoming or stop.is_set(), timeout=0.5)
-                continue
-            with contextlib.suppress(Exception):
-                self.step()
+        try:
+            while not stop.is_set():
+                if self.idle:
+                    with self._cond:
+                        self._cond.wait_for(lambda: self._incoming or stop.is_set(), timeout=0.5)
+                    continue
+                with contextlib.suppress(Exception):
+                    self.step()
+        finally:
+            if self._closed:  # on this thread, after its last step: nothing is left waiting
+                self._abandon()
 
     @property
     def started(self) -> bool:
@@ -296,8 +308,17 @@ class Engine:
 
     def close(self, timeout: float | None = 10.0) -> bool:
         """Stop the background thread (after its current step); False if it is still running
-        after ``timeout`` seconds (its step goes on; do not free the model's cache under it)."""
+        after ``timeout`` seconds (its step goes on; do not free the model's cache under it).
+
+        Every request still queued or running then fails (``IxcdocError`` with code
+        ``engine_closed``; its ``on_done`` runs), so no ``result()`` waits for ever; a later
+        ``submit`` is a UsageError. Without a background thread, call it from the thread that
+        steps the engine."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
         if self._thread is None:
+            self._abandon()
             return True
         self._stop.set()
         with self._cond:
@@ -306,6 +327,21 @@ class Engine:
         stopped = not self._thread.is_alive()
         self._thread = None
         return stopped
+
+    def _abandon(self) -> None:
+        """Fail every request still queued or running: the engine is closed."""
+        with self._cond:
+            incoming, self._incoming = self._incoming, []
+        left = [seq for seq, _ in incoming] + self.scheduler.drain()
+        for seq in list(self.running):
+            self._leave(seq)
+            left.append(seq)
+        closed = IxcdocError(
+            "the engine was closed before this request finished", code="engine_closed"
+        )
+        for seq in left:
+            if not seq.handle.done:
+                self._fail(seq, closed)
 
     # -- admission -----------------------------------------------------------------------------
 
@@ -411,7 +447,7 @@ class Engine:
             try:
                 self.fault_hook(req)
             except Exception as e:
-                self._fail_prefill(seq, e)
+                self._fail_alone(seq, e)
                 return None
         seq.rows = self.slots.allocate(seq, seq.n_rows)
         self.running.append(seq)
@@ -443,7 +479,7 @@ class Engine:
             )  # [n, V]
         except Exception as e:  # out of memory (or anything else)
             if len(pack) == 1:
-                self._fail_prefill(pack[0].seq, e)
+                self._fail_alone(pack[0].seq, e)
                 return
             if _is_oom(e):
                 self.dm.release_memory()
@@ -454,7 +490,10 @@ class Engine:
             if p.save is not None and p.save not in self._prefixes:
                 self._save_prefix(p.save, p.seq.rows[0])
         for p, row in zip(pack, logits, strict=True):
-            self._first_token(p.seq, row, t0)
+            try:
+                self._first_token(p.seq, row, t0)
+            except Exception as e:  # its sampling failed (NaN probabilities, say): it alone
+                self._fail_alone(p.seq, e)
 
     def _save_prefix(self, key: tuple[int, ...], row: int) -> None:
         """Keep the KV of ``key``'s positions from ``row``, within the cache's bounds: at most
@@ -474,7 +513,8 @@ class Engine:
         prefix, and prefilling it is the lesser cost."""
         return len(key) <= self.max_len // 2
 
-    def _fail_prefill(self, seq: Sequence, e: BaseException) -> None:
+    def _fail_alone(self, seq: Sequence, e: BaseException) -> None:
+        """Take ``seq`` out of the batch and fail it with ``e`` (out of memory as 'oom')."""
         self._leave(seq)
         if _is_oom(e):
             self.dm.release_memory()
@@ -508,53 +548,82 @@ class Engine:
     # -- decoding ------------------------------------------------------------------------------
 
     def _decode(self) -> None:
-        """One decode forward for every running row (``running`` holds rows 0..used-1)."""
-        running = list(self.running)
-        ids, pos = _feed(running, self.slots.used)
+        """One decode forward for the running rows: every row, or rows 0..row_cap-1 after a
+        step ran out of memory (``running`` holds rows 0..used-1)."""
         while True:
+            used = self.slots.used
+            k = used if self.row_cap is None else min(used, self.row_cap)
+            running = [s for s in self.running if max(s.rows) < k]
+            if not running:  # the sequence at row 0 alone is wider than what fits (beams)
+                first = next(s for s in self.running if 0 in s.rows)
+                self._leave(first)
+                self._fail(first, _oom(first.request))
+                if not self.running:
+                    return
+                continue
+            # Rows below k of a sequence that straddles k are fed their own next token: the
+            # step writes what their own later step writes again, and their logits are unused.
+            ids, pos = _feed(self.running, k)
             try:
-                logits = self.runner.decode(ids, pos)  # [used, V]
+                logits = self.runner.decode(ids, pos)  # [k, V]
                 break
             except torch.cuda.OutOfMemoryError:
-                if len(running) == 1:
-                    raise  # step() fails it: nothing else to make room for
-                # make room: the newest sequence (the least work lost) fails with 'oom',
-                # which callers retry one tier lower; the others decode on
+                # Make room without losing work: the sequences on the top rows wait (keeping
+                # their rows and tokens) until rows below the cap free up; only a sequence that
+                # does not fit even alone fails, with 'oom' (callers retry it a tier lower).
                 self.dm.release_memory()
-                victim = running.pop()
-                self._leave(victim)
-                self._fail(victim, _oom(victim.request))
-                ids, pos = _feed(running, self.slots.used)
+                if k == 1:
+                    self._leave(running[0])
+                    self._fail(running[0], _oom(running[0].request))
+                    if not self.running:
+                        return
+                    continue
+                self.row_cap = 1 << ((k - 1).bit_length() - 1)  # the power of two below k
         self.steps += 1
         self._decoded(running, logits)
 
     def _decoded(self, running: list[Sequence], logits: torch.Tensor) -> None:
-        """Choose every decode row's token from its logits [used, V]; finished ones leave."""
+        """Choose every decode row's token from its logits [used, V]; finished ones leave.
+        A sequence whose own token choice fails (sampling from NaN probabilities, say) fails
+        alone; every other row's token is kept."""
         plain = [s for s in running if s.beam is None]
         special = [s for s in plain if s.config.do_sample or s.generated is not None]
         # greedy rows: one argmax over the batch; sampled or penalised rows overwrite theirs
         chosen = logits.argmax(-1)  # [used]
+        failed: dict[Sequence, Exception] = {}
         for seq in special:
             r = seq.rows[0]
-            chosen[r] = choose_token(logits[r], self._history(seq), seq.config, seq.generator)
+            try:
+                chosen[r] = choose_token(logits[r], self._history(seq), seq.config, seq.generator)
+            except Exception as e:
+                failed[seq] = e
         if self.logits_hook is not None:
             for seq in plain:
                 self.logits_hook(seq.handle, logits[seq.rows[0]])
         tokens = chosen.tolist() if plain else []  # the one device-to-host read per step
         finished: list[Sequence] = []
         for seq in running:
+            if seq in failed:
+                continue
             if seq.beam is not None:
                 if self.logits_hook is not None:
                     for r in seq.rows:
                         self.logits_hook(seq.handle, logits[r])
-                self._beam_step(seq, logits[seq.rows])
+                try:
+                    self._beam_step(seq, logits[seq.rows])
+                except Exception as e:
+                    failed[seq] = e
+                    continue
             else:
                 self._accept(seq, tokens[seq.rows[0]])
             if seq.stop_reason is not None:
                 finished.append(seq)
+        # Rows move as sequences leave: only now, after every row's logits were read.
         for seq in finished:
             self._leave(seq)
             self._complete(seq)
+        for seq, e in failed.items():
+            self._fail_alone(seq, e)
 
     def _history(self, seq: Sequence) -> torch.Tensor | None:
         return None if seq.generated is None else seq.generated[: len(seq.tokens)]
@@ -618,6 +687,8 @@ class Engine:
         """Take ``seq`` out of the batch and give its rows back (refilling the holes)."""
         if seq in self.running:
             self.running.remove(seq)
+            if not self.running:
+                self.row_cap = None  # the batch emptied: the next one may use every slot
         if not seq.rows:
             return
         moves = self.slots.release(seq)
@@ -673,13 +744,14 @@ class Engine:
 
 
 def _feed(running: list[Sequence], used: int) -> tuple[list[int], list[int]]:
-    """Next input token and position of every decode row 0..used-1."""
+    """Next input token and position of every decode row 0..used-1 (rows above: not fed)."""
     ids = [0] * used
     pos = [0] * used
     for seq in running:
         p = seq.next_position
         for j, r in enumerate(seq.rows):
-            ids[r], pos[r] = seq.feed[j], p
+            if r < used:
+                ids[r], pos[r] = seq.feed[j], p
     return ids, pos
 
 

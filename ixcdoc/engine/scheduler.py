@@ -30,6 +30,12 @@ class Scheduler:
     def __len__(self) -> int:
         return len(self.waiting)
 
+    def drain(self) -> list[Sequence]:
+        """Empty the queue: every waiting sequence, in arrival order."""
+        out = [seq for seq, _ in self.waiting]
+        self.waiting.clear()
+        return out
+
     def admit(self, free_rows: int) -> list[Sequence]:
         """Pop the sequences to start now, in arrival order."""
         out: list[Sequence] = []

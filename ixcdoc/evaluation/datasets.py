@@ -240,18 +240,27 @@ def _find_image(
     index: int = 0,
     flat: list[Path] | None = None,
 ) -> Path:
-    """The image file a question names, inside the dataset's folders only: an absolute path
-    or one that climbs out ("../") is refused, so a dataset file cannot make ixcdoc read
-    files elsewhere on the machine. ``flat``: folders holding the images by name alone (a
-    download that unpacks every image into one folder)."""
+    """The image file a question names, inside the dataset's folders only: an absolute path,
+    one that climbs out ("../"), a link that points outside them, or a NUL byte is refused, so a
+    dataset file cannot make ixcdoc read files elsewhere on the machine. A folder of the dataset
+    that is itself a link (images/ on another disk) is one of its folders. ``flat``: folders
+    holding the images by name alone (a download that unpacks every image into one folder)."""
+    where = f"{path}: entry {index}: image path {rel!r}"
+    if "\x00" in rel:
+        raise DatasetError(f"{where} holds a NUL byte", code="dataset_format")
     if os.path.isabs(rel) or ".." in Path(rel).parts:
-        raise DatasetError(
-            f"{path}: entry {index}: image path {rel!r} leaves the dataset folder",
-            code="dataset_format",
-        )
+        raise DatasetError(f"{where} leaves the dataset folder", code="dataset_format")
     candidates = [(d, d / rel) for d in dirs] + [(d, d / Path(rel).name) for d in flat or []]
-    for d, candidate in candidates:
-        if candidate.is_file() and candidate.resolve().is_relative_to(d.resolve()):
+    inside = [d.resolve() for d in [*dirs, *(flat or [])]]
+    for _, candidate in candidates:
+        if not os.path.lexists(candidate):
+            continue
+        real = candidate.resolve()  # every link on the way followed, as opening it would
+        if not any(real.is_relative_to(folder) for folder in inside):
+            raise DatasetError(
+                f"{where} is a link to {real}, outside the dataset folder", code="dataset_format"
+            )
+        if candidate.is_file():
             return candidate
     return dirs[0] / rel  # missing: check_images names it before the model loads
 

@@ -317,3 +317,35 @@ def test_chart_json_record(tmp_path: Path, ckpts: Checkpoints, invoke: Invoke) -
     (a,), (b,) = parse_lines(plain.stdout), parse_lines(table.stdout)
     assert a.task == b.task == "chart"
     assert a.prompt != b.prompt and "table" in b.prompt.lower()
+
+
+def test_o_dir_with_a_slash_is_a_folder_of_shards_on_one_machine(
+    tmp_path: Path, folder: Path, ckpts: Checkpoints, invoke: Invoke
+) -> None:
+    """-o DIR/ means a folder everywhere: without --ray too, a new shard per run (none when
+    the run has nothing to do), read back as one resume state, merged by ixcdoc merge."""
+    shards = tmp_path / "out"
+    args = ["extract", folder, "-o", f"{shards}/", *model_args(ckpts.normal)]
+    first = invoke([*args, "--pages", "1"])
+    assert first.exit_code == 0, first.stderr
+    assert shards.is_dir()
+    [part] = shards.glob("part-*.jsonl")
+    assert short(read_records(part)) == ["a.png:1", "b.pdf:1", "c.png:1"]
+    second = invoke(args)  # the existing folder, slash or not: page 2 of b.pdf only
+    assert second.exit_code == 0, second.stderr
+    assert "1 ok, 3 already done" in second.stderr
+    parts = sorted(shards.glob("part-*.jsonl"), key=lambda p: p != part)
+    assert [short(read_records(p)) for p in parts] == [short(read_records(part)), ["b.pdf:2"]]
+    third = invoke([*args, "--redo-failed"])  # nothing to do: no empty shard
+    assert third.exit_code == 0 and "0 ok, 4 already done" in third.stderr
+    assert len(list(shards.glob("part-*.jsonl"))) == 2
+    merged = tmp_path / "all.jsonl"
+    assert invoke(["merge", shards, "-o", merged]).exit_code == 0
+    assert sorted(short(read_records(merged))) == ALL_PAGES
+
+
+def test_eval_o_refuses_a_folder_name(tmp_path: Path, invoke: Invoke) -> None:
+    """eval -o writes one file: DIR/ is a usage error, not a file named DIR."""
+    res = invoke(["eval", "docvqa", tmp_path, "-o", f"{tmp_path}/scores/"])
+    assert res.exit_code == 2 and "names a folder" in res.stderr
+    assert not (tmp_path / "scores").exists()

@@ -158,3 +158,109 @@ def test_a_deleted_file_is_written_again_from_the_records(
     assert again.exit_code == 0, again.stderr
     assert "0 ok, 4 already done" in again.stderr and "1 files written" in again.stderr
     assert (out / "b.md").read_text() == before  # from the records: no page was redone
+
+
+def test_a_suffixed_name_never_takes_another_documents_file(invoke, ckpts, tmp_path: Path) -> None:
+    """a.pdf has a.md; a.png would get a-<sha8>.md, but a real a-<sha8>.png (read first, '-'
+    sorts before '.') holds that name already: every document keeps a file of its own."""
+    import hashlib
+
+    folder = tmp_path / "clash"
+    text_pdf(folder / "a.pdf", ["pdf words"])
+    text_png(folder / "a.png", "png")
+    tag = hashlib.sha256((folder / "a.png").read_bytes()).hexdigest()[:8]
+    text_png(folder / f"a-{tag}.png", "the other one")
+    out = tmp_path / "md"
+    args = ["extract", str(folder), "--out-dir", str(out), *model_args(ckpts.normal)]
+    res = invoke(args)
+    assert res.exit_code == 0, res.stderr
+    firsts = {p.name: p.read_text().splitlines()[0] for p in out.glob("*.md")}
+    assert firsts == {
+        "a.md": f"<!-- ixcdoc: {folder}/a.pdf page 1/1 -->",
+        f"a-{tag}.md": f"<!-- ixcdoc: {folder}/a-{tag}.png page 1/1 -->",
+        f"a-{tag}-2.md": f"<!-- ixcdoc: {folder}/a.png page 1/1 -->",
+    }
+    assert "3 files written" in res.stderr
+    again = invoke(args)  # the same names in every run
+    assert again.exit_code == 0 and "0 files written" in again.stderr
+    assert {p.name for p in out.glob("*.md")} == set(firsts)
+
+
+def test_a_file_beside_a_folder_of_its_output_name(invoke, ckpts, tmp_path: Path) -> None:
+    """File ``a`` becomes a.md; folder ``a.md/`` holds x.png, whose file cannot go in a.md/."""
+    import hashlib
+
+    folder = tmp_path / "tree"
+    text_png(folder / "a.png", "plain a").rename(folder / "a")  # a PNG named without extension
+    text_png(folder / "a.md" / "x.png", "inside")
+    tag = hashlib.sha256((folder / "a.md" / "x.png").read_bytes()).hexdigest()[:8]
+    out = tmp_path / "md"
+    args = ["extract", str(folder), "--out-dir", str(out), *model_args(ckpts.normal)]
+    for _ in range(2):  # the first run, then a rerun that resumes
+        res = invoke(args)
+        assert res.exit_code == 0, res.stderr
+    assert (out / "a.md").read_text().startswith(f"<!-- ixcdoc: {folder}/a page 1/1 -->")
+    inside = out / f"a.md-{tag}" / "x.md"
+    assert inside.read_text().startswith(f"<!-- ixcdoc: {folder}/a.md/x.png page 1/1 -->")
+
+
+@pytest.fixture
+def read_only_dir(tmp_path: Path) -> Path:
+    """A folder in which no file can be made: chmod 555, or, as root (who ignores modes),
+    sysfs's /sys/kernel."""
+    import os
+
+    if os.geteuid() != 0:
+        folder = tmp_path / "ro"
+        folder.mkdir()
+        folder.chmod(0o555)
+        return folder
+    if not Path("/sys/kernel").is_dir():
+        pytest.skip("running as root without /sys/kernel: no folder refuses files")
+    return Path("/sys/kernel")
+
+
+def test_an_out_dir_that_takes_no_files_fails_before_the_model_loads(
+    invoke, ckpts, tree: Path, tmp_path: Path, read_only_dir: Path
+) -> None:
+    records = tmp_path / "records.jsonl"
+    args = ["extract", str(tree), "--out-dir", str(read_only_dir), "-o", str(records)]
+    res = invoke([*args, *model_args(ckpts.normal)])
+    assert res.exit_code == 1
+    assert res.stderr.startswith(f"error: cannot write to --out-dir {read_only_dir}: ")
+    assert len(res.stderr.splitlines()) == 1
+    assert not records.exists()  # stopped before the records file, the reader and the model
+
+
+def test_a_full_disk_is_one_line_and_the_records_are_intact(
+    invoke, ckpts, tree: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The disk fills while a document's file is written: one line, exit 1, every record of
+    the run in the records file, no temporary file left; a rerun writes the files."""
+    import errno
+    import os
+
+    real_fsync = os.fsync
+
+    def full_for_document_files(fd: int) -> None:
+        if ".tmp-" in os.readlink(f"/proc/self/fd/{fd}"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_fsync(fd)
+
+    if not Path("/proc/self/fd").is_dir():
+        pytest.skip("needs /proc/self/fd to tell the document files' descriptors apart")
+    out = tmp_path / "md"
+    args = ["extract", str(tree), "--out-dir", str(out), *model_args(ckpts.normal)]
+    monkeypatch.setattr(os, "fsync", full_for_document_files)
+    res = invoke([*args, "--batch-size", "1"])
+    monkeypatch.setattr(os, "fsync", real_fsync)
+    assert res.exit_code == 1
+    [line] = res.stderr.splitlines()
+    assert line.startswith("error: cannot write ") and "No space left on device" in line
+    assert f"the records are intact in {out}/.ixcdoc/records.jsonl" in line
+    recs = read_records(out / ".ixcdoc" / "records.jsonl")
+    assert recs and all(r.status == "ok" for r in recs)
+    assert not list(out.rglob("*.md")) and not list(out.rglob(".*.tmp-*"))
+    again = invoke(args)
+    assert again.exit_code == 0, again.stderr
+    assert f"{len(recs)} already done" in again.stderr and "3 files written" in again.stderr

@@ -122,3 +122,28 @@ def test_ask_stdin_document_needs_the_question_as_argument(tmp_path: Path) -> No
     proc = run(["ask", "-"], tmp_path, stdin=(tmp_path / "x").as_posix().encode())
     assert proc.returncode == EXIT_USAGE
     assert len(proc.stderr.decode().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    ("args", "stdin", "says"),
+    [
+        (
+            [b"ask", b"page.png", b"what \xff is it?"],
+            b"",
+            "the question is not valid UTF-8: byte 0xff",
+        ),
+        ([b"ask", b"page.png"], b"what \xff is it?", "the question on stdin is not valid UTF-8"),
+        ([b"extract", b"page.png", b"--prompt", b"read \xc3 it"], b"", "the prompt is not valid"),
+        ([b"chart", b"page.png", b"--prompt", b"\xfe"], b"", "the prompt is not valid UTF-8"),
+    ],
+)
+def test_text_that_is_not_utf8_is_one_usage_line(
+    tmp_path: Path, args: list[bytes], stdin: bytes, says: str
+) -> None:
+    """A byte that is not UTF-8 in the question (argument or stdin) or in --prompt: exit 2 and
+    one line, before any model loads (no --model here: none is needed to refuse it)."""
+    text_png(tmp_path / "page.png", "bytes")
+    proc = run(args, tmp_path, stdin=stdin)  # type: ignore[arg-type]  # bytes reach argv as is
+    err = proc.stderr.decode()
+    assert proc.returncode == EXIT_USAGE, err
+    assert err.startswith("error: ") and says in err and len(err.splitlines()) == 1

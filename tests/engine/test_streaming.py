@@ -169,17 +169,20 @@ def test_an_unexpected_admission_error_fails_those_requests_instead_of_losing_th
         tiny_dm.model.reset_caches()
 
 
-def test_oom_in_a_decode_step_fails_only_the_newest_request(fixture_dm, monkeypatch) -> None:
-    """The newest sequence makes room (failing with 'oom', which callers retry one tier
-    lower); the step is retried and every other request still equals chat."""
+def test_oom_in_a_decode_step_makes_the_top_rows_wait_and_loses_nothing(
+    fixture_dm, monkeypatch
+) -> None:
+    """A decode step that runs out of memory fails nobody: the sequences on the top rows wait
+    (keeping their rows and tokens) while rows 0..1 decode, until rows free up; every answer
+    still equals chat."""
     from ixcdoc.engine.runner import ModelRunner
 
     real = ModelRunner.decode
-    raised: list[int] = []
+    rows: list[int] = []
 
     def oom_once_at_three_rows(self, ids, positions):
-        if len(ids) == 3 and not raised:
-            raised.append(len(ids))
+        rows.append(len(ids))
+        if rows == [3]:
             raise torch.cuda.OutOfMemoryError("injected")
         return real(self, ids, positions)
 
@@ -189,16 +192,13 @@ def test_oom_in_a_decode_step_fails_only_the_newest_request(fixture_dm, monkeypa
     handles = [eng.submit(r) for r in reqs]
     eng.run_until_idle()
     fixture_dm.model.reset_caches()
-    assert raised == [3]
-    with pytest.raises(DeviceError) as info:
-        handles[2].result()
-    assert info.value.code == "oom"
-    for i in (0, 1):
-        assert handles[i].result().token_ids == chat_reference(fixture_dm, reqs[i]).token_ids
-    assert eng.slots.used == 0 and not eng.running
+    assert rows[0] == 3 and max(rows[1:]) == 2  # after the error, two rows a step at most
+    for r, h in zip(reqs, handles, strict=True):
+        assert h.result().token_ids == chat_reference(fixture_dm, r).token_ids
+    assert eng.slots.used == 0 and not eng.running and eng.row_cap is None
 
 
-def test_oom_in_a_decode_step_with_one_row_fails_it(fixture_dm, monkeypatch) -> None:
+def test_oom_in_a_decode_step_with_one_row_fails_only_it(fixture_dm, monkeypatch) -> None:
     from ixcdoc.engine.runner import ModelRunner
 
     def oom(self, ids, positions):
@@ -207,8 +207,122 @@ def test_oom_in_a_decode_step_with_one_row_fails_it(fixture_dm, monkeypatch) -> 
     monkeypatch.setattr(ModelRunner, "decode", oom)
     eng = fixture_dm.engine(n_slots=2, max_len=512)
     h = eng.submit(_reqs(1, tokens=4)[0])
-    with pytest.raises(torch.cuda.OutOfMemoryError):
-        eng.run_until_idle()
+    eng.run_until_idle()  # handled: the request fails, the engine does not
     fixture_dm.model.reset_caches()
     assert h.done and isinstance(h.error, DeviceError) and h.error.code == "oom"
     assert eng.slots.used == 0 and not eng.running
+
+
+def test_a_request_whose_sampling_fails_fails_alone(fixture_dm, monkeypatch) -> None:
+    """chat_batch(return_exceptions=True) keeps every other answer when one request fails
+    while its token is sampled: at its first token (a temperature so small that every
+    probability is NaN) or in a later decode step (an error injected into its sampling)."""
+    from ixcdoc.engine import engine as engine_mod
+
+    reqs = _reqs(4, tokens=5)
+    reqs[1].do_sample, reqs[1].temperature, reqs[1].seed = True, 1e-45, 1
+    reqs[2].do_sample, reqs[2].temperature, reqs[2].seed = True, 0.7, 2
+    real = engine_mod.choose_token
+    calls: list[float] = []
+
+    def fails_in_a_decode_step(logits, history, cfg, generator):
+        if cfg.temperature == 0.7:
+            calls.append(cfg.temperature)
+            if len(calls) == 2:  # its second token: a decode step, not the prefill
+                raise RuntimeError("injected sampling failure")
+        return real(logits, history, cfg, generator)
+
+    monkeypatch.setattr(engine_mod, "choose_token", fails_in_a_decode_step)
+    out = fixture_dm.chat_batch(reqs, max_batch=4, return_exceptions=True)
+    assert isinstance(out[1], RuntimeError) and "probability tensor" in str(out[1])
+    assert isinstance(out[2], RuntimeError) and "injected" in str(out[2])
+    for i in (0, 3):
+        assert out[i].token_ids == chat_reference(fixture_dm, reqs[i]).token_ids
+    calls.clear()
+    with pytest.raises(RuntimeError, match="probability tensor"):  # the first error, at the end
+        fixture_dm.chat_batch(reqs, max_batch=4)
+
+
+def test_close_fails_what_is_left_and_refuses_new_requests(tiny_dm) -> None:
+    """No result() waits for ever: requests queued or running when the engine closes fail
+    with engine_closed, with or without the background thread; a submit after close is a
+    usage error."""
+    from ixcdoc.errors import IxcdocError
+
+    eng = tiny_dm.engine(n_slots=2, max_len=512)
+    waiting = [eng.submit(r) for r in _reqs(3)]
+    eng.step()  # two running, one queued
+    assert eng.close()
+    for h in waiting:
+        assert h.wait(timeout=0)
+        with pytest.raises(IxcdocError) as info:
+            h.result(timeout=0)
+        assert info.value.code == "engine_closed"
+    with pytest.raises(UsageError, match="closed"):
+        eng.submit(_reqs(1)[0])
+    assert eng.slots.used == 0 and not eng.running
+
+    eng = tiny_dm.engine(n_slots=1, max_len=512)
+    eng.start()
+    handles = [eng.submit(r) for r in _reqs(3, tokens=40)]
+    assert eng.close(timeout=60)
+    for h in handles:  # finished, or failed by the close: never left waiting
+        assert h.wait(timeout=0), "a request submitted before close() never finished"
+        assert h.answer is not None or h.error.code == "engine_closed"
+    assert any(h.error is not None for h in handles)
+    tiny_dm.model.reset_caches()
+
+
+@pytest.mark.parametrize(
+    ("options", "says"),
+    [
+        ({"do_sample": True, "temperature": float("nan")}, "temperature must be a finite"),
+        ({"temperature": float("inf")}, "temperature must be a finite"),
+        ({"top_p": float("nan")}, "top_p must be a finite"),
+        ({"repetition_penalty": float("nan")}, "repetition_penalty must be a finite"),
+        ({"top_k": 2.5}, "top_k must be a whole number"),
+        ({"seed": 2**70}, "seed must be a whole number"),
+        ({"seed": -(2**64)}, "seed must be a whole number"),
+    ],
+)
+def test_absurd_options_are_usage_errors_in_chat_and_the_engine(fixture_dm, options, says):
+    img = page(40, 30, 0)
+    with pytest.raises(UsageError, match=says):
+        fixture_dm.chat([img], "q", hd=1, max_new_tokens=2, **options)
+    with pytest.raises(UsageError, match=says):
+        fixture_dm.chat_batch([ChatRequest([img], "q", hd=1, max_new_tokens=2, **options)])
+    fixture_dm.model.reset_caches()
+
+
+def test_a_beam_search_that_straddles_the_row_cap_waits_and_gives_the_same_answer(
+    fixture_dm, monkeypatch
+) -> None:
+    """A greedy request on row 0 and a 2-beam one on rows 1-2; the 3-row step runs out of
+    memory, so only rows 0-1 decode: the beams (on both sides of the cap) wait, fed rows
+    below the cap write what their own step writes again. Same answers as without the error."""
+    from ixcdoc.engine.runner import ModelRunner
+
+    reqs = _reqs(2, tokens=6)
+    reqs[1].num_beams = 2
+
+    def answers() -> list[list[int]]:
+        eng = fixture_dm.engine(n_slots=3, max_len=512)
+        handles = [eng.submit(r) for r in reqs]
+        eng.run_until_idle()
+        fixture_dm.model.reset_caches()
+        assert eng.slots.used == 0
+        return [h.result().token_ids for h in handles]
+
+    expected = answers()
+    real = ModelRunner.decode
+    rows: list[int] = []
+
+    def oom_once_at_three_rows(self, ids, positions):
+        rows.append(len(ids))
+        if len(rows) == 1:  # the first step (three rows: asserted below)
+            raise torch.cuda.OutOfMemoryError("injected")
+        return real(self, ids, positions)
+
+    monkeypatch.setattr(ModelRunner, "decode", oom_once_at_three_rows)
+    assert answers() == expected
+    assert rows[0] == 3 and rows[1] == 2

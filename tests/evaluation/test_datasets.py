@@ -264,3 +264,38 @@ def test_check_images_counts_the_missing_and_names_the_first(tmp_path: Path) -> 
     (mp / "images" / "ffbf0023_2.jpg").unlink()
     with pytest.raises(DatasetError, match=r"1 of the 5 images .* is missing.*ffbf0023_2\.jpg"):
         check_images(read_items("mpdocvqa", mp), mp)
+
+
+def test_links_out_of_the_dataset_and_nul_bytes_are_refused(tmp_path: Path) -> None:
+    """A link inside the dataset folder that points outside it was followed (the helper's
+    rule said it refuses it), and a NUL byte in an image path was a traceback. A folder of
+    the dataset that is itself a link stays usable."""
+    import json
+    import os
+
+    from ixcdoc.evaluation.datasets import DatasetError, read_items
+    from tests.evaluation.builders import png
+
+    secret = png(tmp_path / "elsewhere" / "secret.png", "not the dataset's")
+    root = tmp_path / "docvqa"
+    png(root / "documents" / "ok.png", "fine")
+    os.symlink(secret, root / "documents" / "link.png")
+    os.symlink(secret.parent, root / "outside-dir")
+    images = png(tmp_path / "big-disk" / "images" / "far.png", "far").parent
+    os.symlink(images, root / "val")  # the split folder is a link: one of the dataset's folders
+
+    def read(image: str) -> list:
+        entry = {"questionId": 1, "question": "q?", "image": image, "answers": ["a"]}
+        (root / "val_v1.0.json").write_text(json.dumps({"data": [entry]}))
+        return read_items("docvqa", root)
+
+    for image, why in [
+        ("documents/link.png", f"is a link to {secret}, outside the dataset folder"),
+        ("outside-dir/secret.png", f"is a link to {secret}, outside the dataset folder"),
+        ("documents/ok\x00.png", "holds a NUL byte"),
+    ]:
+        with pytest.raises(DatasetError) as e:
+            read(image)
+        assert why in e.value.message and "\n" not in e.value.message
+    assert read("documents/ok.png")[0].image == root / "documents" / "ok.png"
+    assert read("far.png")[0].image == root / "val" / "far.png"
