@@ -215,17 +215,21 @@ def test_oom_in_a_decode_step_with_one_row_fails_only_it(fixture_dm, monkeypatch
 
 def test_a_request_whose_sampling_fails_fails_alone(fixture_dm, monkeypatch) -> None:
     """chat_batch(return_exceptions=True) keeps every other answer when one request fails
-    while its token is sampled: at its first token (a temperature so small that every
-    probability is NaN) or in a later decode step (an error injected into its sampling)."""
+    while its token is sampled: at its first token (torch's error for a probability tensor
+    with NaN, injected) or in a later decode step (an error injected into its sampling). A
+    temperature small enough to make every probability NaN is refused up front now
+    (generate.MIN_TEMPERATURE), so the first-token failure is injected too."""
     from ixcdoc.engine import engine as engine_mod
 
     reqs = _reqs(4, tokens=5)
-    reqs[1].do_sample, reqs[1].temperature, reqs[1].seed = True, 1e-45, 1
+    reqs[1].do_sample, reqs[1].temperature, reqs[1].seed = True, 0.9, 1
     reqs[2].do_sample, reqs[2].temperature, reqs[2].seed = True, 0.7, 2
     real = engine_mod.choose_token
     calls: list[float] = []
 
     def fails_in_a_decode_step(logits, history, cfg, generator):
+        if cfg.temperature == 0.9:  # its first token, at the prefill
+            raise RuntimeError("probability tensor contains either `inf`, `nan` or element < 0")
         if cfg.temperature == 0.7:
             calls.append(cfg.temperature)
             if len(calls) == 2:  # its second token: a decode step, not the prefill
