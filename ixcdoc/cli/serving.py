@@ -75,6 +75,15 @@ def serve(
             "[default: up to the position limit].",
         ),
     ] = None,
+    cors_origins: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--cors-origin",
+            metavar="ORIGIN",
+            help="Let browser pages of this origin call the API, e.g. http://localhost:3000 "
+            "(repeatable; none by default).",
+        ),
+    ] = None,
     batch_size: BatchOpt = "auto",
     max_pixels: MaxPixelsOpt = None,
     quant: QuantOpt = Quant.auto,
@@ -84,10 +93,13 @@ def serve(
 ) -> None:
     """Serve the model over an OpenAI-compatible HTTP API (/v1/chat/completions).
 
+    The web page is at the server's address (http://127.0.0.1:8000/ by default).
+
     \b
     ixcdoc serve --port 8000
     ixcdoc serve --host 0.0.0.0 --api-key "$KEY"
     ixcdoc serve --batch-size 1          # one request at a time, no batched engine
+    ixcdoc serve --cors-origin http://localhost:3000   # a browser-side client (Open WebUI)
     """
     try:
         import fastapi  # noqa: F401
@@ -95,6 +107,7 @@ def serve(
     except ImportError:
         err.print("ixcdoc serve needs: pip install 'ixcdoc[serve]'", markup=False)
         raise typer.Exit(1) from None
+    from ixcdoc.serve.cors import check_origin
     from ixcdoc.serve.run import is_loopback
     from ixcdoc.serve.run import serve as run_server
 
@@ -103,6 +116,7 @@ def serve(
             f"--host {host} makes the server reachable from other machines: set --api-key "
             "(or IXCDOC_API_KEY) as well"
         )
+    origins = [check_origin(o) for o in cors_origins or ()]
     slots = parse_batch(batch_size)
     dm = load_model(model, device, quant, quiet)
     run_server(
@@ -118,4 +132,5 @@ def serve(
         model_name=model_name,
         batch_size=slots,
         max_tokens=max_tokens,
+        cors_origins=origins,
     )

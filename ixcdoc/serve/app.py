@@ -1,6 +1,7 @@
 """The FastAPI app: OpenAI-style routes over a ``Backend``.
 
-Routes: POST /v1/chat/completions (plain and server-sent events), GET /v1/models, GET /health.
+Routes: POST /v1/chat/completions (plain and server-sent events), GET /v1/models, GET /health,
+and the web page at / with its API under /v1/ixcdoc/ (``page.py``).
 ``guard.Guard`` checks the API key and the body size before any route reads the body; errors
 are ``errors.ApiError`` in OpenAI's JSON shape.
 """
@@ -12,7 +13,7 @@ import contextlib
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,10 +25,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ixcdoc.errors import IxcdocError
 from ixcdoc.serve.backend import Backend, Cancelled, GenRequest, QueueFull, Ticket
+from ixcdoc.serve.cors import add_cors
 from ixcdoc.serve.engine_backend import EngineBackend, slot_positions
 from ixcdoc.serve.errors import ApiError, library_error, model_failure
 from ixcdoc.serve.guard import Guard
 from ixcdoc.serve.images import open_image
+from ixcdoc.serve.page import page_router
 from ixcdoc.serve.schema import ChatCompletionRequest, to_conversation
 
 DECODE_CONCURRENCY = 2  # images decoded at once: bounds the memory a burst of large pages takes
@@ -161,13 +164,15 @@ def create_app(
     batch_size: int | None = None,
     max_tokens: int | None = None,
     backend: Backend | EngineBackend | None = None,
+    cors_origins: Sequence[str] = (),
 ) -> FastAPI:
     """The OpenAI-compatible app over ``model`` (a ``DocModel``); ``backend`` replaces the queue.
 
     ``batch_size``: requests in flight on the batched engine (None: what memory allows; 1: the
     one-at-a-time ``Backend`` on ``chat``). ``max_tokens``: the largest ``max_tokens`` a request
     may ask for (None: up to the position limit); it bounds each engine slot's positions.
-    The backend starts with the app's lifespan and stops with it.
+    The backend starts with the app's lifespan and stops with it. ``cors_origins``: browser
+    origins allowed to call the API (``cors.py``; none by default).
     """
     from ixcdoc.inputs import DEFAULT_MAX_PIXELS
     from ixcdoc.planning import choose_tier
@@ -327,6 +332,14 @@ def create_app(
         body: ChatCompletionRequest, request: Request
     ) -> JSONResponse | StreamingResponse:
         """OpenAI chat completions: text and image_url parts, plain or streamed."""
+        if body.model is not None and body.model != name:
+            raise ApiError(
+                404,
+                f"the model {body.model!r} does not exist: this server runs {name!r} "
+                "(GET /v1/models)",
+                code="model_not_found",
+                param="model",
+            )
         try:
             async with decode_slots:
                 gen = await asyncio.to_thread(prepare, body)
@@ -409,5 +422,7 @@ def create_app(
 
         return _EventStream(stream(), run.ticket)
 
+    app.include_router(page_router(model, backend, max_pixels=max_pixels, max_tokens=max_tokens))
     app.add_middleware(Guard, api_key=api_key, max_body=max_body)
+    add_cors(app, cors_origins)  # added last, so it runs first: preflights need no key
     return app
