@@ -17,6 +17,7 @@ import base64
 import io
 import json
 import os
+import re
 import threading
 from dataclasses import dataclass, field
 from importlib import resources
@@ -252,16 +253,18 @@ def view_html(data: dict[str, Any], *, img_src: str = "data:") -> str:
 
     page = web_asset("view.html")
     parts = {
-        "{{TITLE}}": escape(f"ixcdoc view: {data['title']}"),
-        "{{IMG_SRC}}": img_src,
-        "{{STYLE}}": web_asset("style.css"),
-        "{{SCRIPTS}}": web_asset("markdown.js") + "\n" + web_asset("view.js"),
-        "{{DATA}}": _script_json(data),
+        "TITLE": escape(f"ixcdoc view: {data['title']}"),
+        "IMG_SRC": img_src,
+        "STYLE": web_asset("style.css"),
+        # "</" cannot end the script element early (the scripts hold it in no string anyway)
+        "SCRIPTS": (web_asset("markdown.js") + "\n" + web_asset("view.js")).replace("</", "<\\/"),
+        "DATA": _script_json(data),
     }
-    for mark, value in parts.items():
-        # Assets and data never hold the marks, so replacing in order is unambiguous.
-        page = page.replace(mark, value.replace("</", "<\\/") if mark == "{{SCRIPTS}}" else value)
-    return page
+    # One pass: a mark inside a value (a file named "{{DATA}}") is never replaced again.
+    return _MARK.sub(lambda m: parts[m.group(1)], page)
+
+
+_MARK = re.compile(r"\{\{(TITLE|IMG_SRC|STYLE|SCRIPTS|DATA)\}\}")
 
 
 # ---- served on 127.0.0.1 --------------------------------------------------------------------

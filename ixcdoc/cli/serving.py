@@ -91,9 +91,9 @@ def serve(
     device: DeviceOpt = "auto",
     quiet: QuietOpt = False,
 ) -> None:
-    """Serve the model over an OpenAI-compatible HTTP API (/v1/chat/completions).
+    """Serve the model: an OpenAI-compatible HTTP API and a web page, on one address.
 
-    The web page is at the server's address (http://127.0.0.1:8000/ by default).
+    The API is /v1/chat/completions; the page is at / (http://127.0.0.1:8000/ by default).
 
     \b
     ixcdoc serve --port 8000
