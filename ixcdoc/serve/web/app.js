@@ -412,7 +412,7 @@
     const facts = $("facts");
     facts.replaceChildren();
     const add = (name, value, note) =>
-      facts.append(el("tr", {}, el("th", { text: name }),
+      facts.append(el("tr", { "data-fact": name }, el("th", { text: name }),
                       el("td", {}, el("span", { text: value }),
                          note ? el("div", { class: "muted small", text: note }) : null)));
     add("page", `${state.page} of ${doc.info.page_count}`, `${doc.info.name} (${doc.info.kind})`);
@@ -598,6 +598,7 @@
         s.text = rec.text;
         s.record = rec;
       }
+      if (rec.status !== "ok") run.failures.push(rec.error.message);
     } else if (ev.event === "note") {
       run.notes.push(ev.message);
     } else if (ev.event === "error") {
@@ -622,6 +623,7 @@
     const doc = state.doc;
     const run = {
       task, doc, t0: performance.now(), total: 0, done: 0, tokens: 0, inflight: [], notes: [],
+      failures: [],
       controller: new AbortController(),
     };
     if (task === "ask") {
@@ -659,8 +661,10 @@
     renderThumbLabels();
     if (run.cancelled) say(`cancelled: ${run.done} of ${run.total || "?"} pages done`);
     else if (run.error) say("error: " + run.error, "error");
-    else say(runLine(run) + (run.notes.length ? " · " + run.notes.join("; ") : ""),
-             run.finished && run.finished.failed ? "error" : "");
+    else if (run.failures.length) {
+      // as the CLI: the failed page's one line (the last one, when several failed)
+      say(runLine(run) + " · error: " + run.failures[run.failures.length - 1], "error");
+    } else say(runLine(run) + (run.notes.length ? " · " + run.notes.join("; ") : ""));
   }
 
   async function download(task, format) {
@@ -709,6 +713,9 @@
   }
 
   // ---- wiring --------------------------------------------------------------------------------
+
+  // The event is for a text field (keys and pastes are the field's, not the page's).
+  const typing = (e) => e.target instanceof Element && e.target.closest("input, textarea") !== null;
 
   function wire() {
     renderKey();
@@ -762,7 +769,7 @@
     $("download-md").addEventListener("click", () => download("extract", "md"));
     $("download-jsonl").addEventListener("click", () => download("extract", "jsonl"));
     document.addEventListener("keydown", (e) => {
-      if (e.target.closest("input, textarea, select")) return;
+      if (typing(e) || (e.target instanceof Element && e.target.closest("select"))) return;
       if (e.key === "ArrowLeft" || e.key === "PageUp") showPage(state.page - 1);
       if (e.key === "ArrowRight" || e.key === "PageDown") showPage(state.page + 1);
     });
@@ -780,7 +787,7 @@
       if (e.dataTransfer && e.dataTransfer.files.length) openFiles([...e.dataTransfer.files]);
     });
     document.addEventListener("paste", (e) => {
-      if (e.target.closest("input, textarea")) return;
+      if (typing(e)) return;
       const files = [...(e.clipboardData ? e.clipboardData.files : [])];
       if (!files.length) return;
       e.preventDefault();

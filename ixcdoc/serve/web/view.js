@@ -224,7 +224,7 @@
       });
     }
     document.addEventListener("keydown", (e) => {
-      if (e.target.closest("input, textarea")) return;
+      if (e.target instanceof Element && e.target.closest("input, textarea")) return;
       if (e.key === "ArrowLeft" || e.key === "PageUp") go(state.at - 1);
       if (e.key === "ArrowRight" || e.key === "PageDown") go(state.at + 1);
       if (e.key === "/") {
