@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 from ixcdoc.cli import app as cli_app
 from ixcdoc.serve import create_app
 from ixcdoc.serve.backend import GenRequest
+from ixcdoc.tasks import EXTRACT
 from tests.serve.helpers import TIMEOUT, ProbeEngineBackend, live_server
 from tests.web.conftest import BROWSER_TIMEOUT_MS
 
@@ -295,6 +296,22 @@ def test_a_busy_server_says_429_and_nothing_hangs(page: Any, model336: Any) -> N
         assert done.acquire(timeout=TIMEOUT) and done.acquire(timeout=TIMEOUT)
         page.click("#chart-summary")  # and once it is free, the same click works
         expect(page.locator("#status-text")).to_contain_text("1 ok")
+
+
+def test_cancel_stops_the_run_on_the_server(page: Any, model336: Any) -> None:
+    backend = ProbeEngineBackend(model336, n_slots=1, max_len=8192, hold=True)
+    with live_server(create_app(model336, backend=backend)) as base:
+        open_file(page, base, SAMPLES / "chart.png", 1)
+        page.click("[data-tab=text]")
+        page.click("#transcribe-page")
+        assert backend.entered.wait(TIMEOUT)  # the page is on the engine, held before prefill
+        expect(page.locator("#status-text")).to_contain_text("in flight: page 1 (HD")
+        page.click("#cancel")
+        expect(page.locator("#status-text")).to_have_text("cancelled: 0 of 1 pages done")
+        backend.release.set()
+        with backend._lock:  # the job stops at its first token: nothing is left on the engine
+            assert backend._lock.wait_for(lambda: backend.depth == 0, TIMEOUT)
+        assert backend.answers[EXTRACT.prompt].stop_reason == "callback"
 
 
 def test_a_page_that_fails_says_why_in_one_line(page: Any, model336: Any) -> None:
