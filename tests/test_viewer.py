@@ -8,6 +8,8 @@ import hashlib
 import html.parser
 import io
 import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -142,3 +144,24 @@ def test_the_html_holds_the_records_and_images_and_runs_nothing_of_them(tmp_path
     im = Image.open(io.BytesIO(base64.b64decode(image.split(",", 1)[1])))
     assert im.format == "JPEG" and max(im.size) == VIEW_SIDE
     assert "default-src 'none'; img-src data:;" in page
+
+
+def test_the_viewer_needs_neither_the_server_nor_torch(tmp_path: Path) -> None:
+    """``ixcdoc view`` works without the serve extra: it reads its page from ixcdoc/serve/web/
+    as package data, never importing FastAPI (nor torch)."""
+    data = png(tmp_path / "a.png", (60, 80))
+    write(tmp_path / "run.jsonl", record("a.png", data))
+    probe = (
+        "import sys\n"
+        "from ixcdoc.viewer import SourceFiles, data_urls, read_run, view_html\n"
+        f"run = read_run({str(tmp_path / 'run.jsonl')!r})\n"
+        "page = view_html(data_urls(run, SourceFiles(run.path)))\n"
+        "assert page.count('data:image/jpeg') == 1\n"
+        "heavy = ('fastapi', 'starlette', 'uvicorn', 'torch')\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in heavy))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, cwd=tmp_path, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == "[]\n"

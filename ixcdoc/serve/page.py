@@ -114,6 +114,10 @@ def page_router(
         except IxcdocError as e:
             raise ApiError(400, e.message, code="invalid_request") from None
 
+    def task_job(task: str, hd: str | int = "auto") -> Job:
+        """The job of a task whatever its question (a plan or a download needs none)."""
+        return job_for(task, "?" if task == "ask" else None, hd)
+
     @router.get("/", include_in_schema=False)
     async def page() -> Response:
         return Response(index, media_type="text/html; charset=utf-8", headers=headers)
@@ -154,7 +158,7 @@ def page_router(
     async def plan(doc_id: str, task: str = "extract", hd: str = "auto") -> dict[str, Any]:
         """``ixcdoc plan`` for the document, for the model this server runs."""
         upload = upload_or_404(doc_id)
-        job = job_for(task, "?" if task == "ask" else None, hd)
+        job = task_job(task, hd)
         rows = await asyncio.to_thread(plan_rows, model, upload, job)
         return {"task": task, "hd": job.hd_label, "rows": rows}
 
@@ -206,7 +210,7 @@ def page_router(
         from ixcdoc.outdir import render_document
 
         upload = upload_or_404(doc_id)
-        job = job_for(task, "?" if task == "ask" else None, "auto")
+        job = task_job(task)
         recs = upload.latest(job.task.name, None if task == "ask" else job.prompt)
         if not recs:
             raise ApiError(404, f"{upload.name}: no {task} records yet", code="no_records")

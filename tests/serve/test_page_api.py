@@ -281,6 +281,26 @@ def test_a_bad_page_range_is_400_before_anything_runs(http: httpx.Client) -> Non
     assert r.status_code == 400
 
 
+def test_one_request_at_a_time_runs_the_page_through_chat(
+    looping: Any, tiny_paths: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # --batch-size 1: the backend runs DocModel.chat, and so does the page (ServedModel.chat).
+    app = create_app(looping, batch_size=1, max_tokens=MAX_TOKENS)
+    with live_server(app) as url, httpx.Client(base_url=url, timeout=TIMEOUT) as http:
+        doc = upload(http, SAMPLES / "chart.png")
+        (rec,) = records(run(http, doc["id"], task="chart"))
+    monkeypatch.chdir(SAMPLES)
+    model = ["--model", str(tiny_paths["loop"]), "--device", "cpu", "--batch-size", "1"]
+    result = CliRunner().invoke(
+        cli_app,
+        ["chart", "chart.png", "--json", "--max-new-tokens", str(MAX_TOKENS), *model],
+        catch_exceptions=False,
+    )
+    (want,) = [json.loads(line) for line in result.stdout.splitlines()]
+    assert rec["timings"]["tokens"] == MAX_TOKENS  # the looping model runs to the limit
+    same(rec, want)
+
+
 def test_a_busy_server_says_429_at_once(looping: Any) -> None:
     # Not `tiny`: an engine keeps its KV cache in the model, and the module's server has one.
     backend = ProbeEngineBackend(looping, n_slots=1, max_len=512, max_queue=1, hold=True)
