@@ -44,6 +44,11 @@ class Events:
     def note(self, message: str) -> None:
         """Something the user should know (a repaired output file)."""
 
+    def screening(self, source: str, pages: int) -> contextlib.AbstractContextManager[Any]:
+        """Wraps the model's screening of ``pages`` pages of ``source`` (``ask``'s page
+        choice, ``ixcdoc.screening``): a spinner, say."""
+        return contextlib.nullcontext()
+
     def opened(self, source: str, pages: int, *, single: bool) -> None:
         """A document was opened and ``pages`` of its pages will follow. ``single``: this
         is the run's only input and it has one page."""
@@ -255,12 +260,33 @@ def run(
         plan.set(lambda info: runner.tier_for(job, info), runner.hd_image)
 
     skip = skip_rule(runner, job, state, redo_failed) if state is not None else None
-    pages = read_pages(
-        sources, choose=job.choose_pages(), skip=skip, plan=plan, render=workers == 0
-    )
+    stats = BatchStats()
+    choose = job.choose_pages()
+    if job.question is not None and job.top_k is not None:
+        # ask: pages without a text layer are screened by the model first (ixcdoc.screening)
+        from ixcdoc.screening import ask_choice
+
+        def screening_model() -> DocModel:
+            if runner.model is None:
+                load()
+                stats.loaded = True
+            assert runner.model is not None
+            return runner.model
+
+        choose = ask_choice(
+            job.question,
+            job.top_k,
+            sources,
+            screening_model,
+            probe=runner.key(job, "", "", 0),
+            output=output if state is not None and state.count else None,
+            batch_size=batch_size,
+            note=events.note,
+            busy=events.screening,
+        )
+    pages = read_pages(sources, choose=choose, skip=skip, plan=plan, render=workers == 0)
     items = ahead(pages, depth=read_ahead) if read_ahead > 0 else pages
     closers: list[Callable[[], None]] = []
-    stats = BatchStats()
     single_arg = _single_input(sources)
     engine: EnginePages | None = None
     inflight: set[Any] = set()  # resume keys of pages on the engine now

@@ -52,6 +52,12 @@ _POLL_S = 0.5  # how often a waiting side checks that the other side is still al
 TierFn = Callable[[int, int], int]
 
 
+def shm_prefix(pid: int | None = None) -> str:
+    """The start of the names of the segments that feeders of process ``pid`` (this one by
+    default) create in /dev/shm: how a leak of this process is told from other processes'."""
+    return f"{SHM_PREFIX}{os.getpid() if pid is None else pid}_"
+
+
 def planned_tier(native_h: int, native_w: int, task: Any, **choose: Any) -> int:
     """``planning.choose_tier(native_h, native_w, task, **choose).hd``, for ``Feeder(tier=)``.
 
@@ -458,7 +464,7 @@ class Feeder:
 
         if self._shm is not None:
             return
-        name = f"{SHM_PREFIX}{os.getpid()}_{secrets.token_hex(4)}"
+        name = f"{shm_prefix()}{secrets.token_hex(4)}"
         self._shm = shared_memory.SharedMemory(
             name=name, create=True, size=self.slot_bytes * (self.depth + 1)
         )

@@ -22,6 +22,8 @@ if TYPE_CHECKING:
     from ixcdoc.inputs import Document, PageInfo, RenderedPage, Sources
     from ixcdoc.planning import TierChoice
     from ixcdoc.preprocess import HDImage
+    from ixcdoc.ranking import PageChoice
+    from ixcdoc.records import Screening
 
 
 @dataclass
@@ -43,6 +45,7 @@ class PageItem:
     info: PageInfo | None = None
     origin: Path | bytes | None = None
     has_text: bool = False
+    screening: Screening | None = None  # how ask chose this page among the document's
 
 
 @dataclass(frozen=True)
@@ -104,34 +107,18 @@ def file_sha256_or_none(source: str) -> str | None:
         return None
 
 
-def best_pages(doc: Document, numbers: list[int], question: str, top_k: int) -> list[int]:
-    """The ``top_k`` pages whose text layer best matches ``question`` (BM25).
-
-    A one-page selection, pages without any text layer, and a text layer that shares no word
-    with the question keep every selected page (each is answered in turn).
-    """
-    from ixcdoc.ranking import rank_pages
-
-    if len(numbers) <= 1:
-        return numbers
-    texts = [doc.page_text(n) for n in numbers]
-    if not any(t.strip() for t in texts):
-        return numbers
-    best = rank_pages(question, texts, top_k=top_k)
-    return [numbers[i] for i in best] if best else numbers
-
-
 def read_pages(
     sources: Sources,
     *,
-    choose: Callable[[Document, list[int]], list[int]] | None = None,
+    choose: Callable[[Document, list[int]], PageChoice] | None = None,
     skip: Callable[[str, int], bool] | None = None,
     plan: TierPlan | None = None,
     render: bool = True,
 ) -> Iterator[Opened | PageItem]:
     """Open, select, render and blank-check pages in input order, each document once.
 
-    ``choose(doc, numbers)`` narrows the selected pages (``ask`` ranks them);
+    ``choose(doc, numbers)`` narrows the selected pages (``ask`` ranks them, and its
+    screening goes with every page);
     ``skip(sha256, page)`` says a page is already done, so it is not even rendered;
     ``plan`` chooses each page's tier and HD image ahead once the model is known.
     ``render=False`` leaves rendering to the feeder (``through_feeder``): pages come with
@@ -148,30 +135,48 @@ def read_pages(
             yield PageItem(source, sha, getattr(item, "page", None), None, error=item)
             continue
         doc, numbers = item
+        screening = None
         if choose is not None:
-            numbers = choose(doc, numbers)
+            choice = choose(doc, numbers)
+            numbers, screening = list(choice.pages), _screening(choice)
         yield Opened(doc.source, len(numbers), tuple(doc.notes), tuple(numbers), doc.sha256)
         for n in numbers:
             base = (doc.source, doc.sha256, n, doc.page_count)
             if skip is not None and skip(doc.sha256, n):
-                yield PageItem(*base, skipped=True)
+                yield PageItem(*base, skipped=True, screening=screening)
                 continue
             try:
                 flags = doc.page_flags(n)
                 if not render:
                     info, text = doc.page_info(n), doc.has_text_layer(n)
-                    yield PageItem(*base, flags=flags, info=info, origin=doc.origin, has_text=text)
+                    yield PageItem(
+                        *base,
+                        flags=flags,
+                        info=info,
+                        origin=doc.origin,
+                        has_text=text,
+                        screening=screening,
+                    )
                     continue
                 r = doc.render(n)
             except InputError as e:
-                yield PageItem(*base, error=e, flags=doc.flags)
+                yield PageItem(*base, error=e, flags=doc.flags, screening=screening)
                 continue
             # A page whose text layer has words is never blank, however faint its render.
             blank = is_blank(r.image) and not doc.has_text_layer(n)
-            page = PageItem(*base, rendered=r, blank=blank, flags=flags)
+            page = PageItem(*base, rendered=r, blank=blank, flags=flags, screening=screening)
             if plan is not None:
                 plan.apply(page)
             yield page
+
+
+def _screening(choice: PageChoice) -> Screening | None:
+    """What the records say of a choice the model's screening made (None: no model pass)."""
+    if not choice.scores or choice.tier is None:
+        return None
+    from ixcdoc.records import Screening
+
+    return Screening(tier=choice.tier, scores=dict(choice.scores), chosen=choice.pages)
 
 
 def ahead(items: Iterator[Any], depth: int = 2) -> Iterator[Any]:

@@ -92,6 +92,39 @@ class Timings:
     tokens: int | None = None
 
 
+@dataclass(frozen=True)
+class Screening:
+    """How ``ask`` chose a page among a document's: the screening tier, the model's score of
+    every screened page (log-odds of "yes" to "does this page answer the question"), and the
+    pages chosen, best first (docs/screening.md)."""
+
+    tier: int
+    scores: Mapping[int, float]
+    chosen: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        fix = object.__setattr__
+        # JSON keys are strings; pages are numbers here, in page order.
+        scores = sorted(self.scores.items(), key=_page)
+        fix(self, "scores", {int(p): round(float(v), SCREENING_DIGITS) for p, v in scores})
+        fix(self, "chosen", tuple(self.chosen))
+
+    def __hash__(self) -> int:
+        return hash((self.tier, tuple(self.scores.items()), self.chosen))
+
+    def to_dict(self) -> dict[str, Any]:
+        """``{"tier": 4, "scores": {"1": -0.4, "2": 1.3}, "chosen": [2]}``."""
+        scores = {str(p): v for p, v in self.scores.items()}
+        return {"tier": self.tier, "scores": scores, "chosen": list(self.chosen)}
+
+
+SCREENING_DIGITS = 6  # decimals a screening score keeps (the record round-trips exactly)
+
+
+def _page(item: tuple[Any, Any]) -> int:
+    return int(item[0])
+
+
 @dataclass(frozen=True, kw_only=True)
 class PageRecord:
     """One output line: the result (or failure) of one task on one page. Fields in key order."""
@@ -125,6 +158,9 @@ class PageRecord:
     worker: str | None = None
     # Optional: beam search (``--beams N``, N > 1); part of the resume key (absent: 1).
     num_beams: int | None = None
+    # Optional: ``ask`` chose this page by the model's screening of the document's pages (not
+    # part of the resume key: the question, tier setting and model are).
+    screening: Screening | None = None
 
     def __post_init__(self) -> None:
         validate_record(self.to_dict())
@@ -138,6 +174,8 @@ class PageRecord:
                 fix(self, name, tuple(value))
         if isinstance(self.error, Mapping):
             fix(self, "error", ErrorInfo(**self.error))
+        if isinstance(self.screening, Mapping):
+            fix(self, "screening", Screening(**self.screening))
         timings = self.timings
         if isinstance(timings, Mapping):
             timings = Timings(**timings)
@@ -151,7 +189,7 @@ class PageRecord:
         for name in OPTIONAL_FIELDS:
             value = getattr(self, name)
             if value is not None:
-                d[name] = value
+                d[name] = _plain(value)
         return d
 
     def to_json(self, *, ensure_ascii: bool = False) -> str:
@@ -172,7 +210,7 @@ class PageRecord:
 
 
 # Optional keys: absent means null. Every other key is required.
-OPTIONAL_FIELDS: tuple[str, ...] = ("worker", "num_beams")
+OPTIONAL_FIELDS: tuple[str, ...] = ("worker", "num_beams", "screening")
 FIELDS: tuple[str, ...] = tuple(
     f.name for f in dataclasses.fields(PageRecord) if f.name not in OPTIONAL_FIELDS
 )
@@ -182,6 +220,8 @@ _UNSAFE_CHARS = re.compile("[\x85\u2028\u2029\ud800-\udfff]")
 
 
 def _plain(value: Any) -> Any:
+    if isinstance(value, Screening):
+        return value.to_dict()
     if isinstance(value, (ErrorInfo, Timings)):
         return dataclasses.asdict(value)
     if isinstance(value, tuple):
@@ -265,6 +305,40 @@ def _is_timings(v: Any) -> bool:
     return ms_ok and (v["tokens"] is None or _is_int(v["tokens"]))
 
 
+def _is_screening(v: Any) -> bool:
+    if isinstance(v, Screening):
+        v = v.to_dict()
+    if not (isinstance(v, Mapping) and set(v) == {"tier", "scores", "chosen"}):
+        return False
+    scores, chosen = v["scores"], v["chosen"]
+    if not (_is_int(v["tier"], 1) and isinstance(scores, Mapping) and scores):
+        return False
+    pages = [_page_key(p) for p in scores]
+    if None in pages or len(set(pages)) != len(pages):
+        return False
+    finite = all(
+        isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+        for x in scores.values()
+    )
+    return (
+        finite
+        and isinstance(chosen, (list, tuple))
+        and bool(chosen)
+        and all(_is_int(p, 1) for p in chosen)
+        and len(set(chosen)) == len(chosen)
+        and set(chosen) <= set(pages)
+    )
+
+
+def _page_key(p: Any) -> int | None:
+    """A screening score's key as a page number: "2" (JSON) or 2; None when it is neither."""
+    if _is_int(p, 1):
+        return int(p)
+    if isinstance(p, str) and p.isascii() and p.isdigit() and not p.startswith("0"):
+        return int(p)
+    return None
+
+
 def _opt(check: Check) -> Check:
     return lambda v: v is None or check(v)
 
@@ -310,6 +384,11 @@ _CHECKS: dict[str, tuple[Check, str]] = {
     "created_at": (_is_time, "ISO-8601 UTC like 2026-01-31T12:00:00Z"),
     "worker": (_opt(_is_str), "a non-empty string or null (optional)"),
     "num_beams": (_opt(lambda v: _is_int(v, 2)), "a whole number >= 2 (optional)"),
+    "screening": (
+        _opt(_is_screening),
+        '{"tier": int >= 1, "scores": {"page": finite number, ...}, "chosen": [pages scored]}'
+        " (optional)",
+    ),
 }
 assert set(_CHECKS) == _ALL_FIELD_SET, "every field has exactly one check"
 

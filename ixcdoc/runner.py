@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from ixcdoc.guards import RepetitionGuard
     from ixcdoc.inputs import Document, PageInfo, RenderedPage
     from ixcdoc.preprocess import HDImage
+    from ixcdoc.ranking import PageChoice
     from ixcdoc.reading import PageItem
     from ixcdoc.records import PageRecord, ResumeKey
     from ixcdoc.runtime import DocModel
@@ -28,8 +29,8 @@ if TYPE_CHECKING:
 class Job:
     """What to do with every page: the task, the exact prompt, tier and length settings.
 
-    ``question`` is set for ``ask``; ``top_k`` (ask only) reads the pages whose text layer
-    best matches the question instead of every selected page.
+    ``question`` is set for ``ask``; ``top_k`` (ask only) reads the best pages for the question
+    instead of every selected page (``ixcdoc.screening``).
     """
 
     task: TaskPreset
@@ -50,14 +51,16 @@ class Job:
         """The tier setting as records store it: "auto" or the number."""
         return "auto" if self.hd is None else str(self.hd)
 
-    def choose_pages(self) -> Callable[[Document, list[int]], list[int]] | None:
-        """The page filter for ``reading.read_pages``: BM25 ranking for ``ask --top-k``."""
+    def choose_pages(self) -> Callable[[Document, list[int]], PageChoice] | None:
+        """The page filter for ``reading.read_pages`` from the text layer alone (no model):
+        ``ask --top-k``'s BM25 ranking, every page it cannot rule out where it cannot rank
+        (``batch.run`` screens those with the model, ``screening.ask_choice``)."""
         if self.question is None or self.top_k is None:
             return None
-        from ixcdoc.reading import best_pages
+        from ixcdoc.screening import text_choice
 
         question, k = self.question, self.top_k
-        return lambda doc, numbers: best_pages(doc, numbers, question, k)
+        return lambda doc, numbers: text_choice(doc, numbers, question, k)
 
 
 def _is_oom(e: BaseException) -> bool:
@@ -139,6 +142,7 @@ class PageRunner:
             "precision": self.precision,
             "device": self.device,
             "num_beams": job.num_beams if job.num_beams > 1 else None,
+            "screening": item.screening,
         }
         base.update(fields)
         # The document's own flags (repaired, low_dpi, ...) go with every record of the page.

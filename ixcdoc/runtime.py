@@ -30,6 +30,7 @@ from ixcdoc.prompt import (
     build_chat_prompt,
     split_prompt,
 )
+from ixcdoc.tasks import SCREEN_HD, SCREEN_NO, SCREEN_PROMPT, SCREEN_YES
 from ixcdoc.tiling import check_hd, hd_geometry
 
 if TYPE_CHECKING:
@@ -471,8 +472,55 @@ class DocModel:
                     raise a
         return out
 
+    def page_relevance(
+        self,
+        images: Sequence[Image.Image | HDImage],
+        question: str,
+        *,
+        hd: int = SCREEN_HD,
+        max_batch: int | None = None,
+    ) -> list[float]:
+        """How likely each page is to answer ``question``: one score per image, higher is better.
+
+        Every page is asked ``tasks.SCREEN_PROMPT`` at tier ``hd``, all on one batched engine
+        (``max_batch`` sequences at once; None: what the memory estimate allows, as
+        ``chat_batch``). The score is the log-odds of the first answer token at the prefill:
+        logsumexp of the logits of "Yes" (its spellings, ``tasks.SCREEN_YES``) minus that of
+        "No". Nothing is decoded. A page that fails (out of memory) raises its error.
+        """
+        from ixcdoc.engine.request import ChatRequest
+
+        if not images:
+            return []
+        yes, no = answer_ids(self.tokenizer)
+        query = SCREEN_PROMPT.format(question=question)
+        requests = [
+            ChatRequest([im], query, hd=hd, max_new_tokens=1, tag=i) for i, im in enumerate(images)
+        ]
+        scores: dict[int, float] = {}
+
+        def first_logits(handle: Any, logits: torch.Tensor) -> None:  # logits: [V] fp32
+            i = handle.request.tag
+            if i not in scores:  # the prefill's row: the first answer token
+                y, n = torch.logsumexp(logits[yes], 0), torch.logsumexp(logits[no], 0)
+                scores[i] = float(y - n)
+
+        for r in requests:
+            check_hd(r.hd)
+        n = max_batch if max_batch is not None else self.batch_size_for(requests)
+        out = self._run_engine(requests, n, logits_hook=first_logits)
+        for a in out:
+            if isinstance(a, BaseException):
+                raise a
+        return [scores[i] for i in range(len(requests))]
+
     def _run_engine(
-        self, requests: Sequence[ChatRequest], n: int, *, on_token: OnToken | None = None
+        self,
+        requests: Sequence[ChatRequest],
+        n: int,
+        *,
+        on_token: OnToken | None = None,
+        logits_hook: Any = None,
     ) -> list[Any]:
         """Run ``requests`` on an engine of up to ``n`` sequences; answers or errors in order."""
         from ixcdoc.engine.engine import request_positions
@@ -481,13 +529,26 @@ class DocModel:
         n_slots = max(min(n, sum(r.num_beams for r in requests)), beams)
         need = max(request_positions(self, r) for r in requests)
         max_len = -(-max(need, 1) // 256) * 256  # as generate rounds: nearby runs share shapes
-        eng = self.engine(n_slots=n_slots, max_len=max_len)
+        eng = self.engine(n_slots=n_slots, max_len=max_len, logits_hook=logits_hook)
         try:
             handles = [eng.submit(r, on_token=on_token) for r in requests]
             eng.run_until_idle()
         finally:
             self.model.reset_caches()  # a batch-sized cache must not outlive the batch
         return [h.error if h.error is not None else h.answer for h in handles]
+
+
+def answer_ids(tokenizer: Tokenizer) -> tuple[list[int], list[int]]:
+    """The token ids a "yes" and a "no" answer start with (``tasks.SCREEN_YES`` / ``SCREEN_NO``,
+    each spelling's first piece); an id both start with counts for neither."""
+    yes = {tokenizer.encode(w, bos=False)[0] for w in SCREEN_YES}
+    no = {tokenizer.encode(w, bos=False)[0] for w in SCREEN_NO}
+    if not yes - no or not no - yes:
+        raise WeightsError(
+            f"{tokenizer!r}: the tokenizer starts yes and no answers with the same pieces; "
+            "pages cannot be screened"
+        )
+    return sorted(yes - no), sorted(no - yes)
 
 
 def load(

@@ -71,6 +71,21 @@ CHART_TABLE = TaskPreset(
 
 PRESETS: dict[str, TaskPreset] = {"ask": ASK, "extract": EXTRACT, "chart": CHART}
 
+# ``ask`` on pages without a text layer: the model screens every candidate page at this tier
+# and only the best are answered at the task's own tier (docs/screening.md). HD4 is a 2x2 grid:
+# a letter page at 672 px on its long side, 757 image tokens, about a quarter of the 3,097 a
+# letter page costs at ask's ceiling (HD25, 5x4), while headings, table titles and large print
+# stay legible. HD1 (313 tokens, 336 px) would shrink the body text of a page to a few pixels.
+SCREEN_HD = 4
+# What the screening asks of each page; only its answer's first token is read, never decoded.
+SCREEN_PROMPT = (
+    'Does this page contain the answer to the question "{question}"? Please answer yes or no.'
+)
+# The first answer piece of each spelling (InternLM2: "Yes" is one piece right after the
+# assistant turn's newline, as add_dummy_prefix is off); the score sums over the spellings.
+SCREEN_YES = ("Yes", "yes", "YES")
+SCREEN_NO = ("No", "no", "NO")
+
 
 def preset(name: str) -> TaskPreset:
     """The preset for a task name."""

@@ -79,3 +79,18 @@ def test_feeder_benchmark_runs_on_a_tiny_input(tmp_path: Path) -> None:
         assert r["pages"] == 2 and r["plain_ms"] > 0
         assert {"in-process", "1 process"} <= set(r["feeder"])
         assert all(v["ratio"] > 0 for v in r["feeder"].values())
+
+
+def test_screening_benchmark_tiny_mode_runs(tmp_path: Path) -> None:
+    args = ["--pages", "2", "--tiers", "1,4", "--answer-tokens", "2", "--layers", "2"]
+    data = run_benchmark("screening.py", tmp_path, *args, "--rounds", "1")
+    rows = data["rows"]
+    assert [(r["kind"], r["tier"], r["pages"], r["new_tokens"]) for r in rows] == [
+        ("screen", 1, 2, 0),
+        ("screen", 4, 2, 0),
+        ("answer", 25, 1, 2),
+    ]
+    # the real 7B's image tokens of a letter page: 144(rc+1) + 12(r+1) + 1
+    assert [r["image_tokens_7b_letter"] for r in rows] == [313, 757, 3097]
+    assert all(r["wall_s_per_page"] > 0 for r in rows)
+    assert rows[2]["vs_answer"] == {"2": 1.0}

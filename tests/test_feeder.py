@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from ixcdoc.errors import InputError, IxcdocError
-from ixcdoc.feeder import SHM_PREFIX, FedPage, Feeder, FeedItem
+from ixcdoc.feeder import SHM_PREFIX, FedPage, Feeder, FeedItem, shm_prefix
 from ixcdoc.inputs import open_bytes, open_document
 from ixcdoc.preprocess import hd_transform
 from ixcdoc.tiling import hd_geometry
@@ -73,7 +73,7 @@ def pool() -> Iterator[Feeder]:
 
 
 def _ours() -> set[str]:
-    return {n for n in os.listdir("/dev/shm") if n.startswith(f"{SHM_PREFIX}{os.getpid()}_")}
+    return {n for n in os.listdir("/dev/shm") if n.startswith(shm_prefix())}
 
 
 def _plain_render(page: pymupdf.Page, h: int, w: int) -> np.ndarray:

@@ -23,7 +23,7 @@ LAYERS: list[list[str]] = [
     ["generate"],
     ["engine"],
     ["runtime", "feeder"],
-    ["reading", "sizing"],
+    ["reading", "sizing", "screening"],
     ["runner", "outdir"],
     ["batch", "doctor", "evaluation"],
     ["serve", "distributed"],

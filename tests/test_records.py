@@ -23,6 +23,7 @@ from ixcdoc.records import (
     PageRecord,
     RecordsError,
     ResumeState,
+    Screening,
     Timings,
     latest_records,
     load_existing,
@@ -272,6 +273,66 @@ def test_resume_key_fields() -> None:
     assert resume_key(make(model_revision=None)).model == "internlm/internlm-xcomposer2-4khd-7b"
     unreadable = make(content_sha256=None, page=None, status="error", error=ErrorInfo("x", "y"))
     assert resume_key(unreadable).content == "source:scans/a.pdf"
+
+
+def ask_record(**over: Any) -> PageRecord:
+    """An ``ask`` record of page 2, chosen by screening the document's three pages."""
+    screening = {"tier": 4, "scores": {"1": -0.4, "2": 1.3, "3": 0.25}, "chosen": [2]}
+    fields: dict[str, Any] = dict(
+        page=2, task="ask", question="Who signed?", prompt="Who signed?", screening=screening
+    )
+    fields.update(over)
+    return make(**fields)
+
+
+def test_screening_round_trips_as_the_optional_last_key() -> None:
+    rec = ask_record()
+    assert rec.screening == Screening(tier=4, scores={1: -0.4, 2: 1.3, 3: 0.25}, chosen=(2,))
+    line = rec.to_json()
+    d = json.loads(line)
+    assert list(d) == [*FIELDS, "screening"]
+    assert d["screening"] == {"tier": 4, "scores": {"1": -0.4, "2": 1.3, "3": 0.25}, "chosen": [2]}
+    back = validate_line(line + "\n")
+    assert back == rec and back.to_json() == line and hash(back) == hash(rec)
+    # scores keep 6 decimals, so a record read back equals the one written
+    fine = ask_record(screening=Screening(4, {1: 0.1234567891, 2: 2.0}, (2,)))
+    assert fine.screening is not None and fine.screening.scores[1] == 0.123457
+    assert validate_line(fine.to_json()) == fine
+    # after worker and num_beams, in that order
+    beams = json.loads(ask_record(num_beams=3).to_json())
+    assert list(beams)[-2:] == ["num_beams", "screening"]
+
+
+def test_records_without_screening_are_unchanged() -> None:
+    plain = ask_record(screening=None)
+    assert "screening" not in json.loads(plain.to_json())
+    assert validate_line(plain.to_json()) == plain
+    # the resume key leaves the screening out: a file written before it resumes unchanged
+    assert resume_key(ask_record()) == resume_key(plain)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"tier": 0, "scores": {"1": 0.5}, "chosen": [1]},
+        {"tier": 4, "scores": {}, "chosen": [1]},
+        {"tier": 4, "scores": {"0": 0.5}, "chosen": [1]},
+        {"tier": 4, "scores": {"x": 0.5}, "chosen": [1]},
+        {"tier": 4, "scores": {"1": "high"}, "chosen": [1]},
+        {"tier": 4, "scores": {"1": 0.5}, "chosen": [2]},  # chosen but never scored
+        {"tier": 4, "scores": {"1": 0.5}, "chosen": []},
+        {"tier": 4, "scores": {"1": 0.5}, "chosen": [1, 1]},
+        {"tier": 4, "scores": {"1": 0.5}},
+        [1, 2],
+    ],
+)
+def test_a_bad_screening_is_named(bad: Any) -> None:
+    d = ask_record().to_dict()
+    d["screening"] = bad
+    with pytest.raises(ValueError, match=r"^screening: expected"):
+        validate_record(d)
+    with pytest.raises(ValueError, match=r"screening: expected"):
+        validate_line(json.dumps(d))
 
 
 def test_resume_skip_logic() -> None:

@@ -340,11 +340,17 @@ RedoOpt = Annotated[
 TopKOpt = Annotated[
     int,
     typer.Option(
-        "--top-k", min=1, metavar="N", help="PDFs with text: read the N best-matching pages."
+        "--top-k",
+        min=1,
+        metavar="N",
+        help="Answer the N best pages for the question (text layer, else the model's screening).",
     ),
 ]
 AllPagesOpt = Annotated[
-    bool, typer.Option("--all-pages", help="Answer every selected page in turn.")
+    bool,
+    typer.Option(
+        "--all-pages", help="Answer every selected page in turn (no ranking, no screening)."
+    ),
 ]
 
 

@@ -51,6 +51,7 @@ if TYPE_CHECKING:
 
     from ixcdoc.batch import BatchStats
     from ixcdoc.cli.display import Display
+    from ixcdoc.cli.tables import Column
     from ixcdoc.inputs import Sources
     from ixcdoc.runner import Job
 
@@ -79,6 +80,10 @@ ReplicasOpt = Annotated[
         help="With --ray: model replicas [default: one per GPU; 1 without GPUs].",
     ),
 ]
+WideOpt = Annotated[
+    bool,
+    typer.Option("--wide", help="Every column of the table, however wide (the terminal wraps it)."),
+]
 VerboseOpt = Annotated[
     bool, typer.Option("--verbose", help="With --ray: show Ray's own logs and progress bars.")
 ]
@@ -103,6 +108,7 @@ def plan(
     vram: VramOpt = None,
     max_new_tokens: MaxNewOpt = None,
     json_out: JsonOpt = False,
+    wide: WideOpt = False,
 ) -> None:
     """Dry run, no model: per page native size, DPI, tier, grid, image tokens, VRAM.
 
@@ -129,8 +135,8 @@ def plan(
             sys.stdout.flush()
         elif "status" not in row:
             rows.append(row)
-    if not as_json:
-        Console().print(plan_table(rows, task=task.value))
+    if rows and not as_json:  # nothing planned: the error lines said why
+        print_plan(rows, task=task.value, wide=wide, out=Console())
     if failed:
         raise typer.Exit(EXIT_PARTIAL)
 
@@ -146,46 +152,56 @@ def _batch_cell(batch: dict[str, int] | None) -> str:
     return "-" if batch is None else f"{batch['bf16']}/{batch['4bit']}"
 
 
-def plan_table(rows: list[dict[str, Any]], *, task: str) -> Any:
-    """The plan as a Rich table (one row per page)."""
-    from rich.table import Table
+def _plan_columns() -> list[Column]:
+    """The plan's columns in table order; rank 0 always shows, then by rank while they fit."""
+    from ixcdoc.cli.tables import Column
 
-    t = Table(title=f"ixcdoc plan (task: {task})", title_justify="left")
-    for col, just in [
-        ("source", "left"),
-        ("page", "right"),
-        ("native WxH", "right"),
-        ("dpi", "right"),
-        ("tier", "right"),
-        ("why", "left"),
-        ("grid RxC", "right"),
-        ("padded WxH", "right"),
-        ("tokens", "right"),
-        ("bf16 GiB", "right"),
-        ("4bit GiB", "right"),
-        ("fits", "left"),
-        ("batch auto", "right"),
-    ]:
-        t.add_column(col, justify=just, overflow="fold")  # type: ignore[arg-type]
-    for r in rows:
-        h, w = r["native_size"]
-        ph, pw = r["padded_size"]
-        t.add_row(
-            r["source"],
-            f"{r['page']}/{r['page_count']}",
-            f"{w}x{h}",
-            "-" if r["render_dpi"] is None else f"{r['render_dpi']:.0f}",
-            f"HD{r['tier']}",
-            r["tier_reason"],
-            "{}x{}".format(*r["grid"]),
-            f"{pw}x{ph}",
-            str(r["image_tokens"]),
-            f"{r['vram_gib']['bf16']:.1f}",
-            f"{r['vram_gib']['4bit']:.1f}",
-            _fits_cell(r["fits"]),
-            _batch_cell(r["batch_auto"]),
-        )
-    return t
+    return [
+        Column("page", 0),
+        Column("native WxH", 1),
+        Column("dpi", 2),
+        Column("tier", 0),
+        Column("grid RxC", 0),
+        Column("padded WxH", 7),
+        Column("tokens", 0),
+        Column("bf16 GiB", 3),
+        Column("4bit GiB", 4),
+        Column("fits", 5, justify="left"),
+        Column("batch auto", 6),
+        Column("why", 0, justify="left", prose=True),  # last: prose reads best at the edge
+    ]
+
+
+def plan_cells(r: dict[str, Any]) -> list[str]:
+    """One plan row (as ``--json`` prints it) as the table's cells, in column order."""
+    h, w = r["native_size"]
+    ph, pw = r["padded_size"]
+    return [
+        f"{r['page']}/{r['page_count']}",
+        f"{w}x{h}",
+        "-" if r["render_dpi"] is None else f"{r['render_dpi']:.0f}",
+        f"HD{r['tier']}",
+        "{}x{}".format(*r["grid"]),
+        f"{pw}x{ph}",
+        str(r["image_tokens"]),
+        f"{r['vram_gib']['bf16']:.1f}",
+        f"{r['vram_gib']['4bit']:.1f}",
+        _fits_cell(r["fits"]),
+        _batch_cell(r["batch_auto"]),
+        r["tier_reason"],
+    ]
+
+
+def print_plan(rows: list[dict[str, Any]], *, task: str, wide: bool, out: Console) -> None:
+    """The plan for a terminal: each document's name, then a table of its pages."""
+    from itertools import groupby
+
+    from ixcdoc.cli.tables import print_table
+
+    groups = [
+        (source, [plan_cells(r) for r in rs]) for source, rs in groupby(rows, lambda r: r["source"])
+    ]
+    print_table(out, err, f"ixcdoc plan (task: {task})", _plan_columns(), groups, wide=wide)
 
 
 def _error_row(e: IxcdocError) -> dict[str, Any]:
@@ -216,6 +232,7 @@ def tiers(
         ),
     ] = 512,
     json_out: TableJsonOpt = False,
+    wide: WideOpt = False,
 ) -> None:
     """The HD tier table: grid, image tokens and estimated peak VRAM per tier.
 
@@ -235,13 +252,19 @@ def tiers(
         for row in rows:
             sys.stdout.write(json.dumps(row) + "\n")
         return
-    from rich.table import Table
+    from ixcdoc.cli.tables import Column, print_table
 
-    t = Table(title=f"HD tiers for a {aspect} page (estimated peak VRAM, see docs/vram.md)")
-    for col in ("tier", "grid", "image tokens", "bf16 GiB", "4bit GiB", "fits", "batch auto"):
-        t.add_column(col, justify="right")
-    for r in rows:
-        t.add_row(
+    columns = [
+        Column("tier", 0),
+        Column("grid", 0),
+        Column("image tokens", 0),
+        Column("bf16 GiB", 1),
+        Column("4bit GiB", 2),
+        Column("fits", 3, justify="left"),
+        Column("batch auto", 4),
+    ]
+    cells = [
+        [
             f"HD{r['tier']}",
             "{}x{}".format(*r["grid"]),
             str(r["image_tokens"]),
@@ -249,8 +272,11 @@ def tiers(
             f"{r['vram_gib']['4bit']:.1f}",
             _fits_cell(r["fits"]),
             _batch_cell(r["batch_auto"]),
-        )
-    Console().print(t)
+        ]
+        for r in rows
+    ]
+    title = f"HD tiers for a {aspect} page (estimated peak VRAM, see docs/vram.md)"
+    print_table(Console(), err, title, columns, [(None, cells)], wide=wide)
 
 
 # ---- model commands ------------------------------------------------------------------------
@@ -404,11 +430,15 @@ def ask(
 ) -> None:
     """Answer a question about a document, citing the page.
 
-    Multi-page PDFs with a text layer: the page(s) that best match the question (BM25) are
-    read. Scans and pages without text: every selected page is answered in turn.
+    A multi-page document is answered once, from its best page: pages with a text layer are
+    ranked by their words (BM25); pages without one (scans) are screened by the model at a
+    low tier, all in one batch, and the best is answered at the task's tier. --top-k N answers the N
+    best, --all-pages every selected page in turn. The screening scores go to stderr and to
+    the records (docs/screening.md).
 
     \b
     ixcdoc ask paper.pdf "What dataset is used in Table 3?"
+    ixcdoc ask scan.pdf "Who signed the contract?" --top-k 2
     maim -s | ixcdoc ask - "what does the error say?"
     echo "what is the total?" | ixcdoc ask invoice.pdf
     """

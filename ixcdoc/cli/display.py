@@ -106,6 +106,14 @@ class Display(Events):
         if not self.quiet:
             self._people(Text(message))
 
+    def screening(self, source: str, pages: int) -> contextlib.AbstractContextManager[Any]:
+        if self.quiet or not self.err.is_terminal:
+            return contextlib.nullcontext()
+        from ixcdoc.tasks import SCREEN_HD
+
+        what = f"screening {pages} page{'s' * (pages != 1)} of {source} at HD{SCREEN_HD}"
+        return self.err.status(Text(f"{what} for the question"))
+
     def opened(self, source: str, pages: int, *, single: bool) -> None:
         self.docs += 1
         with self.counts.lock:

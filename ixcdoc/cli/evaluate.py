@@ -51,6 +51,7 @@ def eval_table(rows: list[Any]) -> Any:
     from rich.table import Table
 
     t = Table(title="ixcdoc eval (95% CI: normal approximation)", title_justify="left")
+    paged = any(r.page_accuracy is not None for r in rows)  # a multi-page benchmark
     for col, just in [
         ("benchmark", "left"),
         ("split", "left"),
@@ -61,6 +62,7 @@ def eval_table(rows: list[Any]) -> Any:
         ("failed", "right"),
         ("score", "right"),
         ("95% CI", "right"),
+        *([("page acc", "right")] if paged else []),
         ("paper", "right"),
         ("tiers", "left"),
         ("s/question", "right"),
@@ -80,11 +82,16 @@ def eval_table(rows: list[Any]) -> Any:
             str(r.failed),
             f"{r.score:.{digits}f}{r.unit if r.unit != '%' else ''}",
             ci,
+            *([_percent(r.page_accuracy)] if paged else []),
             paper,
             " ".join(f"{k}:{v}" for k, v in r.tiers.items()) or "-",
             "-" if r.seconds_mean is None else f"{r.seconds_mean:.2f}",
         )
     return t
+
+
+def _percent(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}%"
 
 
 @app.command(name="eval")
@@ -94,7 +101,7 @@ def eval_(
         str,
         typer.Argument(
             metavar="BENCHMARK",
-            help="docvqa, infovqa, chartqa, ocrbench; or 'report' to re-score a file.",
+            help="docvqa, infovqa, chartqa, ocrbench, mpdocvqa; or 'report' to re-score a file.",
         ),
     ],
     data: Annotated[
@@ -128,10 +135,13 @@ def eval_(
     Reads a local copy of the benchmark (nothing is downloaded), answers every question with
     upstream's evaluation prompt and tier, scores it (ANLS, relaxed accuracy, OCRBench hits)
     and prints the score with its 95% confidence interval next to the paper's number.
+    MP-DocVQA questions span a document's pages: each is answered from the page the model's
+    screening chooses (as ask does), and the report adds the page accuracy.
 
     \b
     ixcdoc eval docvqa data/docvqa -o docvqa.jsonl
     ixcdoc eval chartqa "data/ChartQA Dataset" --limit 200 --hd auto
+    ixcdoc eval mpdocvqa data/mp-docvqa --limit 200 -o mpdocvqa.jsonl
     ixcdoc eval report docvqa.jsonl
     """
     from ixcdoc.evaluation.report import report_dict, summarize

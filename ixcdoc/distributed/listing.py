@@ -77,7 +77,7 @@ def list_pages(
             continue
         doc, numbers = item
         if choose is not None:
-            numbers = choose(doc, numbers)
+            numbers = list(choose(doc, numbers).pages)
         events.opened(doc.source, len(numbers), single=False)
         # Absolute: Ray's workers do not share the driver's working folder. A URI's document
         # was read from bytes; the render task reads the URI again.

@@ -12,6 +12,10 @@ each dataset and how to lay it out) and yields ``EvalItem``s in file order.
   ``human/N`` or ``augmented/N``, N the 0-based position in its file.
 - OCRBench (Yuliang-Liu/MultimodalOCR): ``OCRBench.json``, a list of ``{"dataset_name", "id",
   "image_path", "question", "answers", "type"}``, images under ``OCRBench_Images/``.
+- MP-DocVQA (RRC, DocVQA Task 4): ``qas/{split}.json`` (or ``{split}.json``) ``{"data":
+  [{"questionId", "question", "doc_id", "page_ids": [...], "answers", "answer_page_idx"}]}``,
+  the page images ``images/{page_id}.jpg``. A question is over all of its document's pages;
+  ``answer_page_idx`` (0-based) is the page that holds the answer.
 """
 
 from __future__ import annotations
@@ -98,6 +102,14 @@ BENCHMARKS: dict[str, Benchmark] = {
             paper=PaperNumber(81.0, "test", PAPER_SOURCE),
         ),
         Benchmark(
+            name="mpdocvqa",
+            title="MP-DocVQA",
+            metric="anls",
+            # Its pages are DocVQA's (SP-DocVQA's documents with the pages around them):
+            # answered at DocVQA's tier. The paper reports no MP-DocVQA number.
+            hd=55,
+        ),
+        Benchmark(
             name="ocrbench",
             title="OCRBench",
             metric="ocrbench",
@@ -132,8 +144,12 @@ class EvalItem:
     question_id: str
     question: str
     answers: tuple[str, ...]
-    image: Path
+    image: Path  # the page (a multi-page question: its first page; ``pages`` has them all)
     category: str | None = None  # OCRBench type, ChartQA subset
+    # MP-DocVQA: every page of the question's document, in order, and the 0-based index of
+    # the one holding the answer (the model chooses a page to answer from, ``screening``).
+    pages: tuple[Path, ...] = ()
+    answer_page: int | None = None
 
 
 def _load_json(path: Path) -> Any:
@@ -177,10 +193,20 @@ def _field(entry: Any, key: str, path: Path, index: int, kind: str = "text") -> 
         )
     elif kind == "id":
         ok = isinstance(value, (str, int)) and not isinstance(value, bool) and str(value) != ""
+    elif kind == "pages":
+        ok = (
+            isinstance(value, list)
+            and bool(value)
+            and all(isinstance(p, str) and p.strip() for p in value)
+        )
     else:
         ok = isinstance(value, str) and value.strip() != ""
     if not ok:
-        want = {"answers": "a non-empty list of answers", "id": "an id"}.get(kind, "text")
+        want = {
+            "answers": "a non-empty list of answers",
+            "id": "an id",
+            "pages": "a non-empty list of page ids",
+        }.get(kind, "text")
         raise DatasetError(
             f"{path}: entry {index}: {key!r} should be {want}, got {value!r:.60}",
             code="dataset_format",
@@ -302,11 +328,51 @@ def read_ocrbench(root: Path, split: str = "test") -> Iterator[EvalItem]:
         )
 
 
+def read_mpdocvqa(root: Path, split: str = "val") -> Iterator[EvalItem]:
+    """MP-DocVQA questions from ``qas/{split}.json``; pages ``images/{page_id}.jpg``."""
+    names = [f"qas/{split}.json", f"{split}.json"]
+    path = _first_existing(root, names, "MP-DocVQA")
+    doc = _load_json(path)
+    data = doc.get("data") if isinstance(doc, dict) else None
+    if not isinstance(data, list):
+        raise DatasetError(f"{path}: expected an object with a 'data' list", code="dataset_format")
+    dirs = _image_dirs(root, ("images", "images/images"))
+    dirs.reverse()  # images/ before the root
+    for i, entry in enumerate(data):
+        if isinstance(entry, dict) and "answers" not in entry:
+            raise DatasetError(
+                f"{path}: entry {i} has no 'answers' (test annotations are withheld; score the "
+                "val split here, submit test predictions to the RRC server)",
+                code="dataset_format",
+            )
+        page_ids = _field(entry, "page_ids", path, i, "pages")
+        index = entry.get("answer_page_idx")
+        if not (isinstance(index, int) and not isinstance(index, bool)) or not (
+            0 <= index < len(page_ids)
+        ):
+            raise DatasetError(
+                f"{path}: entry {i}: 'answer_page_idx' should be an index into its "
+                f"{len(page_ids)} page_ids, got {index!r:.60}",
+                code="dataset_format",
+            )
+        pages = tuple(_find_image(dirs, f"{p}.jpg", path, i) for p in page_ids)
+        yield EvalItem(
+            benchmark="mpdocvqa",
+            question_id=str(_field(entry, "questionId", path, i, "id")),
+            question=str(_field(entry, "question", path, i)),
+            answers=_answers(_field(entry, "answers", path, i, "answers")),
+            image=pages[0],
+            pages=pages,
+            answer_page=index,
+        )
+
+
 READERS = {
     "docvqa": read_docvqa,
     "infovqa": read_infovqa,
     "chartqa": read_chartqa,
     "ocrbench": read_ocrbench,
+    "mpdocvqa": read_mpdocvqa,
 }
 
 

@@ -52,8 +52,16 @@ FIELDS: tuple[str, ...] = (
     "num_beams",
     "device",
     "created_at",
+    "answer_page_idx",
+    "predicted_page_idx",
+    "page_scores",
 )
-_OPTIONAL = frozenset({"num_beams"})  # absent from records written before it existed: greedy
+# Written only for a multi-page benchmark (MP-DocVQA): the gold page, the page the model chose
+# and its screening score of every page (0-based, as the dataset counts pages).
+PAGE_FIELDS = ("answer_page_idx", "predicted_page_idx", "page_scores")
+# Absent from records written before they existed: num_beams (greedy); the page keys are
+# absent from every other benchmark's records.
+_OPTIONAL = frozenset({"num_beams", *PAGE_FIELDS})
 _REQUIRED_STR = ("benchmark", "split", "question_id", "prompt", "hd_setting", "model", "status")
 
 
@@ -90,13 +98,17 @@ def beams_of(rec: Mapping[str, Any]) -> int:
 
 
 def make_record(**values: Any) -> dict[str, Any]:
-    """A record with every key in schema order (missing ones None); raises on a bad value."""
+    """A record with every key in schema order (missing ones None, the page keys only when
+    set); raises on a bad value."""
     unknown = set(values) - set(FIELDS)
     if unknown:
         raise ValueError(f"unknown evaluation record keys: {', '.join(sorted(unknown))}")
     rec: dict[str, Any] = {name: values.get(name) for name in FIELDS}
     rec["schema"] = EVAL_SCHEMA
     rec["created_at"] = values.get("created_at") or utc_now()
+    for name in PAGE_FIELDS:
+        if rec[name] is None:
+            del rec[name]
     for name in ("answers", "grid"):
         if isinstance(rec[name], tuple):
             rec[name] = list(rec[name])
@@ -133,6 +145,21 @@ def validate(rec: Any) -> None:
     beams = rec.get("num_beams")
     if beams is not None and (not isinstance(beams, int) or isinstance(beams, bool) or beams < 2):
         raise ValueError(f"num_beams: expected null (greedy) or a whole number >= 2, got {beams!r}")
+    for k in ("answer_page_idx", "predicted_page_idx"):
+        v = rec.get(k)
+        if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 0):
+            raise ValueError(f"{k}: expected null or a 0-based page index, got {v!r}")
+    scores = rec.get("page_scores")
+    if scores is not None and not (
+        isinstance(scores, list)
+        and all(
+            isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+            for x in scores
+        )
+    ):
+        raise ValueError(
+            f"page_scores: expected null or a list of finite numbers, got {scores!r:.60}"
+        )
     sec = rec["seconds"]
     if sec is not None and not (isinstance(sec, (int, float)) and math.isfinite(sec) and sec >= 0):
         raise ValueError(f"seconds: expected a number >= 0, got {sec!r}")

@@ -6,6 +6,8 @@ interval is the normal approximation for the mean of per-question scores bounded
 mean +- 1.96 * s / sqrt(n), s the sample standard deviation, clipped to [0, 1]. With n in the
 thousands (DocVQA val: 5,349 questions) the approximation is close to a bootstrap and needs no
 random numbers. OCRBench states its score as hits out of 1000 (the interval scaled alike).
+A multi-page benchmark (MP-DocVQA) also has a page accuracy: the share of questions whose
+chosen page is the one holding the answer (an error counts as a miss), in percent.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ class ScoreRow:
     paper_split: str | None = None
     paper_source: str | None = None
     num_beams: int = 1
+    page_accuracy: float | None = None  # percent; multi-page benchmarks only
 
     def to_dict(self) -> dict[str, Any]:
         """The row as a JSON-ready dict."""
@@ -95,6 +98,8 @@ def summarize(records: Iterable[Mapping[str, Any]]) -> list[ScoreRow]:
         tiers = Counter(f"HD{r['tier']}" for r in ok if r.get("tier") is not None)
         secs = [float(r["seconds"]) for r in ok if r.get("seconds") is not None]
         paper = bench.paper if bench else None
+        paged = [r for r in recs if r.get("answer_page_idx") is not None]
+        hits = [r.get("predicted_page_idx") == r["answer_page_idx"] for r in paged]
         rows.append(
             ScoreRow(
                 benchmark=name,
@@ -116,6 +121,7 @@ def summarize(records: Iterable[Mapping[str, Any]]) -> list[ScoreRow]:
                 paper_split=paper.split if paper else None,
                 paper_source=paper.source if paper else None,
                 num_beams=beams,
+                page_accuracy=100.0 * sum(hits) / len(hits) if hits else None,
             )
         )
     return rows

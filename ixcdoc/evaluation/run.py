@@ -3,7 +3,9 @@
 ``run_eval`` reads the benchmark, skips what an existing records file already holds, answers
 the rest through ``answer_all`` and scores each answer as it arrives. ``answer_all`` is the one
 place that talks to the model: it uses the batched engine (``DocModel.chat_batch``) when the
-model has it and ``DocModel.chat`` question by question otherwise.
+model has it and ``DocModel.chat`` question by question otherwise. A question over several
+pages (MP-DocVQA) is answered from the page ``ask`` would choose: every page screened by the
+model (``screening.choose_among``), the best one answered.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ixcdoc.errors import IxcdocError, UsageError
 from ixcdoc.evaluation.datasets import Benchmark, EvalItem, benchmark, read_items
@@ -25,6 +27,9 @@ from ixcdoc.evaluation.records import (
     open_eval_output,
 )
 
+if TYPE_CHECKING:
+    from ixcdoc.ranking import PageChoice
+
 BATCH_SIZE = 8  # questions handed to chat_batch at once
 
 
@@ -36,6 +41,15 @@ class EvalJob:
     query: str
     hd: int | None  # None until the native size is known (auto tier)
     key: EvalKey
+    choice: PageChoice | None = None  # a multi-page question: the page screening chose
+    screen_seconds: float = 0.0  # spent choosing it (part of the question's seconds)
+
+    @property
+    def image(self) -> Path:
+        """The page to answer from: the one chosen among the question's pages, or its only."""
+        if self.choice is not None:
+            return self.item.pages[self.choice.pages[0] - 1]
+        return self.item.image
 
 
 @dataclass
@@ -109,9 +123,10 @@ def answer_all(
 ) -> Iterator[Outcome]:
     """Answer every job, in order; batched through ``model.chat_batch`` when the model has it.
 
-    An error in one question (a missing image, out of memory) becomes that question's outcome;
-    the others go on. A batch that fails as a whole is retried question by question, so the
-    failure lands on the question that caused it.
+    A question over several pages is first given its page (``choose_page``: the model screens
+    them all). An error in one question (a missing image, out of memory) becomes that
+    question's outcome; the others go on. A batch that fails as a whole is retried question by
+    question, so the failure lands on the question that caused it.
     """
     batched = hasattr(model, "chat_batch")
     batch_size = batch_size or BATCH_SIZE
@@ -132,8 +147,10 @@ def answer_all(
         except (IxcdocError, RuntimeError, ValueError) as e:
             if hasattr(model, "release_memory"):
                 model.release_memory()
-            return Outcome(job, error=e, seconds=time.perf_counter() - t0, hd=hd)
-        return Outcome(job, answer=ans, seconds=time.perf_counter() - t0, hd=hd)
+            seconds = time.perf_counter() - t0 + job.screen_seconds
+            return Outcome(job, error=e, seconds=seconds, hd=hd)
+        seconds = time.perf_counter() - t0 + job.screen_seconds
+        return Outcome(job, answer=ans, seconds=seconds, hd=hd)
 
     def flush() -> Iterator[Outcome]:
         if not pending:
@@ -170,15 +187,19 @@ def answer_all(
         else:
             each = (time.perf_counter() - t0) / len(pending)  # the batch's time, shared
             for (job, _, hd), ans in zip(pending, answers, strict=True):
-                yield Outcome(job, answer=ans, seconds=each, hd=hd)
+                yield Outcome(job, answer=ans, seconds=each + job.screen_seconds, hd=hd)
         pending.clear()
 
     for job in jobs:
+        t0 = time.perf_counter()
         try:
-            image = _open_image(job.item.image)
+            if job.item.pages:
+                job.choice = choose_page(model, job.item)
+                job.screen_seconds = time.perf_counter() - t0
+            image = _open_image(job.image)
             hd = _tier(model, job, image, max_new_tokens)
-        except IxcdocError as e:
-            yield Outcome(job, error=e)
+        except (IxcdocError, RuntimeError, ValueError) as e:  # the screening's too
+            yield Outcome(job, error=e, seconds=time.perf_counter() - t0)
             continue
         if not batched:
             yield one(job, image, hd)
@@ -188,6 +209,16 @@ def answer_all(
             yield from flush()
     if batched:
         yield from flush()
+
+
+def choose_page(model: Any, item: EvalItem) -> PageChoice:
+    """The page of a multi-page question to answer from, chosen as ``ask`` chooses among pages
+    without a text layer: all screened in one batch, the best one (an error names the page
+    image that could not be read, or the screening's failure)."""
+    from ixcdoc.screening import choose_among
+
+    images = [_open_image(p) for p in item.pages]
+    return choose_among(model, images, item.question)
 
 
 def _hd_setting(bench: Benchmark, hd: int | str | None) -> tuple[str, int | None]:
@@ -310,6 +341,15 @@ def _record(
     bench: Benchmark, split: str, hd_setting: str, fields: dict[str, Any], out: Outcome
 ) -> dict[str, Any]:
     item = out.job.item
+    choice = out.job.choice
+    pages: dict[str, Any] = {}
+    if item.pages:  # 0-based, as the dataset counts pages
+        pages["answer_page_idx"] = item.answer_page
+        if choice is not None:
+            pages["predicted_page_idx"] = choice.pages[0] - 1
+            if choice.scores:
+                n = len(item.pages)
+                pages["page_scores"] = [round(choice.scores[p], 6) for p in range(1, n + 1)]
     common = {
         "benchmark": bench.name,
         "split": split,
@@ -323,6 +363,7 @@ def _record(
         "tier": out.hd,
         "seconds": round(out.seconds, 4) if out.seconds else None,
         **fields,
+        **pages,
     }
     if out.error is not None:
         e = out.error

@@ -112,6 +112,13 @@ def cache_mask(
     return mask.masked_fill_(~visible, float("-inf"))[None, None]
 
 
+# A prompt that continues a cached prefix takes the baddbmm path only when it is this short:
+# the path materializes its fp32 scores [n_kv, g*S, span] and softmaxes them, which for a page
+# prompt of ~1,500 tokens costs ~4x SDPA's CPU kernel with the same mask (a 4-D mask
+# selects it); the ~2 ms SDPA spends per call only matters for a few query rows.
+BMM_MAX_ROWS = 64
+
+
 def bmm_attention(x: torch.Tensor) -> bool:
     """Whether masked attention over the cache runs as ``baddbmm`` + softmax + ``bmm`` with a
     3-D mask (the CPU: SDPA's masked CPU kernel costs ~2 ms per call on a few query rows) or as
@@ -487,7 +494,7 @@ class InternLM2ForCausalLM(nn.Module):
                 seg_mask = None
                 if first:  # continues a cached prefix: attends over its row with a mask
                     seg_mask = cache_mask(pos, first + n, g, x.dtype)  # [1, 1, g*n, first+n]
-                    if bmm_attention(x):
+                    if bmm_attention(x) and n <= BMM_MAX_ROWS:
                         seg_mask = self._bmm_mask(seg_mask)
                 packed.append((n, row, first, seg_mask))
             positions = torch.cat(pieces)

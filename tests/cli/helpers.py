@@ -7,10 +7,11 @@ a second implementation.
 
 from __future__ import annotations
 
+import io
 import math
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -81,6 +82,41 @@ def text_pdf(
             doc.new_page(width=size[0], height=size[1])
         else:
             add_text_page(doc, [(10, text)], size=size)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    doc.save(path)
+    doc.close()
+    return path
+
+
+def scan_page(label: str, size: tuple[int, int] = (400, 300)) -> Image.Image:
+    """A white page image of (width, height) with a line of text and a box: not blank."""
+    im = Image.new("RGB", size, "white")
+    draw = ImageDraw.Draw(im)
+    draw.text((10, 10), label, fill="black")
+    draw.rectangle((20, 60, size[0] - 20, size[1] - 20), outline="black", width=3)
+    return im
+
+
+def scan_pdf(
+    path: Path,
+    pages: Sequence[str | None],
+    *,
+    texts: Mapping[int, str] | None = None,
+    size: tuple[float, float] = (400, 300),
+) -> Path:
+    """A PDF with one page per label, as a scanner makes it: the page is an image of the label
+    (``scan_page``) and has no text layer; None is a white page. ``texts`` {page: text} makes
+    those 1-based pages born-digital instead (a real text layer), for mixed documents."""
+    doc = pymupdf.open()
+    for number, label in enumerate(pages, 1):
+        if texts is not None and number in texts:
+            add_text_page(doc, [(10, texts[number])], size=size)
+            continue
+        page = doc.new_page(width=size[0], height=size[1])
+        if label is not None:
+            buf = io.BytesIO()
+            scan_page(label).save(buf, "PNG")
+            page.insert_image(page.rect, stream=buf.getvalue())
     path.parent.mkdir(parents=True, exist_ok=True)
     doc.save(path)
     doc.close()

@@ -1,11 +1,14 @@
 """``ixcdoc ask``: the question from the argument or stdin, the document from a path or stdin,
-and the page chosen by the text layer."""
+and the page chosen by the text layer, or by the model's screening where there is none."""
 
 from __future__ import annotations
 
 import hashlib
 import subprocess
+from collections.abc import Mapping
 from pathlib import Path
+
+import pytest
 
 from tests.cli.helpers import (
     IXCDOC,
@@ -13,6 +16,7 @@ from tests.cli.helpers import (
     Invoke,
     model_args,
     parse_lines,
+    scan_pdf,
     subprocess_env,
     text_pdf,
     text_png,
@@ -90,6 +94,7 @@ def test_text_layer_picks_the_matching_page(
     (rec,) = parse_lines(res.stdout)
     assert (rec.page, rec.page_count) == (2, 3)
     assert rec.render_dpi is not None
+    assert rec.screening is None and "screened" not in res.stderr  # BM25 alone: no model pass
 
     res = invoke(["ask", pdf, "Who signed the contract and where is the witness?", *base])
     assert [r.page for r in parse_lines(res.stdout)] == [3]
@@ -108,10 +113,73 @@ def test_pages_option_limits_the_ranking(
     args = ["--pages", "1,3", "--json", *model_args(ckpts.normal), "--hd", "4"]
     res = invoke(["ask", pdf, "quarterly revenue", *args])
     assert res.exit_code == 0, res.stderr
-    # Neither selected page mentions revenue: no text match, so both are answered in turn.
-    assert [r.page for r in parse_lines(res.stdout)] == [1, 3]
+    # Neither selected page mentions revenue: the text layer cannot choose, so the model
+    # screens the two selected pages and one is answered.
+    (rec,) = parse_lines(res.stdout)
+    assert rec.screening is not None and set(rec.screening.scores) == {1, 3}
+    assert rec.page == best(rec.screening.scores)
     res = invoke(["ask", pdf, "the contract stamp", *args])
-    assert [r.page for r in parse_lines(res.stdout)] == [3]
+    (rec,) = parse_lines(res.stdout)
+    assert rec.page == 3 and rec.screening is None  # BM25 chose: no model pass
+    assert "screened" not in res.stderr
+
+
+def best(scores: Mapping[int, float]) -> int:
+    """The page with the highest score (the earlier one on a tie)."""
+    return max(scores, key=lambda p: (scores[p], -p))
+
+
+SCAN = ["Meeting notes office move", "Revenue table invoice totals", "Signature contract stamp"]
+
+
+def test_a_scanned_document_is_screened_and_answered_once(
+    tmp_path: Path, ckpts: Checkpoints, invoke: Invoke
+) -> None:
+    """No text layer: every page screened at HD4 in one pass, the best one answered."""
+    pdf = scan_pdf(tmp_path / "scan.pdf", SCAN)
+    base = ["--json", *model_args(ckpts.normal), "--hd", "4"]
+    res = invoke(["ask", pdf, "Who signed the contract?", *base])
+    assert res.exit_code == 0, res.stderr
+    (rec,) = parse_lines(res.stdout)
+    assert rec.screening is not None and rec.screening.tier == 4
+    scores = rec.screening.scores
+    assert set(scores) == {1, 2, 3}
+    assert rec.page == best(scores) and rec.screening.chosen == (rec.page,)
+    assert rec.status == "ok" and rec.tier == 4  # answered at the task's tier (--hd 4 here)
+    (note,) = [line for line in res.stderr.splitlines() if "screened" in line]
+    assert note.startswith(f"{pdf}: screened 3 pages at HD4 for the question; ")
+    assert f"answering page {rec.page} (score {scores[rec.page]:.3f}; next: page " in note
+
+    # --top-k 2: the two best, best first, with the same scores
+    res = invoke(["ask", pdf, "Who signed the contract?", *base, "--top-k", "2"])
+    two = parse_lines(res.stdout)
+    order = sorted(scores, key=lambda p: (-scores[p], p))
+    assert [r.page for r in two] == order[:2]
+    assert all(r.screening is not None and r.screening.chosen == tuple(order[:2]) for r in two)
+    assert two[0].screening is not None
+    assert two[0].screening.scores == pytest.approx(scores, abs=1e-5)
+
+    # --all-pages: every page in turn, nothing screened
+    res = invoke(["ask", pdf, "Who signed the contract?", *base, "--all-pages"])
+    every = parse_lines(res.stdout)
+    assert [r.page for r in every] == [1, 2, 3]
+    assert all(r.screening is None for r in every) and "screened" not in res.stderr
+
+
+def test_a_mixed_document_uses_the_text_layer_and_the_model(
+    tmp_path: Path, ckpts: Checkpoints, invoke: Invoke
+) -> None:
+    """Born-digital pages that share no word with the question are ruled out by their text;
+    the matching text page competes with the scanned pages on the model's score."""
+    texts = {1: "Quarterly revenue table.", 2: "Office move schedule."}
+    pdf = scan_pdf(tmp_path / "mixed.pdf", [None, None, "Revenue", "Stamp"], texts=texts)
+    res = invoke(
+        ["ask", pdf, "What is the quarterly revenue?", "--json", *model_args(ckpts.normal)]
+    )
+    assert res.exit_code == 0, res.stderr
+    (rec,) = parse_lines(res.stdout)
+    assert rec.screening is not None and set(rec.screening.scores) == {1, 3, 4}
+    assert rec.page == best(rec.screening.scores)
 
 
 def test_every_run_that_writes_a_file_ends_with_one_summary_line(

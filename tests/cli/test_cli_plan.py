@@ -168,24 +168,26 @@ def test_tiers_aspect_and_vram(invoke: Invoke) -> None:
 
 
 def test_plan_table_for_a_terminal(tmp_path: Path, invoke: Invoke) -> None:
-    """On a terminal, plan prints a table; its cells come from the same rows as --json."""
+    """On a terminal, plan prints a table; its cells come from the same rows as --json.
+    (tests/cli/test_cli_plan_terminal.py runs it in a real terminal at several widths.)"""
+    import re
+
     from rich.console import Console
 
-    from ixcdoc.cli.commands import plan_table
+    from ixcdoc.cli.commands import print_plan
 
     png = tall_png(tmp_path)
     (row,) = json_lines(invoke(["plan", png, "--vram", "8"]).stdout)
     console = Console(width=320, record=True, color_system=None)
-    console.print(plan_table([row], task="extract"))
-    text = console.export_text()
-    cells = [c.strip() for c in text.splitlines()[4].split("│")[1:-1]]
-    assert cells[:3] == [str(png), "1/1", "300x900"]  # native size shown as W x H
-    assert cells[4] == f"HD{row['tier']}"
-    assert cells[6] == "{}x{}".format(*row["grid"])
-    assert cells[8] == str(row["image_tokens"])
+    print_plan([row], task="extract", wide=True, out=console)
+    lines = console.export_text().splitlines()
+    assert lines[2] == str(png)  # the document's name above its pages
+    cells = re.split(r"\s{2,}", lines[3].strip())
+    assert cells[:5] == ["1/1", "300x900", "-", f"HD{row['tier']}", "{}x{}".format(*row["grid"])]
+    rows, cols = row["grid"]
+    assert cells[5:7] == [f"{cols * 336}x{rows * 336}", str(row["image_tokens"])]  # padded WxH
     fits = ", ".join(q for q in ("bf16", "4bit") if row["fits"][q]) or "none"
-    assert cells[11] == fits
-    assert cells[12] == "{bf16}/{4bit}".format(**row["batch_auto"])
+    assert cells[9:] == [fits, "{bf16}/{4bit}".format(**row["batch_auto"]), row["tier_reason"]]
 
 
 def test_a_forced_tier_past_the_context_is_lowered_with_the_reason(

@@ -102,3 +102,47 @@ def ocrbench(root: Path) -> Path:
         png(root / "OCRBench_Images" / e["image_path"], str(e["answers"]))
     (root / "OCRBench.json").write_text(json.dumps(entries), encoding="utf-8")
     return root
+
+
+# MP-DocVQA: two documents; (width, height) per page, different shapes so that a record's grid
+# tells which page was answered.
+MP_DOCS = {
+    "ffbf0023": [(120, 90), (90, 160), (200, 60)],
+    "gkhd0001": [(100, 100), (60, 180)],
+}
+
+
+def mpdocvqa(root: Path, split: str = "val") -> Path:
+    """``qas/{split}.json`` + ``images/{page_id}.jpg`` as the RRC's MP-DocVQA release lays them
+    out: a question names its document's pages in order and the index of the answer's page."""
+    for doc, sizes in MP_DOCS.items():
+        for i, size in enumerate(sizes):
+            path = root / "images" / f"{doc}_{i}.jpg"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            im = Image.new("RGB", size, "white")
+            ImageDraw.Draw(im).text((5, 5), f"{doc} page {i}", fill="black")
+            im.save(path, "JPEG")
+    data = [
+        {
+            "questionId": 57344,
+            "question": "What is the date on page two?",
+            "doc_id": "ffbf0023",
+            "page_ids": [f"ffbf0023_{i}" for i in range(3)],
+            "answers": ["1 March 1998", "March 1, 1998"],
+            "answer_page_idx": 1,
+            "data_split": split,
+        },
+        {
+            "questionId": 57345,
+            "question": "Who signed the letter?",
+            "doc_id": "gkhd0001",
+            "page_ids": ["gkhd0001_0", "gkhd0001_1"],
+            "answers": ["R. Smith"],
+            "answer_page_idx": 0,
+            "data_split": split,
+        },
+    ]
+    doc = {"dataset_name": "MP-DocVQA", "dataset_split": split, "data": data}
+    (root / "qas").mkdir(parents=True, exist_ok=True)
+    (root / "qas" / f"{split}.json").write_text(json.dumps(doc), encoding="utf-8")
+    return root

@@ -112,3 +112,44 @@ def test_eval_failed_question_exits_partial(invoke, eval_ckpts: EvalCkpts, tmp_p
     assert "1 failed" in r.stderr
     # the report of the file alone is not a failed run
     assert invoke(["eval", "report", out, "--json"]).exit_code == EXIT_OK
+
+
+def test_eval_mpdocvqa_reports_anls_and_page_accuracy(
+    invoke, eval_ckpts: EvalCkpts, tmp_path: Path
+) -> None:
+    data = builders.mpdocvqa(tmp_path / "mp-docvqa")
+    out = tmp_path / "mp.jsonl"
+    args = ["eval", "mpdocvqa", data, "-o", out, *model_args(eval_ckpts.normal)]
+    r = invoke([*args, "--json"])
+    assert r.exit_code == EXIT_OK, r.stderr
+    [row] = json.loads(r.stdout)["rows"]
+    recs = [json.loads(x) for x in out.read_text().splitlines()]
+    assert len(recs) == 2 and all(len(x["page_scores"]) in (2, 3) for x in recs)
+    hits = sum(x["predicted_page_idx"] == x["answer_page_idx"] for x in recs)
+    assert (row["benchmark"], row["n"], row["hd_setting"]) == ("mpdocvqa", 2, "55")
+    assert row["page_accuracy"] == 100.0 * hits / 2
+    assert row["score"] == 100.0 * sum(x["score"] for x in recs) / 2  # ANLS x 100
+    assert row["paper"] is None
+    rep = invoke(["eval", "report", out, "--json"])
+    assert rep.exit_code == EXIT_OK and json.loads(rep.stdout)["rows"] == [row]
+    # on a terminal: a page accuracy column, only when a row has one
+    from rich.console import Console
+
+    from ixcdoc.cli.evaluate import eval_table
+    from ixcdoc.evaluation.records import load_records
+    from ixcdoc.evaluation.report import summarize
+
+    def drawn(rows: list) -> str:
+        console = Console(record=True, width=240)
+        console.print(eval_table(rows))
+        return console.export_text()
+
+    rows = summarize(load_records(out, repair=False).records())
+    assert "page acc" in drawn(rows) and f"{100.0 * hits / 2:.1f}%" in drawn(rows)
+    others = summarize([dict(x, benchmark="docvqa") for x in _without_pages(recs)])
+    assert "page acc" not in drawn(others)
+
+
+def _without_pages(recs: list[dict]) -> list[dict]:
+    keys = ("answer_page_idx", "predicted_page_idx", "page_scores")
+    return [{k: v for k, v in r.items() if k not in keys} for r in recs]

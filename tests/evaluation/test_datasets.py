@@ -80,7 +80,7 @@ def test_entry_without_a_key_names_it(tmp_path: Path) -> None:
 
 
 def test_unknown_benchmark() -> None:
-    with pytest.raises(UsageError, match="docvqa, infovqa, chartqa, ocrbench"):
+    with pytest.raises(UsageError, match="docvqa, infovqa, chartqa, mpdocvqa, ocrbench"):
         benchmark("textvqa")
 
 
@@ -93,6 +93,7 @@ def test_upstream_settings() -> None:
         "infovqa": 55,
         "chartqa": 25,
         "ocrbench": 25,
+        "mpdocvqa": 55,  # DocVQA's pages, DocVQA's tier
     }
     assert all(b.max_new_tokens == 100 for b in BENCHMARKS.values())
     q = BENCHMARKS["docvqa"].query("What is it?")
@@ -124,4 +125,42 @@ def test_malformed_entries_and_escaping_images_are_one_line_errors(tmp_path: Pat
     ]:
         with pytest.raises(DatasetError) as e:
             read_items("docvqa", docvqa(bad))
+        assert why in e.value.message and "\n" not in e.value.message
+
+
+def test_mpdocvqa_pages_in_order_and_the_answer_page(tmp_path: Path) -> None:
+    items = read_items("mpdocvqa", builders.mpdocvqa(tmp_path))
+    assert [i.question_id for i in items] == ["57344", "57345"]
+    first = items[0]
+    assert first.pages == tuple(tmp_path / "images" / f"ffbf0023_{i}.jpg" for i in range(3))
+    assert all(p.is_file() for p in first.pages)
+    assert (first.answer_page, first.image) == (1, first.pages[0])
+    assert first.answers == ("1 March 1998", "March 1, 1998")
+    assert items[1].answer_page == 0 and len(items[1].pages) == 2
+    # the release unpacked one level deeper (images/images/) and qas at the root also read
+    (tmp_path / "images").rename(tmp_path / "pages")
+    (tmp_path / "images").mkdir()
+    (tmp_path / "pages").rename(tmp_path / "images" / "images")
+    (tmp_path / "qas" / "val.json").rename(tmp_path / "val.json")
+    again = read_items("mpdocvqa", tmp_path)
+    assert again[0].pages[2] == tmp_path / "images" / "images" / "ffbf0023_2.jpg"
+
+
+def test_mpdocvqa_bad_entries_are_one_line_errors(tmp_path: Path) -> None:
+    root = builders.mpdocvqa(tmp_path / "ok")
+    good = json.loads((root / "qas" / "val.json").read_text())["data"][0]
+    for n, (bad, why) in enumerate(
+        [
+            (dict(good, answer_page_idx=3), "'answer_page_idx' should be an index into its 3"),
+            (dict(good, answer_page_idx=None), "'answer_page_idx' should be an index"),
+            (dict(good, page_ids=[]), "'page_ids' should be a non-empty list of page ids"),
+            (dict(good, page_ids=["../../x"], answer_page_idx=0), "leaves the dataset folder"),
+            ({k: v for k, v in good.items() if k != "answers"}, "test annotations are withheld"),
+        ]
+    ):
+        root = tmp_path / f"bad{n}"
+        (root / "qas").mkdir(parents=True)
+        (root / "qas" / "val.json").write_text(json.dumps({"data": [bad]}))
+        with pytest.raises(DatasetError) as e:
+            read_items("mpdocvqa", root)
         assert why in e.value.message and "\n" not in e.value.message

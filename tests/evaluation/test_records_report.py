@@ -111,6 +111,48 @@ def test_num_beams_is_part_of_the_key_and_absent_means_greedy(tmp_path: Path) ->
             rec("1", 1.0, num_beams=bad)
 
 
+def test_page_keys_only_on_multi_page_records_and_page_accuracy(tmp_path: Path) -> None:
+    plain = rec("1", 1.0)
+    assert "answer_page_idx" not in plain and "page_scores" not in plain  # lines unchanged
+    paged = [
+        rec(
+            "1",
+            1.0,
+            bench="mpdocvqa",
+            answer_page_idx=2,
+            predicted_page_idx=2,
+            page_scores=[0.1, -0.5, 1.5],
+        ),
+        rec(
+            "2",
+            0.5,
+            bench="mpdocvqa",
+            answer_page_idx=0,
+            predicted_page_idx=1,
+            page_scores=[0.0, 0.2],
+        ),
+        rec("3", None, bench="mpdocvqa", answer_page_idx=1),  # failed: a miss
+        rec("4", 1.0, bench="mpdocvqa", answer_page_idx=0, predicted_page_idx=0),
+    ]
+    out = tmp_path / "r.jsonl"
+    write_all(out, [plain, *paged])
+    back = load_records(out).records()
+    assert back[1]["page_scores"] == [0.1, -0.5, 1.5] and "predicted_page_idx" not in back[3]
+    docvqa, mp = summarize(back)
+    assert docvqa.page_accuracy is None
+    assert (mp.benchmark, mp.n, mp.page_accuracy) == ("mpdocvqa", 4, 50.0)  # 2 of 4
+    assert mp.score == pytest.approx(100.0 * 2.5 / 4)
+    for bad in (
+        {"answer_page_idx": -1},
+        {"predicted_page_idx": 1.0},
+        {"predicted_page_idx": True},
+        {"page_scores": [0.1, math.inf]},
+        {"page_scores": "0.1"},
+    ):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            rec("1", 1.0, bench="mpdocvqa", **bad)
+
+
 def test_report_score_and_ci_by_hand(tmp_path: Path) -> None:
     # scores 1, 0, 0.8, 0.6 and one error (counts 0): mean = 2.4 / 5 = 0.48
     # sample variance: deviations .52, -.48, .32, .12, -.48 -> squares .2704 .2304 .1024 .0144

@@ -191,3 +191,71 @@ def test_beams_run_as_chat_with_beams_under_their_own_key(
     assert [row.num_beams for row in summarize(lines(out))] == [1, 3]
     with pytest.raises(UsageError, match="--beams"):
         run_eval(normal_model, "docvqa", data, max_new_tokens=MNT, num_beams=0)
+
+
+def test_mpdocvqa_answers_from_the_screened_page(normal_model: Any, tmp_path: Path) -> None:
+    """Each question's pages are screened, the best one answered: records carry every page's
+    score, the chosen page and the gold one; the answer's grid is the chosen page's."""
+    from ixcdoc.tiling import hd_geometry
+
+    data = builders.mpdocvqa(tmp_path / "mp")
+    out = tmp_path / "out.jsonl"
+    s = run_eval(normal_model, "mpdocvqa", data, output=out, max_new_tokens=MNT)
+    assert (s.answered, s.failed) == (2, 0)
+    recs = {r["question_id"]: r for r in lines(out)}
+    for qid, doc, gold in (("57344", "ffbf0023", 1), ("57345", "gkhd0001", 0)):
+        r = recs[qid]
+        sizes = builders.MP_DOCS[doc]
+        scores = r["page_scores"]
+        assert len(scores) == len(sizes)
+        chosen = max(range(len(scores)), key=lambda i: (scores[i], -i))
+        assert (r["predicted_page_idx"], r["answer_page_idx"]) == (chosen, gold)
+        w, h = sizes[chosen]
+        g = hd_geometry(h, w, 55, normal_model.tile)
+        assert (r["tier"], r["grid"]) == (55, [g.rows, g.cols])
+        assert 0.0 <= r["score"] <= 1.0 and r["metric"] == "anls"
+    # page scores are the model's own: the same page_relevance on the same images
+    pages = [data / "images" / f"gkhd0001_{i}.jpg" for i in range(2)]
+    from PIL import Image
+
+    want = normal_model.page_relevance(
+        [Image.open(p).convert("RGB") for p in pages], "Who signed the letter?"
+    )
+    assert recs["57345"]["page_scores"] == pytest.approx(want, abs=1e-5)
+
+    from ixcdoc.evaluation.report import summarize
+
+    (row,) = summarize(s.records)
+    hits = sum(r["predicted_page_idx"] == r["answer_page_idx"] for r in recs.values())
+    assert row.page_accuracy == 100.0 * hits / 2
+    # resume: done, nothing screened or answered again
+    again = run_eval(normal_model, "mpdocvqa", data, output=out, max_new_tokens=MNT)
+    assert (again.answered, again.skipped) == (0, 2)
+
+
+def test_mpdocvqa_scores_anls_of_the_answer(steered: tuple[Any, str], tmp_path: Path) -> None:
+    model, text = steered
+    data = builders.mpdocvqa(tmp_path / "mp")
+    path = data / "qas" / "val.json"
+    doc = json.loads(path.read_text())
+    doc["data"][0]["answers"] = [text]
+    path.write_text(json.dumps(doc))
+    s = run_eval(model, "mpdocvqa", data, max_new_tokens=MNT)
+    assert [r["prediction"] for r in s.records] == [text, text]
+    assert [r["score"] for r in s.records] == [1.0, 0.0]
+
+
+def test_mpdocvqa_missing_page_fails_that_question(normal_model: Any, tmp_path: Path) -> None:
+    data = builders.mpdocvqa(tmp_path / "mp")
+    (data / "images" / "ffbf0023_2.jpg").unlink()
+    s = run_eval(normal_model, "mpdocvqa", data, max_new_tokens=MNT)
+    assert (s.answered, s.failed) == (2, 1)
+    bad = next(r for r in s.records if r["status"] == "error")
+    assert bad["question_id"] == "57344" and "ffbf0023_2.jpg" in bad["error"]["message"]
+    assert bad["answer_page_idx"] == 1 and "predicted_page_idx" not in bad
+    from ixcdoc.evaluation.report import summarize
+
+    (row,) = summarize(s.records)
+    good = next(r for r in s.records if r["status"] == "ok")
+    hit = good["predicted_page_idx"] == good["answer_page_idx"]
+    assert row.failed == 1 and row.page_accuracy == 100.0 * hit / 2  # the failure is a miss

@@ -1,0 +1,132 @@
+"""What a person sees on a real terminal: every character of every page, wrapped, and a
+progress display that tells the truth (a tmux pane of 40, 80 and 200 columns).
+
+The text on the screen is compared with the ``--json`` text of the same command, with the
+whitespace taken out of both: wrapping may only turn a space into a line break.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from rich.cells import cell_len
+
+from tests.cli.helpers import IXCDOC, Checkpoints, model_args, subprocess_env
+from tests.cli.terminal import needs_tmux, run_in_terminal
+
+ROOT = Path(__file__).resolve().parents[2]
+SAMPLES = ROOT / "samples"
+ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b\][^\x07]*\x07|\x1b[()][A-Z0-9]|\x1b[=>]")
+
+pytestmark = [needs_tmux, pytest.mark.slow]
+
+
+def _squeeze(s: str) -> str:
+    """``s`` without whitespace, control characters as the terminal shows them."""
+    from ixcdoc.cli.wrapping import shown
+
+    return "".join("".join(map(shown, s)).split())
+
+
+def _json_texts(args: list[str]) -> list[dict]:
+    """The records the same command prints with --json (stdout off a terminal)."""
+    out = subprocess.run(
+        [*IXCDOC, *args, "--json"],
+        cwd=ROOT,
+        env=subprocess_env(),
+        capture_output=True,
+        timeout=300,
+        check=True,
+    ).stdout.decode()
+    return [json.loads(line) for line in out.splitlines()]
+
+
+def _screen(args: list[str], width: int) -> list[str]:
+    screen = run_in_terminal([*IXCDOC, *args], width=width, env=subprocess_env(), cwd=ROOT)
+    assert screen.exit_code == 0, "\n".join(screen.lines)
+    wide = [line for line in screen.lines if cell_len(line) > width]
+    assert not wide, f"lines wider than {width} columns: {wide}"
+    return screen.lines
+
+
+@pytest.mark.parametrize("width", [40, 80, 200])
+def test_a_streamed_answer_is_on_the_screen_whole(ckpts: Checkpoints, width: int) -> None:
+    args = [
+        "ask",
+        "samples/screenshot.png",
+        "What does the screen say?",
+        *model_args(ckpts.normal, max_new_tokens=160),
+    ]
+    (rec,) = _json_texts(args)
+    assert len(rec["text"]) > 2 * width  # long enough to wrap several times at any width
+    lines = _screen(args, width)
+    note = max(k for k, line in enumerate(lines) if line.startswith("(samples/screenshot.png"))
+    assert _squeeze("\n".join(lines[:note])) == _squeeze(rec["text"])
+    assert "page 1/1, HD" in _squeeze("".join(lines[note:])).replace("page1/1,HD", "page 1/1, HD")
+
+
+@pytest.mark.parametrize(
+    ("args", "width"),
+    [
+        (["extract", "samples/"], 40),
+        (["extract", "samples/"], 200),
+        (["ask", "samples/scan.pdf", "Who signed it?", "--all-pages"], 80),
+    ],
+)
+def test_every_page_of_a_run_is_on_the_screen_whole(
+    ckpts: Checkpoints, args: list[str], width: int
+) -> None:
+    args = [*args, *model_args(ckpts.normal, max_new_tokens=48)]
+    records = _json_texts(args)
+    assert len(records) >= 2
+    lines = _screen(args, width)
+    screen = _squeeze("\n".join(lines))
+    for rec in records:
+        assert _squeeze(rec["text"]) in screen, rec["source"]
+        assert f"page{rec['page']}/{rec['page_count']}" in screen
+    # The progress display is gone; the summary gives the run's means in its place.
+    assert not any(line.startswith("running ") for line in lines)
+    summary = _squeeze(" ".join(lines[-2:]))
+    assert f"{len(records)}ok;{len(records)}pagesin" in summary
+    assert "pages/s" in summary and "tok/s" in summary
+
+
+@pytest.mark.skipif(shutil.which("script") is None, reason="util-linux's script is not installed")
+def test_the_progress_display_names_the_pages_in_flight_and_counts_tokens(
+    ckpts: Checkpoints, tmp_path: Path
+) -> None:
+    """Every frame the display drew, as recorded by ``script``: pages done out of the total,
+    the pages in flight by name, tokens and rates, and each page's text shown as soon as it
+    finished (pages 1-2 of 4 with two slots: before pages 3-4 start)."""
+    log = tmp_path / "typescript"
+    args = ["extract", "samples/paper.pdf", "samples/scan.pdf", "--batch-size", "2"]
+    args += model_args(ckpts.normal, max_new_tokens=24)
+    records = _json_texts(args)
+    command = " ".join(f"'{a}'" for a in [*IXCDOC, *args])
+    screen = run_in_terminal(
+        ["script", "-q", "-e", "-c", command, str(log)],
+        width=100,
+        env=subprocess_env(),
+        cwd=ROOT,
+    )
+    assert screen.exit_code == 0, "\n".join(screen.lines)
+    frames = ANSI.sub("", log.read_bytes().decode("utf-8", "replace"))
+    # Pages in flight by name from the start (the second document is counted once opened).
+    assert re.search(r"0/[24] pages · eta -:--", frames)
+    assert "running 2: paper.pdf p1 (0 tok), paper.pdf p2 (0 tok)" in frames
+    # An ETA from tokens before any page finished (a bound, "<"), then from finished pages.
+    assert re.search(r"0/[24] pages · eta < \d+:\d\d", frames)
+    assert re.search(r"[123]/4 pages · eta \d+:\d\d", frames)
+    assert re.search(r"\d+ tokens · [\d.]+ tok/s · [\d.]+ pages/s", frames)
+    assert re.search(r"running \d: .*scan\.pdf p2 \(\d+ tok\)", frames)
+    assert "4/4 pages" in frames
+    # A page's text is on the screen when it finishes, before the last page has started.
+    flat = _squeeze(frames)
+    firsts = [flat.find(_squeeze(r["text"])) for r in records if "paper" in r["source"]]
+    assert all(k >= 0 for k in firsts)
+    assert min(firsts) < flat.find("scan.pdfp2(")
