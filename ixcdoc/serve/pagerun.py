@@ -4,6 +4,7 @@ The run is ``ixcdoc.batch.run`` on the upload, on a thread of its own, with a ``
 (``served.py``: generation through the server's backend). What it reports through ``Events``
 becomes newline-delimited JSON (``PageRun.stream``):
 
+    {"event": "screening", "pages": 3}                   ask screens pages without text
     {"event": "opened", "pages": 2}                      pages the run will read
     {"event": "started", "page": 1, "tier": 30}          the model starts on a page
     {"event": "text", "page": 1, "delta": "..."}         generated text, as it comes
@@ -22,7 +23,7 @@ import contextlib
 import json
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from ixcdoc.batch import Events
@@ -96,6 +97,11 @@ class PageEvents(Events):
 
     def note(self, message: str) -> None:
         self.emit({"event": "note", "message": message})
+
+    @contextlib.contextmanager
+    def screening(self, source: str, pages: int) -> Iterator[None]:
+        self.emit({"event": "screening", "pages": pages})
+        yield
 
     def opened(self, source: str, pages: int, *, single: bool) -> None:
         with self._lock:

@@ -6,9 +6,11 @@ through the server's backend (the queue, slots and limits of /v1/chat/completion
 second engine or a second copy of the weights.
 
 ``ServedModel`` offers what the batch runner uses of a ``DocModel``: its facts (config,
-tokenizer, names, GPU budget) and two ways to generate: ``chat`` (one page, waits for it: the
-runner's ``--batch-size 1`` path) and ``engine`` (a ``BackendEngine``: pages in flight as
-backend jobs, collected by ``step``, the runner's engine path). Any other attribute raises
+tokenizer, names, GPU budget) and its model calls, each a job on the backend: ``chat`` (one
+page, waits for it: the runner's ``--batch-size 1`` path), ``engine`` (a ``BackendEngine``:
+pages in flight as backend jobs, collected by ``step``, the runner's engine path) and
+``page_relevance`` (ask's screening of pages without a text layer: each page's first answer
+token's logits, scored as ``DocModel.page_relevance`` scores them). Any other attribute raises
 AttributeError naming it, so that a new model call in the runner fails loudly here instead of
 running beside the server's engine thread on the same weights and caches.
 """
@@ -78,7 +80,9 @@ class RunControl:
             self.cond.notify_all()
 
 
-def gen_request(request: ChatRequest) -> GenRequest:
+def gen_request(
+    request: ChatRequest, first_logits: Callable[[Any], None] | None = None
+) -> GenRequest:
     """A runner's ``ChatRequest`` as the backend's ``GenRequest`` (the same generation)."""
     from ixcdoc.engine.request import ChatRequest
 
@@ -99,6 +103,7 @@ def gen_request(request: ChatRequest) -> GenRequest:
         temperature=request.temperature,
         top_p=request.top_p,
         seed=request.seed,
+        first_logits=first_logits,
     )
 
 
@@ -108,6 +113,7 @@ def _submit(
     request: ChatRequest,
     on_token: Callable[[int], bool] | None,
     on_done: Callable[[Any, BaseException | None], None],
+    first_logits: Callable[[Any], None] | None = None,
 ) -> Ticket:
     """Queue ``request`` on the backend; its tokens stop once the run is cancelled."""
 
@@ -117,7 +123,7 @@ def _submit(
         return on_token is None or on_token(tid) is not False
 
     try:
-        return backend.submit(gen_request(request), token, on_done)
+        return backend.submit(gen_request(request, first_logits), token, on_done)
     except QueueFull as e:
         raise ServerBusy(
             f"the server is busy: {e.queued} requests are waiting (--max-queue); "
@@ -168,8 +174,10 @@ class BackendEngine:
         on_token: Callable[[int], bool] | None = None,
         on_done: Callable[[Any], None] | None = None,
         should_stop: Any = None,
+        first_logits: Callable[[Any], None] | None = None,
     ) -> _Handle:
-        """Queue one request as a backend job; ServerBusy when the backend's queue is full."""
+        """Queue one request as a backend job; ServerBusy when the backend's queue is full.
+        ``first_logits``: see ``GenRequest.first_logits``."""
         if should_stop is not None:
             raise UsageError("should_stop is not offered on the server's queue")
         handle = _Handle(request)
@@ -180,7 +188,9 @@ class BackendEngine:
                 self._done.append((handle, on_done))
                 self.control.cond.notify_all()
 
-        self._tickets[handle.id] = _submit(self.backend, self.control, request, on_token, finished)
+        self._tickets[handle.id] = _submit(
+            self.backend, self.control, request, on_token, finished, first_logits
+        )
         return handle
 
     def step(self) -> None:
@@ -248,6 +258,46 @@ class ServedModel:
         if error is not None:
             raise error
         return answer
+
+    def page_relevance(
+        self, images: Any, question: str, *, hd: int | None = None, max_batch: int | None = None
+    ) -> list[float]:
+        """``DocModel.page_relevance`` as backend jobs: one per page, at most ``max_batch`` (or
+        the backend's slots) at once; the score of each from its first answer token's logits
+        (``runtime.relevance``). A page that fails raises its error."""
+        from ixcdoc.engine.request import ChatRequest
+        from ixcdoc.runtime import answer_ids, relevance
+        from ixcdoc.tasks import SCREEN_HD, SCREEN_PROMPT
+
+        yes, no = answer_ids(self.tokenizer)
+        query = SCREEN_PROMPT.format(question=question)
+        tier = SCREEN_HD if hd is None else hd
+        eng = self.engine(n_slots=max_batch or self.backend.n_slots)
+        scores: dict[int, float] = {}
+        failed: list[BaseException] = []
+        left = list(enumerate(images))
+        busy = 0
+
+        def finished(handle: _Handle) -> None:
+            nonlocal busy
+            busy -= 1
+            if handle.error is not None:
+                failed.append(handle.error)
+
+        while left or busy:
+            while left and busy < eng.n_slots:
+                i, image = left.pop(0)
+
+                def score(logits: Any, i: int = i) -> None:
+                    scores[i] = relevance(logits, yes, no)
+
+                request = ChatRequest([image], query, hd=tier, max_new_tokens=1)
+                eng.submit(request, on_done=finished, first_logits=score)
+                busy += 1
+            eng.step()
+        if failed:
+            raise failed[0]
+        return [scores[i] for i in range(len(images))]
 
     def engine(self, *, n_slots: int, max_len: int | None = None, **_: Any) -> BackendEngine:
         """Pages in flight as backend jobs: at most the backend's own slots at once (the

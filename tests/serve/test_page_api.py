@@ -25,7 +25,7 @@ from ixcdoc.serve import create_app
 from ixcdoc.serve.backend import GenRequest
 from ixcdoc.serve.served import RunControl, ServedModel
 from ixcdoc.serve.uploads import Upload, UploadStore, upload_name
-from ixcdoc.tasks import CHART_TABLE, EXTRACT
+from ixcdoc.tasks import CHART_TABLE, EXTRACT, SCREEN_PROMPT
 from tests.serve.helpers import TIMEOUT, ProbeEngineBackend, chat_body, live_server
 
 SAMPLES = Path(__file__).resolve().parents[2] / "samples"
@@ -241,6 +241,47 @@ def test_ask_answers_from_the_page_ask_chooses(
     same(rec, want)
     r = http.post(f"{DOCS}/{doc['id']}/runs", json={"task": "ask", "question": "  "})
     assert r.status_code == 400 and r.json()["error"]["message"] == "no question given"
+
+
+def cli_ask(ckpt: Path, *args: str) -> tuple[dict[str, Any], str]:
+    """``ixcdoc ask ... --json``'s one record and its stderr."""
+    model = ["--model", str(ckpt), "--device", "cpu", "--max-new-tokens", str(MAX_TOKENS)]
+    result = CliRunner().invoke(cli_app, ["ask", *args, "--json", *model], catch_exceptions=False)
+    assert result.exit_code == 0, result.stderr
+    (rec,) = [json.loads(line) for line in result.stdout.splitlines()]
+    return rec, result.stderr
+
+
+@pytest.mark.parametrize("slots", ["engine", "one at a time"])
+def test_ask_on_a_scan_screens_its_pages_on_the_servers_queue(
+    http: httpx.Client,
+    probe: ProbeEngineBackend,
+    looping: Any,
+    tiny_paths: dict[str, Path],
+    monkeypatch: pytest.MonkeyPatch,
+    slots: str,
+) -> None:
+    # samples/scan.pdf has no text layer: ask's screening scores its pages with the model.
+    question = "What is the total?"
+    if slots == "engine":
+        events = run(http, upload(http, SAMPLES / "scan.pdf")["id"], task="ask", question=question)
+        ckpt = tiny_paths["normal"]
+        assert probe.answers[SCREEN_PROMPT.format(question=question)]  # went through the queue
+    else:  # --batch-size 1: the backend scores a page with prompt_logits
+        app = create_app(looping, batch_size=1, max_tokens=MAX_TOKENS)
+        with live_server(app) as url, httpx.Client(base_url=url, timeout=TIMEOUT) as one:
+            events = run(
+                one, upload(one, SAMPLES / "scan.pdf")["id"], task="ask", question=question
+            )
+        ckpt = tiny_paths["loop"]
+    assert [e["pages"] for e in events if e["event"] == "screening"] == [2]
+    (rec,) = records(events)
+    monkeypatch.chdir(SAMPLES)
+    want, stderr = cli_ask(ckpt, "scan.pdf", question)
+    same(rec, want)  # the same page chosen, the same answer
+    (note,) = [e["message"] for e in events if e["event"] == "note"]
+    assert note.startswith("scan.pdf: screened 2 pages at HD4 for the question; answering page")
+    assert note in stderr  # the scores to the third decimal, as the CLI prints them
 
 
 def test_a_chart_table_is_chart_tables_record(

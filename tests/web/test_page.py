@@ -164,6 +164,26 @@ def test_ask_streams_the_answer_and_marks_its_page(
     check_stays_home(page, server)
 
 
+def test_ask_on_a_scan_says_which_pages_it_screened(
+    page: Any, server: str, real_geometry_ckpt: Path, in_samples: None
+) -> None:
+    open_file(page, server, SAMPLES / "scan.pdf", 2)
+    page.click("[data-tab=ask]")
+    page.fill("#question", "What is the total?")
+    page.click("#ask-form button[type=submit]")
+    expect(page.locator("#status-text")).to_contain_text("1 ok")
+    asked = cli("ask", "scan.pdf", "What is the total?", "--json", *cli_model(real_geometry_ckpt))
+    (want,) = json_lines(asked)
+    note = page.locator("#answers .qa .note")
+    expect(note).to_contain_text("scan.pdf: screened 2 pages at HD4 for the question;")
+    expect(note).to_contain_text(f"answering page {want['page']} (score")
+    expect(page.locator("#page-label")).to_have_text(f"page {want['page']} of 2")
+    expect(page.locator(f"#thumbs .thumb[data-page='{want['page']}']")).to_have_class(
+        re.compile("marked")
+    )
+    check_stays_home(page, server)
+
+
 def test_a_transcription_beside_its_page_is_extracts(
     page: Any, context: Any, server: str, real_geometry_ckpt: Path, in_samples: None
 ) -> None:

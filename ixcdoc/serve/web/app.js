@@ -161,7 +161,9 @@
       if (run.inflight.length) {
         parts.push("in flight: " + run.inflight.map((p) => `page ${p.page} (HD${p.tier})`).join(", "));
       } else if (!run.done) {
-        parts.push(run.total ? "waiting for the model" : "reading the document");
+        parts.push(run.total ? "waiting for the model"
+          : run.screening ? `screening ${run.screening} pages without a text layer with the model`
+            : "reading the document");
       }
     }
     parts.push(`${num(run.tokens)} tokens`, `${rate} tok/s`);
@@ -500,6 +502,7 @@
     box.replaceChildren();
     for (const a of [...doc.answers].reverse()) {
       const item = el("div", { class: "qa" }, el("div", { class: "q", text: a.question }));
+      for (const note of a.notes) item.append(el("div", { class: "muted small note", text: note }));
       const pages = Object.keys(a.pages).map(Number);
       if (!pages.length) item.append(el("div", { class: "muted", text: a.error || "reading…" }));
       for (const p of pages) {
@@ -599,8 +602,11 @@
         s.record = rec;
       }
       if (rec.status !== "ok") run.failures.push(rec.error.message);
+    } else if (ev.event === "screening") {
+      run.screening = ev.pages;
     } else if (ev.event === "note") {
       run.notes.push(ev.message);
+      if (run.answer) run.answer.notes.push(ev.message);
     } else if (ev.event === "error") {
       run.error = ev.message;
       if (run.answer) run.answer.error = "error: " + ev.message;
@@ -627,7 +633,7 @@
       controller: new AbortController(),
     };
     if (task === "ask") {
-      run.answer = { question: body.question, pages: {} };
+      run.answer = { question: body.question, pages: {}, notes: [] };
       doc.answers.push(run.answer);
       for (const p of Object.keys(doc.marks)) delete doc.marks[p];
     }
