@@ -46,6 +46,7 @@ PAGE_CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' blob: data:; "
     "connect-src 'self'; form-action 'none'; frame-ancestors 'none'; base-uri 'none'"
 )
+PASSWORD_HEADER = "X-Ixcdoc-Password"  # an encrypted PDF's password, for its upload
 IMAGE_SIDES = (64, 2400)  # the smallest and largest ?max= for a page image
 RENDERS = 2  # page images rendered at once
 
@@ -130,13 +131,17 @@ def page_router(
 
     @router.post("/v1/ixcdoc/documents")
     async def open_document(request: Request, name: str | None = None) -> dict[str, Any]:
-        """Open the body's bytes (a PDF or an image) as a document; returns its id and pages."""
+        """Open the body's bytes (a PDF or an image) as a document; returns its id and pages.
+        An encrypted PDF's password comes in the ``X-Ixcdoc-Password`` header (never the URL)."""
         data = await request.body()
         shown = upload_name(name)
+        password = request.headers.get(PASSWORD_HEADER)
         try:
             if not data:
                 raise InputError(shown, "nothing to read (0 bytes)", code="empty")
-            upload = await asyncio.to_thread(open_upload, shown, data, max_pixels=max_pixels)
+            upload = await asyncio.to_thread(
+                open_upload, shown, data, max_pixels=max_pixels, password=password
+            )
         except IxcdocError as e:
             raise _input_error(e) from None
         store.add(upload)

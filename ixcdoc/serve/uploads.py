@@ -48,6 +48,7 @@ class Upload:
     sha256: str
     notes: tuple[str, ...]
     max_pixels: int | None
+    password: str | None = field(default=None, repr=False)  # an encrypted PDF's, for its pages
     records: dict[ResumeKey, PageRecord] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -56,7 +57,11 @@ class Upload:
         from ixcdoc.inputs import Sources
 
         return Sources(
-            (self.name,), pages=pages, max_pixels=self.max_pixels, special={self.name: self.data}
+            (self.name,),
+            pages=pages,
+            password=self.password,
+            max_pixels=self.max_pixels,
+            special={self.name: self.data},
         )
 
     def keep(self, rec: PageRecord) -> None:
@@ -91,12 +96,15 @@ class Upload:
         }
 
 
-def open_upload(name: str, data: bytes, *, max_pixels: int | None) -> Upload:
-    """Read the bytes as the CLI reads a file (InputError when they are no document)."""
+def open_upload(
+    name: str, data: bytes, *, max_pixels: int | None, password: str | None = None
+) -> Upload:
+    """Read the bytes as the CLI reads a file (InputError when they are no document, or an
+    encrypted PDF without its password: ``password_required``, ``bad_password``)."""
     from ixcdoc.inputs import DEFAULT_MAX_PIXELS, open_bytes
 
     limit = DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels
-    with open_bytes(data, source=name, max_pixels=limit) as doc:
+    with open_bytes(data, source=name, password=password, max_pixels=limit) as doc:
         return Upload(
             id=secrets.token_urlsafe(12),
             name=name,
@@ -106,6 +114,7 @@ def open_upload(name: str, data: bytes, *, max_pixels: int | None) -> Upload:
             sha256=doc.sha256,
             notes=tuple(doc.notes),
             max_pixels=max_pixels,
+            password=password,
         )
 
 
@@ -158,7 +167,9 @@ class UploadStore:
                 self._images.move_to_end(key)
                 return self._images[key]
         limit = DEFAULT_MAX_PIXELS if upload.max_pixels is None else upload.max_pixels
-        with open_bytes(upload.data, source=upload.name, max_pixels=limit) as doc:
+        with open_bytes(
+            upload.data, source=upload.name, password=upload.password, max_pixels=limit
+        ) as doc:
             jpeg = page_jpeg(doc.render(doc.check_page(page)).image, max_side)
         with self._lock:
             self._images[key] = jpeg

@@ -146,6 +146,37 @@ def test_an_upload_is_read_as_the_cli_reads_it(http: httpx.Client, tmp_path: Pat
     assert http.get(f"{DOCS}/{info['id']}").status_code == 404
 
 
+def locked_pdf(folder: Path, password: str) -> Path:
+    """samples/paper.pdf saved encrypted (AES-256) with a user password."""
+    import pymupdf
+
+    path = folder / "locked.pdf"
+    with pymupdf.open(SAMPLES / "paper.pdf") as doc:
+        doc.save(path, encryption=pymupdf.PDF_ENCRYPT_AES_256, user_pw=password, owner_pw="o")
+    return path
+
+
+def test_an_encrypted_pdf_opens_with_its_password_in_a_header(
+    http: httpx.Client, tmp_path: Path, tiny_paths: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pdf = locked_pdf(tmp_path, "s3cret")
+    post = {"params": {"name": "locked.pdf"}, "content": pdf.read_bytes()}
+    r = http.post(DOCS, **post)
+    assert (r.status_code, r.json()["error"]["code"]) == (400, "password_required")
+    r = http.post(DOCS, **post, headers={"X-Ixcdoc-Password": "wrong"})
+    assert (r.status_code, r.json()["error"]["code"]) == (400, "bad_password")
+    r = http.post(DOCS, **post, headers={"X-Ixcdoc-Password": "s3cret"})
+    assert r.status_code == 200 and r.json()["page_count"] == 2
+    doc = r.json()
+    assert http.get(f"{DOCS}/{doc['id']}/pages/1.jpg", params={"max": 100}).status_code == 200
+    (rec,) = records(run(http, doc["id"], task="extract", pages="1"))
+    monkeypatch.chdir(tmp_path)
+    (want,) = cli_records(
+        tiny_paths, "extract", "locked.pdf", "--pages", "1", "--password", "s3cret"
+    )
+    same(rec, want)
+
+
 def test_page_images_are_jpegs_at_most_the_side_asked(http: httpx.Client) -> None:
     doc = upload(http, SAMPLES / "paper.pdf")
     r = http.get(f"{DOCS}/{doc['id']}/pages/2.jpg", params={"max": 200})

@@ -285,6 +285,25 @@ def test_a_wrong_key_is_asked_again_and_the_key_stays_in_the_tab(page: Any, mode
         check_stays_home(page, base)
 
 
+def test_an_encrypted_pdf_asks_for_its_password(page: Any, server: str, tmp_path: Path) -> None:
+    from tests.serve.test_page_api import locked_pdf
+
+    page.goto(server + "/")
+    page.set_input_files("#file", str(locked_pdf(tmp_path, "s3cret")))
+    expect(page.locator("#password-why")).to_have_text(
+        "locked.pdf is encrypted: it needs its password."
+    )
+    page.fill("#password-input", "guess")
+    page.click("#password-dialog button[value=ok]")
+    expect(page.locator("#password-why")).to_have_text("Wrong password for locked.pdf.")
+    page.fill("#password-input", "s3cret")
+    page.click("#password-dialog button[value=ok]")
+    expect(page.locator("#thumbs .thumb")).to_have_count(2)
+    expect(page.locator("[data-fact=tier] span")).to_have_text("HD30")
+    assert not [u for u in page.requests.urls if "s3cret" in u or "guess" in u]
+    check_stays_home(page, server)
+
+
 def test_an_oversized_file_is_one_line_413(page: Any, model336: Any) -> None:
     with live_server(create_app(model336, max_body_mb=8 / 1024, batch_size=1)) as base:
         page.goto(base + "/")
@@ -381,6 +400,32 @@ def test_a_pasted_screenshot_and_a_dropped_file_open(page: Any, server: str) -> 
     expect(page.locator("#thumbs .thumb")).to_have_count(2)
     expect(page.locator("#docs option")).to_have_count(2)
     expect(page.locator("#docs")).to_be_visible()
+    check_stays_home(page, server)
+
+
+def test_a_long_document_renders_only_the_thumbnails_in_view(
+    page: Any, server: str, tmp_path: Path
+) -> None:
+    import pymupdf
+
+    from tests.inputs.builders import add_text_page
+
+    pdf = tmp_path / "long.pdf"
+    with pymupdf.open() as doc:
+        for n in range(1, 41):
+            add_text_page(doc, [(10, f"Page {n} of a long report.")])
+        doc.save(pdf)
+    open_file(page, server, pdf, 40)
+    thumbs = page.locator("#thumbs .thumb img")
+    expect(thumbs.nth(0)).to_have_attribute("src", re.compile("^blob:"))
+
+    def asked() -> int:
+        return len([u for u in page.requests.urls if "max=240" in u])
+
+    page.wait_for_load_state("networkidle")  # nothing more is coming
+    assert asked() < 15  # 40 pages, a few in view
+    page.locator("#thumbs .thumb").nth(39).scroll_into_view_if_needed()
+    expect(thumbs.nth(39)).to_have_attribute("src", re.compile("^blob:"))
     check_stays_home(page, server)
 
 

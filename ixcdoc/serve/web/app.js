@@ -190,12 +190,26 @@
     };
   }
 
-  async function openFile(blob, name) {
+  function askPassword(why) {
+    const dialog = $("password-dialog");
+    $("password-why").textContent = why;
+    $("password-input").value = "";
+    dialog.showModal();
+    return new Promise((resolve) => {
+      dialog.addEventListener("close", () => {
+        resolve(dialog.returnValue === "ok" ? $("password-input").value : null);
+      }, { once: true });
+    });
+  }
+
+  async function openFile(blob, name, password) {
     say(`opening ${name} (${num(blob.size)} bytes)…`, "busy");
+    const headers = { "Content-Type": "application/octet-stream" };
+    if (password) headers["X-Ixcdoc-Password"] = password;
     try {
       const r = await api("/v1/ixcdoc/documents?name=" + encodeURIComponent(name), {
         method: "POST",
-        headers: { "Content-Type": "application/octet-stream" },
+        headers,
         body: blob,
       });
       const doc = newDoc(await r.json());
@@ -206,6 +220,11 @@
           (doc.info.notes.length ? " · " + doc.info.notes.join("; ") : ""));
       await selectDoc(doc);
     } catch (e) {
+      if (e instanceof ApiError && (e.code === "password_required" || e.code === "bad_password")) {
+        const again = await askPassword(e.code === "bad_password"
+          ? `Wrong password for ${name}.` : `${name} is encrypted: it needs its password.`);
+        if (again !== null) return openFile(blob, name, again);
+      }
       fail(e);
     }
   }
@@ -299,18 +318,22 @@
     }
   }
 
-  async function loadThumbs(doc) {
-    for (let p = 1; p <= doc.info.page_count; p++) {
-      if (doc !== state.doc) return;
-      try {
-        const url = await pageUrl(doc, p, THUMB_SIDE, doc.thumbs);
-        const b = $("thumbs").querySelector(`[data-page="${p}"] img`);
-        if (b && doc === state.doc) b.src = url;
-      } catch (e) {
-        fail(e);
-        return;
+  // Thumbnails load as they come into view (a long document renders only what is seen).
+  let thumbWatch = null;
+
+  function loadThumbs(doc) {
+    if (thumbWatch) thumbWatch.disconnect();
+    thumbWatch = new IntersectionObserver((seen) => {
+      for (const entry of seen) {
+        if (!entry.isIntersecting) continue;
+        thumbWatch.unobserve(entry.target);
+        const p = Number(entry.target.dataset.page);
+        pageUrl(doc, p, THUMB_SIDE, doc.thumbs).then((url) => {
+          if (doc === state.doc) entry.target.querySelector("img").src = url;
+        }, fail);
       }
-    }
+    }, { root: $("thumbs"), rootMargin: "200px" });
+    for (const b of $("thumbs").children) thumbWatch.observe(b);
   }
 
   // ---- the page as the model sees it -------------------------------------------------------
