@@ -181,6 +181,10 @@ def test_ask_on_a_scan_says_which_pages_it_screened(
     expect(page.locator(f"#thumbs .thumb[data-page='{want['page']}']")).to_have_class(
         re.compile("marked")
     )
+    # The grid drawn is the one the answer was read at (ask's tiers, not extract's).
+    rows, cols = want["grid"]
+    expect(page.locator("#plan-task")).to_have_value("ask")
+    expect(page.locator("#page-svg .crops rect")).to_have_count(rows * cols)
     check_stays_home(page, server)
 
 

@@ -661,6 +661,12 @@
       for (const p of Object.keys(doc.marks)) delete doc.marks[p];
     }
     state.run = run;
+    if (state.planTask !== task) {
+      // The grid shown is the one this run's pages are read at (each task has its tiers).
+      state.planTask = task;
+      $("plan-task").value = task;
+      loadPlan(doc);
+    }
     renderStatus();
     renderPanel();
     try {
