@@ -12,6 +12,7 @@ EXIT_FATAL = 1  # no usable device, weights missing or broken, model error outsi
 EXIT_USAGE = 2  # bad arguments
 EXIT_PARTIAL = 3  # the run finished but some pages (or files) failed; their records say why
 EXIT_INTERRUPTED = 130  # Ctrl-C
+EXIT_TERMINATED = 143  # SIGTERM, as 128 + 15 (a server stopped by its supervisor)
 EXIT_BROKEN_PIPE = 141  # the reader of stdout went away (`| head`), as 128 + SIGPIPE
 
 
@@ -41,6 +42,10 @@ def _restore(cls: type[IxcdocError], args: tuple[object, ...], state: dict) -> I
     Exception.__init__(err, *args)
     err.__dict__.update(state)
     return err
+
+
+class Terminated(Exception):
+    """SIGTERM stopped a long-running command (the server) once it had cleaned up."""
 
 
 class UsageError(IxcdocError):

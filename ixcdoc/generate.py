@@ -38,6 +38,11 @@ MAX_LENGTH = "max_length"  # the position budget (max_position_embeddings) ran o
 CALLBACK = "callback"  # on_token returned False
 HOOK = "hook"  # should_stop returned a reason (in ``detail``)
 
+# The smallest sampling temperature: the logits are divided by it, and far smaller ones (1e-39)
+# overflow them to inf, so sampling fails on NaN probabilities. vLLM raises any temperature
+# under 0.01 to 0.01 for the same reason; here it is refused (0 is greedy decoding).
+MIN_TEMPERATURE = 0.01
+
 
 @dataclass(frozen=True)
 class SamplingConfig:
@@ -53,8 +58,11 @@ class SamplingConfig:
     def __post_init__(self) -> None:
         if self.max_new_tokens < 0:
             raise ValueError("max_new_tokens must be >= 0")
-        if self.do_sample and self.temperature <= 0:
-            raise ValueError("temperature must be > 0 when sampling")
+        if self.do_sample and not self.temperature >= MIN_TEMPERATURE:
+            raise ValueError(
+                f"temperature must be at least {MIN_TEMPERATURE} when sampling, got "
+                f"{self.temperature:g} (smaller ones overflow the logits; 0 is greedy decoding)"
+            )
         if not 0 < self.top_p <= 1:
             raise ValueError("top_p must be in (0, 1]")
         if self.top_k < 0:

@@ -11,8 +11,10 @@ at import time.
 
 from __future__ import annotations
 
+import contextlib
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -172,6 +174,11 @@ class DocModel:
         self.path = path
         self.model_id = model_id
         self.revision = revision
+        # The KV cache is the model's own: ``chat`` (and a new engine) rebuild it, a started
+        # engine steps on it from its thread. The lock serializes the callers that rebuild it;
+        # ``running_engine`` is the started engine that owns it until its thread ends.
+        self._cache_lock = threading.RLock()
+        self.running_engine: Engine | None = None
 
     @property
     def tile(self) -> int:
@@ -235,6 +242,31 @@ class DocModel:
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
 
+    @contextlib.contextmanager
+    def owning_cache(self, what: str) -> Iterator[None]:
+        """Hold the model's KV cache for ``what`` (one caller at a time); a UsageError naming
+        the engine while a started engine owns it (``Engine.start`` until its thread ends)."""
+        with self._cache_lock:
+            engine = self.running_engine
+            if engine is not None:
+                raise UsageError(
+                    f"{what}: {engine!r} is running on this model and owns its KV cache; "
+                    "submit the request to that engine, or close it first"
+                )
+            yield
+
+    def claim_cache(self, engine: Engine) -> None:
+        """``engine`` starts: it owns the KV cache until ``release_cache`` (waits for a
+        ``chat`` in progress; UsageError if another engine runs)."""
+        with self.owning_cache(f"starting {engine!r}"):
+            self.running_engine = engine
+
+    def release_cache(self, engine: Engine) -> None:
+        """``engine``'s thread has ended: ``chat`` and new engines may use the cache again."""
+        with self._cache_lock:
+            if self.running_engine is engine:
+                self.running_engine = None
+
     @torch.inference_mode()
     def encode_image(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Normalized HD tensor [1, 3, H, W] -> image embeddings [N, hidden] (separators in)."""
@@ -297,9 +329,10 @@ class DocModel:
         Uses no KV cache: one left by an earlier ``chat`` is dropped first (a fresh forward
         writes its keys into any cache that exists, and a longer prompt would not fit it).
         """
-        p = self.prepare(images, query, hd=hd, meta_instruction=meta_instruction)
-        self.model.reset_caches()
-        return self.model(p.inputs_embeds, p.im_mask)[0]
+        with self.owning_cache("prompt_logits"):
+            p = self.prepare(images, query, hd=hd, meta_instruction=meta_instruction)
+            self.model.reset_caches()
+            return self.model(p.inputs_embeds, p.im_mask)[0]
 
     # -- generation ------------------------------------------------------------------------------
 
@@ -356,7 +389,8 @@ class DocModel:
                 )
             except ValueError as e:
                 raise UsageError(str(e)) from None
-            [answer] = self._run_engine([req], num_beams, on_token=on_token)
+            with self.owning_cache("chat"):  # the engine rebuilds the cache for the beams
+                [answer] = self._run_engine([req], num_beams, on_token=on_token)
             if isinstance(answer, BaseException):
                 raise answer
             return answer
@@ -364,17 +398,18 @@ class DocModel:
         if seed is not None:
             gen = torch.Generator(device=self.device).manual_seed(seed)
         try:
-            p = self.prepare(images, query, hd=hd, meta_instruction=meta_instruction)
-            res: GenerationResult = generate(
-                self.model,
-                p.inputs_embeds,
-                p.im_mask,
-                stop_ids=self.tokenizer.stop_ids,
-                config=cfg,
-                on_token=on_token,
-                should_stop=should_stop,
-                generator=gen,
-            )
+            with self.owning_cache("chat"):  # generate rebuilds the cache for this one prompt
+                p = self.prepare(images, query, hd=hd, meta_instruction=meta_instruction)
+                res: GenerationResult = generate(
+                    self.model,
+                    p.inputs_embeds,
+                    p.im_mask,
+                    stop_ids=self.tokenizer.stop_ids,
+                    config=cfg,
+                    on_token=on_token,
+                    should_stop=should_stop,
+                    generator=gen,
+                )
         except torch.cuda.OutOfMemoryError:
             raise DeviceError(
                 f"out of GPU memory at HD{hd}; try a lower tier or quant='4bit'",
@@ -413,12 +448,14 @@ class DocModel:
         """A streaming engine on this model: ``submit`` requests, run ``step``/``start``.
 
         ``n_slots`` sequences (each beam counts) of up to ``max_len`` positions share one
-        KV cache. The engine owns the model's cache while it runs: do not call ``chat`` from
-        another thread meanwhile. See ``ixcdoc.engine.Engine``.
+        KV cache, the model's own. A started engine owns it until it is closed: meanwhile
+        ``chat``, ``chat_batch``, ``prompt_logits`` and ``engine`` raise UsageError naming it.
+        See ``ixcdoc.engine.Engine``.
         """
         from ixcdoc.engine.engine import Engine
 
-        return Engine(self, n_slots=n_slots, max_len=max_len, capture=capture, **kwargs)
+        with self.owning_cache("engine()"):  # a new engine allocates the model's cache
+            return Engine(self, n_slots=n_slots, max_len=max_len, capture=capture, **kwargs)
 
     def batch_size_for(self, requests: Sequence[ChatRequest]) -> int:
         """Requests the memory model lets run at once on this GPU (64 on the CPU)."""
@@ -465,7 +502,8 @@ class DocModel:
         for r in requests:
             check_hd(r.hd)
         n = max_batch if max_batch is not None else self.batch_size_for(requests)
-        out = self._run_engine(requests, n)
+        with self.owning_cache("chat_batch"):  # held until its engine's cache is freed
+            out = self._run_engine(requests, n)
         if not return_exceptions:
             for a in out:
                 if isinstance(a, BaseException):
@@ -507,7 +545,8 @@ class DocModel:
         for r in requests:
             check_hd(r.hd)
         n = max_batch if max_batch is not None else self.batch_size_for(requests)
-        out = self._run_engine(requests, n, logits_hook=first_logits)
+        with self.owning_cache("page_relevance"):  # held until its engine's cache is freed
+            out = self._run_engine(requests, n, logits_hook=first_logits)
         for a in out:
             if isinstance(a, BaseException):
                 raise a

@@ -146,6 +146,21 @@ def test_invalid_config() -> None:
         SamplingConfig(do_sample=True, temperature=0)
 
 
+def test_a_temperature_that_would_overflow_the_logits_is_refused() -> None:
+    """1e-39 turns logits into inf and NaN probabilities (a RuntimeError deep in sampling);
+    it is refused up front, while the smallest temperature allowed still samples."""
+    from ixcdoc.generate import MIN_TEMPERATURE
+
+    for t in (1e-39, MIN_TEMPERATURE / 2):
+        with pytest.raises(ValueError, match=f"at least {MIN_TEMPERATURE}"):
+            SamplingConfig(do_sample=True, temperature=t)
+    SamplingConfig(do_sample=False, temperature=1e-39)  # greedy ignores it
+    logits = torch.tensor([30.0, 29.0, -30.0])
+    cfg = SamplingConfig(do_sample=True, temperature=MIN_TEMPERATURE, top_k=0, top_p=1.0)
+    none = torch.empty(0, dtype=torch.long)
+    assert next_token(logits, none, cfg, torch.Generator().manual_seed(0)) == 0
+
+
 @pytest.fixture(scope="module")
 def tiny():
     return load_model(TINY_CKPT)

@@ -23,8 +23,10 @@ from ixcdoc.errors import (
     EXIT_BROKEN_PIPE,
     EXIT_INTERRUPTED,
     EXIT_OK,
+    EXIT_TERMINATED,
     EXIT_USAGE,
     IxcdocError,
+    Terminated,
     UsageError,
 )
 from ixcdoc.tasks import PRESETS, parse_hd
@@ -109,6 +111,9 @@ def handles_errors(fn: F) -> F:
         except KeyboardInterrupt:
             err.print("interrupted")
             raise typer.Exit(EXIT_INTERRUPTED) from None
+        except Terminated:
+            err.print("terminated")
+            raise typer.Exit(EXIT_TERMINATED) from None
         except BrokenPipeError:
             # The reader went away (`| head`): stop quietly with SIGPIPE's status, as Unix
             # tools do. stdout now points at devnull so the final flush cannot raise again.

@@ -108,6 +108,7 @@ def serve(
         err.print("ixcdoc serve needs: pip install 'ixcdoc[serve]'", markup=False)
         raise typer.Exit(1) from None
     from ixcdoc.serve.cors import check_origin
+    from ixcdoc.serve.guard import check_api_key
     from ixcdoc.serve.run import is_loopback
     from ixcdoc.serve.run import serve as run_server
 
@@ -116,6 +117,7 @@ def serve(
             f"--host {host} makes the server reachable from other machines: set --api-key "
             "(or IXCDOC_API_KEY) as well"
         )
+    check_api_key(api_key)  # before the model loads: a key no client can send is a usage error
     origins = [check_origin(o) for o in cors_origins or ()]
     slots = parse_batch(batch_size)
     dm = load_model(model, device, quant, quiet)

@@ -159,6 +159,10 @@ class Engine:
         self._stop = threading.Event()
         self.steps = 0  # decode forwards run
 
+    def __repr__(self) -> str:
+        state = "started" if self._thread is not None else "not started"
+        return f"Engine({self.n_slots} slots x {self.max_len} positions, {state})"
+
     @property
     def n_slots(self) -> int:
         return self.runner.n_slots
@@ -271,14 +275,24 @@ class Engine:
         return self._thread is not None
 
     def start(self) -> None:
-        """Run the loop on a background daemon thread (for a server); ``close`` stops it."""
+        """Run the loop on a background daemon thread (for a server); ``close`` stops it.
+
+        The engine owns the model's KV cache until its thread ends: ``chat`` on the same model
+        meanwhile is a UsageError naming this engine (it would overwrite the cache). Starting
+        waits for a ``chat`` in progress, and is a UsageError while another engine runs.
+        """
         if self._thread is not None:
             raise RuntimeError("engine already started")
+        self.dm.claim_cache(self)
         self._stop.clear()
-        self._thread = threading.Thread(
-            target=self.run_forever, args=(self._stop,), name="ixcdoc-engine", daemon=True
-        )
+        self._thread = threading.Thread(target=self._serve, name="ixcdoc-engine", daemon=True)
         self._thread.start()
+
+    def _serve(self) -> None:
+        try:
+            self.run_forever(self._stop)
+        finally:
+            self.dm.release_cache(self)
 
     def close(self, timeout: float | None = 10.0) -> bool:
         """Stop the background thread (after its current step); False if it is still running

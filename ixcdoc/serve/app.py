@@ -1,7 +1,7 @@
 """The FastAPI app: OpenAI-style routes over a ``Backend``.
 
 Routes: POST /v1/chat/completions (plain and server-sent events), GET /v1/models, GET /health,
-and the web page at / with its API under /v1/ixcdoc/ (``page.py``).
+and the web page at / with its API under /v1/ixcdoc/ (``webpage.py``).
 ``guard.Guard`` checks the API key and the body size before any route reads the body; errors
 are ``errors.ApiError`` in OpenAI's JSON shape.
 """
@@ -14,6 +14,7 @@ import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,15 +26,27 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ixcdoc.errors import IxcdocError
 from ixcdoc.serve.backend import Backend, Cancelled, GenRequest, QueueFull, Ticket
+from ixcdoc.serve.body import read_request
+from ixcdoc.serve.budget import PixelBudget
 from ixcdoc.serve.cors import add_cors
 from ixcdoc.serve.engine_backend import EngineBackend, slot_positions
-from ixcdoc.serve.errors import ApiError, library_error, model_failure
-from ixcdoc.serve.guard import Guard
-from ixcdoc.serve.images import open_image
-from ixcdoc.serve.page import page_router
-from ixcdoc.serve.schema import ChatCompletionRequest, to_conversation
+from ixcdoc.serve.errors import ApiError, invalid_request, library_error, model_failure
+from ixcdoc.serve.guard import BODY_TIMEOUT_S, Guard, check_api_key
+from ixcdoc.serve.images import FETCH_TIMEOUT_S
+from ixcdoc.serve.pages import (
+    FETCH_THREADS,
+    MAX_IMAGES,
+    PageLimits,
+    check_image_tokens,
+    close_pages,
+    decode_pages,
+    open_pages,
+    request_tier,
+)
+from ixcdoc.serve.schema import ChatCompletionRequest, Conversation
+from ixcdoc.serve.webpage import page_router
 
-DECODE_CONCURRENCY = 2  # images decoded at once: bounds the memory a burst of large pages takes
+DECODE_PAGES = 2  # full-size pages decoded at once: the pixel budget is this x --max-pixels
 
 
 # ---- the request's side of the backend seam ------------------------------------------------
@@ -63,6 +76,8 @@ def _submit(backend: Backend | EngineBackend, request: GenRequest, *, stream: bo
 
     try:
         ticket = backend.submit(request, on_token, on_done)
+    except Cancelled as e:  # the server is shutting down
+        raise model_failure(e) from None
     except QueueFull as e:
         raise ApiError(
             429,
@@ -164,6 +179,10 @@ def create_app(
     batch_size: int | None = None,
     max_tokens: int | None = None,
     backend: Backend | EngineBackend | None = None,
+    max_images: int = MAX_IMAGES,
+    pixel_budget: int | None = None,
+    fetch_timeout: float = FETCH_TIMEOUT_S,
+    body_timeout: float = BODY_TIMEOUT_S,
     cors_origins: Sequence[str] = (),
 ) -> FastAPI:
     """The OpenAI-compatible app over ``model`` (a ``DocModel``); ``backend`` replaces the queue.
@@ -171,14 +190,17 @@ def create_app(
     ``batch_size``: requests in flight on the batched engine (None: what memory allows; 1: the
     one-at-a-time ``Backend`` on ``chat``). ``max_tokens``: the largest ``max_tokens`` a request
     may ask for (None: up to the position limit); it bounds each engine slot's positions.
-    The backend starts with the app's lifespan and stops with it. ``cors_origins``: browser
-    origins allowed to call the API (``cors.py``; none by default).
+    ``max_images``: image parts per request; ``pixel_budget``: native pixels decoded at once
+    across requests (None: ``DECODE_PAGES`` x ``max_pixels``); ``fetch_timeout``: one whole
+    http(s) fetch; ``body_timeout``: seconds for a request body to arrive (docs/serve.md).
+    ``cors_origins``: browser origins allowed to call the API (``cors.py``; none by default).
+    The backend starts with the app's lifespan and stops with it.
     """
     from ixcdoc.inputs import DEFAULT_MAX_PIXELS
-    from ixcdoc.planning import choose_tier
     from ixcdoc.tasks import ASK
-    from ixcdoc.tiling import hd_geometry, merged_side
+    from ixcdoc.tiling import merged_side
 
+    check_api_key(api_key)
     if max_tokens is not None and max_tokens < 1:
         raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
     if backend is None:
@@ -190,7 +212,9 @@ def create_app(
     name = model_name or default_model_name(model)
     max_body = int(max_body_mb * 2**20)
     pixels_limit = max_pixels or DEFAULT_MAX_PIXELS
-    decode_slots = asyncio.Semaphore(DECODE_CONCURRENCY)
+    limits = PageLimits(max_images, pixels_limit, max_body, allow_urls, fetch_timeout)
+    budget = PixelBudget(pixel_budget or DECODE_PAGES * pixels_limit)
+    fetcher = ThreadPoolExecutor(FETCH_THREADS, "ixcdoc-fetch") if allow_urls else None
     created = int(time.time())
     # A client-chosen tier sizes the image buffers: refuse tiers whose crops alone would
     # overflow the prompt (113 for the real model), so no request can ask for a giant image.
@@ -205,6 +229,8 @@ def create_app(
             yield
         finally:
             await asyncio.to_thread(backend.close)
+            if fetcher is not None:
+                fetcher.shutdown(wait=False, cancel_futures=True)
 
     app = FastAPI(title="ixcdoc", version="1", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.backend = backend
@@ -215,21 +241,11 @@ def create_app(
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, e: RequestValidationError) -> JSONResponse:
-        first = e.errors()[0] if e.errors() else {}
-        loc = [str(x) for x in first.get("loc", ()) if x != "body"]
-        if first.get("type") == "json_invalid":
-            # loc holds a byte offset here, not a field: say where in the message instead.
-            at = f" at byte {loc[0]}" if loc else ""
-            message, code = f"malformed JSON{at}: {first.get('msg', '')}", "invalid_json"
-            return ApiError(400, message, code=code, param=None).response()
-        where = ".".join(loc) or "body"
-        message, code = f"{where}: {first.get('msg', 'invalid')}", "invalid_request"
-        return ApiError(400, message, code=code, param=".".join(loc) or None).response()
+        return invalid_request(e.errors()).response()
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, e: StarletteHTTPException) -> JSONResponse:
-        # FastAPI's own 400 is a body it could not parse (e.g. JSON nested too deeply).
-        code = {400: "invalid_json", 404: "not_found", 405: "method_not_allowed"}.get(e.status_code)
+        code = {404: "not_found", 405: "method_not_allowed"}.get(e.status_code)
         return ApiError(e.status_code, str(e.detail), code=code).response()
 
     @app.exception_handler(Exception)
@@ -261,9 +277,8 @@ def create_app(
             "data": [{"id": name, "object": "model", "created": created, "owned_by": "ixcdoc"}],
         }
 
-    def prepare(body: ChatCompletionRequest) -> GenRequest:
-        """Decode images and choose the tier (blocking: runs on a worker thread)."""
-        conv = to_conversation(body.messages)
+    async def prepare(body: ChatCompletionRequest, conv: Conversation) -> GenRequest:
+        """Check the request, read its images' headers, choose the tier, then decode them."""
         default_new = min(ASK.max_new_tokens, max_tokens or ASK.max_new_tokens)
         max_new = body.max_completion_tokens or body.max_tokens or default_new
         if max_tokens is not None and max_new > max_tokens:
@@ -283,37 +298,13 @@ def create_app(
                 code="invalid_request",
                 param="ixcdoc.hd",
             )
-        images = [
-            open_image(
-                url, index=i, allow_urls=allow_urls, max_bytes=max_body, max_pixels=pixels_limit
-            )
-            for i, url in enumerate(conv.image_urls)
-        ]
-        if hd is None:
-            # Every image is read at one tier: the largest any of them asks for.
-            gpu = model.gpu_budget() if hasattr(model, "gpu_budget") else None
-            quant = getattr(model, "precision", "bf16")
-            tiers = [
-                choose_tier(
-                    im.height, im.width, ASK, cfg=cfg, gpu=gpu, quant=quant, max_new_tokens=max_new
-                ).hd
-                for im in images
-            ]
-            hd = max(tiers, default=ASK.hd_floor)
-        # Images past the position limit would only be encoded to be cut off: refuse them
-        # before they cost vision-tower time and memory.
-        need = sum(
-            hd_geometry(im.height, im.width, hd, cfg.tile).image_tokens(cfg.vision.patch_size)
-            for im in images
-        )
-        if need > cfg.max_length:
-            raise ApiError(
-                400,
-                f"{len(images)} image(s) at HD{hd} take {need:,} tokens, over the model's "
-                f"{cfg.max_length:,} positions: send fewer images or a lower ixcdoc.hd",
-                code="too_many_image_tokens",
-                param="messages",
-            )
+        pages = await open_pages(conv.image_urls, limits, fetcher)  # headers only
+        try:
+            hd = hd or request_tier(pages, model, max_new)
+            check_image_tokens(pages, hd, cfg)  # before a pixel is decoded
+            images = await decode_pages(pages, hd, cfg.tile, budget)
+        finally:
+            close_pages(pages)
         sampling = body.temperature is not None and body.temperature > 0
         return GenRequest(
             images=images,
@@ -328,21 +319,20 @@ def create_app(
         )
 
     @app.post("/v1/chat/completions", response_model=None)
-    async def chat_completions(
-        body: ChatCompletionRequest, request: Request
-    ) -> JSONResponse | StreamingResponse:
+    async def chat_completions(request: Request) -> JSONResponse | StreamingResponse:
         """OpenAI chat completions: text and image_url parts, plain or streamed."""
-        if body.model is not None and body.model != name:
-            raise ApiError(
-                404,
-                f"the model {body.model!r} does not exist: this server runs {name!r} "
-                "(GET /v1/models)",
-                code="model_not_found",
-                param="model",
-            )
+        raw = await request.body()  # read by Guard already, within the size and time limits
         try:
-            async with decode_slots:
-                gen = await asyncio.to_thread(prepare, body)
+            body, conv = await asyncio.to_thread(read_request, raw, cfg.max_length)
+            if body.model is not None and body.model != name:  # before any image is decoded
+                raise ApiError(
+                    404,
+                    f"the model {body.model!r} does not exist: this server runs {name!r} "
+                    "(GET /v1/models)",
+                    code="model_not_found",
+                    param="model",
+                )
+            gen = await prepare(body, conv)
         except IxcdocError as e:
             raise library_error(e) from None
         run = _submit(backend, gen, stream=body.stream)
@@ -394,11 +384,8 @@ def create_app(
                     text = decoder.push(value)
                     if text:
                         yield chunk({"content": text}, None)
-                elif kind == "error":
-                    err = model_failure(value)
-                    if isinstance(value, Cancelled):
-                        return
-                    yield _sse(err.body)
+                elif kind == "error":  # the server stopping it included (503's body)
+                    yield _sse(model_failure(value).body)
                     yield _sse("[DONE]")
                     return
                 else:
@@ -422,7 +409,9 @@ def create_app(
 
         return _EventStream(stream(), run.ticket)
 
-    app.include_router(page_router(model, backend, max_pixels=max_pixels, max_tokens=max_tokens))
-    app.add_middleware(Guard, api_key=api_key, max_body=max_body)
+    app.include_router(
+        page_router(model, backend, max_pixels=max_pixels, max_tokens=max_tokens, budget=budget)
+    )
+    app.add_middleware(Guard, api_key=api_key, max_body=max_body, body_timeout=body_timeout)
     add_cors(app, cors_origins)  # added last, so it runs first: preflights need no key
     return app

@@ -32,7 +32,21 @@ class QueueFull(Exception):
 
 
 class Cancelled(Exception):
-    """The ticket was cancelled before its job started."""
+    """The job did not run to its end: cancelled before it started, or the server stopped it."""
+
+
+def shutting_down(tokens: int | None = None) -> Cancelled:
+    """What a job the server's shutdown refuses (``tokens`` None) or stops reports."""
+    if tokens is None:
+        return Cancelled("the server is shutting down: the request was not run")
+    return Cancelled(f"the server is shutting down: the request was stopped after {tokens} tokens")
+
+
+def stopped_by_server(ticket: Ticket, answer: Any) -> bool:
+    """True when ``answer`` ended because the server cancelled its running ticket."""
+    from ixcdoc.generate import CALLBACK
+
+    return ticket.stopped_by_server and answer is not None and answer.stop_reason == CALLBACK
 
 
 @dataclass(frozen=True)
@@ -75,6 +89,7 @@ class Ticket:
     on_token: OnToken
     on_done: OnDone
     _cancelled: threading.Event = field(default_factory=threading.Event)
+    stopped_by_server: bool = False  # cancelled by the server's shutdown, not by its client
 
     def cancel(self) -> None:
         """Stop the job (idempotent; no effect once it has finished)."""
@@ -112,6 +127,7 @@ class Backend:
         self._mean_s = 5.0  # a guess until the first job finishes; feeds Retry-After only
         self._thread: threading.Thread | None = None
         self._current: Ticket | None = None
+        self._closing = False
 
     # -- state ------------------------------------------------------------------------------
 
@@ -143,8 +159,13 @@ class Backend:
             self._thread.start()
 
     def close(self, timeout: float | None = 10.0) -> None:
-        """Cancel every job, stop the worker and wait for it (at most ``timeout`` s)."""
-        current = self._current
+        """Refuse new and waiting jobs, stop the running one at its next token (each reports
+        ``Cancelled``), stop the worker and wait for it (at most ``timeout`` s). Idempotent."""
+        with self._lock:
+            self._closing = True
+            current = self._current
+            if current is not None:
+                current.stopped_by_server = True
         if current is not None:
             current.cancel()
         while True:
@@ -154,7 +175,7 @@ class Backend:
                 break
             if isinstance(item, Ticket):
                 item.cancel()
-                self._finish(item, None, Cancelled("the server is shutting down"))
+                self._finish(item, None, shutting_down())
         self._queue.put(_STOP)
         if self._thread is not None:
             self._thread.join(timeout)
@@ -163,8 +184,11 @@ class Backend:
     # -- the seam -----------------------------------------------------------------------------
 
     def submit(self, request: GenRequest, on_token: OnToken, on_done: OnDone) -> Ticket:
-        """Queue a job; raises QueueFull when ``max_queue`` jobs are already waiting."""
+        """Queue a job; raises QueueFull when ``max_queue`` jobs are already waiting, and
+        Cancelled once the server is shutting down."""
         with self._lock:
+            if self._closing:
+                raise shutting_down()
             if self._queued >= self.max_queue:
                 raise QueueFull(self._queued, self.retry_after())
             self._queued += 1
@@ -204,6 +228,8 @@ class Backend:
                     self._running -= 1
                     self._current = None
                     self._mean_s = 0.8 * self._mean_s + 0.2 * (time.monotonic() - t0)
+            if stopped_by_server(ticket, answer):
+                answer, error = None, shutting_down(len(answer.token_ids))
             _report(ticket, answer, error)
 
     def _run(self, ticket: Ticket) -> Any:

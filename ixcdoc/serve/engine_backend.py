@@ -16,7 +16,16 @@ import threading
 import time
 from typing import Any
 
-from ixcdoc.serve.backend import Cancelled, GenRequest, OnDone, OnToken, QueueFull, Ticket
+from ixcdoc.serve.backend import (
+    Cancelled,
+    GenRequest,
+    OnDone,
+    OnToken,
+    QueueFull,
+    Ticket,
+    shutting_down,
+    stopped_by_server,
+)
 
 
 def slot_positions(model: Any, max_tokens: int | None = None) -> int:
@@ -157,14 +166,17 @@ class EngineBackend:
         self._pump()
 
     def close(self, timeout: float | None = 10.0) -> None:
-        """Refuse waiting jobs, stop running ones at their next token, then stop the engine."""
+        """Refuse new and waiting jobs, stop running ones at their next token (each reports
+        ``Cancelled``), then stop the engine. Idempotent."""
         with self._lock:
             self._closing = True
             waiting = list(self._waiting)
             self._waiting.clear()
             running = list(self._inflight)
+            for ticket in running:
+                ticket.stopped_by_server = True
         for ticket in waiting:
-            self._report(ticket, None, Cancelled("the server is shutting down"))
+            self._report(ticket, None, shutting_down())
         for ticket in running:
             ticket.cancel()
         with self._lock:  # a cancelled sequence ends within one engine step
@@ -176,16 +188,17 @@ class EngineBackend:
                 self.model.model.reset_caches()  # the engine's KV cache goes with it
             self.engine = None
         for ticket in left:
-            self._report(ticket, None, Cancelled("the server is shutting down"))
+            self._report(ticket, None, shutting_down())
 
     # -- the seam -----------------------------------------------------------------------------
 
     def submit(self, request: GenRequest, on_token: OnToken, on_done: OnDone) -> Ticket:
-        """Queue a job; raises QueueFull when ``max_queue`` jobs are already waiting."""
+        """Queue a job; raises QueueFull when ``max_queue`` jobs are already waiting, and
+        Cancelled once the server is shutting down."""
         ticket = EngineTicket(request, on_token, on_done)
         with self._lock:
             if self._closing:
-                raise QueueFull(len(self._waiting), self.retry_after())
+                raise shutting_down()
             # The pump keeps the slots full, so the waiting jobs are those past the slots.
             if len(self._waiting) >= self.max_queue:
                 raise QueueFull(len(self._waiting), self.retry_after())
@@ -267,5 +280,7 @@ class EngineBackend:
             self._inflight.discard(ticket)
             self._mean_s = 0.8 * self._mean_s + 0.2 * (time.monotonic() - started)
             self._lock.notify_all()
+        if stopped_by_server(ticket, answer):
+            answer, error = None, shutting_down(len(answer.token_ids))
         self._report(ticket, answer, error)
         self._pump()  # its slot is free: the next waiting job takes it

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 from fastapi.responses import JSONResponse
 
 from ixcdoc.errors import InputError, IxcdocError, UsageError
@@ -31,6 +34,15 @@ class ApiError(Exception):
         return JSONResponse(self.body, status_code=self.status, headers=self.headers)
 
 
+def invalid_request(errors: Sequence[Any]) -> ApiError:
+    """pydantic's validation errors as one 400 naming the first field (``param``)."""
+    first = errors[0] if errors else {}
+    loc = [str(x) for x in first.get("loc", ()) if x != "body"]
+    where = ".".join(loc) or "body"
+    message = f"{where}: {first.get('msg', 'invalid')}"
+    return ApiError(400, message, code="invalid_request", param=".".join(loc) or None)
+
+
 def library_error(e: IxcdocError) -> ApiError:
     """ixcdoc's typed errors as API errors: the client's fault is 4xx, the model's 500."""
     if isinstance(e, InputError):
@@ -43,8 +55,9 @@ def library_error(e: IxcdocError) -> ApiError:
 
 
 def model_failure(e: BaseException) -> ApiError:
+    """A job's failure as an API error: 503 when the server stopped it, else as raised."""
     if isinstance(e, Cancelled):  # only the server cancels a job whose client is still there
-        return ApiError(503, f"not run: {e}", type="server_error", code="shutting_down")
+        return ApiError(503, str(e), type="server_error", code="shutting_down")
     if isinstance(e, IxcdocError):
         return library_error(e)
     return ApiError(500, f"the model failed: {type(e).__name__}: {e}", type="server_error")

@@ -1,12 +1,47 @@
-"""The ASGI middleware in front of every route: the API key, then the body size."""
+"""The ASGI middleware in front of every route: the API key, then the body's size and time.
+
+The request's headers are the HTTP protocol's to bound (``transport.py``); from the moment they
+are in, the body has ``BODY_TIMEOUT_S`` to arrive, whatever its pace.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 from typing import Any
 
+from ixcdoc.errors import UsageError
 from ixcdoc.serve.errors import ApiError
+
+# A whole body within this (20 MB at ~350 KB/s): uvicorn has no such deadline, and a client
+# that sends part of a body and stops would hold its connection and buffer forever. The value
+# is the --timeout-request-complete that uvicorn's issue #157 proposed and never shipped.
+BODY_TIMEOUT_S = 60.0
+
+
+def check_api_key(key: str | None) -> str | None:
+    """``key`` if a client can send it in ``Authorization: Bearer KEY``, else a UsageError.
+
+    HTTP clients send header values as bytes: a non-ASCII key goes out as UTF-8 (or Latin-1)
+    and never equals the key here; whitespace around it is dropped on the way, so an empty,
+    blank or padded key would lock every client out.
+    """
+    if key is None:
+        return None
+    if not key.strip():
+        raise UsageError("--api-key is empty or blank: no client can send it; give a real key")
+    if not (key.isascii() and key.isprintable()):
+        raise UsageError(
+            "--api-key must be printable ASCII: HTTP sends a header as bytes, so a client's "
+            "non-ASCII or control characters never match it"
+        )
+    if key != key.strip():
+        raise UsageError(
+            "--api-key starts or ends with whitespace, which HTTP drops from the header: "
+            "no client can send it"
+        )
+    return key
 
 
 async def _send_error(send: Any, err: ApiError) -> None:
@@ -18,17 +53,21 @@ async def _send_error(send: Any, err: ApiError) -> None:
 
 
 class Guard:
-    """ASGI middleware: 401 without the right key on /v1, 413 for a body over the limit.
+    """ASGI middleware: 401 without the right key on /v1, 413 for a body over the limit, 408
+    for a body that does not arrive within ``body_timeout`` seconds.
 
     The body is read here, chunk by chunk, and refused as soon as it passes the limit (or at
     once from Content-Length); the route then gets it replayed in one message, and later
     ``receive`` calls go to the server so that disconnects are still seen.
     """
 
-    def __init__(self, app: Any, *, api_key: str | None, max_body: int) -> None:
+    def __init__(
+        self, app: Any, *, api_key: str | None, max_body: int, body_timeout: float = BODY_TIMEOUT_S
+    ) -> None:
         self.app = app
         self.api_key = api_key
         self.max_body = max_body
+        self.body_timeout = body_timeout
 
     def _key_error(self, headers: dict[bytes, bytes]) -> ApiError | None:
         if self.api_key is None:
@@ -67,8 +106,15 @@ class Guard:
             return
         chunks: list[bytes] = []
         total = 0
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.body_timeout
         while True:
-            message = await receive()
+            try:
+                message = await asyncio.wait_for(receive(), deadline - loop.time())
+            except asyncio.TimeoutError:
+                message = f"the request body did not arrive within {self.body_timeout:g} s"
+                await _send_error(send, ApiError(408, message, code="timeout"))
+                return
             if message["type"] == "http.disconnect":
                 return
             chunk = message.get("body", b"")

@@ -34,11 +34,12 @@ def serve(
     """Bind host:port (port 0: any free one), call ``announce(url)``, then serve until stopped.
 
     Binding anywhere but loopback needs an API key (UsageError otherwise). ``app_options`` go
-    to ``create_app``.
+    to ``create_app``. Ctrl-C raises KeyboardInterrupt and SIGTERM ``ixcdoc.errors.Terminated``,
+    once the requests in flight have been answered (503).
     """
     import socket
 
-    import uvicorn
+    from ixcdoc.serve import transport
 
     if not is_loopback(host) and not api_key:
         raise UsageError(
@@ -71,8 +72,7 @@ def serve(
     sock.listen(2048)  # connections queue from here on, so announcing the URL is truthful
     bound = sock.getsockname()
     shown = f"[{bound[0]}]" if family == socket.AF_INET6 else bound[0]
-    config = uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=5)
-    server = uvicorn.Server(config)
+    server = transport.Server(transport.config(app, log_level=log_level), app.state.backend.close)
     if announce is not None:
         announce(f"http://{shown}:{bound[1]}")
     try:

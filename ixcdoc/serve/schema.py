@@ -12,6 +12,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ixcdoc.errors import UsageError
+from ixcdoc.generate import MIN_TEMPERATURE
 from ixcdoc.prompt import DEFAULT_META_INSTRUCTION, IMAGE_PLACEHOLDER
 from ixcdoc.tasks import parse_hd
 from ixcdoc.tokenizer import ROLE_START, TURN_END
@@ -116,6 +117,15 @@ class ChatCompletionRequest(_Lenient):
     stream_options: StreamOptions | None = None
     n: int = Field(default=1, ge=1, le=1)
     ixcdoc: IxcdocOptions = Field(default_factory=IxcdocOptions)
+
+    @field_validator("temperature")
+    @classmethod
+    def _check_temperature(cls, v: float | None) -> float | None:
+        # 0 is greedy; a sampling temperature under the minimum overflows the logits, which
+        # would fail the request only once it reached the model (SamplingConfig says why).
+        if v is not None and 0 < v < MIN_TEMPERATURE:
+            raise ValueError(f"must be 0 (greedy) or at least {MIN_TEMPERATURE}, got {v:g}")
+        return v
 
 
 @dataclass(frozen=True)

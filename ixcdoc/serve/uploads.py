@@ -156,6 +156,19 @@ class UploadStore:
         for key in [k for k in self._images if k[0] == upload_id]:
             del self._images[key]
 
+    def pixels(self, upload: Upload, page: int, max_side: int) -> int:
+        """The native pixels ``image(upload, page, max_side)`` decodes (0: it is kept)."""
+        from ixcdoc.inputs import DEFAULT_MAX_PIXELS, open_bytes
+
+        with self._lock:
+            if (upload.id, page, max_side) in self._images:
+                return 0
+        limit = DEFAULT_MAX_PIXELS if upload.max_pixels is None else upload.max_pixels
+        with open_bytes(
+            upload.data, source=upload.name, password=upload.password, max_pixels=limit
+        ) as doc:
+            return doc.page_info(doc.check_page(page)).pixels
+
     def image(self, upload: Upload, page: int, max_side: int) -> bytes:
         """Page ``page`` as a JPEG of at most ``max_side`` pixels a side (rendered once)."""
         from ixcdoc.inputs import DEFAULT_MAX_PIXELS, open_bytes

@@ -70,6 +70,31 @@ def test_background_thread_serves_submissions_from_other_threads(tiny_dm) -> Non
         assert a.token_ids == chat_reference(tiny_dm, r).token_ids
 
 
+def test_a_started_engine_owns_the_cache_until_it_is_closed(tiny_dm) -> None:
+    """chat on the same model would rebuild the KV cache under the engine's running
+    sequences (a different answer, seen as a flaky server test): while the engine runs, chat
+    and every other caller that rebuilds the cache is refused with a line naming the engine."""
+    [req] = _reqs(1, tokens=3)
+    eng = tiny_dm.engine(n_slots=2, max_len=512)
+    eng.start()
+    try:
+        with pytest.raises(UsageError, match=r"chat: Engine\(2 slots x 512 positions, started\)"):
+            tiny_dm.chat(req.images, req.query, hd=req.hd, max_new_tokens=3)
+        with pytest.raises(UsageError, match="chat_batch: Engine"):
+            tiny_dm.chat_batch([req])
+        with pytest.raises(UsageError, match="prompt_logits: Engine"):
+            tiny_dm.prompt_logits(req.images, req.query, hd=req.hd)
+        with pytest.raises(UsageError, match=r"engine\(\): Engine"):
+            tiny_dm.engine(n_slots=1, max_len=256)
+        with pytest.raises(UsageError, match="page_relevance: Engine"):
+            tiny_dm.page_relevance(req.images, req.query, hd=req.hd)
+        served = eng.submit(req).result(timeout=120)  # the engine itself goes on
+    finally:
+        eng.close()
+    assert served.token_ids == chat_reference(tiny_dm, req).token_ids  # free again once closed
+    tiny_dm.model.reset_caches()
+
+
 def test_oom_in_one_prefill_fails_only_that_request(fixture_dm) -> None:
     reqs = _reqs(4)
     victim = reqs[1]

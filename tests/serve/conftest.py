@@ -60,6 +60,16 @@ def tiny(tiny_paths: dict[str, Path]) -> Any:
 
 
 @pytest.fixture(scope="session")
+def twin(tiny_paths: dict[str, Path]) -> Any:
+    """A second load of the seed-0 checkpoint, with a KV cache of its own: the library's
+    answer while a server's engine owns ``tiny``'s cache (``chat`` is refused meanwhile), and
+    the model of a server that runs beside the servers of other tests."""
+    import ixcdoc
+
+    return ixcdoc.load(tiny_paths["normal"], device="cpu")
+
+
+@pytest.fixture(scope="session")
 def looping(tiny_paths: dict[str, Path]) -> Any:
     """A tiny model whose greedy output never reaches a stop token."""
     import ixcdoc

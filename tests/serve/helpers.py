@@ -9,27 +9,33 @@ from __future__ import annotations
 import base64
 import contextlib
 import io
+import queue
 import socket
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from typing import Any
 
-import uvicorn
 from PIL import Image, ImageDraw
 
+from ixcdoc.serve import transport
 from ixcdoc.serve.backend import Backend
 from ixcdoc.serve.engine_backend import EngineBackend
 
 TIMEOUT = 60.0  # seconds: every client call in these tests is bounded by this
+HEADER_TIMEOUT_S = transport.HEADER_TIMEOUT_S
 
 
 @contextlib.contextmanager
-def live_server(app: Any) -> Iterator[str]:
-    """Serve ``app`` on 127.0.0.1 (a free port) in a thread; yield its base URL; stop it."""
+def live_server(app: Any, *, header_timeout: float = HEADER_TIMEOUT_S) -> Iterator[str]:
+    """Serve ``app`` on 127.0.0.1 (a free port) in a thread, as ``ixcdoc serve`` runs it
+    (``transport``: its protocol and shutdown); yield its base URL; stop it."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))
     sock.listen(128)  # clients may connect at once; uvicorn accepts them when it is up
-    server = uvicorn.Server(uvicorn.Config(app, log_level="error", timeout_graceful_shutdown=5))
+    config = transport.config(app, log_level="error", header_timeout=header_timeout)
+    server = transport.Server(config, app.state.backend.close)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     try:
@@ -39,6 +45,69 @@ def live_server(app: Any) -> Iterator[str]:
         thread.join(TIMEOUT)
         sock.close()
         assert not thread.is_alive(), "the server did not stop"
+
+
+class CliServer:
+    """``ixcdoc serve`` in a child process on 127.0.0.1: its URL, its stderr lines, its memory."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], url: str, lines: queue.Queue[str]) -> None:
+        self.proc = proc
+        self.url = url
+        self.lines = lines
+
+    def peak_mb(self) -> float:
+        """The process's peak resident memory so far (VmHWM), in MiB."""
+        with open(f"/proc/{self.proc.pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+        raise AssertionError("no VmHWM in /proc: not Linux?")
+
+    def stderr_after_start(self) -> list[str]:
+        """stderr's lines after ``listening on ...``, once the process has exited."""
+        out: list[str] = []
+        while (line := self.lines.get(timeout=TIMEOUT)) != "":
+            out.append(line)
+        return out
+
+
+def _lines(stream: Any) -> queue.Queue[str]:
+    """The lines of a pipe, read on a thread so that waiting on them can time out; "" at EOF."""
+    out: queue.Queue[str] = queue.Queue()
+
+    def pump() -> None:
+        for raw in iter(stream.readline, b""):
+            out.put(raw.decode(errors="replace"))
+        out.put("")
+
+    threading.Thread(target=pump, daemon=True).start()
+    return out
+
+
+@contextlib.contextmanager
+def cli_server(ckpt: Any, *args: str) -> Iterator[CliServer]:
+    """``python -m ixcdoc.cli serve --model CKPT --device cpu --port 0 ARGS`` until it listens;
+    killed at the end if the test has not stopped it."""
+    from tests.cli.helpers import subprocess_env
+
+    cmd = [sys.executable, "-m", "ixcdoc.cli", "serve", "--model", str(ckpt), "--device", "cpu"]
+    proc = subprocess.Popen(
+        [*cmd, "--port", "0", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=subprocess_env(),
+    )
+    try:
+        lines = _lines(proc.stderr)
+        seen: list[str] = []
+        while not (line := lines.get(timeout=TIMEOUT)).startswith("listening on "):
+            assert line, f"the server exited: {''.join(seen)}"
+            seen.append(line)
+        yield CliServer(proc, line.removeprefix("listening on ").strip(), lines)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(TIMEOUT)
 
 
 def page_png(label: str = "Total: 42", size: tuple[int, int] = (120, 90)) -> bytes:

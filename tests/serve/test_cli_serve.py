@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import io
-import queue
 import signal
-import subprocess
 import sys
-import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -18,45 +16,18 @@ from typer.testing import CliRunner
 
 from ixcdoc.cli import app
 from ixcdoc.errors import EXIT_USAGE
-from tests.cli.helpers import subprocess_env
-from tests.serve.helpers import TIMEOUT, chat_body, data_url, page_png
-
-
-def _lines(stream: Any) -> queue.Queue[str]:
-    """The lines of a pipe, read on a thread so that waiting on them can time out."""
-    out: queue.Queue[str] = queue.Queue()
-
-    def pump() -> None:
-        for raw in iter(stream.readline, b""):
-            out.put(raw.decode(errors="replace"))
-        out.put("")
-
-    threading.Thread(target=pump, daemon=True).start()
-    return out
+from tests.serve.helpers import TIMEOUT, chat_body, cli_server, data_url, page_png
 
 
 def test_serve_listens_answers_and_stops_on_ctrl_c(tiny_paths: dict[str, Path], tiny: Any) -> None:
-    cmd = [sys.executable, "-m", "ixcdoc.cli", "serve", "--model", str(tiny_paths["normal"])]
-    cmd += ["--device", "cpu", "--port", "0", "--api-key", "k1", "--model-name", "doc"]
-    proc = subprocess.Popen(
-        cmd, stderr=subprocess.PIPE, stdout=subprocess.PIPE, env=subprocess_env()
-    )
-    try:
-        lines = _lines(proc.stderr)
-        seen = []
-        while True:
-            line = lines.get(timeout=TIMEOUT)
-            assert line, f"the server exited: {''.join(seen)}"
-            seen.append(line)
-            if line.startswith("listening on "):
-                break
-        url = line.removeprefix("listening on ").strip()
-        assert url.startswith("http://127.0.0.1:")
+    args = ["--api-key", "k1", "--model-name", "doc"]
+    with cli_server(tiny_paths["normal"], *args) as server:
+        assert server.url.startswith("http://127.0.0.1:")
         png = page_png("CLI")
         want = tiny.chat(
             [Image.open(io.BytesIO(png)).convert("RGB")], "Hi?", hd=4, max_new_tokens=6
         )
-        with httpx.Client(base_url=url, timeout=TIMEOUT) as http:
+        with httpx.Client(base_url=server.url, timeout=TIMEOUT) as http:
             assert http.get("/health").json()["model"] == "doc"
             r = http.post(
                 "/v1/chat/completions",
@@ -65,14 +36,11 @@ def test_serve_listens_answers_and_stops_on_ctrl_c(tiny_paths: dict[str, Path], 
             )
         assert r.status_code == 200, r.text
         assert r.json()["choices"][0]["message"]["content"] == want.text
-        proc.send_signal(signal.SIGINT)
-        proc.wait(TIMEOUT)
-        assert proc.stdout is not None and proc.stdout.read() == b""  # stdout stays clean
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(TIMEOUT)
-    assert proc.returncode == 130  # the CLI's Ctrl-C status, as for every command
+        server.proc.send_signal(signal.SIGINT)
+        server.proc.wait(TIMEOUT)
+        assert server.proc.stdout is not None and server.proc.stdout.read() == b""  # clean
+        assert server.stderr_after_start() == ["interrupted\n"]
+    assert server.proc.returncode == 130  # the CLI's Ctrl-C status, as for every command
 
 
 @pytest.mark.parametrize("host", ["0.0.0.0", "192.168.1.5", "::"])
@@ -139,3 +107,61 @@ def test_a_port_in_use_or_an_unknown_host_is_one_line_and_allocates_nothing(
     with pytest.raises(UsageError, match="Name or service not known"):
         serve(tiny, host="localhost", port=0, batch_size=4)
     assert tiny.model.model.layers[0].attention.kv_cache is None
+
+
+def _in_flight(http: httpx.Client, running: int, queued: int) -> None:
+    """Wait until /health shows these counts (asked again and again, bounded by TIMEOUT)."""
+    deadline = time.monotonic() + TIMEOUT
+    while (h := http.get("/health").json())["running"] != running or h["queued"] != queued:
+        assert time.monotonic() < deadline, f"never {running} running and {queued} queued: {h}"
+
+
+@pytest.mark.parametrize(
+    ("sig", "batch", "line", "status"),
+    [(signal.SIGINT, 2, "interrupted", 130), (signal.SIGTERM, 1, "terminated", 143)],
+)
+def test_stopping_answers_the_requests_in_flight_as_the_docs_say(
+    tiny_paths: dict[str, Path], sig: int, batch: int, line: str, status: int
+) -> None:
+    """Ctrl-C or SIGTERM while a stream decodes (the looping model never stops) and a plain
+    request decodes beside it (the engine) or waits behind it (--batch-size 1): the plain one
+    gets a 503 in OpenAI's shape, the stream an error event and then [DONE], and stderr one
+    line, no traceback; the exit status is 128 + the signal. They got a bare 500 and a cut
+    stream, 5 s later, with a traceback each."""
+    import json
+    import threading
+
+    results: dict[str, Any] = {}
+    with cli_server(tiny_paths["loop"], "--batch-size", str(batch)) as server:
+        plain = httpx.Client(base_url=server.url, timeout=TIMEOUT)
+        streaming = httpx.Client(base_url=server.url, timeout=TIMEOUT)
+        probe = httpx.Client(base_url=server.url, timeout=TIMEOUT)
+        body = chat_body("Never ends.", max_tokens=20_000)
+        post = threading.Thread(
+            target=lambda: results.update(plain=plain.post("/v1/chat/completions", json=body))
+        )
+        with streaming.stream("POST", "/v1/chat/completions", json={**body, "stream": True}) as r:
+            assert r.status_code == 200
+            events = r.iter_lines()
+            assert next(e for e in events if e.startswith("data: ") and '"content"' in e)
+            post.start()
+            _in_flight(probe, running=min(batch, 2), queued=2 - min(batch, 2))
+            server.proc.send_signal(sig)
+            rest = [e[6:] for e in events if e.startswith("data: ")]
+        post.join(TIMEOUT)
+        for c in (plain, streaming, probe):
+            c.close()
+        server.proc.wait(TIMEOUT)
+        stderr = server.stderr_after_start()
+    r = results["plain"]
+    assert r.status_code == 503, r.text
+    assert r.headers["content-type"].startswith("application/json")
+    err = r.json()["error"]
+    assert err["code"] == "shutting_down" and err["type"] == "server_error"
+    plain_end = "stopped after" if batch == 2 else "not run"
+    assert f"the server is shutting down: the request was {plain_end}" in err["message"]
+    assert rest[-1] == "[DONE]"
+    streamed = json.loads(rest[-2])["error"]
+    assert streamed["code"] == "shutting_down" and "was stopped after" in streamed["message"]
+    assert stderr == [f"{line}\n"]
+    assert server.proc.returncode == status

@@ -43,8 +43,9 @@ def _error(r: httpx.Response, status: int, code: str | None = None) -> dict[str,
 
 
 @pytest.fixture(scope="module")
-def server(tiny: Any) -> Iterator[str]:
-    app = create_app(tiny, api_key=KEY, max_body_mb=0.25, max_pixels=20_000, batch_size=2)
+def server(twin: Any) -> Iterator[str]:
+    # On its own model: the tests below start engines on ``tiny`` while this server runs.
+    app = create_app(twin, api_key=KEY, max_body_mb=0.25, max_pixels=20_000, batch_size=2)
     with live_server(app) as url:
         yield url
 
@@ -89,10 +90,10 @@ def test_json_nested_too_deeply_is_400(http: httpx.Client) -> None:
     _error(r, 400, "invalid_json")
 
 
-def test_a_tier_whose_crops_overflow_the_prompt_is_400(http: httpx.Client, tiny: Any) -> None:
+def test_a_tier_whose_crops_overflow_the_prompt_is_400(http: httpx.Client, twin: Any) -> None:
     # Tiny model: 56-px crops of 4 tokens each, 16384 positions -> at most HD4096; the CLI's
     # own ceiling (tasks.MAX_HD, 1000) answers first, with the same status and parameter.
-    assert tiny.config.max_length == 16384 and tiny.config.tile == 56
+    assert twin.config.max_length == 16384 and twin.config.tile == 56
     for hd in (1001, 4097):
         body = chat_body("hi", data_url(page_png()), ixcdoc={"hd": hd})
         err = _error(http.post(CHAT, json=body, headers=AUTH), 400, "invalid_request")
@@ -131,7 +132,7 @@ def test_wrong_key_is_401(http: httpx.Client) -> None:
     assert "incorrect" in err["message"]
 
 
-def test_health_needs_no_key_and_reports_the_model(http: httpx.Client, tiny: Any) -> None:
+def test_health_needs_no_key_and_reports_the_model(http: httpx.Client) -> None:
     r = http.get("/health")
     assert r.status_code == 200
     h = r.json()

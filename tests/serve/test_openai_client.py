@@ -18,7 +18,11 @@ KEY = "sk-test-key"
 
 @pytest.fixture(scope="module", params=["chat", "engine"])
 def server(tiny: Any, request: pytest.FixtureRequest) -> Any:
-    """A live server on each backend: ``--batch-size 1`` (chat) and the batched engine."""
+    """A live server on each backend: ``--batch-size 1`` (chat) and the batched engine.
+
+    The library's reference answers come from ``twin`` (the same checkpoint loaded again): the
+    engine owns ``tiny``'s KV cache while the server runs, so ``tiny.chat`` is refused.
+    """
     batch_size = 1 if request.param == "chat" else 4
     app = create_app(tiny, api_key=KEY, model_name="ixc-tiny", batch_size=batch_size)
     with live_server(app) as url:
@@ -37,9 +41,9 @@ def _page() -> tuple[bytes, Image.Image]:
     return png, Image.open(io.BytesIO(png)).convert("RGB")
 
 
-def test_plain_completion_equals_the_library_answer(client: Any, tiny: Any) -> None:
+def test_plain_completion_equals_the_library_answer(client: Any, twin: Any) -> None:
     png, page = _page()
-    want = tiny.chat([page], "What is the total?", hd=4, max_new_tokens=6)
+    want = twin.chat([page], "What is the total?", hd=4, max_new_tokens=6)
     r = client.chat.completions.create(
         model="ixc-tiny",
         messages=[user_message("What is the total?", data_url(png))],
@@ -58,9 +62,9 @@ def test_plain_completion_equals_the_library_answer(client: Any, tiny: Any) -> N
     assert r.model_extra["ixcdoc"]["hd"] == 4
 
 
-def test_streamed_deltas_join_to_the_library_answer(client: Any, tiny: Any) -> None:
+def test_streamed_deltas_join_to_the_library_answer(client: Any, twin: Any) -> None:
     png, page = _page()
-    want = tiny.chat([page], "Read the page.", hd=4, max_new_tokens=6)
+    want = twin.chat([page], "Read the page.", hd=4, max_new_tokens=6)
     stream = client.chat.completions.create(
         model="ixc-tiny",
         messages=[user_message("Read the page.", data_url(png))],
@@ -83,12 +87,12 @@ def test_streamed_deltas_join_to_the_library_answer(client: Any, tiny: Any) -> N
     assert usage.prompt_tokens == want.prompt_tokens
 
 
-def test_auto_tier_is_the_planners_choice(client: Any, tiny: Any) -> None:
+def test_auto_tier_is_the_planners_choice(client: Any, twin: Any) -> None:
     from ixcdoc.planning import choose_tier
     from ixcdoc.tasks import ASK
 
     png = page_png("wide page", size=(400, 100))
-    want = choose_tier(100, 400, ASK, cfg=tiny.config, max_new_tokens=2, quant="fp32").hd
+    want = choose_tier(100, 400, ASK, cfg=twin.config, max_new_tokens=2, quant="fp32").hd
     r = client.chat.completions.create(
         model="ixc-tiny",
         messages=[user_message("Read it.", data_url(png))],
@@ -97,7 +101,7 @@ def test_auto_tier_is_the_planners_choice(client: Any, tiny: Any) -> None:
     assert r.model_extra["ixcdoc"]["hd"] == want
 
 
-def test_system_prompt_and_history_reach_the_model(client: Any, tiny: Any) -> None:
+def test_system_prompt_and_history_reach_the_model(client: Any, twin: Any) -> None:
     from ixcdoc.prompt import IMAGE_PLACEHOLDER
     from ixcdoc.tokenizer import ROLE_START, TURN_END
 
@@ -107,7 +111,7 @@ def test_system_prompt_and_history_reach_the_model(client: Any, tiny: Any) -> No
         f"{IMAGE_PLACEHOLDER}What is it?{TURN_END}\n{ROLE_START}assistant\nAn invoice."
         f"{TURN_END}\n{ROLE_START}user\nAnd the total?"
     )
-    want = tiny.chat([page], query, hd=4, max_new_tokens=6, meta_instruction="Be brief.")
+    want = twin.chat([page], query, hd=4, max_new_tokens=6, meta_instruction="Be brief.")
     r = client.chat.completions.create(
         model="ixc-tiny",
         messages=[
@@ -128,8 +132,8 @@ def test_models_lists_the_served_name(client: Any) -> None:
     assert [m.id for m in models.data] == ["ixc-tiny"]
 
 
-def test_a_text_only_question_needs_no_image(client: Any, tiny: Any) -> None:
-    want = tiny.chat([], "Say hello.", hd=4, max_new_tokens=4)
+def test_a_text_only_question_needs_no_image(client: Any, twin: Any) -> None:
+    want = twin.chat([], "Say hello.", hd=4, max_new_tokens=4)
     r = client.chat.completions.create(
         model="ixc-tiny", messages=[{"role": "user", "content": "Say hello."}], max_tokens=4
     )
@@ -146,13 +150,13 @@ def _two_page_pdf() -> bytes:
     return doc.tobytes()
 
 
-def test_a_pdf_reads_its_first_page_as_image_url_or_file_part(client: Any, tiny: Any) -> None:
+def test_a_pdf_reads_its_first_page_as_image_url_or_file_part(client: Any, twin: Any) -> None:
     from ixcdoc.inputs import open_bytes
 
     pdf = _two_page_pdf()
     with open_bytes(pdf, source="ref") as doc:  # what `ixcdoc ask` would read: page 1
         page = doc.render(1).image
-    want = tiny.chat([page], "Total?", hd=4, max_new_tokens=6)
+    want = twin.chat([page], "Total?", hd=4, max_new_tokens=6)
     url = data_url(pdf, "application/pdf")
     as_image = user_message("Total?", url)
     as_file = {  # the shape simonw/llm sends PDF attachments in

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 from typing import Any
 
@@ -10,7 +11,8 @@ import pytest
 
 from ixcdoc.errors import InputError, UsageError
 from ixcdoc.prompt import DEFAULT_META_INSTRUCTION, build_chat_prompt
-from ixcdoc.serve.images import UrlRefused, data_url_bytes, open_image, url_bytes
+from ixcdoc.serve.images import UrlRefused, data_url_bytes, fetched
+from ixcdoc.serve.pages import PageLimits, close_pages, open_pages
 from ixcdoc.serve.schema import Message, fold_turns, to_conversation
 from tests.serve.helpers import data_url, page_png
 
@@ -103,12 +105,18 @@ def test_data_urls_decode_base64_and_percent_encoding() -> None:
 )
 def test_only_data_and_http_urls_are_read(url: str) -> None:
     with pytest.raises(UrlRefused):
-        url_bytes(url, allow_urls=True, max_bytes=1000)
+        fetched(url, allow_urls=True)
 
 
 def test_http_needs_allow_urls() -> None:
     with pytest.raises(UrlRefused, match="--allow-urls"):
-        url_bytes("https://example.com/a.png", allow_urls=False, max_bytes=1000)
+        fetched("https://example.com/a.png", allow_urls=False)
+    assert fetched("https://example.com/a.png", allow_urls=True)
+    assert not fetched("data:image/png;base64,", allow_urls=True)
+
+
+def _limits(max_pixels: int = 10**8) -> PageLimits:
+    return PageLimits(max_images=4, max_pixels=max_pixels, max_bytes=10**7, allow_urls=False)
 
 
 def test_a_pdf_data_url_gives_its_first_page() -> None:
@@ -116,13 +124,18 @@ def test_a_pdf_data_url_gives_its_first_page() -> None:
     doc.new_page(width=400, height=200).insert_text((20, 60), "landscape first page")
     doc.new_page(width=200, height=400).insert_text((20, 60), "portrait second page")
     url = data_url(doc.tobytes(), "application/pdf")
-    image = open_image(url, index=0, allow_urls=False, max_bytes=10**7, max_pixels=10**8)
-    assert image.mode == "RGB"
-    assert image.width > image.height  # the landscape page 1, not the portrait page 2
+    [page] = asyncio.run(open_pages([url], _limits()))
+    try:
+        assert page.width > page.height  # the landscape page 1, not the portrait page 2
+        image = page.doc.render(1).image
+        assert image.mode == "RGB"
+        assert image.size == (page.width, page.height)  # the header told the truth
+    finally:
+        close_pages([page])
 
 
 def test_the_pixel_limit_applies_to_data_urls() -> None:
     url = data_url(page_png(size=(100, 100)))
     with pytest.raises(InputError) as e:
-        open_image(url, index=0, allow_urls=False, max_bytes=10**7, max_pixels=5000)
+        asyncio.run(open_pages([url], _limits(max_pixels=5000)))
     assert e.value.code == "too_large"

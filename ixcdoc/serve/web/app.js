@@ -1,6 +1,6 @@
 // The page of `ixcdoc serve`: open a document, see each page as the model sees it (tier, crop
 // grid, global view, tokens, memory: the rows of `ixcdoc plan`), transcribe, ask, read charts.
-// Every model call goes to this server's /v1/ixcdoc/ API (ixcdoc/serve/page.py), which runs
+// Every model call goes to this server's /v1/ixcdoc/ API (ixcdoc/serve/webpage.py), which runs
 // ixcdoc's batch code on the server's queue. Plain JS, no build step, nothing from elsewhere.
 "use strict";
 

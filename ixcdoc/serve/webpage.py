@@ -10,7 +10,7 @@ the key and bounds the body as for every ``/v1`` route.
     GET    /v1/ixcdoc/documents/ID/plan?task=&hd= its pages planned for the model served
     GET    /v1/ixcdoc/documents/ID/pages/N.jpg    page N as a JPEG (?max=SIDE)
     POST   /v1/ixcdoc/documents/ID/runs           {task, question, pages, hd}: a batch run,
-                                                  streamed as JSON lines (pagerun.py)
+                                                  streamed as JSON lines (webrun.py)
     GET    /v1/ixcdoc/documents/ID/records        ?task=&format=jsonl|md: its latest records
 
 Nothing the page needs comes from elsewhere; the Content-Security-Policy says so to the browser.
@@ -19,6 +19,7 @@ Nothing the page needs comes from elsewhere; the Content-Security-Policy says so
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import urllib.parse
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -28,12 +29,13 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ixcdoc.errors import InputError, IxcdocError
 from ixcdoc.serve.errors import ApiError, library_error
-from ixcdoc.serve.pagerun import MAX_QUESTION, PageRun, page_job
 from ixcdoc.serve.uploads import UploadStore, open_upload, upload_name
+from ixcdoc.serve.webrun import MAX_QUESTION, PageRun, page_job
 
 if TYPE_CHECKING:
     from ixcdoc.runner import Job
     from ixcdoc.serve.backend import Backend
+    from ixcdoc.serve.budget import PixelBudget
     from ixcdoc.serve.engine_backend import EngineBackend
     from ixcdoc.serve.uploads import Upload
 
@@ -82,11 +84,14 @@ def page_router(
     max_pixels: int | None,
     max_tokens: int | None,
     store: UploadStore | None = None,
+    budget: PixelBudget | None = None,
 ) -> APIRouter:
     """The page's routes over the server's ``model`` and ``backend`` (see the module docstring).
 
     ``max_pixels``: the server's pixel limit for uploads; ``max_tokens``: its ``--max-tokens``,
-    which also bounds what a run generates per page.
+    which also bounds what a run generates per page; ``budget``: the decoded pixels the server
+    holds at once (the API's requests and the page's images share it; None: none but
+    ``RENDERS`` renders at once).
     """
     from ixcdoc.viewer import web_asset
 
@@ -177,7 +182,9 @@ def page_router(
         upload = upload_or_404(doc_id)
         try:
             async with renders:
-                jpeg = await asyncio.to_thread(store.image, upload, page, side)
+                pixels = await asyncio.to_thread(store.pixels, upload, page, side)
+                async with budget.hold(pixels) if budget else contextlib.nullcontext():
+                    jpeg = await asyncio.to_thread(store.image, upload, page, side)
         except IxcdocError as e:
             raise _input_error(e) from None
         return Response(jpeg, media_type="image/jpeg", headers={"Cache-Control": "no-store"})
