@@ -9,14 +9,18 @@ from typing import Any
 
 from ixcdoc.errors import UsageError
 
+SELFTEST_PAGE = "selftest.pdf"  # with --keep, the self-test's page stays beside the checkpoint
+SELFTEST_QUESTION = "What is the total?"
+
 
 def selftest(log: Callable[[str, float, str], None], keep: Path | None = None) -> None:
     """Run the whole path on a tiny random checkpoint in the official layout, on the CPU.
 
     Writes the checkpoint to a temporary folder (or to ``keep``, which must not exist yet, and
-    stays there for ``--model``), renders a generated PDF page, loads through the real loader
-    (and in 4-bit when bitsandbytes is installed), encodes and generates.
-    ``log(step, ms, detail)`` reports each step; any failure raises.
+    stays there for ``--model``, with the self-test's page as ``SELFTEST_PAGE`` to try it on),
+    renders a generated PDF page, loads through the real loader (and in 4-bit when bitsandbytes
+    is installed), encodes and generates. ``log(step, ms, detail)`` reports each step; any
+    failure raises.
     """
     import importlib.util
     import tempfile
@@ -52,7 +56,10 @@ def selftest(log: Callable[[str, float, str], None], keep: Path | None = None) -
             page = pdf.new_page(width=612, height=792)
             page.insert_text((72, 90), "Invoice 0042", fontsize=18)
             page.insert_text((72, 130), "Total due: 12.50 EUR", fontsize=10)
-            doc = open_bytes(pdf.tobytes(), source="selftest.pdf")
+            data = pdf.tobytes()
+            if keep is not None:
+                (keep / SELFTEST_PAGE).write_bytes(data)
+            doc = open_bytes(data, source=SELFTEST_PAGE)
             ctx["page"] = doc.render(1)
             doc.close()
             info = ctx["page"].info
@@ -72,9 +79,7 @@ def selftest(log: Callable[[str, float, str], None], keep: Path | None = None) -
             return f"HD4: {emb.shape[0]} image tokens of width {emb.shape[1]}"
 
         def chat() -> str:
-            ans = ctx["model"].chat(
-                [ctx["page"].image], "What is the total?", hd=4, max_new_tokens=8
-            )
+            ans = ctx["model"].chat([ctx["page"].image], SELFTEST_QUESTION, hd=4, max_new_tokens=8)
             return f"{len(ans.token_ids)} tokens ({ans.stop_reason})"
 
         step("write a tiny checkpoint in the official layout", write)
@@ -92,8 +97,19 @@ def selftest(log: Callable[[str, float, str], None], keep: Path | None = None) -
             step("load and generate in 4-bit (bitsandbytes)", load_4bit)
 
 
+def try_command(keep: Path) -> str:
+    """A command that answers on the kept tiny model in seconds: ask about the self-test's page."""
+    import shlex
+
+    from ixcdoc.tinyckpt import try_options
+
+    page = shlex.quote(str(keep / SELFTEST_PAGE))
+    return f"ixcdoc ask {page} {shlex.quote(SELFTEST_QUESTION)} {try_options(str(keep))}"
+
+
 def doctor_report() -> dict[str, Any]:
-    """What ``ixcdoc doctor`` prints: GPU, versions, optional kernels, cached weights."""
+    """What ``ixcdoc doctor`` prints: GPU, versions, optional kernels, cached weights, and
+    ``try``: with no GPU or no cached weights, the command that builds a tiny model (else None)."""
     import importlib.metadata
     import importlib.util
     import platform
@@ -130,4 +146,8 @@ def doctor_report() -> dict[str, Any]:
         {"id": rid, "path": str(p), "gib": round(size / 2**30, 2)}
         for rid, p, size in cached_models()
     ]
+    from ixcdoc.tinyckpt import keep_command
+
+    ready = torch.cuda.is_available() and bool(report["cached_models"])
+    report["try"] = None if ready else keep_command()
     return report

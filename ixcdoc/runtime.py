@@ -75,13 +75,14 @@ def _resolve_device(device: str) -> torch.device:
     if device == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
+        from ixcdoc.tinyckpt import keep_command, try_options
+
         raise DeviceError(
             f"no CUDA GPU found (torch {torch.__version__}): ixcdoc runs the model on an "
             "NVIDIA GPU (`ixcdoc tiers` shows the memory each tier needs). Without one, add "
             "--device cpu --quant bf16 (the 17.2 GB of bf16 weights in RAM, minutes per page; "
             "device='cpu', quant='bf16' from Python), or try every command on a tiny random "
-            "model: `ixcdoc doctor --selftest --keep tiny-model`, then --model tiny-model "
-            "--device cpu"
+            f"model: `{keep_command()}`, then {try_options()}"
         )
     try:
         dev = torch.device(device)

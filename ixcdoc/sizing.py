@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 from ixcdoc.planning import VRAM_HEADROOM
 from ixcdoc.prompt import DEFAULT_META_INSTRUCTION, TextPart, build_chat_prompt, split_prompt
 from ixcdoc.tiling import image_token_count
-from ixcdoc.vram import PROMPT_TEXT_TOKENS, auto_batch_size, kv_bytes_per_token
+from ixcdoc.vram import PROMPT_TEXT_TOKENS, auto_batch_size, kv_cache_bytes
 from ixcdoc.vram import available_ram as _ram
 
 if TYPE_CHECKING:
@@ -71,6 +71,6 @@ def auto_batch(model: DocModel, job: Job, positions: int) -> int:
             text_tokens=text_tokens(model, job.prompt),
         )
         return max(1, n)
-    # kv_bytes_per_token counts bf16; the CPU runs float32 unless --quant bf16.
-    per_slot = positions * kv_bytes_per_token(cfg) * model.dtype.itemsize // 2 * job.num_beams
+    # in the model's dtype: the CPU runs float32 unless --quant bf16
+    per_slot = kv_cache_bytes(cfg, positions, model.dtype.itemsize) * job.num_beams
     return max(1, min(CPU_MAX_BATCH, int(available_ram() * RAM_SHARE) // per_slot))

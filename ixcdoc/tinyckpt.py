@@ -44,6 +44,27 @@ _STD_GN = 0.5
 _STEER_EMBED = 40.0
 _STEER_HEAD = 10.0
 
+# How a person tries one (the README, the no-GPU error, ``doctor`` and the quick start name
+# these): the folder ``doctor --selftest --keep`` fills, and a generation cap that makes each
+# (random) answer take seconds instead of running to the task's full length.
+TRY_FOLDER = "tiny-model"
+TRY_MAX_NEW_TOKENS = 16
+
+
+def keep_command(folder: str = TRY_FOLDER) -> str:
+    """The command that builds a tiny random model and keeps it in ``folder``."""
+    import shlex
+
+    return f"ixcdoc doctor --selftest --keep {shlex.quote(folder)}"
+
+
+def try_options(folder: str = TRY_FOLDER) -> str:
+    """The options that run any model command on a kept tiny model, on the CPU, in seconds."""
+    import shlex
+
+    return f"--model {shlex.quote(folder)} --device cpu --max-new-tokens {TRY_MAX_NEW_TOKENS}"
+
+
 _PROTO_PIECES = 1  # ModelProto.pieces
 _PIECE_TYPE = 3  # SentencePiece.type
 _USER_DEFINED = 4

@@ -103,6 +103,17 @@ def kv_bytes_per_token(cfg: ModelConfig) -> int:
     return cfg.num_hidden_layers * 2 * cfg.num_key_value_heads * cfg.head_dim * BF16
 
 
+def kv_cache_bytes(cfg: ModelConfig, positions: int, itemsize: int = BF16) -> int:
+    """KV cache bytes for ``positions`` positions (over all slots) in elements of ``itemsize``
+    bytes: the engine allocates this, and the sizing rules count it."""
+    return positions * kv_bytes_per_token(cfg) * itemsize // BF16
+
+
+def size_text(n: int) -> str:
+    """Bytes for people: "1.5 GiB", or "12.0 MiB" below one GiB."""
+    return f"{n / GiB:.1f} GiB" if n >= GiB else f"{n / 2**20:.1f} MiB"
+
+
 @dataclass(frozen=True)
 class VramEstimate:
     """Estimated peak GPU memory for one page, in bytes, by part."""

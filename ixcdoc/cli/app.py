@@ -359,16 +359,32 @@ AllPagesOpt = Annotated[
 ]
 
 
-def load_model(model: str | None, device: str, quant: Quant, quiet: bool) -> Any:
+def load_model(
+    model: str | None, device: str, quant: Quant, quiet: bool, *, lines: bool = False
+) -> Any:
     """Load once per process, with a spinner on a terminal (for commands that hold a model
-    themselves; the batch commands load through ``ixcdoc.batch.run``)."""
+    themselves; the batch commands load through ``ixcdoc.batch.run``). ``lines``: also say
+    "loading" off a terminal, and what was loaded in how long (unless ``quiet``)."""
+    import time
+
     from ixcdoc.hub import model_name
     from ixcdoc.runtime import load
 
+    what = f"loading {model_name(model)} ({quant.value}, {device})"
+    t0 = time.perf_counter()
     if quiet or not err.is_terminal:
-        return load(model, device=device, quant=quant.value)
-    with err.status(f"loading {model_name(model)} ({quant.value}, {device})"):
-        return load(model, device=device, quant=quant.value)
+        if lines and not quiet:
+            err.print(what, markup=False)
+        dm = load(model, device=device, quant=quant.value)
+    else:
+        from rich.text import Text
+
+        with err.status(Text(what)):  # a folder named "ckpt[1]" is text, not markup
+            dm = load(model, device=device, quant=quant.value)
+    if lines and not quiet:
+        took = time.perf_counter() - t0
+        err.print(f"loaded in {took:.1f} s: {dm.precision} on {dm.device}", markup=False)
+    return dm
 
 
 def main() -> None:

@@ -152,14 +152,16 @@ def eval_(
         rows = summarize(load_records(data, repair=False).records())
     else:
         from ixcdoc.evaluation.datasets import benchmark as find_benchmark
-        from ixcdoc.evaluation.datasets import read_items
+        from ixcdoc.evaluation.datasets import check_images, read_items
         from ixcdoc.evaluation.run import run_eval
 
         bench = find_benchmark(benchmark)
         if redo_failed and output is None:
             raise UsageError("--redo-failed needs -o/--output (the file that records failures)")
-        # The dataset first: a wrong path must not cost a 17 GB load to report.
+        # The dataset first: a wrong path or a partial download must not cost a 17 GB load
+        # to report.
         items = read_items(bench.name, data, split)
+        check_images(items[:limit] if limit else items, data)
         total = min(len(items), limit) if limit else len(items)
         dm = load_model(model, device, quant, quiet)
         bar = None

@@ -120,13 +120,14 @@ def serve(
     check_api_key(api_key)  # before the model loads: a key no client can send is a usage error
     origins = [check_origin(o) for o in cors_origins or ()]
     slots = parse_batch(batch_size)
-    dm = load_model(model, device, quant, quiet)
+    dm = load_model(model, device, quant, quiet, lines=True)
     run_server(
         dm,
         host=host,
         port=port,
         api_key=api_key,
-        announce=lambda url: err.print(f"listening on {url}", markup=False),
+        announce=lambda url: err.print(f"listening on {url}", markup=False),  # even with --quiet
+        progress=None if quiet else lambda line: err.print(line, markup=False),
         max_queue=max_queue,
         max_body_mb=max_body_mb,
         max_pixels=max_pixels,

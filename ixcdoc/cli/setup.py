@@ -10,6 +10,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from ixcdoc.cli.app import QuietOpt, VramOpt, app, err, handles_errors
 from ixcdoc.errors import UsageError
@@ -45,10 +46,11 @@ def doctor(
     ixcdoc doctor --selftest
     ixcdoc doctor --selftest --keep tiny-model
     """
-    from ixcdoc.doctor import doctor_report
+    from ixcdoc.doctor import doctor_report, try_command
     from ixcdoc.doctor import selftest as run_selftest
     from ixcdoc.planning import tier_rows
     from ixcdoc.tiling import DOCUMENT_TIERS
+    from ixcdoc.tinyckpt import try_options
 
     if keep is not None and not selftest:
         raise UsageError("--keep needs --selftest (it keeps the self-test's tiny checkpoint)")
@@ -59,7 +61,7 @@ def doctor(
     else:
         out = Console(highlight=False)
         for key, value in report.items():
-            if key == "cached_models":
+            if key in ("cached_models", "try"):
                 continue
             out.print(f"[bold]{key:>14}[/]  {value}")
         cached = report["cached_models"]
@@ -77,6 +79,9 @@ def doctor(
                 out.print(f"[bold]{'fits ' + q:>14}[/]  {', '.join(ok) or 'no tier'}")
                 batch = [f"HD{r['tier']} {r['batch_auto'][q]}" for r in fits if r["fits"][q]]
                 out.print(f"[bold]{'batch ' + q:>14}[/]  {', '.join(batch) or '-'} pages at once")
+        if report["try"] and keep is None:
+            why = "a tiny random model, no download: every command then runs on the CPU in seconds"
+            out.print(f"[bold]{'try now':>14}[/]  {escape(report['try'])}  ({why})")
     if selftest:
         if not json_out:
             err.print("selftest: tiny random checkpoint, CPU", markup=False)
@@ -90,10 +95,11 @@ def doctor(
             err.print("selftest passed: this installation can load and run the model", markup=False)
             if keep is not None:
                 err.print(
-                    f"kept the tiny random checkpoint in {keep}: try any command with "
-                    f"--model {keep} --device cpu (its answers are random text)",
+                    f"kept the tiny random checkpoint in {keep}: any command runs on it with "
+                    f"{try_options(str(keep))} (its answers are random text). Try, in seconds:",
                     markup=False,
                 )
+                err.print(f"  {try_command(keep)}", markup=False)
 
 
 @app.command()

@@ -23,7 +23,7 @@ import torch
 
 from ixcdoc.errors import DeviceError, UsageError
 from ixcdoc.model import merge
-from ixcdoc.vram import available_ram, kv_bytes_per_token, prefill_activation_bytes
+from ixcdoc.vram import available_ram, kv_cache_bytes, prefill_activation_bytes, size_text
 
 ATTEND_ROUND = 64  # eager decode attends to the longest row's prefix, rounded up to this
 
@@ -50,10 +50,6 @@ def _free_bytes(device: torch.device) -> int | None:
         free, _total = torch.cuda.mem_get_info(device)
         return free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
     return available_ram() if device.type == "cpu" else None
-
-
-def _size(n: int) -> str:
-    return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
 
 
 def bucket_for(n: int, limit: int) -> int:
@@ -91,8 +87,7 @@ class ModelRunner:
         model, dev = self.model, self.device
         cfg = model.config
         dtype = model.model.tok_embeddings.weight.dtype
-        # the memory model counts bf16; this cache is in the model's dtype
-        need = self.n_slots * self.max_len * kv_bytes_per_token(cfg) * dtype.itemsize // 2
+        need = kv_cache_bytes(cfg, self.n_slots * self.max_len, dtype.itemsize)
         # and one packed prefill's activations (a slot's positions) must fit beside it
         need_run = need + prefill_activation_bytes(cfg, self.max_len) * dtype.itemsize // 2
         held = sum(k.nbytes + v.nbytes for k, v in self._caches()) if self._has_cache() else 0
@@ -103,7 +98,7 @@ class ModelRunner:
         )
         hint = "use fewer at once (--batch-size N, or auto)"
         if free is not None and need_run > free + held:
-            have, want = _size(free + held), _size(need_run)
+            have, want = size_text(free + held), size_text(need_run)
             if have == want:
                 have, want = f"{free + held:,} bytes", f"{need_run:,} bytes"
             raise DeviceError(
@@ -121,7 +116,7 @@ class ModelRunner:
                 raise
             model.reset_caches()  # a partial cache must not stay behind
             raise DeviceError(
-                f"{what} ({_size(need)}) does not fit on {dev}; {hint}", code="oom"
+                f"{what} ({size_text(need)}) does not fit on {dev}; {hint}", code="oom"
             ) from None
 
     def _has_cache(self) -> bool:

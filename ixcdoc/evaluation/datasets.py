@@ -3,15 +3,24 @@
 Nothing is downloaded: every reader takes a local folder (docs/accuracy.md says where to get
 each dataset and how to lay it out) and yields ``EvalItem``s in file order.
 
-- DocVQA (Single Page DocVQA, docvqa.org / RRC): ``val_v1.0.json`` (or ``val_v1.0_withQT.json``)
-  ``{"data": [{"questionId", "question", "image": "documents/x.png", "answers", ...}]}``.
-- InfographicVQA (RRC): ``infographicsVQA_val_v1.0.json`` (or ``..._withQT.json``), the same
-  list with ``"image_local_name": "x.jpeg"``; images in a folder next to it.
+- DocVQA (Single Page DocVQA, docvqa.org / RRC): ``val_v1.0.json`` (or ``val_v1.0_withQT.json``,
+  also inside ``spdocvqa_qas/`` as the RRC's download unpacks)
+  ``{"data": [{"questionId", "question", "image": "documents/x.png", "answers", ...}]}``; the
+  image at that path, or by its name alone in the RRC's flat ``spdocvqa_images/`` folder.
+- InfographicVQA (RRC): ``infographicsVQA_val_v1.0.json`` (or ``..._withQT.json``, also inside
+  ``infographicsvqa_qas/``), the same list with ``"image_local_name": "x.jpeg"``; images in a
+  folder next to it.
 - ChartQA (vis-nlp/ChartQA): ``val/val_human.json`` and ``val/val_augmented.json``, lists of
   ``{"imgname", "query", "label"}``, images in ``val/png/``. Questions carry no id: the id is
   ``human/N`` or ``augmented/N``, N the 0-based position in its file.
 - OCRBench (Yuliang-Liu/MultimodalOCR): ``OCRBench.json``, a list of ``{"dataset_name", "id",
-  "image_path", "question", "answers", "type"}``, images under ``OCRBench_Images/``.
+  "image_path", "question", "answers", "type"}``, images under ``OCRBench_Images/``. Its ``id``
+  is not unique (1,000 questions, 857 ids; some pairs even share the question): the question id
+  is the 0-based position in the file.
+
+Question ids are unique within a benchmark's split, because records and resume are keyed by
+them: the RRC's ids (DocVQA, InfographicVQA, MP-DocVQA) are the ones its scorer keys on, so a
+file that repeats one is refused with both entries named; ChartQA and OCRBench use positions.
 - MP-DocVQA (RRC, DocVQA Task 4): ``qas/{split}.json`` (or ``{split}.json``) ``{"data":
   [{"questionId", "question", "doc_id", "page_ids": [...], "answers", "answer_page_idx"}]}``,
   the page images ``images/{page_id}.jpg``. A question is over all of its document's pages;
@@ -22,7 +31,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -176,7 +185,8 @@ def _first_existing(folder: Path, names: list[str], what: str) -> Path:
 
 def _field(entry: Any, key: str, path: Path, index: int, kind: str = "text") -> Any:
     """``entry[key]``, checked: "text" a string (ids may be whole numbers), "answers" a
-    non-empty list of strings or numbers (ChartQA's label may be one). One line otherwise."""
+    non-empty list of strings or numbers (ChartQA's label may be one; an empty string is an
+    answer, scored as the reference scorers score it). One line otherwise."""
     if not isinstance(entry, dict):
         raise DatasetError(
             f"{path}: entry {index} is not an object ({type(entry).__name__})",
@@ -188,9 +198,7 @@ def _field(entry: Any, key: str, path: Path, index: int, kind: str = "text") -> 
     scalar = (str, int, float)
     if kind == "answers":
         items = value if isinstance(value, list) else [value]
-        ok = bool(items) and all(
-            isinstance(a, scalar) and not isinstance(a, bool) and str(a).strip() for a in items
-        )
+        ok = bool(items) and all(isinstance(a, scalar) and not isinstance(a, bool) for a in items)
     elif kind == "id":
         ok = isinstance(value, (str, int)) and not isinstance(value, bool) and str(value) != ""
     elif kind == "pages":
@@ -225,27 +233,54 @@ def _image_dirs(root: Path, extra: tuple[str, ...]) -> list[Path]:
     return [d for d in dirs if d.is_dir()]
 
 
-def _find_image(dirs: list[Path], rel: str, path: Path | None = None, index: int = 0) -> Path:
+def _find_image(
+    dirs: list[Path],
+    rel: str,
+    path: Path | None = None,
+    index: int = 0,
+    flat: list[Path] | None = None,
+) -> Path:
     """The image file a question names, inside the dataset's folders only: an absolute path
     or one that climbs out ("../") is refused, so a dataset file cannot make ixcdoc read
-    files elsewhere on the machine."""
+    files elsewhere on the machine. ``flat``: folders holding the images by name alone (a
+    download that unpacks every image into one folder)."""
     if os.path.isabs(rel) or ".." in Path(rel).parts:
         raise DatasetError(
             f"{path}: entry {index}: image path {rel!r} leaves the dataset folder",
             code="dataset_format",
         )
-    for d in dirs:
-        candidate = d / rel
+    candidates = [(d, d / rel) for d in dirs] + [(d, d / Path(rel).name) for d in flat or []]
+    for d, candidate in candidates:
         if candidate.is_file() and candidate.resolve().is_relative_to(d.resolve()):
             return candidate
-    return dirs[0] / rel  # missing: the run records an error naming this path
+    return dirs[0] / rel  # missing: check_images names it before the model loads
 
 
-def _rrc_items(name: str, path: Path, image_key: str, dirs: list[Path]) -> Iterator[EvalItem]:
+class _UniqueIds:
+    """Question ids seen in one file: a second entry with an id is an error naming both."""
+
+    def __init__(self, path: Path, key: str) -> None:
+        self.path, self.key, self.seen = path, key, dict[str, int]()
+
+    def __call__(self, qid: str, index: int) -> str:
+        first = self.seen.setdefault(qid, index)
+        if first != index:
+            raise DatasetError(
+                f"{self.path}: entries {first} and {index} share {self.key} {qid!r}; "
+                "question ids must be unique (records and resume are keyed by them)",
+                code="dataset_format",
+            )
+        return qid
+
+
+def _rrc_items(
+    name: str, path: Path, image_key: str, dirs: list[Path], flat: list[Path] | None = None
+) -> Iterator[EvalItem]:
     doc = _load_json(path)
     data = doc.get("data") if isinstance(doc, dict) else None
     if not isinstance(data, list):
         raise DatasetError(f"{path}: expected an object with a 'data' list", code="dataset_format")
+    unique = _UniqueIds(path, "questionId")
     for i, entry in enumerate(data):
         if isinstance(entry, dict) and "answers" not in entry:
             raise DatasetError(
@@ -255,23 +290,28 @@ def _rrc_items(name: str, path: Path, image_key: str, dirs: list[Path]) -> Itera
             )
         yield EvalItem(
             benchmark=name,
-            question_id=str(_field(entry, "questionId", path, i, "id")),
+            question_id=unique(str(_field(entry, "questionId", path, i, "id")), i),
             question=str(_field(entry, "question", path, i)),
             answers=_answers(_field(entry, "answers", path, i, "answers")),
-            image=_find_image(dirs, str(_field(entry, image_key, path, i)), path, i),
+            image=_find_image(dirs, str(_field(entry, image_key, path, i)), path, i, flat),
         )
 
 
 def read_docvqa(root: Path, split: str = "val") -> Iterator[EvalItem]:
-    """DocVQA questions from ``{split}_v1.0.json``; images relative to its folder."""
-    path = _first_existing(root, [f"{split}_v1.0.json", f"{split}_v1.0_withQT.json"], "DocVQA")
-    yield from _rrc_items("docvqa", path, "image", _image_dirs(root, (split,)))
+    """DocVQA questions from ``{split}_v1.0.json``; images relative to its folder, or by name
+    in the RRC download's flat ``spdocvqa_images/``."""
+    names = [f"{split}_v1.0.json", f"{split}_v1.0_withQT.json"]
+    path = _first_existing(root, names + [f"spdocvqa_qas/{n}" for n in names], "DocVQA")
+    flat = [d for d in (root / "spdocvqa_images",) if d.is_dir()]
+    yield from _rrc_items("docvqa", path, "image", _image_dirs(root, (split,)), flat)
 
 
 def read_infovqa(root: Path, split: str = "val") -> Iterator[EvalItem]:
     """InfographicVQA questions from ``infographicsVQA_{split}_v1.0.json``."""
     names = [f"infographicsVQA_{split}_v1.0.json", f"infographicsVQA_{split}_v1.0_withQT.json"]
-    path = _first_existing(root, names, "InfographicVQA")
+    path = _first_existing(
+        root, names + [f"infographicsvqa_qas/{n}" for n in names], "InfographicVQA"
+    )
     extra = ("images", "infographicsvqa_images", f"infographicsVQA_{split}_v1.0_images")
     yield from _rrc_items("infovqa", path, "image_local_name", _image_dirs(root, extra))
 
@@ -308,7 +348,8 @@ def read_chartqa(root: Path, split: str = "val") -> Iterator[EvalItem]:
 
 
 def read_ocrbench(root: Path, split: str = "test") -> Iterator[EvalItem]:
-    """OCRBench's 1000 questions from ``OCRBench.json``; images under ``OCRBench_Images/``."""
+    """OCRBench's 1000 questions from ``OCRBench.json``; images under ``OCRBench_Images/``.
+    The question id is the position in the file: OCRBench's own ids repeat."""
     path = _first_existing(root, ["OCRBench.json"], "OCRBench")
     entries = _load_json(path)
     if not isinstance(entries, list):
@@ -316,9 +357,10 @@ def read_ocrbench(root: Path, split: str = "test") -> Iterator[EvalItem]:
     dirs = _image_dirs(root, ("OCRBench_Images",))
     dirs.reverse()  # OCRBench_Images/ first
     for i, entry in enumerate(entries):
+        _field(entry, "id", path, i, "id")  # the release's, checked but not unique
         yield EvalItem(
             benchmark="ocrbench",
-            question_id=str(_field(entry, "id", path, i, "id")),
+            question_id=str(i),
             question=str(_field(entry, "question", path, i)),
             answers=_answers(_field(entry, "answers", path, i, "answers")),
             image=_find_image(
@@ -338,6 +380,7 @@ def read_mpdocvqa(root: Path, split: str = "val") -> Iterator[EvalItem]:
         raise DatasetError(f"{path}: expected an object with a 'data' list", code="dataset_format")
     dirs = _image_dirs(root, ("images", "images/images"))
     dirs.reverse()  # images/ before the root
+    unique = _UniqueIds(path, "questionId")
     for i, entry in enumerate(data):
         if isinstance(entry, dict) and "answers" not in entry:
             raise DatasetError(
@@ -358,7 +401,7 @@ def read_mpdocvqa(root: Path, split: str = "val") -> Iterator[EvalItem]:
         pages = tuple(_find_image(dirs, f"{p}.jpg", path, i) for p in page_ids)
         yield EvalItem(
             benchmark="mpdocvqa",
-            question_id=str(_field(entry, "questionId", path, i, "id")),
+            question_id=unique(str(_field(entry, "questionId", path, i, "id")), i),
             question=str(_field(entry, "question", path, i)),
             answers=_answers(_field(entry, "answers", path, i, "answers")),
             image=pages[0],
@@ -390,3 +433,24 @@ def read_items(name: str, root: str | Path, split: str | None = None) -> list[Ev
             f"{root}: not a folder (point DATA at the dataset folder)", code="dataset_not_found"
         )
     return list(READERS[bench.name](root, split))
+
+
+def check_images(items: Sequence[EvalItem], root: str | Path) -> None:
+    """Raise a one-line DatasetError when an image the questions need is missing: how many,
+    and the first (its question), so a partial download costs no model load."""
+    missing: list[tuple[Path, EvalItem]] = []
+    seen: set[Path] = set()
+    for item in items:
+        for image in item.pages or (item.image,):
+            if image not in seen:
+                seen.add(image)
+                if not image.is_file():
+                    missing.append((image, item))
+    if missing:
+        image, item = missing[0]
+        raise DatasetError(
+            f"{root}: {len(missing)} of the {len(seen)} images these questions need "
+            f"{'is' if len(missing) == 1 else 'are'} missing, the first {image} (question "
+            f"{item.question_id}); see docs/accuracy.md for the layout",
+            code="dataset_images_missing",
+        )

@@ -1,21 +1,26 @@
-"""Per-question scores for the document benchmarks, written from their definitions.
+"""Per-question scores for the document benchmarks, computed as the reference scorers compute them.
 
 Pure standard library. Every function takes the model's prediction and the list of gold answers
 and returns a score in [0, 1]; a benchmark's score is the mean over its questions.
 
-- ANLS (DocVQA, InfographicVQA): Biten et al., "Scene Text Visual Question Answering"
-  (ICCV 2019) and the DocVQA challenge: per gold answer, the normalized Levenshtein distance NL
-  between the lower-cased, whitespace-collapsed strings; the similarity 1 - NL counts only when
-  NL < 0.5 (threshold tau), else 0; the question scores the best gold answer. VLMEvalKit
-  (``vlmeval/dataset/utils/vqa_eval.py``: ``anls_compute``, ``hit_calculate``) normalizes the
-  same way.
-- Relaxed accuracy (ChartQA): Methani et al. (PlotQA, 2020) as ChartQA (Masry et al., 2022,
-  §5.1) uses it: a numeric answer is right within 5% relative error of the gold number, any
-  other answer needs an exact (case-insensitive) match; pix2struct's ``relaxed_correctness``,
-  copied by VLMEvalKit, reads "12%" as 0.12 and compares a gold 0 as a string.
-- OCRBench (Liu et al., 2023): a hit when a gold answer, lower-cased and stripped, is a
-  substring of the lower-cased prediction; for handwritten mathematical expressions all spaces
-  are removed and case is kept. The benchmark score is the number of hits out of 1000.
+- ANLS (DocVQA, InfographicVQA, MP-DocVQA) as the RRC's evaluation script computes it
+  (``infographicsvqa_eval.py``, downloadable from docvqa.org; lmms-eval's ``anls`` and
+  VLMEvalKit's 2024 ``anls_compute``, which produced the paper's numbers, are the same code):
+  per gold answer, the Levenshtein distance between the two strings lower-cased, trimmed and
+  whitespace-collapsed, divided by the length of the longer **raw** string (as written, before
+  any of that, measured as ``len(s.upper())``); the question's similarity is 1 minus the
+  smallest of those, kept when it is **at least** 0.5 and 0 below. Biten et al. (ICCV 2019)
+  write NL < 0.5, i.e. a similarity of exactly 0.5 scores 0, over unnormalized strings; the
+  scripts keep 0.5 and normalize, and their numbers are the ones papers report.
+- Relaxed accuracy (ChartQA): pix2struct's ``relaxed_correctness`` (Masry et al., 2022, §5.1
+  after Methani et al., 2020), called with the gold label as the target: the prediction is
+  stripped, the label is not; both read as numbers ("12%" and "12%%" are 0.12: every trailing
+  "%" goes) are right within 5% of the label, anything else (or a label of 0) needs a
+  case-insensitive exact match.
+- OCRBench (Liu et al., 2023), as its own and VLMEvalKit's ``OCRBench_eval``: a hit when a gold
+  answer, lower-cased and stripped, is a substring of the lower-cased prediction (an empty gold
+  answer is in every prediction); for handwritten mathematical expressions all spaces are
+  removed and case is kept. The benchmark score is the number of hits out of 1000.
 """
 
 from __future__ import annotations
@@ -45,14 +50,20 @@ def normalize_anls(text: str) -> str:
     return " ".join(text.lower().split())
 
 
-def anls_similarity(prediction: str, answer: str, *, threshold: float = ANLS_THRESHOLD) -> float:
-    """1 - normalized edit distance against one gold answer, or 0 when the distance >= tau."""
-    p, g = normalize_anls(prediction), normalize_anls(answer)
-    longest = max(len(p), len(g))
+def anls_distance(prediction: str, answer: str) -> float:
+    """The normalized distance to one gold answer: the edit distance of the normalized strings
+    over the longer raw string's length (the RRC script's ``len(s.upper())``); 0 when both are
+    empty."""
+    longest = max(len(answer.upper()), len(prediction.upper()))
     if longest == 0:
-        return 1.0  # both empty: identical strings
-    nl = levenshtein(p, g) / longest
-    return 1.0 - nl if nl < threshold else 0.0
+        return 0.0
+    return float(levenshtein(normalize_anls(answer), normalize_anls(prediction))) / float(longest)
+
+
+def anls_similarity(prediction: str, answer: str, *, threshold: float = ANLS_THRESHOLD) -> float:
+    """1 - the normalized distance to one gold answer, or 0 when that is below ``threshold``."""
+    similarity = 1 - anls_distance(prediction, answer)
+    return 0.0 if similarity < threshold else similarity
 
 
 def anls(prediction: str, answers: Sequence[str], *, threshold: float = ANLS_THRESHOLD) -> float:
@@ -61,18 +72,20 @@ def anls(prediction: str, answers: Sequence[str], *, threshold: float = ANLS_THR
 
 
 def _to_float(text: str) -> float | None:
-    """A number as ChartQA's relaxed accuracy reads it: "12%" is 0.12; anything else is None."""
+    """A number as ChartQA's relaxed accuracy reads it (Python's ``float``, so surrounding
+    spaces are allowed): "12%" and "12%%" are 0.12 (every trailing % goes); else None."""
     try:
         if text.endswith("%"):
-            return float(text[:-1]) / 100.0
+            return float(text.rstrip("%")) / 100.0
         return float(text)
     except ValueError:
         return None
 
 
 def relaxed_match(prediction: str, answer: str, *, tolerance: float = RELAXED_TOLERANCE) -> bool:
-    """ChartQA's test for one gold answer: within ``tolerance`` relative error, else exact."""
-    p, g = prediction.strip(), answer.strip()
+    """ChartQA's test for one gold answer: within ``tolerance`` relative error, else exact.
+    The prediction is stripped and the label is not, as the reference scorer does."""
+    p, g = prediction.strip(), answer
     pf, gf = _to_float(p), _to_float(g)
     # A gold 0 has no relative error; the definition falls back to the string comparison.
     if pf is not None and gf:

@@ -50,7 +50,7 @@ def auto_slots(model: Any, positions: int) -> int:
         PROMPT_TEXT_TOKENS,
         VISION_BATCH_TILES,
         auto_batch_size,
-        kv_bytes_per_token,
+        kv_cache_bytes,
     )
 
     cfg = model.config
@@ -67,10 +67,13 @@ def auto_slots(model: Any, positions: int) -> int:
             "4bit" if getattr(model, "quant", None) == "4bit" else "bf16",
         )
         return max(1, n)
-    # kv_bytes_per_token counts bf16; the CPU runs float32 unless the model was loaded in bf16.
-    itemsize = getattr(getattr(model, "dtype", None), "itemsize", 4)
-    per_slot = max(1, positions * kv_bytes_per_token(cfg) * itemsize // 2)
+    per_slot = max(1, kv_cache_bytes(cfg, positions, _itemsize(model)))
     return max(1, min(CPU_MAX_BATCH, int(available_ram() * RAM_SHARE) // per_slot))
+
+
+def _itemsize(model: Any) -> int:
+    # The cache is in the model's dtype: the CPU runs float32 unless loaded in bf16.
+    return int(getattr(getattr(model, "dtype", None), "itemsize", 4))
 
 
 class EngineTicket(Ticket):
@@ -139,6 +142,13 @@ class EngineBackend:
     def depth(self) -> int:
         """Waiting plus running jobs: what /health reports."""
         return self.queued + self.running
+
+    @property
+    def cache_bytes(self) -> int:
+        """The KV cache ``prepare`` allocates: ``n_slots`` x ``max_len`` positions."""
+        from ixcdoc.vram import kv_cache_bytes
+
+        return kv_cache_bytes(self.model.config, self.n_slots * self.max_len, _itemsize(self.model))
 
     def retry_after(self) -> int:
         """Seconds a refused client should wait: the rounds of slots ahead times a job's time."""

@@ -7,6 +7,8 @@ from typing import Any
 
 from ixcdoc.errors import UsageError
 from ixcdoc.serve.app import create_app
+from ixcdoc.serve.engine_backend import EngineBackend
+from ixcdoc.vram import size_text
 
 
 def is_loopback(host: str) -> bool:
@@ -28,13 +30,15 @@ def serve(
     port: int = 8000,
     api_key: str | None = None,
     announce: Callable[[str], None] | None = None,
+    progress: Callable[[str], None] | None = None,
     log_level: str = "warning",
     **app_options: Any,
 ) -> None:
     """Bind host:port (port 0: any free one), call ``announce(url)``, then serve until stopped.
 
-    Binding anywhere but loopback needs an API key (UsageError otherwise). ``app_options`` go
-    to ``create_app``. Ctrl-C raises KeyboardInterrupt and SIGTERM ``ixcdoc.errors.Terminated``,
+    Binding anywhere but loopback needs an API key (UsageError otherwise). ``progress(line)``
+    hears what start-up is doing (the KV cache it allocates). ``app_options`` go to
+    ``create_app``. Ctrl-C raises KeyboardInterrupt and SIGTERM ``ixcdoc.errors.Terminated``,
     once the requests in flight have been answered (503).
     """
     import socket
@@ -62,10 +66,15 @@ def serve(
         raise UsageError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
     # The engine's KV cache before the first connection is accepted: one that cannot fit is an
     # error line (and the port is let go), not a server that announces itself and then fails.
-    prepare = getattr(app.state.backend, "prepare", None)
+    backend = app.state.backend
     try:
-        if prepare is not None:
-            prepare()
+        if isinstance(backend, EngineBackend):
+            if progress is not None:
+                progress(
+                    f"allocating the KV cache: {backend.n_slots} slots × {backend.max_len:,} "
+                    f"positions, {size_text(backend.cache_bytes)}"
+                )
+            backend.prepare()
     except BaseException:
         sock.close()
         raise

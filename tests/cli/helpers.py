@@ -181,3 +181,46 @@ def read_records(path: Path) -> list[PageRecord]:
 def page_keys(records: Sequence[PageRecord]) -> list[tuple[str, int | None]]:
     """(source, page) of each record, in file order."""
     return [(r.source, r.page) for r in records]
+
+
+def run_in_terminal(
+    args: Sequence[str], env: dict[str, str], timeout: float = 120.0
+) -> tuple[int, str]:
+    """Run a command with stdout on a pseudo-terminal, as a person sees it: (exit code, what
+    the terminal showed, colours and carriage returns removed). Stderr is discarded."""
+    import pty
+    import re
+    import select
+    import subprocess
+    import time
+
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(
+        list(args), stdout=slave, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL, env=env
+    )
+    os.close(slave)
+    chunks: list[bytes] = []
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"{args} did not finish in {timeout} s")
+            ready, _, _ = select.select([master], [], [], left)
+            if not ready:
+                continue
+            try:
+                data = os.read(master, 65536)
+            except OSError:  # EIO: the child closed the terminal
+                break
+            if not data:
+                break
+            chunks.append(data)
+        code = proc.wait(timeout=max(deadline - time.monotonic(), 1))
+    finally:
+        os.close(master)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    text = b"".join(chunks).decode(errors="replace").replace("\r\n", "\n")
+    return code, re.sub(r"\x1b\[[0-9;]*m", "", text)

@@ -28,6 +28,7 @@ REPORT_KEYS = {
     "flash-attn",
     "hub cache",
     "cached_models",
+    "try",
     "tiers",
 }
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
@@ -59,6 +60,7 @@ def test_doctor_json_report(hub_cache: Path, invoke: Invoke) -> None:
     assert set(report) == REPORT_KEYS
     assert report["hub cache"] == str(hub_cache)
     assert report["cached_models"] == []
+    assert report["try"] == "ixcdoc doctor --selftest --keep tiny-model"  # no weights yet
     assert [r["tier"] for r in report["tiers"]] == [9, 16, 25, 36, 55, 65]
     for r in report["tiers"]:
         rows, cols = expected_grid(1000, 1000, r["tier"])

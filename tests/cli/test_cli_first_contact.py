@@ -4,13 +4,23 @@ without weights or a GPU, and headers that survive odd file names."""
 from __future__ import annotations
 
 import json
+import re
+import shlex
+import subprocess
 from pathlib import Path
 
 import pytest
 import torch
 
 from ixcdoc.errors import EXIT_USAGE
-from tests.cli.helpers import model_args, read_records, text_png
+from tests.cli.helpers import (
+    IXCDOC,
+    model_args,
+    read_records,
+    run_in_terminal,
+    subprocess_env,
+    text_png,
+)
 
 COMMANDS = ["plan", "tiers", "ask", "extract", "chart", "eval", "doctor", "download"]
 
@@ -46,7 +56,48 @@ def test_without_a_gpu_the_message_offers_bf16_on_the_cpu_and_a_tiny_model(
     assert res.exit_code == 1
     assert "--device cpu --quant bf16" in res.stderr
     assert "ixcdoc doctor --selftest --keep" in res.stderr
+    assert "--max-new-tokens 16" in res.stderr  # answers in seconds, not the task's full length
     assert len(res.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the hint is for machines without a GPU")
+def test_doctor_on_a_terminal_without_gpu_or_weights_points_at_the_selftest(
+    tmp_path: Path,
+) -> None:
+    """The real command on a terminal, as a newcomer runs it first: with no GPU and no cached
+    weights, its last row is the command that builds a tiny model. Exit code 0, as before."""
+    env = subprocess_env()
+    env.update({"HF_HUB_CACHE": str(tmp_path / "hub"), "COLUMNS": "200"})
+    code, shown = run_in_terminal([*IXCDOC, "doctor"], env)
+    assert code == 0, shown
+    rows = [line.strip() for line in shown.splitlines() if line.strip()]
+    assert rows[-1].startswith("try now  ixcdoc doctor --selftest --keep tiny-model  ("), rows
+    assert "weights  none cached" in shown
+
+
+def test_the_selftest_ends_with_a_command_that_answers_in_seconds(invoke, tmp_path: Path) -> None:
+    """The closing line of ``--selftest --keep`` is a command to paste: it runs as it stands
+    (from any folder), caps the answer with --max-new-tokens, exits 0 and prints an answer."""
+    kept = tmp_path / "my tiny"  # a space: the command must quote it
+    res = invoke(["doctor", "--selftest", "--keep", str(kept)])
+    assert res.exit_code == 0, res.stderr
+    argv = shlex.split(res.stderr.splitlines()[-1])
+    assert argv[0] == "ixcdoc" and "--max-new-tokens" in argv
+    assert argv[argv.index("--model") + 1] == str(kept)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    run = subprocess.run(
+        [*IXCDOC, *argv[1:]],
+        capture_output=True,
+        text=True,
+        env=subprocess_env(),
+        cwd=elsewhere,
+        timeout=120,
+    )
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip()  # the (random) answer
+    (tokens,) = re.findall(r", (\d+) tokens, ", run.stderr)  # the answer's summary line
+    assert 1 <= int(tokens) <= int(argv[argv.index("--max-new-tokens") + 1])
 
 
 def test_selftest_keep_leaves_a_model_every_command_can_use(invoke, tmp_path: Path) -> None:

@@ -144,3 +144,17 @@ def test_out_dir_edge_cases_are_refused_or_handled(invoke, ckpts, tree: Path, tm
     assert invoke(args).exit_code == 0
     assert sorted(p.name for p in out.glob("*.md")) == first  # same names, no stale file
     assert "page 2/2" in (out / "a.md").read_text()  # a.pdf keeps a.md, now complete
+
+
+def test_a_deleted_file_is_written_again_from_the_records(
+    invoke, ckpts, tree: Path, tmp_path: Path
+):
+    out = tmp_path / "md"
+    args = ["extract", str(tree), "--out-dir", str(out), *model_args(ckpts.normal)]
+    assert invoke(args).exit_code == 0
+    before = (out / "b.md").read_text()
+    (out / "b.md").unlink()
+    again = invoke(args)
+    assert again.exit_code == 0, again.stderr
+    assert "0 ok, 4 already done" in again.stderr and "1 files written" in again.stderr
+    assert (out / "b.md").read_text() == before  # from the records: no page was redone

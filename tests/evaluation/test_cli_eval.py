@@ -103,7 +103,7 @@ def test_eval_errors_before_loading(invoke, tmp_path: Path) -> None:
 
 def test_eval_failed_question_exits_partial(invoke, eval_ckpts: EvalCkpts, tmp_path: Path) -> None:
     data = builders.docvqa(tmp_path / "docvqa", n=2)
-    (data / "documents" / "doc0.png").unlink()
+    (data / "documents" / "doc0.png").write_bytes(b"not an image")  # there, but unreadable
     out = tmp_path / "out.jsonl"
     r = invoke(["eval", "docvqa", data, "-o", out, "--json", *model_args(eval_ckpts.normal)])
     assert r.exit_code == EXIT_PARTIAL
@@ -153,3 +153,37 @@ def test_eval_mpdocvqa_reports_anls_and_page_accuracy(
 def _without_pages(recs: list[dict]) -> list[dict]:
     keys = ("answer_page_idx", "predicted_page_idx", "page_scores")
     return [{k: v for k, v in r.items() if k not in keys} for r in recs]
+
+
+def test_missing_images_stop_the_run_before_the_model_loads(invoke, tmp_path: Path) -> None:
+    data = builders.docvqa(tmp_path / "docvqa", n=3)
+    (data / "documents" / "doc1.png").unlink()
+    (data / "documents" / "doc2.png").unlink()
+    # no weights here: reaching the loader would be a different error
+    missing_model = ["--model", str(tmp_path / "no-model"), "--device", "cpu"]
+    r = invoke(["eval", "docvqa", data, *missing_model])
+    assert r.exit_code == EXIT_FATAL
+    [line] = r.stderr.strip().splitlines()
+    assert "2 of the 3 images" in line and "doc1.png (question 1001)" in line
+    assert r.stdout == ""
+    # --limit 1 needs only the first image: the check passes and the model is what fails
+    r = invoke(["eval", "docvqa", data, "--limit", "1", *missing_model])
+    assert r.exit_code == EXIT_FATAL and "no such checkpoint folder" in r.stderr
+
+
+def test_ocrbench_repeated_ids_are_all_scored(
+    invoke, eval_ckpts: EvalCkpts, tmp_path: Path
+) -> None:
+    # OCRBench repeats ids (and some questions): keyed by OCRBench's id, the pair collapsed
+    # into one record and the score counted 988 questions, not 1,000.
+    data = builders.ocrbench(tmp_path / "ocrbench")
+    entries = json.loads((data / "OCRBench.json").read_text())
+    (data / "OCRBench.json").write_text(json.dumps([*entries, dict(entries[0])]))
+    out = tmp_path / "o.jsonl"
+    r = invoke(["eval", "ocrbench", data, "-o", out, "--json", *model_args(eval_ckpts.normal)])
+    assert r.exit_code == EXIT_OK, r.stderr
+    [row] = json.loads(r.stdout)["rows"]
+    assert row["n"] == 3
+    assert [json.loads(x)["question_id"] for x in out.read_text().splitlines()] == ["0", "1", "2"]
+    rep = invoke(["eval", "report", out, "--json"])
+    assert json.loads(rep.stdout)["rows"][0]["n"] == 3

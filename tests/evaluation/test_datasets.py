@@ -164,3 +164,103 @@ def test_mpdocvqa_bad_entries_are_one_line_errors(tmp_path: Path) -> None:
         with pytest.raises(DatasetError) as e:
             read_items("mpdocvqa", root)
         assert why in e.value.message and "\n" not in e.value.message
+
+
+def test_ocrbench_ids_are_positions_because_the_release_repeats_ids(tmp_path: Path) -> None:
+    # OCRBench.json has 1,000 questions and 857 distinct ids; some pairs share id and question.
+    root = builders.ocrbench(tmp_path)
+    entries = json.loads((root / "OCRBench.json").read_text())
+    entries.append(dict(entries[0]))  # the same id, image and question again
+    (root / "OCRBench.json").write_text(json.dumps(entries))
+    items = read_items("ocrbench", root)
+    assert [i.question_id for i in items] == ["0", "1", "2"]
+    assert items[2].question == items[0].question
+
+
+def test_rrc_readers_refuse_a_repeated_question_id(tmp_path: Path) -> None:
+    # DocVQA, InfographicVQA and MP-DocVQA keep the RRC's ids (its scorer keys on them): a
+    # repeat is an error naming both entries.
+    root = builders.docvqa(tmp_path / "docvqa", n=3)
+    doc = json.loads((root / "val_v1.0.json").read_text())
+    doc["data"][2]["questionId"] = doc["data"][0]["questionId"]
+    (root / "val_v1.0.json").write_text(json.dumps(doc))
+    with pytest.raises(DatasetError) as e:
+        read_items("docvqa", root)
+    assert "entries 0 and 2 share questionId '1000'" in e.value.message
+    assert str(root / "val_v1.0.json") in e.value.message
+
+    root = builders.infovqa(tmp_path / "infovqa", n=2)
+    path = root / "infographicsVQA_val_v1.0.json"
+    doc = json.loads(path.read_text())
+    doc["data"][1]["questionId"] = doc["data"][0]["questionId"]
+    path.write_text(json.dumps(doc))
+    with pytest.raises(DatasetError, match="entries 0 and 1 share questionId '65000'"):
+        read_items("infovqa", root)
+
+    root = builders.mpdocvqa(tmp_path / "mp")
+    path = root / "qas" / "val.json"
+    doc = json.loads(path.read_text())
+    doc["data"][1]["questionId"] = doc["data"][0]["questionId"]
+    path.write_text(json.dumps(doc))
+    with pytest.raises(DatasetError, match="entries 0 and 1 share questionId '57344'"):
+        read_items("mpdocvqa", root)
+
+
+def test_empty_answers_are_read_not_refused(tmp_path: Path) -> None:
+    # The reference scorers score an empty gold answer (ANLS: 1 only for an empty
+    # prediction; OCRBench: a hit, '' is in every prediction); a list with one is no error.
+    root = builders.docvqa(tmp_path / "docvqa", n=1)
+    doc = json.loads((root / "val_v1.0.json").read_text())
+    doc["data"][0]["answers"] = ["", "0"]
+    (root / "val_v1.0.json").write_text(json.dumps(doc))
+    assert read_items("docvqa", root)[0].answers == ("", "0")
+
+    root = builders.chartqa(tmp_path / "chartqa")
+    path = root / "val" / "val_human.json"
+    path.write_text(json.dumps([{"imgname": "c1.png", "query": "q?", "label": ""}]))
+    assert read_items("chartqa", root)[0].answers == ("",)
+
+    root = builders.ocrbench(tmp_path / "ocrbench")
+    entries = json.loads((root / "OCRBench.json").read_text())
+    entries[0]["answers"] = [""]
+    (root / "OCRBench.json").write_text(json.dumps(entries))
+    assert read_items("ocrbench", root)[0].answers == ("",)
+
+
+def test_docvqa_and_infovqa_as_the_rrc_download_unpacks(tmp_path: Path) -> None:
+    # spdocvqa_qas.zip -> spdocvqa_qas/val_v1.0_withQT.json; spdocvqa_images.tar.gz -> every
+    # image in one flat spdocvqa_images/ while the JSON says "documents/<name>"
+    root = builders.docvqa(tmp_path / "docvqa", n=2)
+    (root / "spdocvqa_qas").mkdir()
+    (root / "val_v1.0.json").rename(root / "spdocvqa_qas" / "val_v1.0_withQT.json")
+    (root / "documents").rename(root / "spdocvqa_images")
+    items = read_items("docvqa", root)
+    assert [i.image for i in items] == [root / "spdocvqa_images" / f"doc{i}.png" for i in (0, 1)]
+    # infographicsvqa_qas.zip -> infographicsvqa_qas/...; the images folder was read already
+    root = builders.infovqa(tmp_path / "infovqa", n=1)
+    (root / "infographicsvqa_qas").mkdir()
+    name = "infographicsVQA_val_v1.0_withQT.json"
+    (root / "infographicsVQA_val_v1.0.json").rename(root / "infographicsvqa_qas" / name)
+    [item] = read_items("infovqa", root)
+    assert item.image == root / "infographicsvqa_images" / "3000.jpeg"
+
+
+def test_check_images_counts_the_missing_and_names_the_first(tmp_path: Path) -> None:
+    from ixcdoc.evaluation.datasets import check_images
+
+    root = builders.docvqa(tmp_path / "docvqa", n=3)
+    items = read_items("docvqa", root)
+    check_images(items, root)  # all there: nothing to say
+    (root / "documents" / "doc1.png").unlink()
+    (root / "documents" / "doc2.png").unlink()
+    with pytest.raises(DatasetError) as e:
+        check_images(items, root)
+    msg = e.value.message
+    assert "2 of the 3 images" in msg and "doc1.png (question 1001)" in msg
+    assert "\n" not in msg and e.value.exit_code == 1
+    check_images(items[:1], root)  # --limit 1 needs only doc0.png
+    # MP-DocVQA: every page of a question counts
+    mp = builders.mpdocvqa(tmp_path / "mp")
+    (mp / "images" / "ffbf0023_2.jpg").unlink()
+    with pytest.raises(DatasetError, match=r"1 of the 5 images .* is missing.*ffbf0023_2\.jpg"):
+        check_images(read_items("mpdocvqa", mp), mp)

@@ -40,11 +40,27 @@ def test_anls_case_and_whitespace_do_not_count() -> None:
     assert anls("  Hello   World\n", ["hello world"]) == 1.0
 
 
-def test_anls_threshold() -> None:
-    # 'abcd' vs 'abxy': distance 2 of 4 -> NL 0.5, not < 0.5 -> 0
-    assert anls_similarity("abxy", "abcd") == 0.0
-    # 'abcde' vs 'abcxy': distance 2 of 5 -> NL 0.4 < 0.5 -> 0.6
+def test_anls_threshold_keeps_exactly_one_half() -> None:
+    # The RRC script, lmms-eval and VLMEvalKit zero a similarity only when it is < 0.5.
+    # 'abcd' vs 'abxy': distance 2 of 4 -> similarity 0.5, kept
+    assert anls_similarity("abxy", "abcd") == 0.5
+    assert anls("abxy", ["abcd"]) == 0.5
+    # 'abcde' vs 'axyzw': distance 4 of 5 -> 0.2 < 0.5 -> 0
+    assert anls_similarity("axyzw", "abcde") == 0.0
+    # 'abcde' vs 'abcxy': distance 2 of 5 -> 0.6
     assert anls_similarity("abcxy", "abcde") == pytest.approx(0.6)
+
+
+def test_anls_divides_by_the_raw_lengths() -> None:
+    # The distance is between the normalized strings, the length is the raw strings' (the RRC
+    # script's len(s.upper())): 'helo' vs gold '  Hello  ' (9 characters as written):
+    # normalized 'helo' vs 'hello', distance 1 -> 1 - 1/9; the normalized lengths would give
+    # 1 - 1/5 = 0.8
+    assert anls("helo", ["  Hello  "]) == pytest.approx(1 - 1 / 9)
+    # the prediction's raw length counts too: '  helo  ' (8) vs 'hello' -> 1 - 1/8
+    assert anls("  helo  ", ["hello"]) == pytest.approx(1 - 1 / 8)
+    # len('ß'.upper()) is 2 ('SS'): 's' vs gold 'ß', distance 1 of 2 -> 0.5, kept
+    assert anls("s", ["ß"]) == 0.5
 
 
 def test_anls_best_gold_answer_wins() -> None:
@@ -58,8 +74,12 @@ def test_anls_empty_prediction_and_no_answers() -> None:
     # empty vs 'abc': distance 3 of 3 -> NL 1 -> 0
     assert anls("", ["abc"]) == 0.0
     assert anls("   ", ["abc"]) == 0.0
-    # both empty after normalization: identical -> 1
+    # both empty after normalization: distance 0 -> 1
     assert anls(" ", [""]) == 1.0
+    assert anls("", [""]) == 1.0
+    # an empty gold answer among others: 'abc' vs '' is distance 3 of 3 -> 0; vs 'abc' -> 1
+    assert anls("abc", ["", "abc"]) == 1.0
+    assert anls("abc", [""]) == 0.0
     assert anls("abc", []) == 0.0
 
 
@@ -79,6 +99,22 @@ def test_relaxed_percent_signs() -> None:
     assert relaxed_match("12%", "12") is False
     assert relaxed_match("12%", "12.4%") is True
     assert relaxed_match("0.12", "12%") is True  # 0.12 == 12 / 100
+    # pix2struct's rstrip('%'): a label '12%%' is 0.12 too
+    assert relaxed_match("0.12", "12%%") is True
+    assert relaxed_match("12%", "12%%") is True
+
+
+def test_relaxed_strips_the_prediction_not_the_label() -> None:
+    # VLMEvalKit strips the prediction and passes the label as written:
+    # text labels with spaces match only themselves
+    assert relaxed_match(" Yes ", "Yes") is True
+    assert relaxed_match("Yes", "Yes ") is False
+    assert relaxed_match("Yes ", "Yes ") is False  # the prediction lost its space
+    # numbers read through float(), which allows surrounding spaces, either way
+    assert relaxed_match("42", " 42 ") is True
+    # an empty label: no number, so an exact match; only an empty prediction has it
+    assert relaxed_accuracy("", [""]) == 1.0
+    assert relaxed_accuracy("0", [""]) == 0.0
 
 
 def test_relaxed_units_need_exact_match() -> None:
@@ -104,6 +140,8 @@ def test_ocrbench_substring_and_case() -> None:
     assert ocrbench_hit("helo", ["hello"]) == 0.0
     assert ocrbench_hit("", ["hello"]) == 0.0
     assert ocrbench_hit("line one\nline two", ["one line"]) == 1.0  # newline read as a space
+    # '' is a substring of every prediction: an empty gold answer is a hit, as in OCRBench_eval
+    assert ocrbench_hit("anything", ["nope", ""]) == 1.0
 
 
 def test_ocrbench_formula_ignores_spaces_keeps_case() -> None:

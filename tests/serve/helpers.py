@@ -10,6 +10,7 @@ import base64
 import contextlib
 import io
 import queue
+import signal
 import socket
 import subprocess
 import sys
@@ -50,10 +51,17 @@ def live_server(app: Any, *, header_timeout: float = HEADER_TIMEOUT_S) -> Iterat
 class CliServer:
     """``ixcdoc serve`` in a child process on 127.0.0.1: its URL, its stderr lines, its memory."""
 
-    def __init__(self, proc: subprocess.Popen[bytes], url: str, lines: queue.Queue[str]) -> None:
+    def __init__(
+        self,
+        proc: subprocess.Popen[bytes],
+        url: str,
+        lines: queue.Queue[str],
+        startup: list[str] | None = None,
+    ) -> None:
         self.proc = proc
         self.url = url
         self.lines = lines
+        self.startup = startup or []  # stderr's lines before ``listening on``, newlines cut
 
     def peak_mb(self) -> float:
         """The process's peak resident memory so far (VmHWM), in MiB."""
@@ -96,6 +104,10 @@ def cli_server(ckpt: Any, *args: str) -> Iterator[CliServer]:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         env=subprocess_env(),
+        # Ctrl-C as in a terminal, even when the suite runs where SIGINT is ignored (a
+        # background job of a script): an ignored SIGINT is inherited, and uvicorn then shuts
+        # down on it but exits 0.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         lines = _lines(proc.stderr)
@@ -103,7 +115,8 @@ def cli_server(ckpt: Any, *args: str) -> Iterator[CliServer]:
         while not (line := lines.get(timeout=TIMEOUT)).startswith("listening on "):
             assert line, f"the server exited: {''.join(seen)}"
             seen.append(line)
-        yield CliServer(proc, line.removeprefix("listening on ").strip(), lines)
+        url = line.removeprefix("listening on ").strip()
+        yield CliServer(proc, url, lines, [x.rstrip("\n") for x in [*seen, line]])
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import json
+import re
 import signal
 import sys
 import time
@@ -72,10 +74,14 @@ def test_a_batch_size_no_memory_holds_is_one_line_before_listening(
     args = ["serve", "--model", str(tiny_paths["normal"]), "--device", "cpu"]
     res = CliRunner().invoke(app, [*args, "--port", "0", "--batch-size", "5000000"])
     assert res.exit_code == EXIT_FATAL
-    lines = res.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), lines
-    assert "KV cache for 5000000 sequences" in lines[0]
+    *progress, error = res.stderr.splitlines()  # the start-up lines, then the error alone
+    assert error.startswith("error: ") and "KV cache for 5000000 sequences" in error
+    assert progress[-1].startswith("allocating the KV cache: 5000000 slots × ")
     assert "listening" not in res.output
+    quiet = CliRunner().invoke(app, [*args, "--port", "0", "--batch-size", "5000000", "-q"])
+    assert quiet.exit_code == EXIT_FATAL
+    (alone,) = quiet.stderr.splitlines()  # no start-up lines: the error only
+    assert alone.startswith("error: ") and "KV cache for 5000000 sequences" in alone
 
 
 def test_a_port_in_use_or_an_unknown_host_is_one_line_and_allocates_nothing(
@@ -165,3 +171,29 @@ def test_stopping_answers_the_requests_in_flight_as_the_docs_say(
     assert streamed["code"] == "shutting_down" and "was stopped after" in streamed["message"]
     assert stderr == [f"{line}\n"]
     assert server.proc.returncode == status
+
+
+def test_serve_says_what_it_does_while_it_starts(tiny_paths: dict[str, Path]) -> None:
+    """Off a terminal, one line per start-up step, in order, before ``listening on``: the
+    weights, then the KV cache with its slots, positions and size."""
+    ckpt = tiny_paths["normal"]
+    with cli_server(ckpt, "--batch-size", "2", "--max-tokens", "8") as server:
+        seen = server.startup
+    loading, loaded, cache, listening = seen
+    assert loading == f"loading {ckpt} (auto, cpu)"
+    assert re.fullmatch(r"loaded in \d+\.\d s: fp32 on cpu", loaded), loaded
+    # a slot holds the longest prompt (max_length) and --max-tokens; float32 K and V per layer
+    cfg = json.loads((ckpt / "config.json").read_text())
+    positions = cfg["max_length"] + 8
+    head_dim = cfg["hidden_size"] // cfg["num_attention_heads"]
+    per_position = cfg["num_hidden_layers"] * 2 * cfg["num_key_value_heads"] * head_dim * 4
+    mib = 2 * positions * per_position / 2**20
+    assert cache == f"allocating the KV cache: 2 slots × {positions:,} positions, {mib:.1f} MiB"
+    assert listening.startswith("listening on http://127.0.0.1:")
+
+
+def test_serve_quiet_says_only_where_it_listens(tiny_paths: dict[str, Path]) -> None:
+    with cli_server(tiny_paths["normal"], "--batch-size", "2", "--quiet") as server:
+        seen = server.startup
+    (listening,) = seen
+    assert listening.startswith("listening on http://127.0.0.1:")
