@@ -215,20 +215,31 @@ def plan_gpu(vram_gib: float | None) -> GpuInfo | None:
     return assumed_gpu(vram_gib) if vram_gib else detect_gpu()
 
 
+_DETECT: Any = object()  # plan_pages' default GPU: the one ``--vram`` names, else the one present
+
+
 def plan_pages(
     sources: Sources,
     *,
-    task: str = "extract",
+    task: str | TaskPreset = "extract",
     hd: int | None = None,
     vram_gib: float | None = None,
     max_new_tokens: int | None = None,
     cfg: ModelConfig | None = None,
+    gpu: GpuInfo | None = _DETECT,
+    quant: str = "bf16",
 ) -> Iterator[dict[str, Any] | IxcdocError]:
     """Plan every page without loading the model, in input order: a row per page, or the
-    input error where a file or page cannot be read."""
+    input error where a file or page cannot be read.
+
+    ``gpu`` and ``quant``: the GPU and precision the tier must fit (default: ``plan_gpu``, and
+    bf16); a loaded model passes its own (``DocModel.gpu_budget()``, its precision), so that
+    the rows show the tier its runs will choose.
+    """
     cfg = cfg or ModelConfig()
-    tp = preset(task)
-    gpu = plan_gpu(vram_gib)
+    tp = task if isinstance(task, TaskPreset) else preset(task)
+    if gpu is _DETECT:
+        gpu = plan_gpu(vram_gib)
     for item in sources.documents():
         if isinstance(item, IxcdocError):
             yield item
@@ -247,6 +258,7 @@ def plan_pages(
                 hd=hd,
                 cfg=cfg,
                 gpu=gpu,
+                quant=quant,
                 max_new_tokens=max_new_tokens,
             )
             mnt = tp.max_new_tokens if max_new_tokens is None else max_new_tokens

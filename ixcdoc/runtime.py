@@ -546,8 +546,7 @@ class DocModel:
         def first_logits(handle: Any, logits: torch.Tensor) -> None:  # logits: [V] fp32
             i = handle.request.tag
             if i not in scores:  # the prefill's row: the first answer token
-                y, n = torch.logsumexp(logits[yes], 0), torch.logsumexp(logits[no], 0)
-                scores[i] = float(y - n)
+                scores[i] = relevance(logits, yes, no)
 
         for r in requests:
             check_hd(r.hd)
@@ -589,6 +588,12 @@ class DocModel:
         finally:
             self.model.reset_caches()  # a batch-sized cache must not outlive the batch
         return [h.error if h.error is not None else h.answer for h in handles]
+
+
+def relevance(logits: torch.Tensor, yes: list[int], no: list[int]) -> float:
+    """A page's screening score from the logits [V] of the first answer token: logsumexp of
+    the "yes" ids minus that of the "no" ids (``answer_ids``), the log-odds of a yes."""
+    return float(torch.logsumexp(logits[yes], 0) - torch.logsumexp(logits[no], 0))
 
 
 def answer_ids(tokenizer: Tokenizer) -> tuple[list[int], list[int]]:

@@ -19,7 +19,7 @@ LAYERS: list[list[str]] = [
     ["errors", "verbosity", "answer"],
     ["config", "tiling", "tasks", "gpu", "tokenizer", "ranking", "guards", "tinyckpt"],
     ["vram", "prompt", "records", "hub", "inputs", "preprocess"],
-    ["planning", "model"],
+    ["planning", "model", "viewer"],
     ["generate"],
     ["engine"],
     ["runtime", "feeder"],

@@ -3,7 +3,8 @@ and Rich. Heavy modules (torch, PyMuPDF, the model) are imported inside command 
 ``ixcdoc --help`` stays fast.
 
 ``app`` (the Typer app, shared options, error handling), ``display`` (a batch run drawn with
-Rich), ``commands`` (one function per command).
+Rich), ``commands`` (one function per command). Commands are listed in ``--help`` in the order
+their modules are imported here.
 """
 
 from __future__ import annotations
@@ -12,6 +13,9 @@ from ixcdoc.cli import commands as _commands  # noqa: F401 - registers the comma
 from ixcdoc.cli import evaluate as _evaluate  # noqa: F401
 from ixcdoc.cli import merge as _merge  # noqa: F401
 from ixcdoc.cli import serving as _serving  # noqa: F401
+from ixcdoc.cli import view as _view  # noqa: F401
+
+# isort: split
 from ixcdoc.cli import setup as _setup  # noqa: F401 - last: setup commands close the list
 from ixcdoc.cli.app import app, main
 

@@ -75,6 +75,15 @@ def serve(
             "[default: up to the position limit].",
         ),
     ] = None,
+    cors_origins: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--cors-origin",
+            metavar="ORIGIN",
+            help="Let browser pages of this origin call the API, e.g. http://localhost:3000 "
+            "(repeatable; none by default).",
+        ),
+    ] = None,
     batch_size: BatchOpt = "auto",
     max_pixels: MaxPixelsOpt = None,
     quant: QuantOpt = Quant.auto,
@@ -82,12 +91,15 @@ def serve(
     device: DeviceOpt = "auto",
     quiet: QuietOpt = False,
 ) -> None:
-    """Serve the model over an OpenAI-compatible HTTP API (/v1/chat/completions).
+    """Serve the model: an OpenAI-compatible HTTP API and a web page, on one address.
+
+    The API is /v1/chat/completions; the page is at / (http://127.0.0.1:8000/ by default).
 
     \b
     ixcdoc serve --port 8000
     ixcdoc serve --host 0.0.0.0 --api-key "$KEY"
     ixcdoc serve --batch-size 1          # one request at a time, no batched engine
+    ixcdoc serve --cors-origin http://localhost:3000   # a browser-side client (Open WebUI)
     """
     try:
         import fastapi  # noqa: F401
@@ -95,6 +107,7 @@ def serve(
     except ImportError:
         err.print("ixcdoc serve needs: pip install 'ixcdoc[serve]'", markup=False)
         raise typer.Exit(1) from None
+    from ixcdoc.serve.cors import check_origin
     from ixcdoc.serve.guard import check_api_key
     from ixcdoc.serve.run import is_loopback
     from ixcdoc.serve.run import serve as run_server
@@ -105,6 +118,7 @@ def serve(
             "(or IXCDOC_API_KEY) as well"
         )
     check_api_key(api_key)  # before the model loads: a key no client can send is a usage error
+    origins = [check_origin(o) for o in cors_origins or ()]
     slots = parse_batch(batch_size)
     dm = load_model(model, device, quant, quiet, lines=True)
     run_server(
@@ -121,4 +135,5 @@ def serve(
         model_name=model_name,
         batch_size=slots,
         max_tokens=max_tokens,
+        cors_origins=origins,
     )

@@ -1,6 +1,7 @@
 """The FastAPI app: OpenAI-style routes over a ``Backend``.
 
-Routes: POST /v1/chat/completions (plain and server-sent events), GET /v1/models, GET /health.
+Routes: POST /v1/chat/completions (plain and server-sent events), GET /v1/models, GET /health,
+and the web page at / with its API under /v1/ixcdoc/ (``webpage.py``).
 ``guard.Guard`` checks the API key and the body size before any route reads the body; errors
 are ``errors.ApiError`` in OpenAI's JSON shape.
 """
@@ -12,7 +13,7 @@ import contextlib
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,7 @@ from ixcdoc.errors import IxcdocError
 from ixcdoc.serve.backend import Backend, Cancelled, GenRequest, QueueFull, Ticket
 from ixcdoc.serve.body import read_request
 from ixcdoc.serve.budget import PixelBudget
+from ixcdoc.serve.cors import add_cors
 from ixcdoc.serve.engine_backend import EngineBackend, slot_positions
 from ixcdoc.serve.errors import ApiError, invalid_request, library_error, model_failure
 from ixcdoc.serve.guard import BODY_TIMEOUT_S, Guard, check_api_key
@@ -42,6 +44,7 @@ from ixcdoc.serve.pages import (
     request_tier,
 )
 from ixcdoc.serve.schema import ChatCompletionRequest, Conversation
+from ixcdoc.serve.webpage import page_router
 
 DECODE_PAGES = 2  # full-size pages decoded at once: the pixel budget is this x --max-pixels
 
@@ -180,6 +183,7 @@ def create_app(
     pixel_budget: int | None = None,
     fetch_timeout: float = FETCH_TIMEOUT_S,
     body_timeout: float = BODY_TIMEOUT_S,
+    cors_origins: Sequence[str] = (),
 ) -> FastAPI:
     """The OpenAI-compatible app over ``model`` (a ``DocModel``); ``backend`` replaces the queue.
 
@@ -189,6 +193,7 @@ def create_app(
     ``max_images``: image parts per request; ``pixel_budget``: native pixels decoded at once
     across requests (None: ``DECODE_PAGES`` x ``max_pixels``); ``fetch_timeout``: one whole
     http(s) fetch; ``body_timeout``: seconds for a request body to arrive (docs/serve.md).
+    ``cors_origins``: browser origins allowed to call the API (``cors.py``; none by default).
     The backend starts with the app's lifespan and stops with it.
     """
     from ixcdoc.inputs import DEFAULT_MAX_PIXELS
@@ -319,6 +324,14 @@ def create_app(
         raw = await request.body()  # read by Guard already, within the size and time limits
         try:
             body, conv = await asyncio.to_thread(read_request, raw, cfg.max_length)
+            if body.model is not None and body.model != name:  # before any image is decoded
+                raise ApiError(
+                    404,
+                    f"the model {body.model!r} does not exist: this server runs {name!r} "
+                    "(GET /v1/models)",
+                    code="model_not_found",
+                    param="model",
+                )
             gen = await prepare(body, conv)
         except IxcdocError as e:
             raise library_error(e) from None
@@ -396,5 +409,9 @@ def create_app(
 
         return _EventStream(stream(), run.ticket)
 
+    app.include_router(
+        page_router(model, backend, max_pixels=max_pixels, max_tokens=max_tokens, budget=budget)
+    )
     app.add_middleware(Guard, api_key=api_key, max_body=max_body, body_timeout=body_timeout)
+    add_cors(app, cors_origins)  # added last, so it runs first: preflights need no key
     return app

@@ -62,6 +62,10 @@ class GenRequest:
     temperature: float = 1.0
     top_p: float = 0.8
     seed: int | None = None
+    # Called once, on the backend's thread, with the fp32 logits [V] of the first answer token
+    # (the prompt's last position): how ask's screening scores a page (runtime.relevance). On
+    # the one-at-a-time Backend such a job is scored, not answered (its answer is None).
+    first_logits: Callable[[Any], None] | None = field(default=None, compare=False)
 
     def options(self) -> dict[str, Any]:
         """The keyword options ``DocModel.chat`` and ``ChatRequest`` share (one list for both
@@ -230,6 +234,12 @@ class Backend:
 
     def _run(self, ticket: Ticket) -> Any:
         r = ticket.request
+        if r.first_logits is not None:
+            logits = self.model.prompt_logits(
+                list(r.images), r.query, hd=r.hd, meta_instruction=r.meta_instruction
+            )
+            r.first_logits(logits[-1])
+            return None
 
         def on_token(tid: int) -> bool:
             if ticket.cancelled:

@@ -87,6 +87,7 @@ class EngineTicket(Ticket):
         super().__init__(request, on_token, on_done)
         self.withdraw: Any = None  # set by the backend: called once on cancel
         self.reported = False  # on_done ran (exactly once, whoever finishes the ticket)
+        self.scored = False  # its request's first_logits ran (once, on the prefill's row)
 
     def cancel(self) -> None:
         """Stop the job: withdrawn if it still waits, stopped at its next token if it runs."""
@@ -161,7 +162,10 @@ class EngineBackend:
         this before it listens, so a cache that cannot fit is one line, not a failed start."""
         if self.engine is None:
             self.engine = self.model.engine(
-                n_slots=self.n_slots, max_len=self.max_len, **self.engine_options
+                n_slots=self.n_slots,
+                max_len=self.max_len,
+                logits_hook=self._first_logits,
+                **self.engine_options,
             )
 
     def start(self) -> None:
@@ -231,6 +235,15 @@ class EngineBackend:
         with contextlib.suppress(Exception):  # a callback bug must not stop the engine's loop
             ticket.on_done(answer, error)
 
+    def _first_logits(self, handle: Any, logits: Any) -> None:
+        """The engine's logits hook: a job whose request has ``first_logits`` gets the logits of
+        its first answer token (the first row the engine shows it); every other row passes."""
+        ticket = handle.request.tag
+        if isinstance(ticket, EngineTicket) and not ticket.scored:
+            ticket.scored = True
+            if ticket.request.first_logits is not None:
+                ticket.request.first_logits(logits)
+
     def _pump(self) -> None:
         """Hand waiting jobs to the engine while it has free slots."""
         while True:
@@ -263,7 +276,7 @@ class EngineBackend:
 
         try:
             self.engine.submit(
-                ChatRequest(list(r.images), r.query, **r.options()),
+                ChatRequest(list(r.images), r.query, tag=ticket, **r.options()),
                 on_token=on_token,
                 on_done=on_done,
             )

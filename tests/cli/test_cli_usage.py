@@ -25,6 +25,7 @@ COMMANDS = (
     "eval",
     "merge",
     "serve",
+    "view",
     "doctor",
     "download",
 )

@@ -40,13 +40,14 @@ def _offline(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture(scope="session")
 def tiny_paths(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """Tiny checkpoints in the official layout: seed 0, and one that loops forever."""
+    """Tiny checkpoints in the official layout: seed 0, and one that loops forever. Both in a
+    folder named "tiny": the name the server gives the model, which requests must use."""
     from ixcdoc.tinyckpt import write_tiny_checkpoint
 
     root = tmp_path_factory.mktemp("serve-ckpts")
     return {
-        "normal": write_tiny_checkpoint(root / "normal"),
-        "loop": write_tiny_checkpoint(root / "loop", loop=True),
+        "normal": write_tiny_checkpoint(root / "normal" / "tiny"),
+        "loop": write_tiny_checkpoint(root / "loop" / "tiny", loop=True),
     }
 
 

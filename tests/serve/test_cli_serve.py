@@ -33,7 +33,7 @@ def test_serve_listens_answers_and_stops_on_ctrl_c(tiny_paths: dict[str, Path], 
             assert http.get("/health").json()["model"] == "doc"
             r = http.post(
                 "/v1/chat/completions",
-                json=chat_body("Hi?", data_url(png)),
+                json=chat_body("Hi?", data_url(png), model="doc"),
                 headers={"Authorization": "Bearer k1"},
             )
         assert r.status_code == 200, r.text

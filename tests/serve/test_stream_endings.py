@@ -31,7 +31,7 @@ def _events(r: httpx.Response) -> list[Any]:
 def short(tmp_path_factory: pytest.TempPathFactory) -> Any:
     import ixcdoc
 
-    path: Path = tmp_path_factory.mktemp("short-serve") / "m"
+    path: Path = tmp_path_factory.mktemp("short-serve") / "tiny"  # the name requests ask for
     return ixcdoc.load(short_context_checkpoint(path), device="cpu")
 
 
