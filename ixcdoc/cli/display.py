@@ -148,7 +148,8 @@ class Display(Events):
             sys.stdout.flush()
 
     def token(self, item: PageItem) -> None:
-        self.counts.token(id(item))
+        if self.counts.token(id(item)) == 1:  # a page's first token: the first rates and ETA
+            self._refresh()
 
     def finished(self, item: PageItem, rec: PageRecord) -> None:
         self._stop_waiting()

@@ -87,13 +87,15 @@ class RunProgress:
                 self.started = self.now()
             self.running[key] = _Running(label)
 
-    def token(self, key: int) -> None:
-        """The page ``key`` generated one more token."""
+    def token(self, key: int) -> int:
+        """The page ``key`` generated one more token; its count so far (0: not running)."""
         with self.lock:
             self.tokens += 1
             page = self.running.get(key)
-            if page is not None:
-                page.tokens += 1
+            if page is None:
+                return 0
+            page.tokens += 1
+            return page.tokens
 
     def end(self, key: int, tokens: int | None) -> None:
         """A page has its record; ``tokens``: what the model generated for it (None: no
