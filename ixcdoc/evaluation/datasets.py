@@ -282,14 +282,17 @@ class _UniqueIds:
         return qid
 
 
-def _rrc_items(
-    name: str, path: Path, image_key: str, dirs: list[Path], flat: list[Path] | None = None
-) -> Iterator[EvalItem]:
+def _rrc_data(path: Path) -> list[Any]:
+    """The ``data`` list of an RRC annotation file (DocVQA, InfographicVQA, MP-DocVQA)."""
     doc = _load_json(path)
     data = doc.get("data") if isinstance(doc, dict) else None
     if not isinstance(data, list):
         raise DatasetError(f"{path}: expected an object with a 'data' list", code="dataset_format")
-    unique = _UniqueIds(path, "questionId")
+    return data
+
+
+def _rrc_entries(path: Path, data: list[Any]) -> Iterator[tuple[int, Any]]:
+    """(index, entry) of an RRC file's questions; a test split (no answers) is one line."""
     for i, entry in enumerate(data):
         if isinstance(entry, dict) and "answers" not in entry:
             raise DatasetError(
@@ -297,6 +300,15 @@ def _rrc_items(
                 "val split here, submit test predictions to the RRC server)",
                 code="dataset_format",
             )
+        yield i, entry
+
+
+def _rrc_items(
+    name: str, path: Path, image_key: str, dirs: list[Path], flat: list[Path] | None = None
+) -> Iterator[EvalItem]:
+    data = _rrc_data(path)
+    unique = _UniqueIds(path, "questionId")
+    for i, entry in _rrc_entries(path, data):
         yield EvalItem(
             benchmark=name,
             question_id=unique(str(_field(entry, "questionId", path, i, "id")), i),
@@ -383,20 +395,11 @@ def read_mpdocvqa(root: Path, split: str = "val") -> Iterator[EvalItem]:
     """MP-DocVQA questions from ``qas/{split}.json``; pages ``images/{page_id}.jpg``."""
     names = [f"qas/{split}.json", f"{split}.json"]
     path = _first_existing(root, names, "MP-DocVQA")
-    doc = _load_json(path)
-    data = doc.get("data") if isinstance(doc, dict) else None
-    if not isinstance(data, list):
-        raise DatasetError(f"{path}: expected an object with a 'data' list", code="dataset_format")
+    data = _rrc_data(path)
     dirs = _image_dirs(root, ("images", "images/images"))
     dirs.reverse()  # images/ before the root
     unique = _UniqueIds(path, "questionId")
-    for i, entry in enumerate(data):
-        if isinstance(entry, dict) and "answers" not in entry:
-            raise DatasetError(
-                f"{path}: entry {i} has no 'answers' (test annotations are withheld; score the "
-                "val split here, submit test predictions to the RRC server)",
-                code="dataset_format",
-            )
+    for i, entry in _rrc_entries(path, data):
         page_ids = _field(entry, "page_ids", path, i, "pages")
         index = entry.get("answer_page_idx")
         if not (isinstance(index, int) and not isinstance(index, bool)) or not (
