@@ -42,7 +42,7 @@ from decode import cpu_model  # benchmarks/decode.py: the script's folder is on 
 from PIL import Image
 
 from ixcdoc.engine import ChatRequest
-from ixcdoc.engine.engine import request_positions
+from ixcdoc.engine.arith import request_positions
 from ixcdoc.runtime import load
 from ixcdoc.tinyckpt import write_tiny_checkpoint
 
@@ -125,7 +125,7 @@ def main() -> None:
 
         return run
 
-    max_len = -(-max(request_positions(dm, r) for r in reqs) // 256) * 256  # as chat_batch
+    max_len = -(-max(request_positions(dm.loaded, r) for r in reqs) // 256) * 256  # as chat_batch
     modes = [("chat loop", 1, chat_loop)] + [(f"engine b{b}", b, engine(b)) for b in batches]
     modes += [(f"b{b} no prefix", b, engine_no_prefix(b)) for b in no_prefix]
     best: dict[str, dict] = {}

@@ -15,7 +15,6 @@ import contextlib
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -23,6 +22,14 @@ import torch
 
 from ixcdoc.answer import Answer
 from ixcdoc.config import ModelConfig
+from ixcdoc.engine.prompts import (
+    Loaded,
+    PromptEmbeds,
+    embed_parts,
+    part_grids,
+    part_pixels,
+    prompt_parts,
+)
 from ixcdoc.errors import DeviceError, UsageError, WeightsError
 from ixcdoc.generate import (
     GenerationResult,
@@ -32,13 +39,7 @@ from ixcdoc.generate import (
     generate,
     seeded_generator,
 )
-from ixcdoc.prompt import (
-    DEFAULT_META_INSTRUCTION,
-    ImagePart,
-    TextPart,
-    build_chat_prompt,
-    split_prompt,
-)
+from ixcdoc.prompt import DEFAULT_META_INSTRUCTION
 from ixcdoc.tasks import SCREEN_HD, SCREEN_NO, SCREEN_PROMPT, SCREEN_YES
 from ixcdoc.tiling import check_hd, hd_geometry
 
@@ -63,19 +64,6 @@ _DTYPES = {
     "float": torch.float32,
 }
 _S = SamplingConfig  # generation defaults live there, once
-
-
-@dataclass
-class Prepared:
-    """A spliced prompt ready for the decoder, and what went into it."""
-
-    inputs_embeds: torch.Tensor  # [1, L, D]
-    im_mask: torch.Tensor  # [1, L] bool, True at image positions
-    grids: list[tuple[int, int]]  # (rows, cols) per image
-    n_image_tokens: int  # over all images, before truncation
-    prompt_tokens: int  # L after truncation
-    truncated: bool  # the spliced sequence was cut at config.max_length
-    vision_ms: float = 0.0
 
 
 def _resolve_device(device: str) -> torch.device:
@@ -187,6 +175,15 @@ class DocModel:
         # ``running_engine`` is the started engine that owns it until its thread ends.
         self._cache_lock = threading.RLock()
         self.running_engine: Engine | None = None
+        # what an engine is handed: the network, tokenizer and pixel function, not this facade
+        self.loaded = Loaded(
+            model,
+            tokenizer,
+            self.pixels,
+            device,
+            claim_cache=self.claim_cache,
+            release_cache=self.release_cache,
+        )
 
     @property
     def tile(self) -> int:
@@ -244,11 +241,9 @@ class DocModel:
 
     def release_memory(self) -> None:
         """Give cached GPU memory back after an out-of-memory error, before a retry."""
-        import gc
+        from ixcdoc.engine.runner import release_memory
 
-        gc.collect()
-        if self.device.type == "cuda":
-            torch.cuda.empty_cache()
+        release_memory(self.device)
 
     @contextlib.contextmanager
     def owning_cache(self, what: str) -> Iterator[None]:
@@ -283,46 +278,29 @@ class DocModel:
     # -- prompt ----------------------------------------------------------------------------------
 
     @torch.inference_mode()
-    def prepare(
+    def embed_prompt(
         self,
         images: Sequence[Image.Image],
         query: str,
         *,
         hd: int = DEFAULT_HD,
         meta_instruction: str = DEFAULT_META_INSTRUCTION,
-    ) -> Prepared:
-        """Build the chat prompt, encode every image and splice: embeddings + im_mask."""
+    ) -> PromptEmbeds:
+        """Build the chat prompt, encode every image and splice: embeddings + im_mask.
+
+        The prompt path of ``ixcdoc.engine.prompts``, the engine's own, one image per vision
+        forward as upstream's ``chat`` encodes them."""
         check_hd(hd)
         t0 = time.perf_counter()
-        prompt = build_chat_prompt(query, meta_instruction=meta_instruction, n_images=len(images))
-        parts = split_prompt(prompt, self.tokenizer, len(images))
-        tensors: list[torch.Tensor] = []
-        grids: list[tuple[int, int]] = []
-        n_img = 0
-        for part in parts:
-            if isinstance(part, TextPart):
-                tensors.append(torch.tensor(part.ids, dtype=torch.long))
-            elif isinstance(part, ImagePart):
-                img = images[part.index]
-                w, h = img.size  # PIL (W, H) -> our (H, W)
-                g = hd_geometry(h, w, hd, self.tile)
-                emb = self.encode_image(self.pixels(img, hd))  # [N, D]
-                grids.append((g.rows, g.cols))
-                n_img += emb.shape[0]
-                tensors.append(emb)
-        embeds, im_mask = self.model.splice(tensors)
-        total = sum(t.shape[0] for t in tensors)
+        parts = prompt_parts(self.tokenizer, query, meta_instruction, len(images))
+        pixels = part_pixels(parts, images, hd, self.pixels)
+        embeds = [self.model.encode_images([px])[0] for px in pixels]  # [N_i, D] each
+        grids = part_grids(parts, images, hd, self.tile)
+        out = embed_parts(self.model, parts, embeds, grids)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
-        return Prepared(
-            inputs_embeds=embeds,
-            im_mask=im_mask,
-            grids=grids,
-            n_image_tokens=n_img,
-            prompt_tokens=embeds.shape[1],
-            truncated=total > embeds.shape[1],
-            vision_ms=(time.perf_counter() - t0) * 1000,
-        )
+        out.vision_ms = (time.perf_counter() - t0) * 1000
+        return out
 
     @torch.inference_mode()
     def prompt_logits(
@@ -338,7 +316,7 @@ class DocModel:
         writes its keys into any cache that exists, and a longer prompt would not fit it).
         """
         with self.owning_cache("prompt_logits"):
-            p = self.prepare(images, query, hd=hd, meta_instruction=meta_instruction)
+            p = self.embed_prompt(images, query, hd=hd, meta_instruction=meta_instruction)
             self.model.reset_caches()
             return self.model(p.inputs_embeds, p.im_mask)[0]
 
@@ -405,7 +383,7 @@ class DocModel:
         gen = seeded_generator(seed, self.device)
         try:
             with self.owning_cache("chat"):  # generate rebuilds the cache for this one prompt
-                p = self.prepare(images, query, hd=hd, meta_instruction=meta_instruction)
+                p = self.embed_prompt(images, query, hd=hd, meta_instruction=meta_instruction)
                 res: GenerationResult = generate(
                     self.model,
                     p.inputs_embeds,
@@ -461,23 +439,23 @@ class DocModel:
         from ixcdoc.engine.engine import Engine
 
         with self.owning_cache("engine()"):  # a new engine allocates the model's cache
-            return Engine(self, n_slots=n_slots, max_len=max_len, capture=capture, **kwargs)
+            return Engine(self.loaded, n_slots=n_slots, max_len=max_len, capture=capture, **kwargs)
 
     def batch_size_for(self, requests: Sequence[ChatRequest]) -> int:
         """Requests the memory model lets run at once on this GPU (64 on the CPU)."""
-        from ixcdoc.engine.engine import prompt_tokens, vision_tiles
+        from ixcdoc.engine.arith import prompt_tokens, vision_tiles
         from ixcdoc.planning import VRAM_HEADROOM
         from ixcdoc.vram import PROMPT_TEXT_TOKENS, auto_batch_size
 
         gpu = self.gpu_budget()
         if gpu is None:
             return 64
-        worst = max(requests, key=lambda r: prompt_tokens(self, r) + r.max_new_tokens)
+        worst = max(requests, key=lambda r: prompt_tokens(self.loaded, r) + r.max_new_tokens)
         n = auto_batch_size(
             self.config,
             int(gpu.free_bytes * VRAM_HEADROOM),
-            max(prompt_tokens(self, worst) - PROMPT_TEXT_TOKENS, 0),
-            vision_tiles(self, worst) - len(worst.images),
+            max(prompt_tokens(self.loaded, worst) - PROMPT_TEXT_TOKENS, 0),
+            vision_tiles(self.loaded, worst) - len(worst.images),
             worst.max_new_tokens,
             "4bit" if self.quant == "4bit" else "bf16",
             beams=max(r.num_beams for r in requests),
@@ -567,11 +545,11 @@ class DocModel:
         logits_hook: Any = None,
     ) -> list[Any]:
         """Run ``requests`` on an engine of up to ``n`` sequences; answers or errors in order."""
-        from ixcdoc.engine.engine import request_positions
+        from ixcdoc.engine.arith import request_positions
 
         beams = max(r.num_beams for r in requests)
         n_slots = max(min(n, sum(r.num_beams for r in requests)), beams)
-        need = max(request_positions(self, r) for r in requests)
+        need = max(request_positions(self.loaded, r) for r in requests)
         max_len = -(-max(need, 1) // 256) * 256  # as generate rounds: nearby runs share shapes
         eng = self.engine(n_slots=n_slots, max_len=max_len, logits_hook=logits_hook)
         try:

@@ -324,7 +324,7 @@ def test_fed_page_is_the_hd_image_the_model_takes(files) -> None:
     assert torch.equal(x, normalize_uint8(torch.from_numpy(fed.pixels)))
     other = hd_geometry(fed.info.native_h, fed.info.native_w, 1, TILE)
     assert dm.pixels(hd_img, 1).shape == (1, 3, other.padded_h, other.padded_w)  # re-rendered
-    p = dm.prepare([hd_img], "What does the page say?", hd=4)
+    p = dm.embed_prompt([hd_img], "What does the page say?", hd=4)
     g = fed.geometry
     assert p.grids == [(g.rows, g.cols)]
     assert p.n_image_tokens == g.image_tokens(dm.config.vision.patch_size)

@@ -114,7 +114,7 @@ def test_query_without_placeholder_gets_image_prepended(dm) -> None:
 
 def test_two_images(dm) -> None:
     imgs = [_image(c) for c in chat_cases()]
-    p = dm.prepare(imgs, "<ImageHere> and <ImageHere>: same?", hd=1)
+    p = dm.embed_prompt(imgs, "<ImageHere> and <ImageHere>: same?", hd=1)
     assert p.grids == [(1, 1), (1, 1)] and p.n_image_tokens == 26
     assert int(p.im_mask.sum()) == 26
 

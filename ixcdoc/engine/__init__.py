@@ -11,15 +11,22 @@ from ixcdoc.engine.request import ChatRequest
 
 if TYPE_CHECKING:
     from ixcdoc.engine.engine import Engine
+    from ixcdoc.engine.prompts import Loaded
     from ixcdoc.engine.sequence import Handle
+
+_LAZY = {
+    "Engine": "ixcdoc.engine.engine",
+    "Handle": "ixcdoc.engine.sequence",
+    "Loaded": "ixcdoc.engine.prompts",
+}
 
 
 def __getattr__(name: str) -> Any:
-    if name in ("Engine", "Handle"):
-        from ixcdoc.engine import engine, sequence
+    if name in _LAZY:
+        import importlib
 
-        return engine.Engine if name == "Engine" else sequence.Handle
+        return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(name)
 
 
-__all__ = ["ChatRequest", "Engine", "Handle"]
+__all__ = ["ChatRequest", "Engine", "Handle", "Loaded"]

@@ -18,12 +18,15 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 
 from ixcdoc.errors import DeviceError, UsageError
-from ixcdoc.model import merge
 from ixcdoc.vram import available_ram, kv_cache_bytes, prefill_activation_bytes, size_text
+
+if TYPE_CHECKING:
+    from ixcdoc.model.xcomposer import XComposer2
 
 ATTEND_ROUND = 64  # eager decode attends to the longest row's prefix, rounded up to this
 
@@ -60,23 +63,32 @@ def bucket_for(n: int, limit: int) -> int:
     return min(b, limit)
 
 
+def release_memory(device: torch.device) -> None:
+    """Give cached memory back after an out-of-memory error, before a retry."""
+    import gc
+
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
 class ModelRunner:
-    """Owns the slot cache of one model and runs its forwards."""
+    """Owns the slot cache of one network and runs its forwards."""
 
     def __init__(
-        self, model: torch.nn.Module, n_slots: int, max_len: int, *, capture: bool | None = None
+        self, net: XComposer2, n_slots: int, max_len: int, *, capture: bool | None = None
     ) -> None:
-        self.model = model
+        self.net = net
         self.n_slots = n_slots
         self.max_len = max_len
-        param = next(model.parameters())
+        param = next(net.parameters())
         self.device = param.device
         self.capture = (self.device.type == "cuda") if capture is None else capture
         for name, v in (("n_slots", n_slots), ("max_len", max_len)):
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise UsageError(f"an engine needs {name} a whole number >= 1, got {v!r}")
         self._allocate_cache()
-        cache = model.model.layers[0].attention.kv_cache
+        cache = net.model.layers[0].attention.kv_cache
         if cache.k.shape[0] < n_slots or cache.max_seq_length < max_len:
             raise RuntimeError("the model's KV cache is smaller than the engine asked for")
 
@@ -84,9 +96,9 @@ class ModelRunner:
         """The slot cache, or a one-line DeviceError (code 'oom') when it cannot fit: refused
         before allocating when it is larger than the memory left (a huge ``--batch-size`` must
         not take the machine down), and any allocation failure said the same way."""
-        model, dev = self.model, self.device
-        cfg = model.config
-        dtype = model.model.tok_embeddings.weight.dtype
+        net, dev = self.net, self.device
+        cfg = net.config
+        dtype = net.model.tok_embeddings.weight.dtype
         need = kv_cache_bytes(cfg, self.n_slots * self.max_len, dtype.itemsize)
         # and one packed prefill's activations (a slot's positions) must fit beside it
         need_run = need + prefill_activation_bytes(cfg, self.max_len) * dtype.itemsize // 2
@@ -107,56 +119,46 @@ class ModelRunner:
                 code="oom",
             )
         try:
-            model.setup_caches(self.n_slots, self.max_len)
+            net.setup_caches(self.n_slots, self.max_len)
         except (torch.cuda.OutOfMemoryError, RuntimeError, TypeError) as e:
             text = str(e).lower()
             if not isinstance(e, torch.cuda.OutOfMemoryError) and not (
                 "allocate" in text or "overflow" in text
             ):
                 raise
-            model.reset_caches()  # a partial cache must not stay behind
+            net.reset_caches()  # a partial cache must not stay behind
             raise DeviceError(
                 f"{what} ({size_text(need)}) does not fit on {dev}; {hint}", code="oom"
             ) from None
 
     def _has_cache(self) -> bool:
-        return self.model.model.layers[0].attention.kv_cache is not None
+        return self.net.model.layers[0].attention.kv_cache is not None
 
     def _caches(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        caches = [layer.attention.kv_cache for layer in self.model.model.layers]
+        caches = [layer.attention.kv_cache for layer in self.net.model.layers]
         return [(c.k, c.v) for c in caches]
 
     # -- vision ------------------------------------------------------------------------------
 
     def encode_images(self, pixels: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-        """Normalized HD tensors [1, 3, H, W] (any tiers) -> embeddings [N_i, D], one ViT pass.
+        """Normalized HD tensors [1, 3, H, W] -> embeddings [N_i, D], all crops in one ViT pass
+        (``XComposer2.encode_images``, the vision encode ``chat`` uses too)."""
+        return self.net.encode_images(pixels)
 
-        The crops of every image go through the vision tower as one batch; the 2x2 merge,
-        separators and projector then run per image, as ``XComposer2.encode_image`` does.
-        """
-        if not pixels:  # a round of text-only requests: no vision forward at all
-            return []
-        m = self.model
-        t = m.tile
-        batches = [m.vit_input(p.to(self.device)) for p in pixels]  # [1 + h*w, 3, t, t] each
-        feats = m.vit(torch.cat(batches)) if len(batches) > 1 else m.vit(batches[0])
-        out: list[torch.Tensor] = []
-        start = 0
-        for p, b in zip(pixels, batches, strict=True):
-            f = feats[start : start + b.shape[0]]
-            start += b.shape[0]
-            rows, cols = p.shape[-2] // t, p.shape[-1] // t
-            merged = merge.merge_2x2(f)
-            tokens = merge.layout_tokens(merged, rows, cols, m.plora_glb_GN, m.plora_sub_GN)
-            merge.check_token_count(tokens.shape[0], rows, cols, t, m.config.vision.patch_size)
-            out.append(m.vision_proj(tokens.to(m.vision_proj[0].weight.dtype)))
-        return out
+    def release_memory(self) -> None:
+        """Give cached device memory back after an out-of-memory error, before a retry."""
+        release_memory(self.device)
+
+    def sync(self) -> None:
+        """Wait for the device's queued work (a timing boundary; nothing to do on the CPU)."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
 
     # -- decoder -----------------------------------------------------------------------------
 
     def prefill(self, embeds: torch.Tensor, im_mask: torch.Tensor | None, row: int) -> torch.Tensor:
         """Spliced prompt [1, L, D] into cache row ``row`` -> fp32 logits [V] of its last token."""
-        return self.model(embeds, im_mask, None, last_only=True, cache_row=row)[0, -1]
+        return self.net(embeds, im_mask, None, last_only=True, cache_row=row)[0, -1]
 
     def prefill_packed(
         self,
@@ -183,7 +185,7 @@ class ModelRunner:
         ]
         im_mask = torch.cat([m.to(self.device) for m in masks], dim=1)
         segments = [(e.shape[1], r, f) for e, r, f in zip(embeds, rows, firsts, strict=True)]
-        return self.model(x, im_mask, None, last_only=True, segments=segments)[0]
+        return self.net(x, im_mask, None, last_only=True, segments=segments)[0]
 
     def save_prefix(self, row: int, length: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """A copy of the first ``length`` cached positions of ``row``: per layer (k, v)."""
@@ -208,9 +210,9 @@ class ModelRunner:
             if b == 1:
                 # one row (row 0): generate's batch-1 step, one position for the batch, which
                 # skips the per-row mask and flat cache indices (~7% of a step on the CPU)
-                x = self.model.embed_tokens(idt)
-                return self.model(x, None, pos.view(1), last_only=True, attend_len=span)[:, -1]
-            return _decode_rows(self.model, idt, pos, span)
+                x = self.net.embed_tokens(idt)
+                return self.net(x, None, pos.view(1), last_only=True, attend_len=span)[:, -1]
+            return _decode_rows(self.net, idt, pos, span)
         n = bucket_for(b, self.n_slots)
         pad = n - b  # dummy rows: token 0 at position 0 of free slots
         idt = torch.tensor(list(ids) + [0] * pad, dtype=torch.long, device=self.device)
@@ -219,7 +221,7 @@ class ModelRunner:
         fn = _compiled_decode_rows(mode)
         if mode is not None:
             torch.compiler.cudagraph_mark_step_begin()
-        return fn(self.model, idt.view(n, 1), pos.view(n, 1))[:b].clone()
+        return fn(self.net, idt.view(n, 1), pos.view(n, 1))[:b].clone()
 
     def copy_rows(
         self, src: Sequence[int], dst: Sequence[int], length: int, start: int = 0

@@ -94,6 +94,11 @@ class Sequence:
         return self.request.num_beams
 
     @property
+    def history(self) -> torch.Tensor | None:
+        """The ids generated so far, on the device, for the repetition penalty (None: off)."""
+        return None if self.generated is None else self.generated[: len(self.tokens)]
+
+    @property
     def next_position(self) -> int:
         """The position the next fed token is written at."""
         if self.beam is not None:

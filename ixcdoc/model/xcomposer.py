@@ -21,7 +21,7 @@ Part = torch.Tensor
 
 
 class XComposer2(InternLM2ForCausalLM):
-    """The full model: ``encode_image``, ``splice`` and the decoder ``forward``."""
+    """The full model: ``encode_images``, ``splice`` and the decoder ``forward``."""
 
     def __init__(self, cfg: ModelConfig, make_linear: LinearFactory = default_linear) -> None:
         super().__init__(cfg, make_linear)
@@ -45,18 +45,42 @@ class XComposer2(InternLM2ForCausalLM):
 
     def image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """[1, 3, H, W] -> pre-projection tokens [N, 4C], separators included."""
+        feats = self.vit(self.vit_input(pixel_values))  # [1 + h*w, g*g, C], one forward
+        return self._layout(feats, pixel_values)
+
+    def _layout(self, feats: torch.Tensor, pixel_values: torch.Tensor) -> torch.Tensor:
+        """One image's ViT features [1 + h*w, g*g, C] -> tokens [N, 4C] (merge, separators)."""
         t = self.tile
         rows, cols = pixel_values.shape[-2] // t, pixel_values.shape[-1] // t
-        feats = self.vit(self.vit_input(pixel_values))  # [1 + h*w, g*g, C], one forward
         merged = merge.merge_2x2(feats)  # [1 + h*w, g/2, g/2, 4C]
         tokens = merge.layout_tokens(merged, rows, cols, self.plora_glb_GN, self.plora_sub_GN)
         merge.check_token_count(tokens.shape[0], rows, cols, t, self.config.vision.patch_size)
         return tokens
 
+    def encode_images(self, pixels: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """Normalized HD tensors [1, 3, H, W] (any tiers) -> image embeddings [N_i, D].
+
+        The crops of every image go through the vision tower as one batch; the 2x2 merge,
+        separators and ``vision_proj`` then run per image. The one vision encode: ``chat``
+        (one image at a time) and the engine (every admitted page at once) both call it.
+        """
+        if not pixels:  # a round of text-only requests: no vision forward at all
+            return []
+        dev = self.plora_glb_GN.device
+        batches = [self.vit_input(p.to(dev)) for p in pixels]  # [1 + h*w, 3, t, t] each
+        feats = self.vit(torch.cat(batches)) if len(batches) > 1 else self.vit(batches[0])
+        proj_dtype = self.vision_proj[0].weight.dtype
+        out: list[torch.Tensor] = []
+        start = 0
+        for p, b in zip(pixels, batches, strict=True):
+            tokens = self._layout(feats[start : start + b.shape[0]], p)  # [N_i, 4C]
+            start += b.shape[0]
+            out.append(self.vision_proj(tokens.to(proj_dtype)))  # [N_i, D]
+        return out
+
     def encode_image(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """[1, 3, H, W] normalized HD tensor -> image embeddings [N, D] after ``vision_proj``."""
-        feats = self.image_features(pixel_values)
-        return self.vision_proj(feats.to(self.vision_proj[0].weight.dtype))
+        return self.encode_images([pixel_values])[0]
 
     def splice(
         self, parts: Sequence[Part], *, max_length: int | None = None

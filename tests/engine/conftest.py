@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from ixcdoc.engine import ChatRequest
-from ixcdoc.engine.engine import sampling_config
+from ixcdoc.engine.arith import sampling_config
 from ixcdoc.generate import decode_step, generate
 from ixcdoc.runtime import DocModel, load
 
@@ -50,7 +50,7 @@ class Reference:
 
 def chat_reference(dm: DocModel, req: ChatRequest, **callbacks) -> Reference:
     """Run ``generate`` for ``req`` alone (batch 1), recording every step's logits."""
-    p = dm.prepare(req.images, req.query, hd=req.hd, meta_instruction=req.meta_instruction)
+    p = dm.embed_prompt(req.images, req.query, hd=req.hd, meta_instruction=req.meta_instruction)
     dm.model.reset_caches()  # a fresh prefill writes into any cache that is set up
     with torch.inference_mode():
         first = dm.model(p.inputs_embeds, p.im_mask, None, last_only=True)[0, -1].clone()

@@ -26,7 +26,7 @@ def _full_logits(dm, embeds, im_mask, tokens: list[int]) -> torch.Tensor:
 def reference_beam_search(dm, req: ChatRequest, stops: set[int]) -> list[int]:
     """HF's beam search rules (length_penalty 1, early_stopping False), written plainly."""
     nb, max_new = req.num_beams, req.max_new_tokens
-    p = dm.prepare(req.images, req.query, hd=req.hd, meta_instruction=req.meta_instruction)
+    p = dm.embed_prompt(req.images, req.query, hd=req.hd, meta_instruction=req.meta_instruction)
     keep = max(2, 1 + len(stops)) * nb
     running: list[tuple[list[int], float]] = [([], 0.0)] + [([], -1e9)] * (nb - 1)
     finished: list[tuple[float, list[int]]] = []

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ixcdoc.engine.engine import _packs, _Prompt
+from ixcdoc.engine.admission import _packs, _Prompt
 
 from .test_parity import _check, _mixed, _run, chat_reference
 
@@ -142,7 +142,7 @@ def test_pages_admitted_together_reuse_the_system_prompt_the_first_one_saves(fix
     handles = [eng.submit(r) for r in reqs]
     eng.step()  # one round admits all four
     assert eng.prefix_hits == 2
-    assert len(eng._prefixes) == 2
+    assert len(eng.prefixes.saved) == 2
     eng.run_until_idle()
     fixture_dm.model.reset_caches()
     for req, h in zip(reqs, handles, strict=True):
@@ -186,7 +186,7 @@ def test_engine_reuses_each_system_prompt_and_answers_as_chat(fixture_dm) -> Non
     # rounds of two: the first two prompts (two system prompts) and the first "" one prefill
     # whole; every later prompt finds its own system prompt saved
     assert eng.prefix_hits == 8 - 3
-    assert len(eng._prefixes) == 3
+    assert len(eng.prefixes.saved) == 3
     _check(fixture_dm, reqs, handles, logits)
 
 
@@ -207,7 +207,7 @@ def test_saved_prefixes_stay_within_one_slot_of_positions(fixture_dm) -> None:
     """Hostile system prompts cannot pin memory: a prefix over half a slot is not kept, and
     the kept ones never add up to more than one slot's positions."""
     from ixcdoc.engine import ChatRequest
-    from ixcdoc.engine.engine import _parts
+    from ixcdoc.engine.prompts import prompt_parts
 
     from .conftest import page
 
@@ -217,13 +217,13 @@ def test_saved_prefixes_stay_within_one_slot_of_positions(fixture_dm) -> None:
     eng = fixture_dm.engine(n_slots=2, max_len=1024)
     metas = [f"Rule {i}. " + "Read every word with care. " * (15 + 8 * i) for i in range(4)]
     metas.append("Read. " * 110)  # a prefix over half a slot
-    sizes = [len(_parts(fixture_dm, req(m))[0].ids) for m in metas]
+    sizes = [len(prompt_parts(fixture_dm.tokenizer, "q", m, 1)[0].ids) for m in metas]
     assert sizes[-1] > 512 and sum(sizes[:-1]) > 1024  # the bounds are really exercised
     handles = [eng.submit(req(m)) for m in metas + metas]  # each twice
     eng.run_until_idle()
     fixture_dm.model.reset_caches()
     assert all(h.result().token_ids is not None for h in handles)
-    kept = list(eng._prefixes)
+    kept = list(eng.prefixes.saved)
     assert sum(len(k) for k in kept) <= 1024
     assert all(len(k) <= 512 for k in kept)
     assert len(kept[-1]) == sizes[-2]  # the most recently saved one survives

@@ -219,12 +219,12 @@ def test_a_request_whose_sampling_fails_fails_alone(fixture_dm, monkeypatch) -> 
     with NaN, injected) or in a later decode step (an error injected into its sampling). A
     temperature small enough to make every probability NaN is refused up front now
     (generate.MIN_TEMPERATURE), so the first-token failure is injected too."""
-    from ixcdoc.engine import engine as engine_mod
+    from ixcdoc.engine import admission, decode
 
     reqs = _reqs(4, tokens=5)
     reqs[1].do_sample, reqs[1].temperature, reqs[1].seed = True, 0.9, 1
     reqs[2].do_sample, reqs[2].temperature, reqs[2].seed = True, 0.7, 2
-    real = engine_mod.choose_token
+    real = decode.choose_token
     calls: list[float] = []
 
     def fails_in_a_decode_step(logits, history, cfg, generator):
@@ -236,7 +236,8 @@ def test_a_request_whose_sampling_fails_fails_alone(fixture_dm, monkeypatch) -> 
                 raise RuntimeError("injected sampling failure")
         return real(logits, history, cfg, generator)
 
-    monkeypatch.setattr(engine_mod, "choose_token", fails_in_a_decode_step)
+    for room in (admission, decode):  # the first token, and the decode steps
+        monkeypatch.setattr(room, "choose_token", fails_in_a_decode_step)
     out = fixture_dm.chat_batch(reqs, max_batch=4, return_exceptions=True)
     assert isinstance(out[1], RuntimeError) and "probability tensor" in str(out[1])
     assert isinstance(out[2], RuntimeError) and "injected" in str(out[2])
