@@ -50,7 +50,6 @@ class BeamSearch:
         *,
         length_penalty: float = 1.0,
         repetition_penalty: float = 1.0,
-        device: torch.device | str = "cpu",
     ) -> None:
         self.num_beams = num_beams
         self.stop_ids = torch.tensor(sorted({int(s) for s in stop_ids}), dtype=torch.long)
@@ -59,7 +58,6 @@ class BeamSearch:
         self.length_penalty = length_penalty
         self.repetition_penalty = repetition_penalty
         self.keep = max(2, 1 + len(self.stop_set)) * num_beams
-        self.device = torch.device(device)
         self.running: list[list[int]] = [[] for _ in range(num_beams)]
         self.running_scores = torch.full((num_beams,), NEG, dtype=torch.float32)
         self.running_scores[0] = 0.0  # all beams start identical: expand from beam 0 only

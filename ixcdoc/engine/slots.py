@@ -4,7 +4,8 @@ The cache is the decoder's static ``[slots, n_kv, max_len, head_dim]`` per layer
 owns one row (a beam search owns one row per beam). Rows in use are always ``0..used-1``: when
 a sequence leaves, the last rows move into the holes it left (at most one row copy per freed
 row), so a decode step runs on the leading ``used`` rows as a plain view, never a gather. A
-sequence therefore keeps a list of its rows and updates it from the moves. Pure bookkeeping.
+sequence therefore keeps a list of its rows and updates it from the moves (the engine's
+``_leave``). Pure bookkeeping.
 """
 
 from __future__ import annotations
@@ -30,14 +31,6 @@ class SlotTable:
     def free(self) -> int:
         """Rows that can be allocated now."""
         return self.n_slots - self.used
-
-    def owner(self, row: int) -> Hashable | None:
-        """Who owns ``row`` (None when free)."""
-        return self._owner[row]
-
-    def rows_of(self, owner: Hashable) -> list[int]:
-        """The rows ``owner`` holds, ascending."""
-        return [r for r, o in enumerate(self._owner) if o is owner]
 
     def allocate(self, owner: Hashable, n: int = 1) -> list[int]:
         """Give ``owner`` n rows right after the used block."""
