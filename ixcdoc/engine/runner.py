@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from ixcdoc.errors import DeviceError, UsageError
+from ixcdoc.model.internlm2 import AttentionBatch
 from ixcdoc.vram import available_ram, kv_cache_bytes, prefill_activation_bytes, size_text
 
 if TYPE_CHECKING:
@@ -32,10 +33,11 @@ ATTEND_ROUND = 64  # eager decode attends to the longest row's prefix, rounded u
 
 
 def _decode_rows(
-    model: torch.nn.Module, ids: torch.Tensor, pos: torch.Tensor, attend_len: int | None = None
+    net: XComposer2, ids: torch.Tensor, pos: torch.Tensor, span: int | None, bmm: bool
 ) -> torch.Tensor:
     """ids [B, 1], per-row positions [B, 1] -> fp32 logits [B, V] over cache rows 0..B-1."""
-    return model(model.embed_tokens(ids), None, pos, last_only=True, attend_len=attend_len)[:, -1]
+    batch = AttentionBatch(span=span, bmm=bmm)
+    return net(net.embed_tokens(ids), None, pos, last_only=True, batch=batch)[:, -1]
 
 
 @functools.cache
@@ -53,6 +55,13 @@ def _free_bytes(device: torch.device) -> int | None:
         free, _total = torch.cuda.mem_get_info(device)
         return free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
     return available_ram() if device.type == "cpu" else None
+
+
+def masked_bmm(device: torch.device) -> bool:
+    """Whether masked attention over the cache runs as baddbmm (``AttentionBatch.bmm``): off
+    CUDA, where SDPA's masked CPU kernel costs ~2 ms per call on a few query rows; on CUDA,
+    SDPA with a 4-D mask."""
+    return device.type != "cuda"
 
 
 def bucket_for(n: int, limit: int) -> int:
@@ -84,6 +93,7 @@ class ModelRunner:
         param = next(net.parameters())
         self.device = param.device
         self.capture = (self.device.type == "cuda") if capture is None else capture
+        self.bmm = masked_bmm(self.device)  # the masked-attention kernel, chosen here once
         for name, v in (("n_slots", n_slots), ("max_len", max_len)):
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise UsageError(f"an engine needs {name} a whole number >= 1, got {v!r}")
@@ -158,7 +168,7 @@ class ModelRunner:
 
     def prefill(self, embeds: torch.Tensor, im_mask: torch.Tensor | None, row: int) -> torch.Tensor:
         """Spliced prompt [1, L, D] into cache row ``row`` -> fp32 logits [V] of its last token."""
-        return self.net(embeds, im_mask, None, last_only=True, cache_row=row)[0, -1]
+        return self.net(embeds, im_mask, None, last_only=True, batch=AttentionBatch(row=row))[0, -1]
 
     def prefill_packed(
         self,
@@ -185,7 +195,8 @@ class ModelRunner:
         ]
         im_mask = torch.cat([m.to(self.device) for m in masks], dim=1)
         segments = [(e.shape[1], r, f) for e, r, f in zip(embeds, rows, firsts, strict=True)]
-        return self.net(x, im_mask, None, last_only=True, segments=segments)[0]
+        batch = AttentionBatch(segments=segments, bmm=self.bmm)
+        return self.net(x, im_mask, None, last_only=True, batch=batch)[0]
 
     def save_prefix(self, row: int, length: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """A copy of the first ``length`` cached positions of ``row``: per layer (k, v)."""
@@ -211,8 +222,9 @@ class ModelRunner:
                 # one row (row 0): generate's batch-1 step, one position for the batch, which
                 # skips the per-row mask and flat cache indices (~7% of a step on the CPU)
                 x = self.net.embed_tokens(idt)
-                return self.net(x, None, pos.view(1), last_only=True, attend_len=span)[:, -1]
-            return _decode_rows(self.net, idt, pos, span)
+                batch = AttentionBatch(span=span)
+                return self.net(x, None, pos.view(1), last_only=True, batch=batch)[:, -1]
+            return _decode_rows(self.net, idt, pos, span, self.bmm)
         n = bucket_for(b, self.n_slots)
         pad = n - b  # dummy rows: token 0 at position 0 of free slots
         idt = torch.tensor(list(ids) + [0] * pad, dtype=torch.long, device=self.device)
@@ -221,7 +233,7 @@ class ModelRunner:
         fn = _compiled_decode_rows(mode)
         if mode is not None:
             torch.compiler.cudagraph_mark_step_begin()
-        return fn(self.net, idt.view(n, 1), pos.view(n, 1))[:b].clone()
+        return fn(self.net, idt.view(n, 1), pos.view(n, 1), None, self.bmm)[:b].clone()
 
     def copy_rows(
         self, src: Sequence[int], dst: Sequence[int], length: int, start: int = 0

@@ -9,8 +9,10 @@ This file knows nothing about files, devices or sampling: it is the maths only.
 - RoPE: non-interleaved rotate_half over the full head dim, inv_freq = 1/theta^(2i/d); cos/sin
   computed in fp32 and cast to the activation dtype before use (upstream's HF-4.33 cache does
   the same, so bf16 rounding matches).
-- Attention: torch SDPA (flash-attn 2 for cache-free causal prefill on CUDA when importable).
-  Never an fp32 eager softmax over the whole sequence.
+- Attention: torch SDPA, or flash-attn 2 for cache-free causal prefill when the loader chose it
+  (``set_attention_backend``; ``weights.attention_backend`` picks it for half precision on
+  CUDA). Never an fp32 eager softmax over the whole sequence. No kernel is chosen here by
+  device: the caller picks (the backend, and ``AttentionBatch.bmm`` for masked attention).
 - KV cache: preallocated [B, n_kv, max_seq, head_dim] per layer, written at ``input_pos``; a
   decode step has constant shapes (mask over the whole cache) so it can be captured by
   torch.compile / CUDA graphs.
@@ -25,17 +27,20 @@ the new keys only, which lets SDPA pick its flash kernel; the keys are also writ
 if one is set up. A tensor ``input_pos`` [S] continues a cached sequence: keys go into the cache
 at those positions and queries attend over the cache with a position mask. A 2-D ``input_pos``
 [B, S] gives every row its own positions (the batched engine: sequences of different lengths
-decode together, row b of the batch owning cache row ``cache_row + b``). ``cache_row`` places
-the batch in the cache (a prefill into one engine slot). ``segments`` packs several prompts
-into one row (the engine's packed prefill): every linear layer runs once over all their tokens,
-while attention and the cache writes run per prompt, each into its own cache row; a prompt may
-start after a prefix already in its row (the engine's reused system prompt).
+decode together). Where the rows live in the cache is one typed value, ``AttentionBatch``
+(``batch=``; None: batch row b is cache row b, the whole cache attended): ``row`` places the
+batch in the cache (a prefill into one engine slot), ``span`` bounds the cached positions
+attended, ``segments`` packs several prompts into one row (the engine's packed prefill: every
+linear layer runs once over all their tokens, while attention and the cache writes run per
+prompt, each into its own cache row; a prompt may start after a prefix already in its row, the
+engine's reused system prompt), and ``bmm`` picks the masked-attention kernel.
 """
 
 from __future__ import annotations
 
 import importlib.util
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -48,6 +53,33 @@ LinearFactory = Callable[..., PLoRALinear]
 # packed prefill: (new tokens, cache row, first position) per prompt; the positions before the
 # first one are already in that cache row (a reused prompt prefix), 0 = a fresh prompt
 Segments = Sequence[tuple[int, int, int]]
+
+
+@dataclass(frozen=True)
+class AttentionBatch:
+    """Which cache rows and positions a forward's rows read and write: the slot layout of the
+    batched engine, as one value (``InternLM2ForCausalLM.forward(batch=...)``).
+
+    ``row``: batch row b reads and writes cache row ``row + b`` (a prefill into one slot).
+    ``span``: cached queries attend to the first ``span`` positions only (the caller guarantees
+    every query position is below it); None = the whole cache.
+    ``segments``: packed prefill of several prompts, ``(length, cache_row, first)`` each; the
+    inputs [1, T, D] hold their tokens back to back (lengths sum to T, ``input_pos`` None) at
+    positions first..first+length-1 (first > 0: positions 0..first-1 are already in that cache
+    row, a reused prefix); with ``last_only`` the logits are [1, n, V], each prompt's last token.
+    ``bmm``: masked attention over the cache runs as ``baddbmm`` + softmax + ``bmm`` with a 3-D
+    mask (per-row decode rows, and prefix-continuing prompts of at most ``BMM_MAX_ROWS``
+    tokens) instead of SDPA with a 4-D mask; the caller's choice (the engine's runner takes it
+    off CUDA, where SDPA's masked CPU kernel costs ~2 ms per call on a few query rows).
+    """
+
+    row: int = 0
+    span: int | None = None
+    segments: Segments | None = None
+    bmm: bool = False
+
+
+ONE_BATCH = AttentionBatch()  # batch row b is cache row b; the whole cache; SDPA
 
 
 class RMSNorm(nn.Module):
@@ -112,18 +144,12 @@ def cache_mask(
     return mask.masked_fill_(~visible, float("-inf"))[None, None]
 
 
-# A prompt that continues a cached prefix takes the baddbmm path only when it is this short:
+# A prompt that continues a cached prefix takes the baddbmm path (``AttentionBatch.bmm``) only
+# when it is this short:
 # the path materializes its fp32 scores [n_kv, g*S, span] and softmaxes them, which for a page
 # prompt of ~1,500 tokens costs ~4x SDPA's CPU kernel with the same mask (a 4-D mask
 # selects it); the ~2 ms SDPA spends per call only matters for a few query rows.
 BMM_MAX_ROWS = 64
-
-
-def bmm_attention(x: torch.Tensor) -> bool:
-    """Whether masked attention over the cache runs as ``baddbmm`` + softmax + ``bmm`` with a
-    3-D mask (the CPU: SDPA's masked CPU kernel costs ~2 ms per call on a few query rows) or as
-    SDPA with a 4-D mask (CUDA). Tests switch it off to run the CUDA layout on the CPU."""
-    return not x.is_cuda
 
 
 def row_slots(positions: torch.Tensor, n_kv: int, max_seq: int) -> torch.Tensor:
@@ -186,7 +212,8 @@ class KVCache(nn.Module):
         return kc, vc
 
 
-def _flash_attn_func():
+def flash_attention() -> Callable[..., torch.Tensor] | None:
+    """flash-attn 2's ``flash_attn_func`` when it imports, else None."""
     if importlib.util.find_spec("flash_attn") is None:
         return None
     try:
@@ -210,7 +237,7 @@ class Attention(nn.Module):
         self.wqkv = make_linear("wqkv", d, qkv_out, cfg.wqkv_lora_rank)
         self.wo = make_linear("wo", self.n_heads * self.head_dim, d, cfg.lora_rank)
         self.kv_cache: KVCache | None = None
-        self.backend = "auto"  # "auto": flash-attn 2 for CUDA prefill if importable; "sdpa"
+        self.backend = "sdpa"  # or "flash": flash-attn 2 for the causal prefill (the loader's pick)
 
     def unpack_qkv(self, qkv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Packed [B, S, n_kv*(g+2)*D] -> q [B, S, H, D], k [B, S, n_kv, D], v [B, S, n_kv, D]."""
@@ -221,12 +248,7 @@ class Attention(nn.Module):
 
     def _attend_causal(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """Causal attention at positions 0..S-1: q [B, H, S, D], k/v [B, n_kv, S, D]."""
-        if (
-            self.backend != "sdpa"
-            and q.is_cuda
-            and q.dtype in (torch.float16, torch.bfloat16)
-            and (fa := _flash_attn_func()) is not None
-        ):
+        if self.backend == "flash" and (fa := flash_attention()) is not None:
             # flash-attn wants [B, S, heads, D] and handles GQA itself.
             o = fa(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), causal=True)
             return o.transpose(1, 2)
@@ -242,7 +264,7 @@ class Attention(nn.Module):
     ) -> torch.Tensor:
         """q [B, H, S, D] over the cache k/v [B, n_kv, M, D], mask [1|B, 1, g*S, M] -> [B, H, S, D].
 
-        A 3-D mask [B*n_kv, g*S, M] (per-row positions on the CPU) selects the baddbmm path.
+        A 3-D mask [B*n_kv, g*S, M] (``AttentionBatch.bmm``) selects the baddbmm path.
 
         The g query heads of a KV group are folded into the query length, so the (long) cache
         is read once per KV head and never repeated; ``mask`` comes folded the same way
@@ -254,7 +276,7 @@ class Attention(nn.Module):
             k, v = k[:, :, :span], v[:, :, :span]
         qg = q.reshape(b, self.n_kv, self.q_per_kv * s, d)  # head 4*grp+j -> grp, row j*S + s
         if mask.dim() == 3:
-            # per-row masks on the CPU, mask already [B*n_kv, g*S, span]: SDPA's CPU flash
+            # the caller chose baddbmm, mask already [B*n_kv, g*S, span]: SDPA's CPU flash
             # kernel spends ~2 ms per call on a few query rows per sequence; baddbmm (scale and
             # mask fused), softmax, bmm compute the same softmax(QK^T/sqrt(d) + mask) V
             n = b * self.n_kv
@@ -444,15 +466,17 @@ class InternLM2ForCausalLM(nn.Module):
             layer.attention.kv_cache = None
 
     def set_attention_backend(self, backend: str) -> None:
-        """'auto' (flash-attn 2 for CUDA prefill when importable, else SDPA), 'sdpa'."""
-        if backend not in ("auto", "sdpa"):
+        """The causal prefill's kernel: 'sdpa', or 'flash' (flash-attn 2: CUDA, fp16/bf16)."""
+        if backend not in ("flash", "sdpa"):
             raise ValueError(f"unknown attention backend {backend!r}")
+        if backend == "flash" and flash_attention() is None:
+            raise ValueError("attention backend 'flash' needs the flash-attn package")
         for layer in self.model.layers:
             layer.attention.backend = backend
 
     def _bmm_mask(self, mask: torch.Tensor) -> torch.Tensor:
         """A cache mask [B, 1, g*S, M] in the ``baddbmm`` layout of ``Attention._attend_cache``:
-        [B * n_kv, g*S, M], one copy per KV head (see ``bmm_attention``)."""
+        [B * n_kv, g*S, M], one copy per KV head (see ``AttentionBatch.bmm``)."""
         n_kv = self.config.num_key_value_heads
         return mask.expand(-1, n_kv, -1, -1).reshape(-1, *mask.shape[-2:])
 
@@ -463,23 +487,17 @@ class InternLM2ForCausalLM(nn.Module):
         input_pos: torch.Tensor | None = None,
         *,
         last_only: bool = False,
-        cache_row: int = 0,
-        attend_len: int | None = None,
-        segments: Segments | None = None,
+        batch: AttentionBatch | None = None,
     ) -> torch.Tensor:
         """inputs_embeds [B, S, D], im_mask [B, S] bool, input_pos [S] -> fp32 logits [B, S, V].
 
         ``input_pos=None``: fresh sequence at 0..S-1; [B, S]: per-row positions. ``last_only``:
         logits of the last position only ([B, 1, V]); prefill of thousands of tokens needs no
-        [S, 92544] tensor. ``cache_row``: batch row b reads and writes cache row cache_row + b.
-        ``attend_len``: cached queries attend to the first ``attend_len`` positions only (the
-        caller guarantees every query position is below it); None = the whole cache.
-        ``segments``: packed prefill of several prompts, ``(length, cache_row, first)`` each,
-        inputs_embeds [1, T, D] holding their tokens back to back (lengths sum to T, input_pos
-        None) at positions first..first+length-1 (first > 0: positions 0..first-1 are already
-        in that cache row, a reused prefix); with ``last_only`` the logits are [1, n, V], the
-        last token of each prompt.
+        [S, 92544] tensor. ``batch``: where the rows live in the KV cache (``AttentionBatch``;
+        None: row b is cache row b, the whole cache attended, SDPA).
         """
+        batch = ONE_BATCH if batch is None else batch
+        segments = batch.segments
         x = inputs_embeds
         s = x.shape[1]
         packed = None
@@ -494,7 +512,7 @@ class InternLM2ForCausalLM(nn.Module):
                 seg_mask = None
                 if first:  # continues a cached prefix: attends over its row with a mask
                     seg_mask = cache_mask(pos, first + n, g, x.dtype)  # [1, 1, g*n, first+n]
-                    if bmm_attention(x) and n <= BMM_MAX_ROWS:
+                    if batch.bmm and n <= BMM_MAX_ROWS:
                         seg_mask = self._bmm_mask(seg_mask)
                 packed.append((n, row, first, seg_mask))
             positions = torch.cat(pieces)
@@ -508,9 +526,9 @@ class InternLM2ForCausalLM(nn.Module):
             if m == 0:
                 raise RuntimeError("input_pos given but no KV cache: call setup_caches() first")
             g = self.config.num_attention_heads // self.config.num_key_value_heads
-            span = m if attend_len is None else min(attend_len, m)
+            span = m if batch.span is None else min(batch.span, m)
             mask = cache_mask(positions, span, g, x.dtype)  # [1|B, 1, g*S, span], for all layers
-            if positions.dim() == 2 and bmm_attention(x):  # the CPU per-row layout
+            if positions.dim() == 2 and batch.bmm:  # the baddbmm per-row layout
                 mask = self._bmm_mask(mask)
         if im_mask is not None and not bool(im_mask.any()):
             im_mask = None  # text-only: skip the per-layer LoRA gather entirely
@@ -524,7 +542,7 @@ class InternLM2ForCausalLM(nn.Module):
             cos, sin = rope_cos_sin(positions, d, theta, x.dtype)
             cos, sin = cos.view(s, 1, 1, d), sin.view(s, 1, 1, d)  # over [B, S, n_kv, g, D]
         for layer in self.model.layers:
-            x = layer(x, cos, sin, positions, mask, im_mask, cache_row, packed)
+            x = layer(x, cos, sin, positions, mask, im_mask, batch.row, packed)
         if last_only and segments is not None:
             ends = torch.tensor([n for n, _, _ in segments], device=x.device).cumsum(0) - 1
             x = x[:, ends]

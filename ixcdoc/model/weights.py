@@ -32,7 +32,7 @@ import torch
 
 from ixcdoc.config import ModelConfig
 from ixcdoc.errors import WeightsError
-from ixcdoc.model.internlm2 import LinearFactory, default_linear
+from ixcdoc.model.internlm2 import LinearFactory, default_linear, flash_attention
 from ixcdoc.model.xcomposer import XComposer2
 
 IGNORED_EXTRA: tuple[str, ...] = (
@@ -284,7 +284,15 @@ def _materialize(
     if leftover:  # an invariant of this function, not a user error
         raise AssertionError(f"parameters left on meta after loading: {leftover[:5]}")
     model.requires_grad_(False)
+    model.set_attention_backend(attention_backend(device, dtype))
     return model.eval()
+
+
+def attention_backend(device: torch.device, dtype: torch.dtype) -> str:
+    """The causal prefill's kernel for weights on ``device`` in ``dtype``: flash-attn 2 on CUDA
+    in fp16/bf16 when it imports (upstream's own default), else SDPA."""
+    half = dtype in (torch.float16, torch.bfloat16)
+    return "flash" if device.type == "cuda" and half and flash_attention() is not None else "sdpa"
 
 
 def random_model(

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from ixcdoc.engine.admission import _packs, _Prompt
+from ixcdoc.model.internlm2 import AttentionBatch
 
 from .test_parity import _check, _mixed, _run, chat_reference
 
@@ -53,7 +54,7 @@ def test_packed_prompts_equal_separate_prefills(fixture_dm) -> None:
         model.reset_caches()
         model.setup_caches(3, 32)
         alone = [
-            model(p, m, None, last_only=True, cache_row=r)[0, -1]
+            model(p, m, None, last_only=True, batch=AttentionBatch(row=r))[0, -1]
             for p, m, r in zip(prompts, masks, rows, strict=True)
         ]
         cache_alone = [(c.k.clone(), c.v.clone()) for c in _caches(model)]
@@ -61,7 +62,8 @@ def test_packed_prompts_equal_separate_prefills(fixture_dm) -> None:
         model.setup_caches(3, 32)
         im = torch.cat([masks[0], torch.zeros(1, 13, dtype=torch.bool)], dim=1)
         segments = [(p.shape[1], r, 0) for p, r in zip(prompts, rows, strict=True)]
-        out = model(torch.cat(prompts, dim=1), im, None, last_only=True, segments=segments)[0]
+        batch = AttentionBatch(segments=segments)
+        out = model(torch.cat(prompts, dim=1), im, None, last_only=True, batch=batch)[0]
         cache_packed = [(c.k.clone(), c.v.clone()) for c in _caches(model)]
     model.reset_caches()
     assert out.shape == (3, model.config.vocab_size)
@@ -89,19 +91,21 @@ def test_prompts_that_continue_a_saved_prefix_equal_full_prefills(fixture_dm) ->
         model.setup_caches(3, 32)
         m0 = torch.cat([torch.zeros(1, 7, dtype=torch.bool), tail_mask], dim=1)
         alone = [
-            model(full[0], m0, None, last_only=True, cache_row=0)[0, -1],
-            model(other, None, None, last_only=True, cache_row=2)[0, -1],
+            model(full[0], m0, None, last_only=True, batch=AttentionBatch(row=0))[0, -1],
+            model(other, None, None, last_only=True, batch=AttentionBatch(row=2))[0, -1],
         ]
         cache_alone = [(c.k.clone(), c.v.clone()) for c in _caches(model)]
 
         model.reset_caches()
         model.setup_caches(3, 32)
-        model(full[1], None, None, cache_row=1)  # the prefix arrives with another prompt
+        # the prefix arrives with another prompt
+        model(full[1], None, None, batch=AttentionBatch(row=1))
         for c in _caches(model):  # copy positions 0..6 of row 1 into row 0
             c.k[0, :, :7], c.v[0, :, :7] = c.k[1, :, :7], c.v[1, :, :7]
         x = torch.cat([full[0][:, 7:], other], dim=1)
         im = torch.cat([tail_mask, torch.zeros(1, 4, dtype=torch.bool)], dim=1)
-        out = model(x, im, None, last_only=True, segments=[(5, 0, 7), (4, 2, 0)])[0]
+        batch = AttentionBatch(segments=[(5, 0, 7), (4, 2, 0)])
+        out = model(x, im, None, last_only=True, batch=batch)[0]
         cache_packed = [(c.k.clone(), c.v.clone()) for c in _caches(model)]
     model.reset_caches()
     torch.testing.assert_close(out, torch.stack(alone), rtol=0, atol=1e-5)
@@ -119,7 +123,7 @@ def test_a_packed_row_refuses_inconsistent_lengths(fixture_dm) -> None:
     model = fixture_dm.model
     x = torch.zeros(1, 5, model.config.hidden_size)
     with pytest.raises(ValueError, match="packed row"):
-        model(x, None, None, segments=[(3, 0, 0)])
+        model(x, None, None, batch=AttentionBatch(segments=[(3, 0, 0)]))
 
 
 @pytest.mark.parametrize("prefix", [True, False])

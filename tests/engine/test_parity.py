@@ -78,12 +78,12 @@ def test_mixed_batch_equals_chat(request, which) -> None:
 def test_the_cuda_attention_layout_equals_chat_on_the_cpu(request, which, monkeypatch) -> None:
     """The masked attention as CUDA runs it (SDPA with a 4-D mask, for the per-row decode step
     and for prompts that continue a saved prefix), run here on the CPU: CI has no GPU."""
-    from ixcdoc.model import internlm2
+    from ixcdoc.engine import runner
 
     def no_bmm(*a, **k):
         raise AssertionError("the CPU layout ran")
 
-    monkeypatch.setattr(internlm2, "bmm_attention", lambda x: False)
+    monkeypatch.setattr(runner, "masked_bmm", lambda device: False)
     monkeypatch.setattr(torch, "baddbmm", no_bmm)
     dm = request.getfixturevalue(which)
     reqs = _mixed(7)

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from ixcdoc.engine.runner import bucket_for
+from ixcdoc.model.internlm2 import AttentionBatch
 
 
 def test_bucket_sizes() -> None:
@@ -31,7 +32,7 @@ def test_per_row_positions_equal_separate_decodes(fixture_dm) -> None:
         model.reset_caches()
         model.setup_caches(2, 32)
         for row, p in enumerate(prompts):
-            model(p, None, None, cache_row=row)
+            model(p, None, None, batch=AttentionBatch(row=row))
         pos = torch.tensor([[5], [9]])
         both = model(model.embed_tokens(nxt), None, pos)[:, -1]
     model.reset_caches()

@@ -9,6 +9,7 @@ import torch
 
 from ixcdoc.config import ModelConfig
 from ixcdoc.model.internlm2 import InternLM2ForCausalLM, RMSNorm
+from ixcdoc.model.weights import attention_backend
 
 CFG = ModelConfig(
     vocab_size=50,
@@ -192,6 +193,7 @@ def test_bf16_cuda_backends_agree_and_cache_matches(lm) -> None:
     m.load_state_dict({k: v.to("cuda", torch.bfloat16) for k, v in lm.state_dict().items()})
     x, mask = _inputs(6, s=40)
     x, mask = x.to("cuda", torch.bfloat16), mask.cuda()
+    m.set_attention_backend(attention_backend(torch.device("cuda"), torch.bfloat16))
     with torch.inference_mode():
         auto = m(x, mask)  # flash-attn 2 when importable, else SDPA
         m.set_attention_backend("sdpa")
@@ -201,3 +203,47 @@ def test_bf16_cuda_backends_agree_and_cache_matches(lm) -> None:
         steps = [m(x[:, p : p + 1], None, torch.tensor([p], device="cuda")) for p in range(30, 40)]
     torch.testing.assert_close(auto, sdpa, rtol=0, atol=5e-2)
     torch.testing.assert_close(torch.cat(steps, 1), sdpa[:, 30:], rtol=0, atol=5e-2)
+
+
+def test_the_attention_batch_places_rows_and_picks_the_masked_kernel(lm, monkeypatch) -> None:
+    """Two prompts in cache rows 1 and 2 (``row``), then one decode step with per-row positions
+    over rows 0..2: the baddbmm kernel (``bmm=True``, the caller's pick) and SDPA give the same
+    logits, and each row equals that prompt decoded alone at cache row 0."""
+    from ixcdoc.model.internlm2 import AttentionBatch
+
+    x0, m0 = _inputs(3, s=7)
+    x1, m1 = _inputs(4, s=11)
+    nxt = torch.randn(3, 1, CFG.hidden_size, generator=torch.Generator().manual_seed(5))
+    with torch.inference_mode():
+        alone = []
+        for r, (x, m) in enumerate(((x0, m0), (x1, m1)), start=1):
+            lm.reset_caches()
+            lm.setup_caches(1, 32)
+            lm(x, m)
+            pos = torch.tensor([x.shape[1]])
+            alone.append(lm(nxt[r : r + 1], None, pos)[0, -1])
+        lm.reset_caches()
+        lm.setup_caches(3, 32)
+        lm(x0, m0, batch=AttentionBatch(row=1))
+        lm(x1, m1, batch=AttentionBatch(row=2))
+        pos = torch.tensor([[0], [7], [11]])  # row 0: a dummy row at position 0
+        calls: list[int] = []
+        real = torch.baddbmm
+        monkeypatch.setattr(torch, "baddbmm", lambda *a, **k: calls.append(1) or real(*a, **k))
+        sdpa = lm(nxt, None, pos, batch=AttentionBatch(span=16))[:, -1]
+        assert calls == []
+        bmm = lm(nxt, None, pos, batch=AttentionBatch(span=16, bmm=True))[:, -1]
+        assert len(calls) == CFG.num_hidden_layers
+    lm.reset_caches()
+    torch.testing.assert_close(bmm, sdpa, rtol=0, atol=1e-5)
+    torch.testing.assert_close(sdpa[1:], torch.stack(alone), rtol=0, atol=1e-5)
+
+
+def test_the_loader_picks_the_prefill_kernel_not_the_decoder(lm) -> None:
+    from ixcdoc.model.weights import attention_backend
+
+    assert attention_backend(torch.device("cpu"), torch.bfloat16) == "sdpa"
+    assert attention_backend(torch.device("cuda"), torch.float32) == "sdpa"
+    assert lm.model.layers[0].attention.backend == "sdpa"  # a bare model: SDPA
+    with pytest.raises(ValueError, match="unknown"):
+        lm.set_attention_backend("auto")
