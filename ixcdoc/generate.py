@@ -181,16 +181,6 @@ def choose_token(
     return torch.multinomial(probs, 1, generator=generator)
 
 
-def next_token(
-    logits: torch.Tensor,
-    generated: torch.Tensor,
-    cfg: SamplingConfig,
-    generator: torch.Generator | None = None,
-) -> int:
-    """Choose the next token from fp32 logits [V] given the generated ids [n]."""
-    return int(choose_token(logits, generated, cfg, generator))
-
-
 def _decode_one(model: torch.nn.Module, ids: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
     """ids [1, 1] at positions [1] through the static KV cache -> fp32 logits [V]."""
     return model(model.embed_tokens(ids), None, input_pos)[0, -1]

@@ -9,14 +9,18 @@ from ixcdoc.config import ModelConfig
 from ixcdoc.generate import (
     SamplingConfig,
     apply_repetition_penalty,
+    choose_token,
     generate,
-    next_token,
     top_k_filter,
     top_p_filter,
 )
 from ixcdoc.model.weights import load_model
 
 from .model.upstream import TINY_CKPT, chat_cases, chat_parts
+
+
+def _pick(logits: torch.Tensor, history: torch.Tensor, cfg: SamplingConfig, gen) -> int:
+    return int(choose_token(logits, history, cfg, gen))
 
 
 class ScriptedLM(torch.nn.Module):
@@ -129,12 +133,12 @@ def test_sampling_is_reproducible_and_restricted() -> None:
     logits = torch.tensor([3.0, 2.9, 2.8, -10.0, -10.0])
     cfg = SamplingConfig(do_sample=True, top_k=2, top_p=1.0, temperature=0.7)
     draws = {
-        next_token(logits, torch.empty(0, dtype=torch.long), cfg, torch.Generator().manual_seed(s))
+        _pick(logits, torch.empty(0, dtype=torch.long), cfg, torch.Generator().manual_seed(s))
         for s in range(40)
     }
     assert draws == {0, 1}  # top_k=2 keeps ids 0 and 1 only
     g1, g2 = torch.Generator().manual_seed(7), torch.Generator().manual_seed(7)
-    assert next_token(logits, torch.empty(0, dtype=torch.long), cfg, g1) == next_token(
+    assert _pick(logits, torch.empty(0, dtype=torch.long), cfg, g1) == _pick(
         logits, torch.empty(0, dtype=torch.long), cfg, g2
     )
 
@@ -158,7 +162,7 @@ def test_a_temperature_that_would_overflow_the_logits_is_refused() -> None:
     logits = torch.tensor([30.0, 29.0, -30.0])
     cfg = SamplingConfig(do_sample=True, temperature=MIN_TEMPERATURE, top_k=0, top_p=1.0)
     none = torch.empty(0, dtype=torch.long)
-    assert next_token(logits, none, cfg, torch.Generator().manual_seed(0)) == 0
+    assert _pick(logits, none, cfg, torch.Generator().manual_seed(0)) == 0
 
 
 @pytest.fixture(scope="module")

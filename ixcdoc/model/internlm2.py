@@ -239,13 +239,6 @@ class Attention(nn.Module):
         self.kv_cache: KVCache | None = None
         self.backend = "sdpa"  # or "flash": flash-attn 2 for the causal prefill (the loader's pick)
 
-    def unpack_qkv(self, qkv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Packed [B, S, n_kv*(g+2)*D] -> q [B, S, H, D], k [B, S, n_kv, D], v [B, S, n_kv, D]."""
-        b, s, _ = qkv.shape
-        qkv = qkv.view(b, s, self.n_kv, self.q_per_kv + 2, self.head_dim)  # [B, S, n_kv, g+2, D]
-        q = qkv[:, :, :, : self.q_per_kv].reshape(b, s, self.n_heads, self.head_dim)  # 4g+j
-        return q, qkv[:, :, :, -2], qkv[:, :, :, -1]
-
     def _attend_causal(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """Causal attention at positions 0..S-1: q [B, H, S, D], k/v [B, n_kv, S, D]."""
         if self.backend == "flash" and (fa := flash_attention()) is not None:

@@ -43,13 +43,9 @@ class XComposer2(InternLM2ForCausalLM):
         """[1, 3, H, W] normalized HD tensor -> ViT batch [1 + h*w, 3, tile, tile]."""
         return merge.vit_batch(pixel_values.to(self.vision_dtype), self.tile)
 
-    def image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """[1, 3, H, W] -> pre-projection tokens [N, 4C], separators included."""
-        feats = self.vit(self.vit_input(pixel_values))  # [1 + h*w, g*g, C], one forward
-        return self._layout(feats, pixel_values)
-
-    def _layout(self, feats: torch.Tensor, pixel_values: torch.Tensor) -> torch.Tensor:
-        """One image's ViT features [1 + h*w, g*g, C] -> tokens [N, 4C] (merge, separators)."""
+    def vision_tokens(self, feats: torch.Tensor, pixel_values: torch.Tensor) -> torch.Tensor:
+        """One image's ViT features [1 + h*w, g*g, C] -> pre-projection tokens [N, 4C]: the 2x2
+        merge and the separators, laid out for the image's grid (``pixel_values`` [1, 3, H, W])."""
         t = self.tile
         rows, cols = pixel_values.shape[-2] // t, pixel_values.shape[-1] // t
         merged = merge.merge_2x2(feats)  # [1 + h*w, g/2, g/2, 4C]
@@ -73,7 +69,7 @@ class XComposer2(InternLM2ForCausalLM):
         out: list[torch.Tensor] = []
         start = 0
         for p, b in zip(pixels, batches, strict=True):
-            tokens = self._layout(feats[start : start + b.shape[0]], p)  # [N_i, 4C]
+            tokens = self.vision_tokens(feats[start : start + b.shape[0]], p)  # [N_i, 4C]
             start += b.shape[0]
             out.append(self.vision_proj(tokens.to(proj_dtype)))  # [N_i, D]
         return out

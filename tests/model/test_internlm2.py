@@ -46,23 +46,6 @@ def _inputs(seed: int, s: int = 12) -> tuple[torch.Tensor, torch.Tensor]:
     return x, mask
 
 
-def test_wqkv_unpacking_matches_per_head_reference(lm) -> None:
-    attn = lm.model.layers[0].attention
-    w = attn.wqkv.weight  # [n_kv * (g + 2) * D, hidden]
-    d, g, n_kv = CFG.head_dim, CFG.num_attention_heads // CFG.num_key_value_heads, 2
-    x = torch.randn(1, 3, CFG.hidden_size)
-    q, k, v = attn.unpack_qkv(x @ w.T)
-    for head in range(CFG.num_attention_heads):
-        grp, j = divmod(head, g)
-        rows = w[(grp * (g + 2) + j) * d : (grp * (g + 2) + j + 1) * d]
-        torch.testing.assert_close(q[0, :, head], x[0] @ rows.T)
-    for grp in range(n_kv):
-        k_rows = w[(grp * (g + 2) + g) * d : (grp * (g + 2) + g + 1) * d]
-        v_rows = w[(grp * (g + 2) + g + 1) * d : (grp * (g + 2) + g + 2) * d]
-        torch.testing.assert_close(k[0, :, grp], x[0] @ k_rows.T)
-        torch.testing.assert_close(v[0, :, grp], x[0] @ v_rows.T)
-
-
 def _eager_attention_reference(attn, x: torch.Tensor, theta: float) -> torch.Tensor:
     """Attention written out per head, eager softmax in fp32, repeat_kv by i // g."""
     s, d = x.shape[1], CFG.head_dim

@@ -32,7 +32,7 @@ def test_vit_input_matches_upstream(model, case) -> None:
 def test_pre_proj_and_embeds_match_upstream(model, case) -> None:
     px = tensor(case["pixel"])
     with torch.inference_mode():
-        pre = model.image_features(px)
+        pre = model.vision_tokens(model.vit(model.vit_input(px)), px)
         emb = model.encode_image(px)
     assert pre.shape[0] == case["n_image_tokens"]
     torch.testing.assert_close(pre, tensor(case["pre_proj"]), rtol=0, atol=ATOL)

@@ -20,7 +20,21 @@ from ixcdoc.model.weights import build_meta_model, load_model
 from .upstream import TINY_CKPT, chat_cases, chat_parts
 
 bnb = pytest.importorskip("bitsandbytes")
-from ixcdoc.model.quant import PLoRALinear4bit, make_linear_4bit, quantized_bytes  # noqa: E402
+from ixcdoc.model.quant import PLoRALinear4bit, make_linear_4bit  # noqa: E402
+
+
+def quantized_bytes(model: torch.nn.Module) -> int:
+    """Bytes of all parameters and buffers (packed 4-bit weights count as stored)."""
+    total = 0
+    for t in list(model.parameters()) + list(model.buffers()):
+        total += t.numel() * t.element_size()
+    for m in model.modules():
+        if isinstance(m, PLoRALinear4bit) and m.is_quantized:
+            st = m.weight.quant_state
+            total += st.absmax.numel() * st.absmax.element_size()
+            if st.nested:
+                total += st.state2.absmax.numel() * st.state2.absmax.element_size()
+    return total
 
 
 @pytest.fixture(scope="module")
