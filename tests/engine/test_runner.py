@@ -1,4 +1,5 @@
-"""The runner: batch buckets, the per-row decoder path, the captured step, the slot cache's size."""
+"""The runner: batch buckets, the per-row and packed decoder paths, the captured step, the slot
+cache's size."""
 
 from __future__ import annotations
 
@@ -198,3 +199,88 @@ def test_with_memory_unknown_a_cache_too_large_to_address_is_still_one_error(
         with pytest.raises(DeviceError, match="does not fit"):
             tiny_dm.engine(n_slots=n, max_len=256)
     assert tiny_dm.model.model.layers[0].attention.kv_cache is None
+
+
+def test_packed_prompts_equal_separate_prefills(fixture_dm) -> None:
+    """Three fresh prompts (image tokens among them) in one packed row give each the logits,
+    and leave each the cache, that it gets from a prefill of its own."""
+    model = fixture_dm.model
+    d = model.config.hidden_size
+    gen = torch.Generator().manual_seed(1)
+    prompts = [torch.randn(1, n, d, generator=gen) for n in (6, 4, 9)]
+    masks = [torch.tensor([[False, True, True, True, False, False]]), None, None]
+    rows = [2, 0, 1]
+    with torch.inference_mode():
+        model.reset_caches()
+        model.setup_caches(3, 32)
+        alone = [
+            model(p, m, None, last_only=True, batch=AttentionBatch(row=r))[0, -1]
+            for p, m, r in zip(prompts, masks, rows, strict=True)
+        ]
+        cache_alone = [(c.k.clone(), c.v.clone()) for c in _caches(model)]
+        model.reset_caches()
+        model.setup_caches(3, 32)
+        im = torch.cat([masks[0], torch.zeros(1, 13, dtype=torch.bool)], dim=1)
+        segments = [(p.shape[1], r, 0) for p, r in zip(prompts, rows, strict=True)]
+        batch = AttentionBatch(segments=segments)
+        out = model(torch.cat(prompts, dim=1), im, None, last_only=True, batch=batch)[0]
+        cache_packed = [(c.k.clone(), c.v.clone()) for c in _caches(model)]
+    model.reset_caches()
+    assert out.shape == (3, model.config.vocab_size)
+    torch.testing.assert_close(out, torch.stack(alone), rtol=0, atol=1e-5)
+    for (ka, va), (kp, vp) in zip(cache_alone, cache_packed, strict=True):
+        for p, r in zip(prompts, rows, strict=True):
+            n = p.shape[1]
+            torch.testing.assert_close(kp[r, :, :n], ka[r, :, :n], rtol=0, atol=1e-5)
+            torch.testing.assert_close(vp[r, :, :n], va[r, :, :n], rtol=0, atol=1e-5)
+
+
+def test_prompts_that_continue_a_saved_prefix_equal_full_prefills(fixture_dm) -> None:
+    """Two prompts sharing a 7-token prefix: one prefilled whole, the other packed beside a
+    fresh prompt as its 5 remaining tokens after the prefix's KV is copied into its row,
+    give the logits and the cache of full prefills."""
+    model = fixture_dm.model
+    d = model.config.hidden_size
+    gen = torch.Generator().manual_seed(2)
+    prefix = torch.randn(1, 7, d, generator=gen)
+    full = [torch.cat([prefix, torch.randn(1, n, d, generator=gen)], dim=1) for n in (5, 3)]
+    other = torch.randn(1, 4, d, generator=gen)
+    tail_mask = torch.tensor([[False, True, True, False, False]])
+    with torch.inference_mode():
+        model.reset_caches()
+        model.setup_caches(3, 32)
+        m0 = torch.cat([torch.zeros(1, 7, dtype=torch.bool), tail_mask], dim=1)
+        alone = [
+            model(full[0], m0, None, last_only=True, batch=AttentionBatch(row=0))[0, -1],
+            model(other, None, None, last_only=True, batch=AttentionBatch(row=2))[0, -1],
+        ]
+        cache_alone = [(c.k.clone(), c.v.clone()) for c in _caches(model)]
+
+        model.reset_caches()
+        model.setup_caches(3, 32)
+        # the prefix arrives with another prompt
+        model(full[1], None, None, batch=AttentionBatch(row=1))
+        for c in _caches(model):  # copy positions 0..6 of row 1 into row 0
+            c.k[0, :, :7], c.v[0, :, :7] = c.k[1, :, :7], c.v[1, :, :7]
+        x = torch.cat([full[0][:, 7:], other], dim=1)
+        im = torch.cat([tail_mask, torch.zeros(1, 4, dtype=torch.bool)], dim=1)
+        batch = AttentionBatch(segments=[(5, 0, 7), (4, 2, 0)])
+        out = model(x, im, None, last_only=True, batch=batch)[0]
+        cache_packed = [(c.k.clone(), c.v.clone()) for c in _caches(model)]
+    model.reset_caches()
+    torch.testing.assert_close(out, torch.stack(alone), rtol=0, atol=1e-5)
+    for (ka, va), (kp, vp) in zip(cache_alone, cache_packed, strict=True):
+        for row, n in ((0, 12), (2, 4)):
+            torch.testing.assert_close(kp[row, :, :n], ka[row, :, :n], rtol=0, atol=1e-5)
+            torch.testing.assert_close(vp[row, :, :n], va[row, :, :n], rtol=0, atol=1e-5)
+
+
+def _caches(model):
+    return [layer.attention.kv_cache for layer in model.model.layers]
+
+
+def test_a_packed_row_refuses_inconsistent_lengths(fixture_dm) -> None:
+    model = fixture_dm.model
+    x = torch.zeros(1, 5, model.config.hidden_size)
+    with pytest.raises(ValueError, match="packed row"):
+        model(x, None, None, batch=AttentionBatch(segments=[(3, 0, 0)]))

@@ -1,4 +1,5 @@
-"""Streaming interface, a background engine thread, and out-of-memory isolation."""
+"""The loop (engine.py): streaming, a background thread, submit's refusals, close, and the
+failures it isolates (out of memory in a prefill or a decode step, a failing sampling)."""
 
 from __future__ import annotations
 
