@@ -29,7 +29,7 @@ from ixcdoc.serve.backend import Backend, Cancelled, GenRequest, QueueFull, Tick
 from ixcdoc.serve.body import read_request
 from ixcdoc.serve.budget import PixelBudget
 from ixcdoc.serve.cors import add_cors
-from ixcdoc.serve.engine_backend import EngineBackend, slot_positions
+from ixcdoc.serve.engine_backend import EngineBackend
 from ixcdoc.serve.errors import ApiError, invalid_request, library_error, model_failure
 from ixcdoc.serve.guard import BODY_TIMEOUT_S, Guard, check_api_key
 from ixcdoc.serve.images import FETCH_TIMEOUT_S
@@ -197,6 +197,7 @@ def create_app(
     The backend starts with the app's lifespan and stops with it.
     """
     from ixcdoc.inputs import DEFAULT_MAX_PIXELS
+    from ixcdoc.sizing import served_positions
     from ixcdoc.tasks import ASK
     from ixcdoc.tiling import merged_side
 
@@ -207,7 +208,7 @@ def create_app(
         if batch_size == 1:
             backend = Backend(model, max_queue=max_queue)
         else:
-            max_len = slot_positions(model, max_tokens)
+            max_len = served_positions(model.config, max_tokens)
             backend = EngineBackend(model, n_slots=batch_size, max_len=max_len, max_queue=max_queue)
     name = model_name or default_model_name(model)
     max_body = int(max_body_mb * 2**20)

@@ -28,47 +28,14 @@ from ixcdoc.serve.backend import (
 )
 
 
-def slot_positions(model: Any, max_tokens: int | None = None) -> int:
-    """Positions one slot must hold: the longest prompt the server admits plus the longest answer.
-
-    The server refuses images past ``config.max_length`` tokens and the prompt is cut there, so
-    a prompt never passes ``max_length``; an answer may run to ``max_tokens`` (None: up to the
-    position limit, as ``chat`` allows). Never more than ``max_position_embeddings``.
-    """
-    cfg = model.config
-    if max_tokens is None:
-        return int(cfg.max_position_embeddings)
-    return min(int(cfg.max_length) + max_tokens, int(cfg.max_position_embeddings))
-
-
 def auto_slots(model: Any, positions: int) -> int:
-    """Slots that fit: on a GPU, ``vram.auto_batch_size`` for slots of ``positions``; on the
-    CPU, as many as half the available RAM holds (at most 64, as for the batch CLI). At least 1."""
-    from ixcdoc.planning import VRAM_HEADROOM
-    from ixcdoc.sizing import CPU_MAX_BATCH, RAM_SHARE, available_ram
-    from ixcdoc.vram import (
-        PROMPT_TEXT_TOKENS,
-        VISION_BATCH_TILES,
-        auto_batch_size,
-        kv_cache_bytes,
-    )
+    """Slots of ``positions`` that fit (``sizing.slots_that_fit``) for requests that fill them,
+    each bringing one admission round's vision batch (what the engine caps)."""
+    from ixcdoc.sizing import SlotNeed, slots_that_fit
+    from ixcdoc.vram import VISION_BATCH_TILES
 
-    cfg = model.config
-    gpu = model.gpu_budget() if hasattr(model, "gpu_budget") else None
-    if gpu is not None:
-        # The worst request: an image filling the prompt, then the longest answer.
-        image_tokens = max(min(positions, cfg.max_length) - PROMPT_TEXT_TOKENS, 0)
-        n = auto_batch_size(
-            cfg,
-            int(gpu.free_bytes * VRAM_HEADROOM),
-            image_tokens,
-            VISION_BATCH_TILES - 1,  # one admission round's vision batch, what the engine caps
-            max(positions - image_tokens - PROMPT_TEXT_TOKENS, 0),
-            "4bit" if getattr(model, "quant", None) == "4bit" else "bf16",
-        )
-        return max(1, n)
-    per_slot = max(1, kv_cache_bytes(cfg, positions, _itemsize(model)))
-    return max(1, min(CPU_MAX_BATCH, int(available_ram() * RAM_SHARE) // per_slot))
+    need = SlotNeed.filling(model.config, positions, VISION_BATCH_TILES - 1)
+    return slots_that_fit(model, need, positions)
 
 
 def _itemsize(model: Any) -> int:
@@ -109,13 +76,18 @@ class EngineBackend:
         **engine_options: Any,
     ) -> None:
         """``n_slots`` None: what memory allows (``auto_slots``); ``max_len`` None: the most a
-        request can use (``slot_positions``). ``engine_options`` go to ``model.engine``."""
+        request can use (``sizing.served_positions``). ``engine_options`` go to
+        ``model.engine``."""
         if max_queue < 1:
             raise ValueError(f"max_queue must be >= 1, got {max_queue}")
         if n_slots is not None and n_slots < 1:
             raise ValueError(f"n_slots must be >= 1, got {n_slots}")
         self.model = model
-        self.max_len = max_len if max_len is not None else slot_positions(model)
+        if max_len is None:
+            from ixcdoc.sizing import served_positions
+
+            max_len = served_positions(model.config, None)
+        self.max_len = max_len
         self.n_slots = n_slots if n_slots is not None else auto_slots(model, self.max_len)
         self.max_queue = max_queue
         self.engine_options = engine_options

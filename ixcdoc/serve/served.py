@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from ixcdoc.serve.engine_backend import EngineBackend
 
 # What the batch runner reads of a DocModel that involves no generation (runner.PageRunner,
-# sizing.job_positions): passed through to the real model.
+# sizing.SlotNeed.page): passed through to the real model.
 FACTS = frozenset(
     {
         "config",

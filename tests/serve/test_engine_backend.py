@@ -16,7 +16,7 @@ from ixcdoc.cli import app as cli_app
 from ixcdoc.errors import EXIT_USAGE
 from ixcdoc.serve import create_app
 from ixcdoc.serve.backend import Backend, Cancelled, GenRequest, QueueFull
-from ixcdoc.serve.engine_backend import EngineBackend, auto_slots, slot_positions
+from ixcdoc.serve.engine_backend import EngineBackend, auto_slots
 from tests.serve.helpers import (
     TIMEOUT,
     ProbeEngineBackend,
@@ -102,13 +102,6 @@ def test_close_cancels_waiting_and_running_jobs_once_each(looping: Any) -> None:
     assert (running.calls, waiting.calls) == (1, 1)
     assert backend.engine is None
     assert looping.model.model.layers[0].attention.kv_cache is None  # its cache went with it
-
-
-def test_slot_positions_hold_the_longest_prompt_and_answer(tiny: Any) -> None:
-    cfg = tiny.config
-    assert slot_positions(tiny) == cfg.max_position_embeddings
-    assert slot_positions(tiny, 100) == cfg.max_length + 100
-    assert slot_positions(tiny, 10**9) == cfg.max_position_embeddings
 
 
 def test_auto_slots_on_the_cpu_fill_half_the_available_ram(
