@@ -23,6 +23,7 @@ import torch
 
 from ixcdoc.answer import Answer
 from ixcdoc.config import ModelConfig
+from ixcdoc.engine.request import DEFAULT_HD
 from ixcdoc.errors import DeviceError, UsageError, WeightsError
 from ixcdoc.generate import (
     GenerationResult,
@@ -50,7 +51,6 @@ if TYPE_CHECKING:
     from ixcdoc.preprocess import HDImage
     from ixcdoc.tokenizer import Tokenizer
 
-DEFAULT_HD = 25  # upstream model.chat's hd_num default
 QUANT_CHOICES = ("auto", "none", "bf16", "4bit")
 _DTYPES = {
     "bf16": torch.bfloat16,
