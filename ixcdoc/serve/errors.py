@@ -3,12 +3,25 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, TypedDict
 
 from fastapi.responses import JSONResponse
 
 from ixcdoc.errors import InputError, IxcdocError, UsageError
 from ixcdoc.serve.backend import Cancelled
+
+
+class ErrorDetail(TypedDict):
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class ErrorBody(TypedDict):
+    """OpenAI's error shape: every error response's body, and a failed stream's last event."""
+
+    error: ErrorDetail
 
 
 class ApiError(Exception):
@@ -26,7 +39,9 @@ class ApiError(Exception):
     ) -> None:
         super().__init__(message)
         self.status = status
-        self.body = {"error": {"message": message, "type": type, "param": param, "code": code}}
+        self.body: ErrorBody = {
+            "error": {"message": message, "type": type, "param": param, "code": code}
+        }
         self.headers = headers
 
     def response(self) -> JSONResponse:

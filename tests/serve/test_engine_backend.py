@@ -13,9 +13,10 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from ixcdoc.cli import app as cli_app
+from ixcdoc.engine.request import ChatRequest
 from ixcdoc.errors import EXIT_USAGE
 from ixcdoc.serve import create_app
-from ixcdoc.serve.backend import Backend, Cancelled, GenRequest, QueueFull
+from ixcdoc.serve.backend import Backend, Cancelled, QueueFull
 from ixcdoc.serve.engine_backend import EngineBackend, auto_slots
 from tests.serve.helpers import (
     TIMEOUT,
@@ -44,8 +45,8 @@ class Outcome:
         self.done.set()
 
 
-def _request(query: str, max_new: int = 4) -> GenRequest:
-    return GenRequest(images=[], query=query, meta_instruction="", hd=4, max_new_tokens=max_new)
+def _request(query: str, max_new: int = 4) -> ChatRequest:
+    return ChatRequest([], query, hd=4, meta_instruction="", max_new_tokens=max_new)
 
 
 def _keep(_: int) -> bool:
@@ -166,10 +167,10 @@ def test_a_bad_batch_size_is_a_usage_error(value: str, tmp_path: Path) -> None:
 def test_the_cli_passes_batch_size_and_max_tokens_to_the_server(
     args: list[str], want: int | None, tiny_paths: dict[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import ixcdoc.serve.run
+    import ixcdoc.serve.server
 
     seen: dict[str, Any] = {}
-    monkeypatch.setattr(ixcdoc.serve.run, "serve", lambda model, **kw: seen.update(kw))
+    monkeypatch.setattr(ixcdoc.serve.server, "serve", lambda model, **kw: seen.update(kw))
     cmd = ["serve", "--model", str(tiny_paths["normal"]), "--device", "cpu", "--max-tokens", "64"]
     res = CliRunner().invoke(cli_app, cmd + args)
     assert res.exit_code == 0, res.output
