@@ -20,9 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ixcdoc.errors import IxcdocError
 from ixcdoc.serve import responses
@@ -32,7 +30,7 @@ from ixcdoc.serve.budget import PixelBudget
 from ixcdoc.serve.chat_request import RequestBuilder
 from ixcdoc.serve.cors import add_cors
 from ixcdoc.serve.engine_backend import EngineBackend
-from ixcdoc.serve.errors import ApiError, invalid_request, library_error, model_failure
+from ixcdoc.serve.errors import ApiError, add_error_handlers, library_error, model_failure
 from ixcdoc.serve.events import first_event, submit
 from ixcdoc.serve.guard import BODY_TIMEOUT_S, Guard, check_api_key
 from ixcdoc.serve.images import FETCH_TIMEOUT_S
@@ -116,23 +114,7 @@ def create_app(
     app = FastAPI(title="ixcdoc", version="1", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.backend = backend
 
-    @app.exception_handler(ApiError)
-    async def _api_error(_: Request, e: ApiError) -> JSONResponse:
-        return e.response()
-
-    @app.exception_handler(RequestValidationError)
-    async def _invalid(_: Request, e: RequestValidationError) -> JSONResponse:
-        return invalid_request(e.errors()).response()
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, e: StarletteHTTPException) -> JSONResponse:
-        code = {404: "not_found", 405: "method_not_allowed"}.get(e.status_code)
-        return ApiError(e.status_code, str(e.detail), code=code).response()
-
-    @app.exception_handler(Exception)
-    async def _unexpected(_: Request, e: Exception) -> JSONResponse:
-        message = f"internal error: {type(e).__name__}: {e}"
-        return ApiError(500, message, type="server_error").response()
+    add_error_handlers(app)
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
