@@ -44,6 +44,7 @@ from PIL import Image
 from ixcdoc.engine import ChatRequest
 from ixcdoc.engine.arith import request_positions
 from ixcdoc.runtime import load
+from ixcdoc.sizing import slot_positions
 from ixcdoc.tinyckpt import write_tiny_checkpoint
 
 MODEL = {
@@ -125,7 +126,8 @@ def main() -> None:
 
         return run
 
-    max_len = -(-max(request_positions(dm.loaded, r) for r in reqs) // 256) * 256  # as chat_batch
+    need = max(request_positions(dm.loaded, r) for r in reqs)
+    max_len = slot_positions(need, dm.config.max_position_embeddings)  # as chat_batch
     modes = [("chat loop", 1, chat_loop)] + [(f"engine b{b}", b, engine(b)) for b in batches]
     modes += [(f"b{b} no prefix", b, engine_no_prefix(b)) for b in no_prefix]
     best: dict[str, dict] = {}

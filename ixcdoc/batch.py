@@ -430,12 +430,16 @@ def _engine(runner: PageRunner, job: Job, batch_size: int | None) -> EnginePages
     """The batched engine for a run: ``batch_size`` slots (None: what memory allows), each
     long enough for the largest page the job can send."""
     from ixcdoc.runner import EnginePages
-    from ixcdoc.sizing import auto_batch, job_positions
+    from ixcdoc.sizing import SlotNeed, slots_that_fit
 
     model = runner.model
     assert model is not None
-    positions = job_positions(model, job)
-    n = batch_size if batch_size is not None else auto_batch(model, job, positions)
+    hd = job.hd if job.hd is not None else job.task.hd_ceiling
+    need = SlotNeed.page(
+        model.config, model.tokenizer, job.prompt, hd, job.new_tokens, beams=job.num_beams
+    )
+    positions = need.positions(model.config)
+    n = batch_size if batch_size is not None else slots_that_fit(model, need, positions)
     slots = max(1, n) * job.num_beams  # every beam of a page has its own slot
     return EnginePages(runner, job, model.engine(n_slots=slots, max_len=positions))
 

@@ -1,4 +1,6 @@
-"""Frozen configuration: the model's shape (read from the checkpoint's config.json) and defaults.
+"""Frozen configuration: the model's shape (read from the checkpoint's config.json) and defaults,
+and the decoding options (``SamplingConfig``: the one copy of their defaults, which
+``DocModel.chat`` and ``ChatRequest`` read).
 
 The defaults of every field are the official InternLM-XComposer2-4KHD-7B values, so
 ``ModelConfig()`` describes the real model without any file (used by ``plan`` and the VRAM
@@ -9,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -190,3 +193,44 @@ def _field_value(source: str, prefix: str, name: str, default: Any, value: Any) 
     if not ok or not math.isfinite(value) or value <= 0:
         raise WeightsError(f"{where}: expected a finite number > 0, got {value!r}")
     return float(value)
+
+
+# The smallest sampling temperature: the logits are divided by it, and far smaller ones (1e-39)
+# overflow them to inf, so sampling fails on NaN probabilities. vLLM raises any temperature
+# under 0.01 to 0.01 for the same reason; here it is refused (0 is greedy decoding).
+MIN_TEMPERATURE = 0.01
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """Decoding options. Defaults: greedy, no penalty (the document-reading setting)."""
+
+    max_new_tokens: int = 1024
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_p: float = 0.8
+    top_k: int = 50  # HF's default, which upstream chat inherits when sampling; 0 disables
+    repetition_penalty: float = 1.0
+
+    def __post_init__(self) -> None:
+        for name in ("max_new_tokens", "top_k"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+                raise ValueError(f"{name} must be a whole number, got {v!r}")
+        for name in ("temperature", "top_p", "repetition_penalty"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v):
+                raise ValueError(f"{name} must be a finite number, got {v!r}")
+        if self.max_new_tokens < 0:
+            raise ValueError("max_new_tokens must be >= 0")
+        if self.do_sample and not self.temperature >= MIN_TEMPERATURE:
+            raise ValueError(
+                f"temperature must be at least {MIN_TEMPERATURE} when sampling, got "
+                f"{self.temperature:g} (smaller ones overflow the logits; 0 is greedy decoding)"
+            )
+        if not 0 < self.top_p <= 1:
+            raise ValueError("top_p must be in (0, 1]")
+        if self.top_k < 0:
+            raise ValueError("top_k must be >= 0")
+        if self.repetition_penalty <= 0:
+            raise ValueError("repetition_penalty must be > 0")

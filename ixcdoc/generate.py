@@ -20,7 +20,6 @@ callbacks. The one-token step (embedding + decoder on the static KV cache) can b
 from __future__ import annotations
 
 import functools
-import math
 import numbers
 import time
 from collections.abc import Callable, Collection, Sequence
@@ -28,6 +27,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ixcdoc.config import MIN_TEMPERATURE, SamplingConfig  # noqa: F401  (re-exported here)
 from ixcdoc.errors import UsageError
 
 OnToken = Callable[[int], "bool | None"]
@@ -41,47 +41,6 @@ MAX_NEW_TOKENS = "max_new_tokens"
 MAX_LENGTH = "max_length"  # the position budget (max_position_embeddings) ran out
 CALLBACK = "callback"  # on_token returned False
 HOOK = "hook"  # should_stop returned a reason (in ``detail``)
-
-# The smallest sampling temperature: the logits are divided by it, and far smaller ones (1e-39)
-# overflow them to inf, so sampling fails on NaN probabilities. vLLM raises any temperature
-# under 0.01 to 0.01 for the same reason; here it is refused (0 is greedy decoding).
-MIN_TEMPERATURE = 0.01
-
-
-@dataclass(frozen=True)
-class SamplingConfig:
-    """Decoding options. Defaults: greedy, no penalty (the document-reading setting)."""
-
-    max_new_tokens: int = 1024
-    do_sample: bool = False
-    temperature: float = 1.0
-    top_p: float = 0.8
-    top_k: int = 50  # HF's default, which upstream chat inherits when sampling; 0 disables
-    repetition_penalty: float = 1.0
-
-    def __post_init__(self) -> None:
-        for name in ("max_new_tokens", "top_k"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, numbers.Integral):
-                raise ValueError(f"{name} must be a whole number, got {v!r}")
-        for name in ("temperature", "top_p", "repetition_penalty"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v):
-                raise ValueError(f"{name} must be a finite number, got {v!r}")
-        if self.max_new_tokens < 0:
-            raise ValueError("max_new_tokens must be >= 0")
-        if self.do_sample and not self.temperature >= MIN_TEMPERATURE:
-            raise ValueError(
-                f"temperature must be at least {MIN_TEMPERATURE} when sampling, got "
-                f"{self.temperature:g} (smaller ones overflow the logits; 0 is greedy decoding)"
-            )
-        if not 0 < self.top_p <= 1:
-            raise ValueError("top_p must be in (0, 1]")
-        if self.top_k < 0:
-            raise ValueError("top_k must be >= 0")
-        if self.repetition_penalty <= 0:
-            raise ValueError("repetition_penalty must be > 0")
-
 
 SEED_RANGE = (-(2**63), 2**64 - 1)  # what torch.Generator.manual_seed takes
 

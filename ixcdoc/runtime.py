@@ -30,6 +30,7 @@ from ixcdoc.engine.prompts import (
     part_pixels,
     prompt_parts,
 )
+from ixcdoc.engine.request import DEFAULT_HD
 from ixcdoc.errors import DeviceError, UsageError, WeightsError
 from ixcdoc.generate import (
     GenerationResult,
@@ -51,7 +52,6 @@ if TYPE_CHECKING:
     from ixcdoc.preprocess import HDImage
     from ixcdoc.tokenizer import Tokenizer
 
-DEFAULT_HD = 25  # upstream model.chat's hd_num default
 QUANT_CHOICES = ("auto", "none", "bf16", "4bit")
 _DTYPES = {
     "bf16": torch.bfloat16,
@@ -442,25 +442,20 @@ class DocModel:
             return Engine(self.loaded, n_slots=n_slots, max_len=max_len, capture=capture, **kwargs)
 
     def batch_size_for(self, requests: Sequence[ChatRequest]) -> int:
-        """Requests the memory model lets run at once on this GPU (64 on the CPU)."""
+        """Requests that fit at once (``sizing.slots_that_fit``) for the largest of ``requests``."""
         from ixcdoc.engine.arith import prompt_tokens, vision_tiles
-        from ixcdoc.planning import VRAM_HEADROOM
-        from ixcdoc.vram import PROMPT_TEXT_TOKENS, auto_batch_size
+        from ixcdoc.sizing import SlotNeed, slots_that_fit
+        from ixcdoc.vram import PROMPT_TEXT_TOKENS
 
-        gpu = self.gpu_budget()
-        if gpu is None:
-            return 64
         worst = max(requests, key=lambda r: prompt_tokens(self.loaded, r) + r.max_new_tokens)
-        n = auto_batch_size(
-            self.config,
-            int(gpu.free_bytes * VRAM_HEADROOM),
+        need = SlotNeed(
             max(prompt_tokens(self.loaded, worst) - PROMPT_TEXT_TOKENS, 0),
             vision_tiles(self.loaded, worst) - len(worst.images),
+            PROMPT_TEXT_TOKENS,
             worst.max_new_tokens,
-            "4bit" if self.quant == "4bit" else "bf16",
             beams=max(r.num_beams for r in requests),
         )
-        return max(n, 1)
+        return slots_that_fit(self, need)
 
     def chat_batch(
         self,
@@ -546,11 +541,12 @@ class DocModel:
     ) -> list[Any]:
         """Run ``requests`` on an engine of up to ``n`` sequences; answers or errors in order."""
         from ixcdoc.engine.arith import request_positions
+        from ixcdoc.sizing import slot_positions
 
         beams = max(r.num_beams for r in requests)
         n_slots = max(min(n, sum(r.num_beams for r in requests)), beams)
         need = max(request_positions(self.loaded, r) for r in requests)
-        max_len = -(-max(need, 1) // 256) * 256  # as generate rounds: nearby runs share shapes
+        max_len = slot_positions(need, self.config.max_position_embeddings)
         eng = self.engine(n_slots=n_slots, max_len=max_len, logits_hook=logits_hook)
         try:
             handles = [eng.submit(r, on_token=on_token) for r in requests]

@@ -169,12 +169,14 @@ VISION_BATCH_TILES = 56  # ViT tiles the engine encodes per admission round (ixc
 MAX_AUTO_BATCH = 256  # auto never asks for more slots than this
 
 
-def slot_positions(
-    image_tokens: int, max_new_tokens: int, text_tokens: int = PROMPT_TEXT_TOKENS
-) -> int:
-    """Cache positions one slot holds: the prompt plus the answer, rounded up to 256."""
-    need = image_tokens + text_tokens + max_new_tokens
-    return -(-need // 256) * 256
+POSITION_ROUND = 256  # slots are sized in steps of this many positions
+
+
+def round_positions(positions: int) -> int:
+    """``positions`` rounded up to ``POSITION_ROUND`` (at least one step), so nearby runs share
+    cache shapes. Callers size slots with ``sizing.slot_positions``; the rounding sits here,
+    below it, because this memory model must count what the engine allocates."""
+    return -(-max(positions, 1) // POSITION_ROUND) * POSITION_ROUND
 
 
 @dataclass(frozen=True)
@@ -225,7 +227,7 @@ def estimate_batch_vram(
         cfg, image_tokens, crops, quant=quant, max_new_tokens=0, text_tokens=text_tokens
     )
     rows = batch * beams
-    slot = slot_positions(image_tokens, max_new_tokens, text_tokens)
+    slot = round_positions(image_tokens + text_tokens + max_new_tokens)
     kv = rows * slot * kv_bytes_per_token(cfg)
     prefill = prefill_activation_bytes(cfg, slot)
     v = cfg.vision

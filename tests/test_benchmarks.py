@@ -94,3 +94,12 @@ def test_screening_benchmark_tiny_mode_runs(tmp_path: Path) -> None:
     assert [r["image_tokens_7b_letter"] for r in rows] == [313, 757, 3097]
     assert all(r["wall_s_per_page"] > 0 for r in rows)
     assert rows[2]["vs_answer"] == {"2": 1.0}
+
+
+def test_serve_backends_benchmark_runs_and_the_one_slot_engine_answers_as_chat(
+    tmp_path: Path,
+) -> None:
+    args = ["--requests", "3", "--layers", "2", "--rounds", "1", "--new-tokens", "2,4"]
+    data = run_benchmark("serve_backends.py", tmp_path, *args)
+    assert [r["backend"] for r in data["rows"]] == ["Backend (chat)", "EngineBackend, 1 slot"]
+    assert all(r["same"] == 3 for r in data["rows"])

@@ -109,8 +109,8 @@ def serve(
         raise typer.Exit(1) from None
     from ixcdoc.serve.cors import check_origin
     from ixcdoc.serve.guard import check_api_key
-    from ixcdoc.serve.run import is_loopback
-    from ixcdoc.serve.run import serve as run_server
+    from ixcdoc.serve.server import is_loopback
+    from ixcdoc.serve.server import serve as run_server
 
     if not is_loopback(host) and not api_key:
         raise UsageError(

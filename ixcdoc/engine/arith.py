@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from ixcdoc import sizing
 from ixcdoc.engine.prompts import grid, prompt_parts
 from ixcdoc.errors import UsageError
 from ixcdoc.generate import SamplingConfig
@@ -37,9 +38,8 @@ def prompt_tokens(loaded: Loaded, req: ChatRequest) -> int:
 
 def request_positions(loaded: Loaded, req: ChatRequest) -> int:
     """Cache positions ``req`` fills: prompt + max_new_tokens, cut at the position limit."""
-    prompt = prompt_tokens(loaded, req)
     limit = loaded.config.max_position_embeddings
-    return prompt + min(req.max_new_tokens, max(limit - prompt, 0))
+    return sizing.request_positions(prompt_tokens(loaded, req), req.max_new_tokens, limit)
 
 
 def vision_tiles(loaded: Loaded, req: ChatRequest) -> int:

@@ -1,4 +1,8 @@
-"""``ChatRequest``: one question about some images, with ``chat``'s options (no torch here)."""
+"""``ChatRequest``: one question about some images, with ``chat``'s options (no torch here).
+
+The one request value: ``DocModel.chat_batch``, the engine, the batch runner and the server's
+backends all take it. Its decoding defaults are ``config.SamplingConfig``'s, the only copy.
+"""
 
 from __future__ import annotations
 
@@ -6,12 +10,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from ixcdoc.config import SamplingConfig
 from ixcdoc.prompt import DEFAULT_META_INSTRUCTION
 
 if TYPE_CHECKING:
     from PIL import Image
 
-DEFAULT_HD = 25  # upstream model.chat's hd_num default (the same as DocModel.chat)
+DEFAULT_HD = 25  # upstream model.chat's hd_num default (DocModel.chat reads it from here)
+_S = SamplingConfig()  # the decoding defaults
 
 
 @dataclass
@@ -22,12 +28,12 @@ class ChatRequest:
     query: str
     hd: int = DEFAULT_HD
     meta_instruction: str = DEFAULT_META_INSTRUCTION
-    max_new_tokens: int = 1024
-    do_sample: bool = False
-    temperature: float = 1.0
-    top_p: float = 0.8
-    top_k: int = 50
-    repetition_penalty: float = 1.0
+    max_new_tokens: int = _S.max_new_tokens
+    do_sample: bool = _S.do_sample
+    temperature: float = _S.temperature
+    top_p: float = _S.top_p
+    top_k: int = _S.top_k
+    repetition_penalty: float = _S.repetition_penalty
     seed: int | None = None
     num_beams: int = 1
     tag: Any = field(default=None, compare=False)  # the caller's own label, returned untouched
@@ -37,3 +43,18 @@ class ChatRequest:
             raise ValueError("num_beams must be >= 1")
         if self.num_beams > 1 and self.do_sample:
             raise ValueError("beam search is deterministic: num_beams > 1 needs do_sample=False")
+
+    def chat_options(self) -> dict[str, Any]:
+        """The keyword options of ``DocModel.chat(images, query, **options)``."""
+        return {
+            "hd": self.hd,
+            "meta_instruction": self.meta_instruction,
+            "max_new_tokens": self.max_new_tokens,
+            "do_sample": self.do_sample,
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "top_k": self.top_k,
+            "repetition_penalty": self.repetition_penalty,
+            "seed": self.seed,
+            "num_beams": self.num_beams,
+        }

@@ -7,7 +7,8 @@ Needs the ``serve`` extra (FastAPI and uvicorn): ``pip install 'ixcdoc[serve]'``
 
 ``create_app(model, ...)`` gives the FastAPI app for embedding. Requests meet the model in a
 backend: ``EngineBackend`` (the default: requests decoded together on the batched engine) or
-``Backend`` (``batch_size=1``: one ``chat`` at a time on a worker thread).
+``Backend`` (``batch_size=1``: one ``chat`` at a time on a worker thread), both
+``backend.ServeBackend``; a request is the engine's ``ChatRequest``.
 """
 
 from __future__ import annotations
@@ -16,20 +17,19 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from ixcdoc.serve.app import create_app
-    from ixcdoc.serve.backend import Backend, GenRequest, QueueFull
+    from ixcdoc.serve.backend import Backend, QueueFull
     from ixcdoc.serve.engine_backend import EngineBackend
-    from ixcdoc.serve.run import serve
+    from ixcdoc.serve.server import serve
 
 _WHERE = {
     "create_app": "ixcdoc.serve.app",
-    "serve": "ixcdoc.serve.run",
+    "serve": "ixcdoc.serve.server",
     "Backend": "ixcdoc.serve.backend",
     "EngineBackend": "ixcdoc.serve.engine_backend",
-    "GenRequest": "ixcdoc.serve.backend",
     "QueueFull": "ixcdoc.serve.backend",
 }
 
-__all__ = ["Backend", "EngineBackend", "GenRequest", "QueueFull", "create_app", "serve"]
+__all__ = ["Backend", "EngineBackend", "QueueFull", "create_app", "serve"]
 
 
 def __getattr__(name: str) -> Any:

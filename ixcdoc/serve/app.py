@@ -1,160 +1,43 @@
-"""The FastAPI app: OpenAI-style routes over a ``Backend``.
+"""The FastAPI app: OpenAI-style routes over a backend, as wiring.
 
 Routes: POST /v1/chat/completions (plain and server-sent events), GET /v1/models, GET /health,
 and the web page at / with its API under /v1/ixcdoc/ (``webpage.py``).
-``guard.Guard`` checks the API key and the body size before any route reads the body; errors
-are ``errors.ApiError`` in OpenAI's JSON shape.
+``guard.Guard`` checks the API key and the body size before any route reads the body; a
+body becomes a ``ChatRequest`` in ``chat_request.py``, runs as a job (``events.py``) and is
+answered in the typed shapes of ``responses.py``; errors are ``errors.ApiError`` in OpenAI's
+JSON shape.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ixcdoc.errors import IxcdocError
-from ixcdoc.serve.backend import Backend, Cancelled, GenRequest, QueueFull, Ticket
+from ixcdoc.serve import responses
+from ixcdoc.serve.backend import Backend, ServeBackend
 from ixcdoc.serve.body import read_request
 from ixcdoc.serve.budget import PixelBudget
+from ixcdoc.serve.chat_request import RequestBuilder
 from ixcdoc.serve.cors import add_cors
-from ixcdoc.serve.engine_backend import EngineBackend, slot_positions
-from ixcdoc.serve.errors import ApiError, invalid_request, library_error, model_failure
+from ixcdoc.serve.engine_backend import EngineBackend
+from ixcdoc.serve.errors import ApiError, add_error_handlers, library_error, model_failure
+from ixcdoc.serve.events import first_event, submit
 from ixcdoc.serve.guard import BODY_TIMEOUT_S, Guard, check_api_key
 from ixcdoc.serve.images import FETCH_TIMEOUT_S
-from ixcdoc.serve.pages import (
-    FETCH_THREADS,
-    MAX_IMAGES,
-    PageLimits,
-    check_image_tokens,
-    close_pages,
-    decode_pages,
-    open_pages,
-    request_tier,
-)
-from ixcdoc.serve.schema import ChatCompletionRequest, Conversation
+from ixcdoc.serve.pages import FETCH_THREADS, MAX_IMAGES, PageLimits
 from ixcdoc.serve.webpage import page_router
 
 DECODE_PAGES = 2  # full-size pages decoded at once: the pixel budget is this x --max-pixels
-
-
-# ---- the request's side of the backend seam ------------------------------------------------
-
-
-@dataclass
-class _Run:
-    """One submitted job seen from the event loop: its ticket and the events it produces."""
-
-    ticket: Ticket
-    events: asyncio.Queue[tuple[str, Any]]  # ("token", id) | ("done", Answer) | ("error", exc)
-
-
-def _submit(backend: Backend | EngineBackend, request: GenRequest, *, stream: bool) -> _Run:
-    loop = asyncio.get_running_loop()
-    events: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
-
-    def on_token(tid: int) -> bool:
-        if stream:
-            loop.call_soon_threadsafe(events.put_nowait, ("token", tid))
-        return True
-
-    def on_done(answer: Any, error: BaseException | None) -> None:
-        event = ("error", error) if error is not None else ("done", answer)
-        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting
-            loop.call_soon_threadsafe(events.put_nowait, event)
-
-    try:
-        ticket = backend.submit(request, on_token, on_done)
-    except Cancelled as e:  # the server is shutting down
-        raise model_failure(e) from None
-    except QueueFull as e:
-        raise ApiError(
-            429,
-            f"the server is busy: {e.queued} requests are waiting (--max-queue); retry later",
-            type="rate_limit_error",
-            code="queue_full",
-            headers={"Retry-After": str(e.retry_after)},
-        ) from None
-    return _Run(ticket, events)
-
-
-async def _until_disconnect(receive: Callable[[], Any]) -> None:
-    while (await receive())["type"] != "http.disconnect":
-        pass
-
-
-async def _next_event(run: _Run, gone: asyncio.Future[None]) -> tuple[str, Any] | None:
-    """The job's next event, or None (and the job cancelled) once ``gone`` is done."""
-    get = asyncio.ensure_future(run.events.get())
-    await asyncio.wait({get, gone}, return_when=asyncio.FIRST_COMPLETED)
-    if get.done():
-        return get.result()
-    get.cancel()
-    run.ticket.cancel()
-    return None
-
-
-# ---- responses ---------------------------------------------------------------------------
-
-
-FINISH = {"stop_token": "stop", "hook": "stop", "max_new_tokens": "length", "max_length": "length"}
-
-
-def _usage(answer: Any) -> dict[str, Any]:
-    completion = len(answer.token_ids)
-    return {
-        "prompt_tokens": answer.prompt_tokens,
-        "completion_tokens": completion,
-        "total_tokens": answer.prompt_tokens + completion,
-        "prompt_tokens_details": {
-            "image_tokens": answer.n_image_tokens,
-            "text_tokens": max(0, answer.prompt_tokens - answer.n_image_tokens),
-            "cached_tokens": 0,
-        },
-    }
-
-
-def _extension(answer: Any) -> dict[str, Any]:
-    return {
-        "hd": answer.hd,
-        "grids": [list(g) for g in answer.grids],
-        "stop_reason": answer.stop_reason,
-        "truncated": answer.truncated,
-    }
-
-
-def _sse(data: dict[str, Any] | str) -> bytes:
-    text = data if isinstance(data, str) else json.dumps(data, ensure_ascii=False)
-    return f"data: {text}\n\n".encode()
-
-
-class _EventStream(StreamingResponse):
-    """A streaming response that cancels its job however the stream ends."""
-
-    def __init__(self, content: AsyncIterator[bytes], ticket: Ticket) -> None:
-        super().__init__(
-            content,
-            media_type="text/event-stream",
-            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-        )
-        self.ticket = ticket
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        try:
-            await super().__call__(scope, receive, send)
-        finally:
-            self.ticket.cancel()
 
 
 def default_model_name(model: Any) -> str:
@@ -178,7 +61,7 @@ def create_app(
     model_name: str | None = None,
     batch_size: int | None = None,
     max_tokens: int | None = None,
-    backend: Backend | EngineBackend | None = None,
+    backend: ServeBackend | None = None,
     max_images: int = MAX_IMAGES,
     pixel_budget: int | None = None,
     fetch_timeout: float = FETCH_TIMEOUT_S,
@@ -197,8 +80,7 @@ def create_app(
     The backend starts with the app's lifespan and stops with it.
     """
     from ixcdoc.inputs import DEFAULT_MAX_PIXELS
-    from ixcdoc.tasks import ASK
-    from ixcdoc.tiling import merged_side
+    from ixcdoc.sizing import served_positions
 
     check_api_key(api_key)
     if max_tokens is not None and max_tokens < 1:
@@ -207,7 +89,7 @@ def create_app(
         if batch_size == 1:
             backend = Backend(model, max_queue=max_queue)
         else:
-            max_len = slot_positions(model, max_tokens)
+            max_len = served_positions(model.config, max_tokens)
             backend = EngineBackend(model, n_slots=batch_size, max_len=max_len, max_queue=max_queue)
     name = model_name or default_model_name(model)
     max_body = int(max_body_mb * 2**20)
@@ -216,11 +98,8 @@ def create_app(
     budget = PixelBudget(pixel_budget or DECODE_PAGES * pixels_limit)
     fetcher = ThreadPoolExecutor(FETCH_THREADS, "ixcdoc-fetch") if allow_urls else None
     created = int(time.time())
-    # A client-chosen tier sizes the image buffers: refuse tiers whose crops alone would
-    # overflow the prompt (113 for the real model), so no request can ask for a giant image.
     cfg = model.config
-    per_crop = merged_side(cfg.tile, cfg.vision.patch_size) ** 2
-    max_hd = max(1, cfg.max_length // per_crop)
+    builder = RequestBuilder(model, limits, budget, fetcher, max_tokens)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -235,23 +114,7 @@ def create_app(
     app = FastAPI(title="ixcdoc", version="1", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.backend = backend
 
-    @app.exception_handler(ApiError)
-    async def _api_error(_: Request, e: ApiError) -> JSONResponse:
-        return e.response()
-
-    @app.exception_handler(RequestValidationError)
-    async def _invalid(_: Request, e: RequestValidationError) -> JSONResponse:
-        return invalid_request(e.errors()).response()
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, e: StarletteHTTPException) -> JSONResponse:
-        code = {404: "not_found", 405: "method_not_allowed"}.get(e.status_code)
-        return ApiError(e.status_code, str(e.detail), code=code).response()
-
-    @app.exception_handler(Exception)
-    async def _unexpected(_: Request, e: Exception) -> JSONResponse:
-        message = f"internal error: {type(e).__name__}: {e}"
-        return ApiError(500, message, type="server_error").response()
+    add_error_handlers(app)
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
@@ -277,47 +140,6 @@ def create_app(
             "data": [{"id": name, "object": "model", "created": created, "owned_by": "ixcdoc"}],
         }
 
-    async def prepare(body: ChatCompletionRequest, conv: Conversation) -> GenRequest:
-        """Check the request, read its images' headers, choose the tier, then decode them."""
-        default_new = min(ASK.max_new_tokens, max_tokens or ASK.max_new_tokens)
-        max_new = body.max_completion_tokens or body.max_tokens or default_new
-        if max_tokens is not None and max_new > max_tokens:
-            field = "max_completion_tokens" if body.max_completion_tokens else "max_tokens"
-            raise ApiError(
-                400,
-                f"{field} {max_new} is over this server's limit of {max_tokens} (--max-tokens)",
-                code="invalid_request",
-                param=field,
-            )
-        hd = body.ixcdoc.tier()
-        if hd is not None and hd > max_hd:
-            raise ApiError(
-                400,
-                f"ixcdoc.hd {hd} is over {max_hd}: more crops than the model's "
-                f"{cfg.max_length} positions can hold",
-                code="invalid_request",
-                param="ixcdoc.hd",
-            )
-        pages = await open_pages(conv.image_urls, limits, fetcher)  # headers only
-        try:
-            hd = hd or request_tier(pages, model, max_new)
-            check_image_tokens(pages, hd, cfg)  # before a pixel is decoded
-            images = await decode_pages(pages, hd, cfg.tile, budget)
-        finally:
-            close_pages(pages)
-        sampling = body.temperature is not None and body.temperature > 0
-        return GenRequest(
-            images=images,
-            query=conv.query,
-            meta_instruction=conv.meta_instruction,
-            hd=hd,
-            max_new_tokens=max_new,
-            do_sample=sampling,
-            temperature=body.temperature if sampling else 1.0,
-            top_p=body.top_p if body.top_p is not None else GenRequest.top_p,
-            seed=body.seed,
-        )
-
     @app.post("/v1/chat/completions", response_model=None)
     async def chat_completions(request: Request) -> JSONResponse | StreamingResponse:
         """OpenAI chat completions: text and image_url parts, plain or streamed."""
@@ -332,82 +154,27 @@ def create_app(
                     code="model_not_found",
                     param="model",
                 )
-            gen = await prepare(body, conv)
+            chat = await builder.build(body, conv)
         except IxcdocError as e:
             raise library_error(e) from None
-        run = _submit(backend, gen, stream=body.stream)
-        rid = f"chatcmpl-{uuid.uuid4().hex}"
-        head = {"id": rid, "created": int(time.time()), "model": name}
-        # Watch for the client leaving while the job waits or runs: its job is cancelled.
-        gone = asyncio.ensure_future(_until_disconnect(request.receive))
-        try:
-            first = await _next_event(run, gone)
-        finally:
-            gone.cancel()
+        run = submit(backend, chat, stream=body.stream)
+        head: responses.Head = {
+            "id": f"chatcmpl-{uuid.uuid4().hex}",
+            "created": int(time.time()),
+            "model": name,
+        }
+        first = await first_event(run, request.receive)
         if first is None:
             return JSONResponse({}, status_code=499)  # nobody reads it: the client left
         if first[0] == "error":
             raise model_failure(first[1])
         if not body.stream:
-            answer = first[1]
-            choice = {
-                "index": 0,
-                "message": {"role": "assistant", "content": answer.text},
-                "finish_reason": FINISH.get(answer.stop_reason, "stop"),
-                "logprobs": None,
-            }
-            return JSONResponse(
-                {
-                    **head,
-                    "object": "chat.completion",
-                    "choices": [choice],
-                    "usage": _usage(answer),
-                    "ixcdoc": _extension(answer),
-                }
-            )
+            return JSONResponse(responses.completion(head, first[1]))
         # Streaming starts only after the first event, so that a request that fails before
         # its first token still gets a real error status instead of a broken stream.
-        tokenizer = model.tokenizer
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-
-        def chunk(delta: dict[str, Any], finish: str | None) -> bytes:
-            choice = {"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}
-            return _sse({**head, "object": "chat.completion.chunk", "choices": [choice]})
-
-        async def stream() -> AsyncIterator[bytes]:
-            decoder = tokenizer.stream()
-            yield chunk({"role": "assistant", "content": ""}, None)
-            event: tuple[str, Any] = first
-            while True:
-                kind, value = event
-                if kind == "token":
-                    text = decoder.push(value)
-                    if text:
-                        yield chunk({"content": text}, None)
-                elif kind == "error":  # the server stopping it included (503's body)
-                    yield _sse(model_failure(value).body)
-                    yield _sse("[DONE]")
-                    return
-                else:
-                    tail = decoder.flush()
-                    if tail:
-                        yield chunk({"content": tail}, None)
-                    yield chunk({}, FINISH.get(value.stop_reason, "stop"))
-                    if include_usage:
-                        yield _sse(
-                            {
-                                **head,
-                                "object": "chat.completion.chunk",
-                                "choices": [],
-                                "usage": _usage(value),
-                                "ixcdoc": _extension(value),
-                            }
-                        )
-                    yield _sse("[DONE]")
-                    return
-                event = await run.events.get()
-
-        return _EventStream(stream(), run.ticket)
+        chunks = responses.completion_stream(run, first, head, model.tokenizer, include_usage)
+        return responses.EventStream(chunks, run.handle)
 
     app.include_router(
         page_router(model, backend, max_pixels=max_pixels, max_tokens=max_tokens, budget=budget)

@@ -1,11 +1,11 @@
 """The seam between HTTP and the model: one worker thread owns the model, jobs queue for it.
 
-The server calls only ``Backend.submit(request, on_token, on_done) -> Ticket`` (and reads
-``depth``/``queued``/``running`` for /health and 429s). ``on_token(id) -> bool`` and
-``on_done(answer, error)`` are called on the worker thread; the caller hands them over to its
-own event loop. ``engine_backend.EngineBackend`` (the server's default) offers the same three
-things on the batched engine: ``submit`` that raises ``QueueFull`` when saturated, cancellable
-tickets, and the callbacks; this class stays for ``--batch-size 1``.
+The server calls only ``submit(request, on_token, on_done, first_logits=None) -> Handle`` (and
+reads ``depth``/``queued``/``running`` for /health and 429s); ``ServeBackend`` is that protocol.
+``request`` is the engine's ``ChatRequest``, the one request value. ``on_token(id) -> bool``
+and ``on_done(answer, error)`` are called on the worker thread; the caller hands them over to
+its own event loop. ``engine_backend.EngineBackend`` (the server's default) offers the same
+on the batched engine; this class stays for ``--batch-size 1``.
 """
 
 from __future__ import annotations
@@ -14,12 +14,19 @@ import contextlib
 import queue
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from ixcdoc.engine.request import ChatRequest
 
 OnToken = Callable[[int], bool]  # False stops the generation after that token
 OnDone = Callable[[Any, "BaseException | None"], None]  # (Answer or None, error or None)
+# Called once, on the backend's thread, with the fp32 logits [V] of the first answer token (the
+# prompt's last position): how ask's screening scores a page (runtime.relevance). On the
+# one-at-a-time Backend such a job is scored, not answered (its answer is None).
+FirstLogits = Callable[[Any], None]
 
 
 class QueueFull(Exception):
@@ -42,52 +49,23 @@ def shutting_down(tokens: int | None = None) -> Cancelled:
     return Cancelled(f"the server is shutting down: the request was stopped after {tokens} tokens")
 
 
-def stopped_by_server(ticket: Ticket, answer: Any) -> bool:
-    """True when ``answer`` ended because the server cancelled its running ticket."""
+def stopped_by_server(handle: Handle, answer: Any) -> bool:
+    """True when ``answer`` ended because the server cancelled its running handle."""
     from ixcdoc.generate import CALLBACK
 
-    return ticket.stopped_by_server and answer is not None and answer.stop_reason == CALLBACK
+    return handle.stopped_by_server and answer is not None and answer.stop_reason == CALLBACK
 
 
-@dataclass(frozen=True)
-class GenRequest:
-    """One chat generation, with everything decided: images decoded, tier chosen."""
+@dataclass(eq=False)  # identity, not value: handles are kept in sets and removed from queues
+class Handle:
+    """A submitted job, the engine's word for it (``ixcdoc.engine.Handle``) with what a queue in
+    front of the engine adds: the callbacks, and ``cancel()``, which stops it at its next token
+    or before it starts."""
 
-    images: Sequence[Any]  # PIL images at native resolution
-    query: str
-    meta_instruction: str
-    hd: int
-    max_new_tokens: int
-    do_sample: bool = False
-    temperature: float = 1.0
-    top_p: float = 0.8
-    seed: int | None = None
-    # Called once, on the backend's thread, with the fp32 logits [V] of the first answer token
-    # (the prompt's last position): how ask's screening scores a page (runtime.relevance). On
-    # the one-at-a-time Backend such a job is scored, not answered (its answer is None).
-    first_logits: Callable[[Any], None] | None = field(default=None, compare=False)
-
-    def options(self) -> dict[str, Any]:
-        """The keyword options ``DocModel.chat`` and ``ChatRequest`` share (one list for both
-        backends)."""
-        return {
-            "hd": self.hd,
-            "meta_instruction": self.meta_instruction,
-            "max_new_tokens": self.max_new_tokens,
-            "do_sample": self.do_sample,
-            "temperature": self.temperature,
-            "top_p": self.top_p,
-            "seed": self.seed,
-        }
-
-
-@dataclass
-class Ticket:
-    """A submitted job; ``cancel()`` stops it at its next token, or before it starts."""
-
-    request: GenRequest
+    request: ChatRequest
     on_token: OnToken
     on_done: OnDone
+    first_logits: FirstLogits | None = None
     _cancelled: threading.Event = field(default_factory=threading.Event)
     stopped_by_server: bool = False  # cancelled by the server's shutdown, not by its client
 
@@ -104,9 +82,51 @@ class Ticket:
 _STOP = object()  # sentinel that ends the worker
 
 
-def _report(ticket: Ticket, answer: Any, error: BaseException | None) -> None:
+class ServeBackend(Protocol):
+    """What the server's routes use of a backend: ``Backend`` and ``EngineBackend`` are two."""
+
+    n_slots: int  # jobs on the model at once: what /health reports as the batch size
+    max_queue: int
+
+    @property
+    def queued(self) -> int:
+        """Jobs waiting for the model."""
+        ...
+
+    @property
+    def running(self) -> int:
+        """Jobs on the model now."""
+        ...
+
+    @property
+    def depth(self) -> int:
+        """Waiting plus running jobs: what /health reports."""
+        ...
+
+    def retry_after(self) -> int:
+        """Seconds a refused client should wait."""
+        ...
+
+    def start(self) -> None:
+        """Start taking jobs."""
+
+    def close(self, timeout: float | None = 10.0) -> None:
+        """Refuse new jobs, stop the others (each reports ``Cancelled``); idempotent."""
+
+    def submit(
+        self,
+        request: ChatRequest,
+        on_token: OnToken,
+        on_done: OnDone,
+        first_logits: FirstLogits | None = None,
+    ) -> Handle:
+        """Queue a job; raises QueueFull when saturated, Cancelled once shutting down."""
+        ...
+
+
+def _report(handle: Handle, answer: Any, error: BaseException | None) -> None:
     with contextlib.suppress(Exception):  # a callback bug must not kill the only worker
-        ticket.on_done(answer, error)
+        handle.on_done(answer, error)
 
 
 class Backend:
@@ -126,7 +146,7 @@ class Backend:
         self._running = 0
         self._mean_s = 5.0  # a guess until the first job finishes; feeds Retry-After only
         self._thread: threading.Thread | None = None
-        self._current: Ticket | None = None
+        self._current: Handle | None = None
         self._closing = False
 
     # -- state ------------------------------------------------------------------------------
@@ -173,7 +193,7 @@ class Backend:
                 item = self._queue.get_nowait()
             except queue.Empty:
                 break
-            if isinstance(item, Ticket):
+            if isinstance(item, Handle):
                 item.cancel()
                 self._finish(item, None, shutting_down())
         self._queue.put(_STOP)
@@ -183,7 +203,13 @@ class Backend:
 
     # -- the seam -----------------------------------------------------------------------------
 
-    def submit(self, request: GenRequest, on_token: OnToken, on_done: OnDone) -> Ticket:
+    def submit(
+        self,
+        request: ChatRequest,
+        on_token: OnToken,
+        on_done: OnDone,
+        first_logits: FirstLogits | None = None,
+    ) -> Handle:
         """Queue a job; raises QueueFull when ``max_queue`` jobs are already waiting, and
         Cancelled once the server is shutting down."""
         with self._lock:
@@ -192,35 +218,35 @@ class Backend:
             if self._queued >= self.max_queue:
                 raise QueueFull(self._queued, self.retry_after())
             self._queued += 1
-        ticket = Ticket(request, on_token, on_done)
-        self._queue.put(ticket)
-        return ticket
+        handle = Handle(request, on_token, on_done, first_logits)
+        self._queue.put(handle)
+        return handle
 
     # -- worker -------------------------------------------------------------------------------
 
-    def _finish(self, ticket: Ticket, answer: Any, error: BaseException | None) -> None:
+    def _finish(self, handle: Handle, answer: Any, error: BaseException | None) -> None:
         """A job leaves the queue without running."""
         with self._lock:
             self._queued -= 1
-        _report(ticket, answer, error)
+        _report(handle, answer, error)
 
     def _work(self) -> None:
         while True:
             item = self._queue.get()
             if item is _STOP:
                 return
-            ticket: Ticket = item
-            if ticket.cancelled:
-                self._finish(ticket, None, Cancelled("cancelled before it started"))
+            handle: Handle = item
+            if handle.cancelled:
+                self._finish(handle, None, Cancelled("cancelled before it started"))
                 continue
             with self._lock:
                 self._queued -= 1
                 self._running += 1
-                self._current = ticket
+                self._current = handle
             answer, error = None, None
             t0 = time.monotonic()
             try:
-                answer = self._run(ticket)
+                answer = self._run(handle)
             except BaseException as e:  # reported to the request; the worker must live on
                 error = e
             finally:
@@ -228,22 +254,22 @@ class Backend:
                     self._running -= 1
                     self._current = None
                     self._mean_s = 0.8 * self._mean_s + 0.2 * (time.monotonic() - t0)
-            if stopped_by_server(ticket, answer):
+            if stopped_by_server(handle, answer):
                 answer, error = None, shutting_down(len(answer.token_ids))
-            _report(ticket, answer, error)
+            _report(handle, answer, error)
 
-    def _run(self, ticket: Ticket) -> Any:
-        r = ticket.request
-        if r.first_logits is not None:
+    def _run(self, handle: Handle) -> Any:
+        r = handle.request
+        if handle.first_logits is not None:
             logits = self.model.prompt_logits(
                 list(r.images), r.query, hd=r.hd, meta_instruction=r.meta_instruction
             )
-            r.first_logits(logits[-1])
+            handle.first_logits(logits[-1])
             return None
 
         def on_token(tid: int) -> bool:
-            if ticket.cancelled:
+            if handle.cancelled:
                 return False
-            return ticket.on_token(tid) is not False and not ticket.cancelled
+            return handle.on_token(tid) is not False and not handle.cancelled
 
-        return self.model.chat(list(r.images), r.query, on_token=on_token, **r.options())
+        return self.model.chat(list(r.images), r.query, on_token=on_token, **r.chat_options())

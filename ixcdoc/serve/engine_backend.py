@@ -1,7 +1,8 @@
 """The server's default backend: requests run concurrently on the batched engine.
 
-``EngineBackend`` offers what ``Backend`` offers (``submit(request, on_token, on_done) ->
-Ticket``, ``QueueFull``, ``Ticket.cancel()``, the counters, ``start``/``close``) but hands up
+``EngineBackend`` offers what ``Backend`` offers (``backend.ServeBackend``: ``submit(request,
+on_token, on_done, first_logits) -> Handle``, ``QueueFull``, ``Handle.cancel()``, the counters,
+``start``/``close``) but hands up
 to ``n_slots`` requests at once to ``DocModel.engine``, whose loop decodes every running
 sequence in one forward. Requests past the slots wait in a queue bounded by ``max_queue``; the
 engine only ever sees as many requests as it has slots, so a waiting request can still be
@@ -12,63 +13,34 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import dataclasses
 import threading
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ixcdoc.serve.backend import (
     Cancelled,
-    GenRequest,
+    FirstLogits,
+    Handle,
     OnDone,
     OnToken,
     QueueFull,
-    Ticket,
     shutting_down,
     stopped_by_server,
 )
 
-
-def slot_positions(model: Any, max_tokens: int | None = None) -> int:
-    """Positions one slot must hold: the longest prompt the server admits plus the longest answer.
-
-    The server refuses images past ``config.max_length`` tokens and the prompt is cut there, so
-    a prompt never passes ``max_length``; an answer may run to ``max_tokens`` (None: up to the
-    position limit, as ``chat`` allows). Never more than ``max_position_embeddings``.
-    """
-    cfg = model.config
-    if max_tokens is None:
-        return int(cfg.max_position_embeddings)
-    return min(int(cfg.max_length) + max_tokens, int(cfg.max_position_embeddings))
+if TYPE_CHECKING:
+    from ixcdoc.engine.request import ChatRequest
 
 
 def auto_slots(model: Any, positions: int) -> int:
-    """Slots that fit: on a GPU, ``vram.auto_batch_size`` for slots of ``positions``; on the
-    CPU, as many as half the available RAM holds (at most 64, as for the batch CLI). At least 1."""
-    from ixcdoc.planning import VRAM_HEADROOM
-    from ixcdoc.sizing import CPU_MAX_BATCH, RAM_SHARE, available_ram
-    from ixcdoc.vram import (
-        PROMPT_TEXT_TOKENS,
-        VISION_BATCH_TILES,
-        auto_batch_size,
-        kv_cache_bytes,
-    )
+    """Slots of ``positions`` that fit (``sizing.slots_that_fit``) for requests that fill them,
+    each bringing one admission round's vision batch (what the engine caps)."""
+    from ixcdoc.sizing import SlotNeed, slots_that_fit
+    from ixcdoc.vram import VISION_BATCH_TILES
 
-    cfg = model.config
-    gpu = model.gpu_budget() if hasattr(model, "gpu_budget") else None
-    if gpu is not None:
-        # The worst request: an image filling the prompt, then the longest answer.
-        image_tokens = max(min(positions, cfg.max_length) - PROMPT_TEXT_TOKENS, 0)
-        n = auto_batch_size(
-            cfg,
-            int(gpu.free_bytes * VRAM_HEADROOM),
-            image_tokens,
-            VISION_BATCH_TILES - 1,  # one admission round's vision batch, what the engine caps
-            max(positions - image_tokens - PROMPT_TEXT_TOKENS, 0),
-            "4bit" if getattr(model, "quant", None) == "4bit" else "bf16",
-        )
-        return max(1, n)
-    per_slot = max(1, kv_cache_bytes(cfg, positions, _itemsize(model)))
-    return max(1, min(CPU_MAX_BATCH, int(available_ram() * RAM_SHARE) // per_slot))
+    need = SlotNeed.filling(model.config, positions, VISION_BATCH_TILES - 1)
+    return slots_that_fit(model, need, positions)
 
 
 def _itemsize(model: Any) -> int:
@@ -76,18 +48,20 @@ def _itemsize(model: Any) -> int:
     return int(getattr(getattr(model, "dtype", None), "itemsize", 4))
 
 
-class EngineTicket(Ticket):
-    """A ticket whose ``cancel()`` also withdraws it from the backend's queue at once."""
+class EngineHandle(Handle):
+    """A handle whose ``cancel()`` also withdraws it from the backend's queue at once."""
 
-    # identity, not field values: tickets are kept in a set and removed from a deque
-    __eq__ = object.__eq__
-    __hash__ = object.__hash__
-
-    def __init__(self, request: GenRequest, on_token: OnToken, on_done: OnDone) -> None:
-        super().__init__(request, on_token, on_done)
+    def __init__(
+        self,
+        request: ChatRequest,
+        on_token: OnToken,
+        on_done: OnDone,
+        first_logits: FirstLogits | None = None,
+    ) -> None:
+        super().__init__(request, on_token, on_done, first_logits)
         self.withdraw: Any = None  # set by the backend: called once on cancel
-        self.reported = False  # on_done ran (exactly once, whoever finishes the ticket)
-        self.scored = False  # its request's first_logits ran (once, on the prefill's row)
+        self.reported = False  # on_done ran (exactly once, whoever finishes the handle)
+        self.scored = False  # its first_logits ran (once, on the prefill's row)
 
     def cancel(self) -> None:
         """Stop the job: withdrawn if it still waits, stopped at its next token if it runs."""
@@ -109,20 +83,25 @@ class EngineBackend:
         **engine_options: Any,
     ) -> None:
         """``n_slots`` None: what memory allows (``auto_slots``); ``max_len`` None: the most a
-        request can use (``slot_positions``). ``engine_options`` go to ``model.engine``."""
+        request can use (``sizing.served_positions``). ``engine_options`` go to
+        ``model.engine``."""
         if max_queue < 1:
             raise ValueError(f"max_queue must be >= 1, got {max_queue}")
         if n_slots is not None and n_slots < 1:
             raise ValueError(f"n_slots must be >= 1, got {n_slots}")
         self.model = model
-        self.max_len = max_len if max_len is not None else slot_positions(model)
+        if max_len is None:
+            from ixcdoc.sizing import served_positions
+
+            max_len = served_positions(model.config, None)
+        self.max_len = max_len
         self.n_slots = n_slots if n_slots is not None else auto_slots(model, self.max_len)
         self.max_queue = max_queue
         self.engine_options = engine_options
         self.engine: Any = None
         self._lock = threading.Condition()
-        self._waiting: collections.deque[EngineTicket] = collections.deque()
-        self._inflight: set[EngineTicket] = set()
+        self._waiting: collections.deque[EngineHandle] = collections.deque()
+        self._inflight: set[EngineHandle] = set()
         self._mean_s = 5.0  # a guess until the first job finishes; feeds Retry-After only
         self._closing = False
 
@@ -145,7 +124,7 @@ class EngineBackend:
 
     @property
     def cache_bytes(self) -> int:
-        """The KV cache ``prepare`` allocates: ``n_slots`` x ``max_len`` positions."""
+        """The KV cache ``allocate`` allocates: ``n_slots`` x ``max_len`` positions."""
         from ixcdoc.vram import kv_cache_bytes
 
         return kv_cache_bytes(self.model.config, self.n_slots * self.max_len, _itemsize(self.model))
@@ -157,7 +136,7 @@ class EngineBackend:
 
     # -- lifecycle --------------------------------------------------------------------------
 
-    def prepare(self) -> None:
+    def allocate(self) -> None:
         """Build the engine, which allocates its KV cache, without starting it: ``serve`` calls
         this before it listens, so a cache that cannot fit is one line, not a failed start."""
         if self.engine is None:
@@ -169,8 +148,8 @@ class EngineBackend:
             )
 
     def start(self) -> None:
-        """Build the engine if ``prepare`` has not, and start its loop thread (once)."""
-        self.prepare()
+        """Build the engine if ``allocate`` has not, and start its loop thread (once)."""
+        self.allocate()
         if not self.engine.started:
             self.engine.start()
         self._pump()
@@ -183,12 +162,12 @@ class EngineBackend:
             waiting = list(self._waiting)
             self._waiting.clear()
             running = list(self._inflight)
-            for ticket in running:
-                ticket.stopped_by_server = True
-        for ticket in waiting:
-            self._report(ticket, None, shutting_down())
-        for ticket in running:
-            ticket.cancel()
+            for handle in running:
+                handle.stopped_by_server = True
+        for handle in waiting:
+            self._report(handle, None, shutting_down())
+        for handle in running:
+            handle.cancel()
         with self._lock:  # a cancelled sequence ends within one engine step
             self._lock.wait_for(lambda: not self._inflight, timeout=timeout)
             left = list(self._inflight)
@@ -197,52 +176,58 @@ class EngineBackend:
             if self.engine.close(timeout):
                 self.model.model.reset_caches()  # the engine's KV cache goes with it
             self.engine = None
-        for ticket in left:
-            self._report(ticket, None, shutting_down())
+        for handle in left:
+            self._report(handle, None, shutting_down())
 
     # -- the seam -----------------------------------------------------------------------------
 
-    def submit(self, request: GenRequest, on_token: OnToken, on_done: OnDone) -> Ticket:
+    def submit(
+        self,
+        request: ChatRequest,
+        on_token: OnToken,
+        on_done: OnDone,
+        first_logits: FirstLogits | None = None,
+    ) -> Handle:
         """Queue a job; raises QueueFull when ``max_queue`` jobs are already waiting, and
         Cancelled once the server is shutting down."""
-        ticket = EngineTicket(request, on_token, on_done)
+        handle = EngineHandle(request, on_token, on_done, first_logits)
         with self._lock:
             if self._closing:
                 raise shutting_down()
             # The pump keeps the slots full, so the waiting jobs are those past the slots.
             if len(self._waiting) >= self.max_queue:
                 raise QueueFull(len(self._waiting), self.retry_after())
-            ticket.withdraw = self._withdraw
-            self._waiting.append(ticket)
+            handle.withdraw = self._withdraw
+            self._waiting.append(handle)
         self._pump()
-        return ticket
+        return handle
 
     # -- internals ----------------------------------------------------------------------------
 
-    def _withdraw(self, ticket: EngineTicket) -> None:
+    def _withdraw(self, handle: EngineHandle) -> None:
         with self._lock:
             try:
-                self._waiting.remove(ticket)
+                self._waiting.remove(handle)
             except ValueError:
                 return  # running (its on_token stops it) or already finished
-        self._report(ticket, None, Cancelled("cancelled before it started"))
+        self._report(handle, None, Cancelled("cancelled before it started"))
 
-    def _report(self, ticket: EngineTicket, answer: Any, error: BaseException | None) -> None:
+    def _report(self, handle: EngineHandle, answer: Any, error: BaseException | None) -> None:
         with self._lock:
-            if ticket.reported:
+            if handle.reported:
                 return
-            ticket.reported = True
+            handle.reported = True
         with contextlib.suppress(Exception):  # a callback bug must not stop the engine's loop
-            ticket.on_done(answer, error)
+            handle.on_done(answer, error)
 
-    def _first_logits(self, handle: Any, logits: Any) -> None:
-        """The engine's logits hook: a job whose request has ``first_logits`` gets the logits of
-        its first answer token (the first row the engine shows it); every other row passes."""
-        ticket = handle.request.tag
-        if isinstance(ticket, EngineTicket) and not ticket.scored:
-            ticket.scored = True
-            if ticket.request.first_logits is not None:
-                ticket.request.first_logits(logits)
+    def _first_logits(self, engine_handle: Any, logits: Any) -> None:
+        """The engine's logits hook: a job with ``first_logits`` gets the logits of its first
+        answer token (the first row the engine shows it); every other row passes."""
+        handle = engine_handle.request.tag
+        if isinstance(handle, EngineHandle) and not handle.scored:
+            handle.scored = True
+            if handle.first_logits is not None:
+                handle.first_logits(logits)
 
     def _pump(self) -> None:
         """Hand waiting jobs to the engine while it has free slots."""
@@ -255,42 +240,39 @@ class EngineBackend:
                     or len(self._inflight) >= self.n_slots
                 ):
                     return
-                ticket = self._waiting.popleft()
-                self._inflight.add(ticket)
+                handle = self._waiting.popleft()
+                self._inflight.add(handle)
                 self._lock.notify_all()
-            self._hand_over(ticket)
+            self._hand_over(handle)
 
-    def _hand_over(self, ticket: EngineTicket) -> None:
-        from ixcdoc.engine import ChatRequest
-
-        r = ticket.request
+    def _hand_over(self, handle: EngineHandle) -> None:
         started = time.monotonic()
 
         def on_token(tid: int) -> bool:
-            if ticket.cancelled:
+            if handle.cancelled:
                 return False
-            return ticket.on_token(tid) is not False and not ticket.cancelled
+            return handle.on_token(tid) is not False and not handle.cancelled
 
-        def on_done(handle: Any) -> None:
-            self._finished(ticket, started, handle.answer, handle.error)
+        def on_done(engine_handle: Any) -> None:
+            self._finished(handle, started, engine_handle.answer, engine_handle.error)
 
         try:
             self.engine.submit(
-                ChatRequest(list(r.images), r.query, tag=ticket, **r.options()),
+                dataclasses.replace(handle.request, tag=handle),  # the engine's handle finds it
                 on_token=on_token,
                 on_done=on_done,
             )
         except BaseException as e:  # an invalid request fails alone, before the engine sees it
-            self._finished(ticket, started, None, e)
+            self._finished(handle, started, None, e)
 
     def _finished(
-        self, ticket: EngineTicket, started: float, answer: Any, error: BaseException | None
+        self, handle: EngineHandle, started: float, answer: Any, error: BaseException | None
     ) -> None:
         with self._lock:
-            self._inflight.discard(ticket)
+            self._inflight.discard(handle)
             self._mean_s = 0.8 * self._mean_s + 0.2 * (time.monotonic() - started)
             self._lock.notify_all()
-        if stopped_by_server(ticket, answer):
+        if stopped_by_server(handle, answer):
             answer, error = None, shutting_down(len(answer.token_ids))
-        self._report(ticket, answer, error)
+        self._report(handle, answer, error)
         self._pump()  # its slot is free: the next waiting job takes it

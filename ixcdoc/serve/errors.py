@@ -3,12 +3,28 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, TypedDict
 
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ixcdoc.errors import InputError, IxcdocError, UsageError
 from ixcdoc.serve.backend import Cancelled
+
+
+class ErrorDetail(TypedDict):
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class ErrorBody(TypedDict):
+    """OpenAI's error shape: every error response's body, and a failed stream's last event."""
+
+    error: ErrorDetail
 
 
 class ApiError(Exception):
@@ -26,7 +42,9 @@ class ApiError(Exception):
     ) -> None:
         super().__init__(message)
         self.status = status
-        self.body = {"error": {"message": message, "type": type, "param": param, "code": code}}
+        self.body: ErrorBody = {
+            "error": {"message": message, "type": type, "param": param, "code": code}
+        }
         self.headers = headers
 
     def response(self) -> JSONResponse:
@@ -61,3 +79,26 @@ def model_failure(e: BaseException) -> ApiError:
     if isinstance(e, IxcdocError):
         return library_error(e)
     return ApiError(500, f"the model failed: {type(e).__name__}: {e}", type="server_error")
+
+
+def add_error_handlers(app: FastAPI) -> None:
+    """Every error ``app`` raises answered in OpenAI's shape: ``ApiError`` as it is, pydantic's
+    validation errors as a 400, Starlette's 404/405 with a code, anything else as a 500."""
+
+    @app.exception_handler(ApiError)
+    async def _api_error(_: Request, e: ApiError) -> JSONResponse:
+        return e.response()
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, e: RequestValidationError) -> JSONResponse:
+        return invalid_request(e.errors()).response()
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, e: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(e.status_code)
+        return ApiError(e.status_code, str(e.detail), code=code).response()
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, e: Exception) -> JSONResponse:
+        message = f"internal error: {type(e).__name__}: {e}"
+        return ApiError(500, message, type="server_error").response()

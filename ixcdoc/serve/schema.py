@@ -11,8 +11,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from ixcdoc.config import MIN_TEMPERATURE
 from ixcdoc.errors import UsageError
-from ixcdoc.generate import MIN_TEMPERATURE
 from ixcdoc.prompt import DEFAULT_META_INSTRUCTION, IMAGE_PLACEHOLDER
 from ixcdoc.tasks import parse_hd
 from ixcdoc.tokenizer import ROLE_START, TURN_END

@@ -24,16 +24,15 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ixcdoc.errors import IxcdocError, UsageError
-from ixcdoc.serve.backend import GenRequest, QueueFull
+from ixcdoc.serve.backend import FirstLogits, QueueFull
 
 if TYPE_CHECKING:
     from ixcdoc.answer import Answer
     from ixcdoc.engine.request import ChatRequest
-    from ixcdoc.serve.backend import Backend, Ticket
-    from ixcdoc.serve.engine_backend import EngineBackend
+    from ixcdoc.serve.backend import Handle, ServeBackend
 
 # What the batch runner reads of a DocModel that involves no generation (runner.PageRunner,
-# sizing.job_positions): passed through to the real model.
+# sizing.SlotNeed.page): passed through to the real model.
 FACTS = frozenset(
     {
         "config",
@@ -80,41 +79,21 @@ class RunControl:
             self.cond.notify_all()
 
 
-def gen_request(
-    request: ChatRequest, first_logits: Callable[[Any], None] | None = None
-) -> GenRequest:
-    """A runner's ``ChatRequest`` as the backend's ``GenRequest`` (the same generation)."""
-    from ixcdoc.engine.request import ChatRequest
-
+def check_served(request: ChatRequest) -> ChatRequest:
+    """``request`` if the server's queue can run it: one beam (a slot holds one sequence)."""
     if request.num_beams != 1:
         raise UsageError("beam search is not offered on the server's queue; use num_beams=1")
-    if (request.top_k, request.repetition_penalty) != (
-        ChatRequest.top_k,
-        ChatRequest.repetition_penalty,
-    ):
-        raise UsageError("top_k and repetition_penalty are not offered on the server's queue")
-    return GenRequest(
-        images=list(request.images),
-        query=request.query,
-        meta_instruction=request.meta_instruction,
-        hd=request.hd,
-        max_new_tokens=request.max_new_tokens,
-        do_sample=request.do_sample,
-        temperature=request.temperature,
-        top_p=request.top_p,
-        seed=request.seed,
-        first_logits=first_logits,
-    )
+    return request
 
 
 def _submit(
-    backend: Backend | EngineBackend,
+    backend: ServeBackend,
     control: RunControl,
     request: ChatRequest,
     on_token: Callable[[int], bool] | None,
     on_done: Callable[[Any, BaseException | None], None],
-    first_logits: Callable[[Any], None] | None = None,
-) -> Ticket:
+    first_logits: FirstLogits | None = None,
+) -> Handle:
     """Queue ``request`` on the backend; its tokens stop once the run is cancelled."""
 
     def token(tid: int) -> bool:
@@ -123,7 +102,7 @@ def _submit(
         return on_token is None or on_token(tid) is not False
 
     try:
-        return backend.submit(gen_request(request, first_logits), token, on_done)
+        return backend.submit(check_served(request), token, on_done, first_logits)
     except QueueFull as e:
         raise ServerBusy(
             f"the server is busy: {e.queued} requests are waiting (--max-queue); "
@@ -158,14 +137,14 @@ class BackendEngine:
     on the calling (the run's) thread, as ``Engine.step`` does for its own.
     """
 
-    def __init__(self, backend: Backend | EngineBackend, control: RunControl, n_slots: int) -> None:
+    def __init__(self, backend: ServeBackend, control: RunControl, n_slots: int) -> None:
         self.backend = backend
         self.control = control
         self.n_slots = n_slots
         self._done: collections.deque[tuple[_Handle, Callable[[Any], None] | None]] = (
             collections.deque()
         )
-        self._tickets: dict[int, Ticket] = {}
+        self._jobs: dict[int, Handle] = {}
 
     def submit(
         self,
@@ -174,10 +153,10 @@ class BackendEngine:
         on_token: Callable[[int], bool] | None = None,
         on_done: Callable[[Any], None] | None = None,
         should_stop: Any = None,
-        first_logits: Callable[[Any], None] | None = None,
+        first_logits: FirstLogits | None = None,
     ) -> _Handle:
         """Queue one request as a backend job; ServerBusy when the backend's queue is full.
-        ``first_logits``: see ``GenRequest.first_logits``."""
+        ``first_logits``: see ``backend.FirstLogits``."""
         if should_stop is not None:
             raise UsageError("should_stop is not offered on the server's queue")
         handle = _Handle(request)
@@ -188,7 +167,7 @@ class BackendEngine:
                 self._done.append((handle, on_done))
                 self.control.cond.notify_all()
 
-        self._tickets[handle.id] = _submit(
+        self._jobs[handle.id] = _submit(
             self.backend, self.control, request, on_token, finished, first_logits
         )
         return handle
@@ -202,11 +181,11 @@ class BackendEngine:
             ready = [] if cancelled else list(self._done)
             self._done.clear()
         if cancelled:
-            for ticket in self._tickets.values():
-                ticket.cancel()
+            for job in self._jobs.values():
+                job.cancel()
             raise RunCancelled
         for handle, on_done in ready:
-            self._tickets.pop(handle.id, None)
+            self._jobs.pop(handle.id, None)
             if on_done is not None:
                 on_done(handle)
 
@@ -215,7 +194,7 @@ class ServedModel:
     """A loaded ``DocModel`` whose generation goes through the server's backend (see the module
     docstring); ``control`` cancels what it runs."""
 
-    def __init__(self, model: Any, backend: Backend | EngineBackend, control: RunControl) -> None:
+    def __init__(self, model: Any, backend: ServeBackend, control: RunControl) -> None:
         self._model = model
         self.backend = backend
         self.control = control
@@ -248,11 +227,11 @@ class ServedModel:
                 result.append((answer, error))
                 self.control.cond.notify_all()
 
-        ticket = _submit(self.backend, self.control, request, on_token, finished)
+        job = _submit(self.backend, self.control, request, on_token, finished)
         with self.control.cond:
             self.control.cond.wait_for(lambda: result or self.control.cancelled)
         if not result:
-            ticket.cancel()
+            job.cancel()
             raise RunCancelled
         answer, error = result[0]
         if error is not None:

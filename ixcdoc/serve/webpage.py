@@ -34,9 +34,8 @@ from ixcdoc.serve.webrun import MAX_QUESTION, PageRun, page_job
 
 if TYPE_CHECKING:
     from ixcdoc.runner import Job
-    from ixcdoc.serve.backend import Backend
+    from ixcdoc.serve.backend import ServeBackend
     from ixcdoc.serve.budget import PixelBudget
-    from ixcdoc.serve.engine_backend import EngineBackend
     from ixcdoc.serve.uploads import Upload
 
 ASSETS = {
@@ -79,7 +78,7 @@ def _attachment(name: str) -> str:
 
 def page_router(
     model: Any,
-    backend: Backend | EngineBackend,
+    backend: ServeBackend,
     *,
     max_pixels: int | None,
     max_tokens: int | None,

@@ -36,8 +36,7 @@ if TYPE_CHECKING:
     from ixcdoc.reading import PageItem
     from ixcdoc.records import PageRecord
     from ixcdoc.runner import Job
-    from ixcdoc.serve.backend import Backend
-    from ixcdoc.serve.engine_backend import EngineBackend
+    from ixcdoc.serve.backend import ServeBackend
     from ixcdoc.serve.uploads import Upload
 
 TICK_S = 0.25  # progress events at most this often (and text deltas gathered between them)
@@ -183,7 +182,7 @@ class PageRun:
         sources: Sources,
         upload: Upload,
         model: Any,
-        backend: Backend | EngineBackend,
+        backend: ServeBackend,
     ) -> None:
         self.job = job
         self.sources = sources

@@ -249,9 +249,9 @@ class CountingBackend(Backend):
         self.submitted = threading.Semaphore(0)
 
     def submit(self, *args: Any, **kwargs: Any) -> Any:
-        ticket = super().submit(*args, **kwargs)
+        handle = super().submit(*args, **kwargs)
         self.submitted.release()
-        return ticket
+        return handle
 
 
 class ProbeEngineBackend(EngineBackend):
@@ -309,7 +309,7 @@ class ProbeEngineBackend(EngineBackend):
 
         runner.decode = counted
 
-    def submit(self, request: Any, on_token: Any, on_done: Any) -> Any:
+    def submit(self, request: Any, on_token: Any, on_done: Any, first_logits: Any = None) -> Any:
         def record(answer: Any, error: BaseException | None) -> None:
             if answer is not None:
                 self.answers[request.query] = answer
@@ -320,6 +320,6 @@ class ProbeEngineBackend(EngineBackend):
             raise RuntimeError("failed after the first token")
 
         token = one_then_fail if self.fail_after_token else on_token
-        ticket = super().submit(request, token, record)
+        handle = super().submit(request, token, record, first_logits)
         self.submitted.release()
-        return ticket
+        return handle

@@ -92,7 +92,7 @@ def test_a_port_in_use_or_an_unknown_host_is_one_line_and_allocates_nothing(
     import socket
 
     from ixcdoc.errors import UsageError
-    from ixcdoc.serve.run import serve
+    from ixcdoc.serve.server import serve
 
     tiny.model.reset_caches()
     taken = socket.socket()

@@ -13,10 +13,11 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from ixcdoc.cli import app as cli_app
+from ixcdoc.engine.request import ChatRequest
 from ixcdoc.errors import EXIT_USAGE
 from ixcdoc.serve import create_app
-from ixcdoc.serve.backend import Backend, Cancelled, GenRequest, QueueFull
-from ixcdoc.serve.engine_backend import EngineBackend, auto_slots, slot_positions
+from ixcdoc.serve.backend import Backend, Cancelled, QueueFull
+from ixcdoc.serve.engine_backend import EngineBackend, auto_slots
 from tests.serve.helpers import (
     TIMEOUT,
     ProbeEngineBackend,
@@ -44,8 +45,8 @@ class Outcome:
         self.done.set()
 
 
-def _request(query: str, max_new: int = 4) -> GenRequest:
-    return GenRequest(images=[], query=query, meta_instruction="", hd=4, max_new_tokens=max_new)
+def _request(query: str, max_new: int = 4) -> ChatRequest:
+    return ChatRequest([], query, hd=4, meta_instruction="", max_new_tokens=max_new)
 
 
 def _keep(_: int) -> bool:
@@ -102,13 +103,6 @@ def test_close_cancels_waiting_and_running_jobs_once_each(looping: Any) -> None:
     assert (running.calls, waiting.calls) == (1, 1)
     assert backend.engine is None
     assert looping.model.model.layers[0].attention.kv_cache is None  # its cache went with it
-
-
-def test_slot_positions_hold_the_longest_prompt_and_answer(tiny: Any) -> None:
-    cfg = tiny.config
-    assert slot_positions(tiny) == cfg.max_position_embeddings
-    assert slot_positions(tiny, 100) == cfg.max_length + 100
-    assert slot_positions(tiny, 10**9) == cfg.max_position_embeddings
 
 
 def test_auto_slots_on_the_cpu_fill_half_the_available_ram(
@@ -173,10 +167,10 @@ def test_a_bad_batch_size_is_a_usage_error(value: str, tmp_path: Path) -> None:
 def test_the_cli_passes_batch_size_and_max_tokens_to_the_server(
     args: list[str], want: int | None, tiny_paths: dict[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import ixcdoc.serve.run
+    import ixcdoc.serve.server
 
     seen: dict[str, Any] = {}
-    monkeypatch.setattr(ixcdoc.serve.run, "serve", lambda model, **kw: seen.update(kw))
+    monkeypatch.setattr(ixcdoc.serve.server, "serve", lambda model, **kw: seen.update(kw))
     cmd = ["serve", "--model", str(tiny_paths["normal"]), "--device", "cpu", "--max-tokens", "64"]
     res = CliRunner().invoke(cli_app, cmd + args)
     assert res.exit_code == 0, res.output

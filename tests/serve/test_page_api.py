@@ -20,9 +20,9 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from ixcdoc.cli import app as cli_app
+from ixcdoc.engine.request import ChatRequest
 from ixcdoc.records import validate_line
 from ixcdoc.serve import create_app
-from ixcdoc.serve.backend import GenRequest
 from ixcdoc.serve.served import RunControl, ServedModel
 from ixcdoc.serve.uploads import Upload, UploadStore, upload_name
 from ixcdoc.tasks import CHART_TABLE, EXTRACT, SCREEN_PROMPT
@@ -400,7 +400,7 @@ def test_a_busy_server_says_429_at_once(looping: Any) -> None:
     ):
         doc = upload(http, SAMPLES / "chart.png")
         for _ in range(2):  # one on the engine (held), one waiting: the queue is full
-            request = GenRequest([image], "hi", "", hd=1, max_new_tokens=2)
+            request = ChatRequest([image], "hi", hd=1, meta_instruction="", max_new_tokens=2)
             backend.submit(request, lambda _: True, lambda *_: done.release())
         assert backend.entered.wait(TIMEOUT)
         r = http.post(f"{DOCS}/{doc['id']}/runs", json={"task": "chart"})

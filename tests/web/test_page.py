@@ -16,8 +16,8 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from ixcdoc.cli import app as cli_app
+from ixcdoc.engine.request import ChatRequest
 from ixcdoc.serve import create_app
-from ixcdoc.serve.backend import GenRequest
 from ixcdoc.tasks import EXTRACT
 from tests.serve.helpers import TIMEOUT, ProbeEngineBackend, live_server
 from tests.web.conftest import BROWSER_TIMEOUT_MS
@@ -326,7 +326,7 @@ def test_a_busy_server_says_429_and_nothing_hangs(page: Any, model336: Any) -> N
         open_file(page, base, SAMPLES / "chart.png", 1)
         image = Image.new("RGB", (60, 40), "white")
         for _ in range(2):  # one held on the engine, one waiting: the queue is full
-            job = GenRequest([image], "hi", "", hd=1, max_new_tokens=2)
+            job = ChatRequest([image], "hi", hd=1, meta_instruction="", max_new_tokens=2)
             backend.submit(job, lambda _: True, lambda *_: done.release())
         assert backend.entered.wait(TIMEOUT)
         page.click("[data-tab=chart]")

@@ -74,7 +74,7 @@ def serve(
                     f"allocating the KV cache: {backend.n_slots} slots × {backend.max_len:,} "
                     f"positions, {size_text(backend.cache_bytes)}"
                 )
-            backend.prepare()
+            backend.allocate()
     except BaseException:
         sock.close()
         raise
