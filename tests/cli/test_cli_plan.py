@@ -174,7 +174,7 @@ def test_plan_table_for_a_terminal(tmp_path: Path, invoke: Invoke) -> None:
 
     from rich.console import Console
 
-    from ixcdoc.cli.commands import print_plan
+    from ixcdoc.cli.plan import print_plan
 
     png = tall_png(tmp_path)
     (row,) = json_lines(invoke(["plan", png, "--vram", "8"]).stdout)
