@@ -156,9 +156,9 @@ def eval_(
 
         rows = summarize(load_records(data, repair=False).records())
     else:
+        from ixcdoc.evaluation.answering import run_eval
         from ixcdoc.evaluation.datasets import benchmark as find_benchmark
         from ixcdoc.evaluation.datasets import check_images, read_items
-        from ixcdoc.evaluation.run import run_eval
 
         bench = find_benchmark(benchmark)
         run = RunOptions(
