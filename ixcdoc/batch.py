@@ -228,7 +228,7 @@ def run(
         from ixcdoc.outdir import DocumentFiles
 
         docs = DocumentFiles(out_dir, out_format, sources.paths)
-        docs.prepare()  # a folder that takes no files fails now, before the model loads
+        docs.check_writable()  # a folder that takes no files fails now, before the model loads
         if output is None:
             output = docs.own_records()
         docs.records = Path(output)

@@ -140,7 +140,7 @@ class DocumentFiles:
         self._dirs: set[str] = set()  # the folders those files sit in, relative
         self._folders: dict[str, str] = {}  # a folder of the input tree -> its output folder
 
-    def prepare(self) -> None:
+    def check_writable(self) -> None:
         """Create the folder and prove a file can be made in it, before any model loads: a
         folder that cannot take files is one error now, not one after the first page."""
         try:

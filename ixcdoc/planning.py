@@ -16,7 +16,7 @@ from ixcdoc.config import ModelConfig
 from ixcdoc.errors import InputError, IxcdocError
 from ixcdoc.gpu import GpuInfo, assumed_gpu, detect_gpu
 from ixcdoc.tasks import TaskPreset, preset
-from ixcdoc.tiling import TIER_LADDER, TierGeometry, hd_geometry, min_tier_for_native_tile
+from ixcdoc.tiling import TIER_LADDER, TierGeometry, hd_geometry, min_tier_for_native
 from ixcdoc.vram import PROMPT_TEXT_TOKENS, QUANTS, VramEstimate, estimate_vram
 
 if TYPE_CHECKING:
@@ -73,7 +73,7 @@ def _auto_tier(
     quant: str,
     mnt: int,
 ) -> tuple[int, str, TierGeometry, int, dict[str, VramEstimate]]:
-    need = min_tier_for_native_tile(native_h, native_w, cfg.tile)
+    need = min_tier_for_native(native_h, native_w, cfg.tile)
     if need < task.hd_floor:
         tier, reason = task.hd_floor, f"native fits HD{need}; {task.name} floor {task.hd_floor}"
     elif need > task.hd_ceiling:
@@ -281,7 +281,7 @@ def tier_rows(
     h, w = aspect
     scale = 10000 / max(h, w)  # a large page, so every tier's budget is the limit
     ph, pw = max(1, round(h * scale)), max(1, round(w * scale))
-    any_task = TaskPreset("tiers", "", 1, 10**6, max_new_tokens, "")
+    any_task = TaskPreset("tiers", "", 1, 10**6, max_new_tokens)
     return [
         tier_row(choose_tier(ph, pw, any_task, hd=hd, cfg=cfg, gpu=gpu), gpu, cfg, max_new_tokens)
         for hd in tiers

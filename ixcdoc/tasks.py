@@ -24,7 +24,6 @@ class TaskPreset:
     hd_floor: int
     hd_ceiling: int
     max_new_tokens: int
-    description: str
 
 
 ASK = TaskPreset(
@@ -33,7 +32,6 @@ ASK = TaskPreset(
     hd_floor=9,
     hd_ceiling=25,
     max_new_tokens=512,
-    description="answer a question about the page",
 )
 EXTRACT = TaskPreset(
     name="extract",
@@ -44,7 +42,6 @@ EXTRACT = TaskPreset(
     hd_floor=16,
     hd_ceiling=55,
     max_new_tokens=2048,
-    description="transcribe every page",
 )
 CHART = TaskPreset(
     name="chart",
@@ -55,7 +52,6 @@ CHART = TaskPreset(
     hd_floor=9,
     hd_ceiling=25,
     max_new_tokens=512,
-    description="summarize a chart",
 )
 CHART_TABLE = TaskPreset(
     name="chart",
@@ -66,7 +62,6 @@ CHART_TABLE = TaskPreset(
     hd_floor=9,
     hd_ceiling=25,
     max_new_tokens=1024,
-    description="chart data as a table",
 )
 
 PRESETS: dict[str, TaskPreset] = {"ask": ASK, "extract": EXTRACT, "chart": CHART}

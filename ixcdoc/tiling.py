@@ -136,16 +136,12 @@ def image_token_count(rows: int, cols: int, tile: int = REAL_TILE, patch: int = 
     return (g * g + g) + 1 + g * rows * (g * cols + 1)
 
 
-def min_tier_for_native(h: int, w: int) -> int:
-    """Smallest tier at which HD_transform does not shrink an (h, w) page (336-px tiles).
+def min_tier_for_native(h: int, w: int, tile: int = REAL_TILE) -> int:
+    """Smallest tier at which HD_transform does not shrink an (h, w) page of ``tile``-px tiles.
 
-    Scale must reach ceil(long side / 336); the tier that allows exactly that scale is
-    scale * ceil(scale / ratio). Works for any tile since the caller passes REAL_TILE.
+    Scale must reach ceil(long side / tile); the tier that allows exactly that scale is
+    scale * ceil(scale / ratio), one step more when int() truncation needs it.
     """
-    return min_tier_for_native_tile(h, w, REAL_TILE)
-
-
-def min_tier_for_native_tile(h: int, w: int, tile: int) -> int:
     _check_size(h, w)
     lw, lh = max(h, w), min(h, w)
     ratio = lw / lh
@@ -156,10 +152,3 @@ def min_tier_for_native_tile(h: int, w: int, tile: int) -> int:
         if not g.downscaled:
             return hd
         scale += 1  # int() truncation of the short side can need one step more
-
-
-def tiers_table(
-    hds: list[int], h: int = 1, w: int = 1, tile: int = REAL_TILE
-) -> list[TierGeometry]:
-    """Geometry of each tier for one page size (defaults: a square page)."""
-    return [hd_geometry(h, w, hd, tile) for hd in hds]

@@ -1,4 +1,5 @@
-"""ixcdoc.outdir: the atomic write's order, and when a document's file is (re)written."""
+"""ixcdoc.outdir: the naming rules, the markers, the atomic write's order, and when a document's
+file is (re)written."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import Any
 import pytest
 
 from ixcdoc import outdir
-from ixcdoc.outdir import DocumentFiles, render_document, write_atomic
+from ixcdoc.outdir import DocumentFiles, output_name, render_document, write_atomic
 from tests.test_records import make
 
 
@@ -90,3 +91,79 @@ def test_a_deleted_file_is_written_again_from_old_records(tmp_path: Path) -> Non
     docs.add(old1, fresh=False)
     assert docs.written == 1
     assert path.read_text() == render_document("md", [old1, old2])
+
+
+# ---- names: a file per document, mirroring the input tree, never shared --------------------
+
+SHA = "0123456789abcdef" * 4  # a content hash; its first 8 characters tag a clashing name
+
+
+def test_a_name_is_relative_to_the_folder_argument_else_the_base_name(tmp_path: Path) -> None:
+    root = tmp_path / "scans"
+    (root / "2024").mkdir(parents=True)
+    inside = root / "2024" / "march.scan.pdf"
+    inside.touch()
+    alone = tmp_path / "elsewhere" / "b.png"
+    alone.parent.mkdir()
+    alone.touch()
+    roots = [str(alone), str(root)]  # a file argument is no root
+    assert output_name(str(inside), roots) == "2024/march.scan"  # only the last suffix goes
+    assert output_name(str(alone), roots) == "b"
+    assert output_name("-", roots) == "stdin"
+
+
+def test_the_first_document_keeps_a_name_later_ones_get_the_hash_then_a_number(
+    tmp_path: Path,
+) -> None:
+    docs = DocumentFiles(tmp_path / "out", "txt", [])
+    first = docs.path_for("x/a.pdf", SHA)
+    second = docs.path_for("y/a.png", SHA)
+    third = docs.path_for("z/a.jpg", None)
+    fourth = docs.path_for("w/a.tif", SHA)
+    assert [p.relative_to(tmp_path / "out").as_posix() for p in (first, second, third, fourth)] == [
+        "a.txt",
+        "a-01234567.txt",
+        "a-nohash.txt",
+        "a-01234567-2.txt",
+    ]
+    assert docs.path_for("y/a.png", SHA) == second  # the same file named twice: one name
+
+
+def _tree(tmp_path: Path, *files: str) -> str:
+    root = tmp_path / "in"
+    for f in files:
+        (root / f).parent.mkdir(parents=True, exist_ok=True)
+        (root / f).touch()
+    return str(root)
+
+
+def test_a_file_never_takes_the_name_of_a_folder_that_holds_files(tmp_path: Path) -> None:
+    """``a`` (a file without extension) becomes a.md; the folder ``a.md/`` read earlier holds
+    x.md already, so the file is renamed, not the folder."""
+    root = _tree(tmp_path, "a", "a.md/x.png")
+    docs = DocumentFiles(tmp_path / "out", "md", [root])
+    inside = docs.path_for(f"{root}/a.md/x.png", SHA)
+    file = docs.path_for(f"{root}/a", SHA)
+    assert inside == tmp_path / "out" / "a.md" / "x.md"
+    assert file == tmp_path / "out" / "a-01234567.md"
+
+
+def test_a_folder_never_takes_the_name_of_a_file_given_out(tmp_path: Path) -> None:
+    """The same two documents the other way round: the file a.md is out, the folder moves."""
+    root = _tree(tmp_path, "a", "a.md/x.png")
+    docs = DocumentFiles(tmp_path / "out", "md", [root])
+    file = docs.path_for(f"{root}/a", SHA)
+    inside = docs.path_for(f"{root}/a.md/x.png", "fedcba98" + SHA[8:])
+    assert file == tmp_path / "out" / "a.md"
+    assert inside == tmp_path / "out" / "a.md-fedcba98" / "x.md"
+    later = docs.path_for(f"{root}/a.md/y.png", SHA)  # the folder's other files follow it
+    assert later == tmp_path / "out" / "a.md-fedcba98" / "y.md"
+
+
+def test_a_marker_escapes_control_characters_and_cannot_close_the_comment() -> None:
+    rec = make(source="odd\nname--x.pdf", page=2, page_count=3, text="body")
+    md = render_document("md", [rec])
+    txt = render_document("txt", [rec])
+    assert md.splitlines()[0] == "<!-- ixcdoc: odd\\nname- -x.pdf page 2/3 -->"
+    assert txt.splitlines()[0] == "==> odd\\nname- -x.pdf page 2/3 <=="
+    assert md.splitlines()[1] == "body"

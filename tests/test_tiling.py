@@ -14,7 +14,6 @@ from ixcdoc.tiling import (
     image_token_count,
     merged_side,
     min_tier_for_native,
-    min_tier_for_native_tile,
 )
 from tests.conftest import UPSTREAM
 
@@ -143,5 +142,5 @@ def test_min_tier_for_native_is_minimal_and_does_not_downscale(h: int, w: int) -
     assert not hd_geometry(h, w, hd).downscaled
     if hd > 1:
         assert hd_geometry(h, w, hd - 1).downscaled
-    tiny = min_tier_for_native_tile(h, w, 56)
+    tiny = min_tier_for_native(h, w, 56)
     assert not hd_geometry(h, w, tiny, 56).downscaled

@@ -1,4 +1,4 @@
-"""The Typer app, its error handling and the options the commands share.
+"""The Typer app and its error handling (the options the commands share: ``options``).
 
 stdout carries results only (answers, text, JSON lines, the plan table); everything for people
 (progress, warnings, errors) goes to stderr. Errors are one red line; ``--debug`` shows the
@@ -11,7 +11,6 @@ import functools
 import os
 import sys
 from collections.abc import Callable
-from enum import Enum
 from typing import Annotated, Any, TypeVar
 
 import typer
@@ -26,9 +25,7 @@ from ixcdoc.errors import (
     EXIT_USAGE,
     IxcdocError,
     Terminated,
-    UsageError,
 )
-from ixcdoc.tasks import PRESETS, parse_hd
 
 try:  # Typer >= 0.22 vendors Click under typer._click; older Typer uses Click itself.
     from typer._click.exceptions import NoArgsIsHelpError
@@ -122,223 +119,6 @@ def handles_errors(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-# ---- shared options: one definition each ------------------------------------------------
-
-
-def hd_callback(value: str) -> str:
-    """Validate --hd (auto or a whole number) as a usage error."""
-    try:
-        parse_hd(value)
-    except IxcdocError as e:
-        raise typer.BadParameter(e.message) from None
-    return value
-
-
-def _pages_callback(value: str | None) -> str | None:
-    if value is None:
-        return None
-    from ixcdoc.inputs import parse_page_spec
-
-    try:
-        parse_page_spec(value)
-    except IxcdocError as e:
-        raise typer.BadParameter(e.message) from None
-    return value
-
-
-def _device_callback(value: str) -> str:
-    import re
-
-    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", value.strip()):
-        raise typer.BadParameter(f"use auto, cuda, cuda:N or cpu, got {value!r}")
-    return value.strip()
-
-
-HdOpt = Annotated[
-    str,
-    typer.Option(
-        "--hd",
-        metavar="auto|N",
-        help="HD tier: 'auto' (per page) or N = max 336-px crops (9, 16, 25, 55, ...).",
-        callback=hd_callback,
-    ),
-]
-
-
-class Quant(str, Enum):
-    auto = "auto"
-    bf16 = "bf16"
-    q4 = "4bit"
-
-
-# The task names come from the presets (one list for the CLI, the records and the planner).
-Task = Enum("Task", [(name, name) for name in PRESETS], type=str)  # type: ignore[misc]
-
-
-QuantOpt = Annotated[
-    Quant,
-    typer.Option(
-        "--quant",
-        metavar="auto|bf16|4bit",
-        help="Weights: auto (CUDA: bf16 if it fits, else 4bit; CPU: float32), bf16, 4bit.",
-    ),
-]
-ModelOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--model",
-        envvar="IXCDOC_MODEL",
-        metavar="ID|PATH",
-        help="Hub id or local checkpoint folder [default: internlm/internlm-xcomposer2-4khd-7b].",
-    ),
-]
-DeviceOpt = Annotated[
-    str,
-    typer.Option(
-        "--device",
-        metavar="DEVICE",
-        help="auto, cuda, cuda:N, or cpu (slow; float32 unless --quant bf16).",
-        callback=_device_callback,
-    ),
-]
-MaxNewOpt = Annotated[
-    int | None,
-    typer.Option(
-        "--max-new-tokens",
-        min=1,
-        max=32768,  # the model's positions: no answer can be longer
-        metavar="N",
-        help="Generation limit [default: per task].",
-    ),
-]
-JsonOpt = Annotated[bool, typer.Option("--json", help="One JSON object per page on stdout.")]
-# -o stays the text typed: a trailing slash means a folder, everywhere (Path would drop it).
-OutputOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--output",
-        "-o",
-        metavar="FILE|DIR/",
-        help="Append JSON lines to this file (resumable); DIR/ gets a new shard per run.",
-    ),
-]
-
-
-def file_only(value: str | None) -> str | None:
-    """An output that can only be a file (``eval -o``, ``merge -o``): ``DIR/`` is a usage
-    error, never a file named DIR."""
-    if value is not None and value.endswith(("/", os.sep)):
-        raise typer.BadParameter(f"{value} names a folder (a trailing slash); give a file name")
-    return value
-
-
-FileOutputOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--output",
-        "-o",
-        metavar="FILE",
-        help="Append JSON lines to this file (resumable).",
-        callback=file_only,
-    ),
-]
-QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress or notes on stderr.")]
-PagesOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--pages",
-        metavar="RANGES",
-        help="Pages to read, 1-based: 1,3-5 (applies to every file).",
-        callback=_pages_callback,
-    ),
-]
-PasswordOpt = Annotated[
-    str | None,
-    typer.Option("--password", metavar="TEXT", help="Password for encrypted PDFs."),
-]
-MaxPixelsOpt = Annotated[
-    int | None,
-    typer.Option(
-        "--max-pixels",
-        min=1,
-        metavar="N",
-        help="Refuse images larger than this [default: 100000000].",
-    ),
-]
-
-
-def _vram_callback(value: float | None) -> float | None:
-    from ixcdoc.tasks import check_vram_gib
-
-    try:
-        return check_vram_gib(value)
-    except IxcdocError as e:
-        raise typer.BadParameter(e.message) from None
-
-
-VramOpt = Annotated[
-    float | None,
-    typer.Option(
-        "--vram",
-        metavar="GIB",
-        callback=_vram_callback,
-        help="Plan for a GPU with this many GiB free (no GPU needed).",
-    ),
-]
-PromptOpt = Annotated[
-    str | None,
-    typer.Option("--prompt", metavar="TEXT", help="Replace the task's preset instruction."),
-]
-
-
-def parse_batch(value: str) -> int | None:
-    """``--batch-size``: "auto" -> None (what memory allows), else a whole number >= 1."""
-    text = value.strip().lower()
-    if text == "auto":
-        return None
-    try:
-        n = int(text)
-    except ValueError:
-        n = 0
-    if n < 1:
-        raise UsageError(f"--batch-size must be 'auto' or a whole number >= 1, got {value!r}")
-    return n
-
-
-def _batch_callback(value: str) -> str:
-    try:
-        parse_batch(value)
-    except IxcdocError as e:
-        raise typer.BadParameter(e.message) from None
-    return value
-
-
-BatchOpt = Annotated[
-    str,
-    typer.Option(
-        "--batch-size",
-        metavar="auto|N",
-        help="Pages in flight on the GPU at once: auto (what memory allows) or N; 1 runs one "
-        "page at a time.",
-        callback=_batch_callback,
-    ),
-]
-BeamsOpt = Annotated[
-    int,
-    typer.Option(
-        "--beams",
-        min=1,
-        max=16,
-        metavar="N",
-        help="Beam search with N beams (upstream's demo uses 3); 1 is greedy.",
-    ),
-]
-PathsArg = Annotated[
-    list[str],
-    typer.Argument(metavar="PATH...", help="Files, folders, globs, or - for stdin."),
-]
-
-
 def _version(value: bool) -> None:
     if value:
         typer.echo(f"ixcdoc {__version__}")
@@ -358,56 +138,6 @@ def _root(
 
     _state["debug"] = debug
     set_verbose(True if debug else None)  # library warnings only with --debug (or IXCDOC_DEBUG)
-
-
-# ---- model commands ------------------------------------------------------------------------
-
-RedoOpt = Annotated[
-    bool, typer.Option("--redo-failed", help="With -o: retry pages recorded as failed.")
-]
-TopKOpt = Annotated[
-    int,
-    typer.Option(
-        "--top-k",
-        min=1,
-        metavar="N",
-        help="Answer the N best pages for the question (text layer, else the model's screening).",
-    ),
-]
-AllPagesOpt = Annotated[
-    bool,
-    typer.Option(
-        "--all-pages", help="Answer every selected page in turn (no ranking, no screening)."
-    ),
-]
-
-
-def load_model(
-    model: str | None, device: str, quant: Quant, quiet: bool, *, lines: bool = False
-) -> Any:
-    """Load once per process, with a spinner on a terminal (for commands that hold a model
-    themselves; the batch commands load through ``ixcdoc.batch.run``). ``lines``: also say
-    "loading" off a terminal, and what was loaded in how long (unless ``quiet``)."""
-    import time
-
-    from ixcdoc.hub import model_name
-    from ixcdoc.runtime import load
-
-    what = f"loading {model_name(model)} ({quant.value}, {device})"
-    t0 = time.perf_counter()
-    if quiet or not err.is_terminal:
-        if lines and not quiet:
-            err.print(what, markup=False)
-        dm = load(model, device=device, quant=quant.value)
-    else:
-        from rich.text import Text
-
-        with err.status(Text(what)):  # a folder named "ckpt[1]" is text, not markup
-            dm = load(model, device=device, quant=quant.value)
-    if lines and not quiet:
-        took = time.perf_counter() - t0
-        err.print(f"loaded in {took:.1f} s: {dm.precision} on {dm.device}", markup=False)
-    return dm
 
 
 def main() -> None:

@@ -10,7 +10,8 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from ixcdoc.cli.app import (
+from ixcdoc.cli.app import app, err, handles_errors
+from ixcdoc.cli.options import (
     BeamsOpt,
     DeviceOpt,
     FileOutputOpt,
@@ -20,13 +21,13 @@ from ixcdoc.cli.app import (
     QuantOpt,
     QuietOpt,
     RedoOpt,
-    app,
-    err,
-    handles_errors,
+    RunOptions,
     hd_callback,
-    load_model,
 )
-from ixcdoc.errors import EXIT_INTERRUPTED, EXIT_PARTIAL, UsageError
+from ixcdoc.cli.running import interruptible, load_model, summary_line
+from ixcdoc.errors import EXIT_PARTIAL
+
+SAVED_ANSWERS = " (answered questions are saved; run the same command again to resume)"
 
 # ---- eval -----------------------------------------------------------------------------------
 
@@ -90,6 +91,10 @@ def eval_table(rows: list[Any]) -> Any:
     return t
 
 
+def _nothing() -> None:
+    """No progress bar to stop."""
+
+
 def _percent(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f}%"
 
@@ -151,19 +156,28 @@ def eval_(
 
         rows = summarize(load_records(data, repair=False).records())
     else:
+        from ixcdoc.evaluation.answering import run_eval
         from ixcdoc.evaluation.datasets import benchmark as find_benchmark
         from ixcdoc.evaluation.datasets import check_images, read_items
-        from ixcdoc.evaluation.run import run_eval
 
         bench = find_benchmark(benchmark)
-        if redo_failed and output is None:
-            raise UsageError("--redo-failed needs -o/--output (the file that records failures)")
+        run = RunOptions(
+            model=model,
+            device=device,
+            quant=quant,
+            quiet=quiet,
+            output=output,
+            json_out=json_out,
+            redo_failed=redo_failed,
+        )
+        run.check_redo()
         # The dataset first: a wrong path or a partial download must not cost a 17 GB load
         # to report.
         items = read_items(bench.name, data, split)
         check_images(items[:limit] if limit else items, data)
         total = min(len(items), limit) if limit else len(items)
-        dm = load_model(model, device, quant, quiet)
+        dm = load_model(run)
+        saved = SAVED_ANSWERS if output is not None else None
         bar = None
         if not quiet and err.is_terminal and total > 1:
             from rich.progress import (
@@ -197,7 +211,7 @@ def eval_(
             if bar is not None:
                 bar.advance(task_id)
 
-        try:
+        with interruptible(bar.stop if bar is not None else _nothing, hint=saved):
             summary = run_eval(
                 dm,
                 bench.name,
@@ -212,26 +226,16 @@ def eval_(
                 progress=progress,
                 num_beams=beams,
             )
-        except KeyboardInterrupt:
-            if bar is not None:
-                bar.stop()
-            hint = " (answered questions are saved; run the same command again to resume)"
-            err.print(f"interrupted{hint if output is not None else ''}", markup=False)
-            raise typer.Exit(EXIT_INTERRUPTED) from None
-        finally:
-            if bar is not None:
-                bar.stop()
         if summary.repaired_bytes and not quiet:
             err.print(f"repaired {output}: cut a torn last line", markup=False)
         if not quiet:
-            parts = [f"{summary.answered} answered"]
-            if summary.failed:
-                parts.append(f"{summary.failed} failed")
-            if summary.skipped:
-                parts.append(f"{summary.skipped} already done")
-            if summary.skipped_failed:
-                parts.append(f"{summary.skipped_failed} failed earlier (retry: --redo-failed)")
-            err.print(", ".join(parts) + (f"; records in {output}" if output else ""), markup=False)
+            counts = [
+                (summary.answered, "answered"),
+                (summary.failed, "failed"),
+                (summary.skipped, "already done"),
+                (summary.skipped_failed, "failed earlier (retry: --redo-failed)"),
+            ]
+            summary_line(counts, f"; records in {output}" if output else "")
         rows = summarize(summary.records)
     if json_out or not sys.stdout.isatty():
         sys.stdout.write(json.dumps(report_dict(rows), ensure_ascii=False) + "\n")

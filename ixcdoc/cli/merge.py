@@ -8,7 +8,8 @@ from typing import Annotated
 
 import typer
 
-from ixcdoc.cli.app import app, err, file_only, handles_errors
+from ixcdoc.cli.app import app, err, handles_errors
+from ixcdoc.cli.options import file_only
 from ixcdoc.errors import UsageError
 
 

@@ -6,7 +6,8 @@ import sys
 
 import typer
 
-from ixcdoc.cli.app import Quant
+from ixcdoc.cli.options import PageOptions, RunOptions
+from ixcdoc.cli.running import SAVED_PAGES, batch_counts, interruptible, summary_line
 from ixcdoc.errors import EXIT_PARTIAL
 from ixcdoc.runner import Job
 
@@ -14,53 +15,34 @@ from ixcdoc.runner import Job
 def run_ray_job(
     job: Job,
     paths: list[str],
+    inputs: PageOptions,
+    run: RunOptions,
     *,
-    pages: str | None,
-    password: str | None,
-    max_pixels: int | None,
-    model: str | None,
-    device: str,
-    quant: Quant,
-    output: str | None,
-    json_out: bool,
-    quiet: bool,
-    redo_failed: bool,
     address: str | None,
     replicas: int | None,
     verbose: bool,
-    batch_size: int | None = 1,
 ) -> None:
     """Run ``job`` on Ray; the summary line and exit codes are those of one machine."""
     from ixcdoc.cli.display import Display
     from ixcdoc.distributed import RayOptions, run_ray
-    from ixcdoc.inputs import Sources
 
-    sources = Sources.read(
-        paths,
-        pages=pages,
-        password=password,
-        max_pixels=max_pixels,
-        exclude=[output] if output is not None else (),
-    )
-    display = Display(json_out=json_out, quiet=quiet, stream=False, text_out=output is None)
-    from ixcdoc.cli.commands import interruptible, summary_line
-
-    with interruptible(display, saved=output is not None):
+    sources = inputs.read(paths, exclude=[run.output] if run.output is not None else ())
+    saved = run.output is not None
+    display = Display(json_out=run.json_out, quiet=run.quiet, stream=False, text_out=not saved)
+    with interruptible(display.stop, hint=SAVED_PAGES if saved else None):
         stats = run_ray(
             job,
             sources,
-            model=model,
-            device=device,
-            quant=quant.value,
-            output=output,
-            json_stream=sys.stdout if json_out else None,
-            redo_failed=redo_failed,
+            **run.load_args(),
+            output=run.output,
+            json_stream=sys.stdout if run.json_out else None,
+            redo_failed=run.redo_failed,
             events=display,
             ray=RayOptions(
-                address=address, replicas=replicas, verbose=verbose, batch_size=batch_size
+                address=address, replicas=replicas, verbose=verbose, batch_size=run.slots
             ),
         )
-    if not quiet:
-        summary_line(stats, f"; records in {output}" if output is not None else "")
+    if not run.quiet:
+        summary_line(batch_counts(stats), f"; records in {run.output}" if saved else "")
     if stats.any_failed:
         raise typer.Exit(EXIT_PARTIAL)

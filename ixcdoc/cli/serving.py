@@ -6,7 +6,8 @@ from typing import Annotated
 
 import typer
 
-from ixcdoc.cli.app import (
+from ixcdoc.cli.app import app, err, handles_errors
+from ixcdoc.cli.options import (
     BatchOpt,
     DeviceOpt,
     MaxPixelsOpt,
@@ -14,12 +15,9 @@ from ixcdoc.cli.app import (
     Quant,
     QuantOpt,
     QuietOpt,
-    app,
-    err,
-    handles_errors,
-    load_model,
-    parse_batch,
+    RunOptions,
 )
+from ixcdoc.cli.running import load_model
 from ixcdoc.errors import UsageError
 
 # ---- serve ---------------------------------------------------------------------------------
@@ -119,8 +117,9 @@ def serve(
         )
     check_api_key(api_key)  # before the model loads: a key no client can send is a usage error
     origins = [check_origin(o) for o in cors_origins or ()]
-    slots = parse_batch(batch_size)
-    dm = load_model(model, device, quant, quiet, lines=True)
+    run = RunOptions(model=model, device=device, quant=quant, quiet=quiet, batch_size=batch_size)
+    slots = run.slots
+    dm = load_model(run, lines=True)
     run_server(
         dm,
         host=host,

@@ -12,7 +12,8 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from ixcdoc.cli.app import QuietOpt, VramOpt, app, err, handles_errors
+from ixcdoc.cli.app import app, err, handles_errors
+from ixcdoc.cli.options import QuietOpt, VramOpt
 from ixcdoc.errors import UsageError
 
 

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from collections import Counter
 from pathlib import Path
 
 import pytest
+import torch
 
 from ixcdoc.errors import EXIT_PARTIAL
 from ixcdoc.records import latest_records
@@ -349,3 +351,42 @@ def test_eval_o_refuses_a_folder_name(tmp_path: Path, invoke: Invoke) -> None:
     res = invoke(["eval", "docvqa", tmp_path, "-o", f"{tmp_path}/scores/"])
     assert res.exit_code == 2 and "names a folder" in res.stderr
     assert not (tmp_path / "scores").exists()
+
+
+def test_unreadable_inputs_are_reported_without_loading_a_model(
+    invoke, tmp_path: Path, monkeypatch
+) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # would fail a load
+    out = tmp_path / "out.jsonl"
+    r = invoke(["extract", str(tmp_path / "missing.pdf"), "-o", str(out)])
+    assert r.exit_code == EXIT_PARTIAL
+    assert "missing.pdf" in r.stderr and "CUDA" not in r.stderr
+    (rec,) = read_records(out)
+    assert rec.status == "error" and rec.error.code == "not_found" and rec.precision is None
+
+
+def test_a_model_folder_is_one_job_however_it_is_spelled(
+    invoke, ckpts, tmp_path: Path, monkeypatch
+) -> None:
+    page = text_png(tmp_path / "in" / "a.png", "Total 12")
+    out = tmp_path / "out.jsonl"
+    first = invoke(["extract", str(page), "-o", str(out), *model_args(ckpts.normal)])
+    assert first.exit_code == 0
+    monkeypatch.chdir(ckpts.normal.parent)
+    for spelling in (f"{ckpts.normal}/", ckpts.normal.name):
+        args = model_args(ckpts.normal)
+        args[1] = spelling
+        again = invoke(["extract", str(page), "-o", str(out), *args])
+        assert again.exit_code == 0
+    (rec,) = read_records(out)
+    assert rec.model == str(ckpts.normal.resolve())
+
+
+def test_identical_files_in_one_run_are_one_job(invoke, ckpts, tmp_path: Path) -> None:
+    folder = tmp_path / "in"
+    page = text_png(folder / "a.png", "Invoice 7")
+    shutil.copy(page, folder / "b.png")
+    out = tmp_path / "out.jsonl"
+    r = invoke(["extract", str(folder), "-o", str(out), *model_args(ckpts.normal)])
+    assert r.exit_code == 0
+    assert [Path(rec.source).name for rec in read_records(out)] == ["a.png"]

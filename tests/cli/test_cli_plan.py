@@ -6,6 +6,8 @@ Expected grids and token counts come from the independent geometry in tests/cli/
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 from PIL import Image
@@ -17,8 +19,12 @@ from tests.cli.helpers import (
     encrypted_pdf,
     expected_grid,
     expected_tokens,
+    subprocess_env,
     text_pdf,
+    text_png,
 )
+
+ROOT = Path(__file__).resolve().parents[2]
 
 EXTRACT_FLOOR = 16  # extract's lowest tier (docs: the task presets' floor and ceiling)
 
@@ -174,7 +180,7 @@ def test_plan_table_for_a_terminal(tmp_path: Path, invoke: Invoke) -> None:
 
     from rich.console import Console
 
-    from ixcdoc.cli.commands import print_plan
+    from ixcdoc.cli.plan import print_plan
 
     png = tall_png(tmp_path)
     (row,) = json_lines(invoke(["plan", png, "--vram", "8"]).stdout)
@@ -237,3 +243,20 @@ def test_tiers_show_the_batch_size_auto_would_pick(invoke: Invoke) -> None:
     plain = invoke(["tiers", "--json"]).stdout.split("\n")[0]
     if json.loads(plain)["fits"] is None:  # no GPU here: nothing to size
         assert json.loads(plain)["batch_auto"] is None
+
+
+def test_a_closed_output_pipe_ends_quietly(tmp_path: Path) -> None:
+    pages = [text_png(tmp_path / f"p{i:03d}.png", f"page {i}") for i in range(400)]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ixcdoc.cli", "plan", "--json", *map(str, pages)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=subprocess_env(),
+        cwd=ROOT,
+    )
+    assert proc.stdout is not None
+    proc.stdout.readline()
+    proc.stdout.close()  # the reader goes away, like `| head -1`
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode in (0, 141), err
+    assert b"Traceback" not in err and b"BrokenPipe" not in err

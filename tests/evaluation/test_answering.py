@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 
 import ixcdoc
-from ixcdoc.evaluation import run as run_mod
-from ixcdoc.evaluation.run import run_eval
+from ixcdoc.evaluation import answering
+from ixcdoc.evaluation.answering import run_eval
 from ixcdoc.tokenizer import Tokenizer
 from tests.evaluation import builders
 from tests.evaluation.conftest import EvalCkpts
@@ -153,7 +153,7 @@ def batches(monkeypatch: pytest.MonkeyPatch) -> list[list[Any]]:
 def test_uses_chat_batch_when_the_model_has_it(
     normal_model: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, batches: list
 ) -> None:
-    monkeypatch.setattr(run_mod, "BATCH_SIZE", 2)
+    monkeypatch.setattr(answering, "BATCH_SIZE", 2)
     data = builders.docvqa(tmp_path / "d", n=3)
     batched = run_eval(normal_model, "docvqa", data, max_new_tokens=MNT)
     assert [len(b) for b in batches] == [2, 1]

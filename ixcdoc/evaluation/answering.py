@@ -1,4 +1,4 @@
-"""The evaluation runner: every question of a benchmark through the model into records.
+"""Answering a benchmark: every question of a benchmark through the model into records.
 
 ``run_eval`` reads the benchmark, skips what an existing records file already holds, answers
 the rest through ``answer_all`` and scores each answer as it arrives. ``answer_all`` is the one
@@ -155,27 +155,19 @@ def answer_all(
     def flush() -> Iterator[Outcome]:
         if not pending:
             return
-        try:
-            from ixcdoc import ChatRequest  # type: ignore[attr-defined]  # the engine's request
+        from ixcdoc import ChatRequest  # type: ignore[attr-defined]  # the engine's request
 
-            requests = [
-                ChatRequest(
-                    [image],
-                    job.query,
-                    hd=hd,
-                    max_new_tokens=max_new_tokens,
-                    meta_instruction="",
-                    **beams,
-                )
-                for job, image, hd in pending
-            ]
-        except (ImportError, TypeError):
-            # An engine without ChatRequest or without meta_instruction would change the prompt:
-            # answer one by one through chat, which has both.
-            for job, image, hd in pending:
-                yield one(job, image, hd)
-            pending.clear()
-            return
+        requests = [
+            ChatRequest(
+                [image],
+                job.query,
+                hd=hd,
+                max_new_tokens=max_new_tokens,
+                meta_instruction="",
+                **beams,
+            )
+            for job, image, hd in pending
+        ]
         t0 = time.perf_counter()
         try:
             answers = model.chat_batch(requests)
