@@ -2,7 +2,7 @@
 
     >>> from ixcdoc.batch import run
     >>> from ixcdoc.inputs import Sources
-    >>> from ixcdoc.runner import Job
+    >>> from ixcdoc.pagerun import Job
     >>> from ixcdoc.tasks import EXTRACT
     >>> stats = run(Job(EXTRACT, EXTRACT.prompt), Sources(["scans/"]), output="scans.jsonl")
 
@@ -22,14 +22,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
+from ixcdoc.pagerun import Job, PageRunner
 from ixcdoc.reading import Opened, PageItem, TierPlan, ahead, read_pages, through_feeder
-from ixcdoc.runner import Job, PageRunner
 
 if TYPE_CHECKING:
     from ixcdoc.feeder import Feeder
     from ixcdoc.inputs import Sources
+    from ixcdoc.pagerun import EnginePages
     from ixcdoc.records import PageRecord, ResumeState
-    from ixcdoc.runner import EnginePages
     from ixcdoc.runtime import DocModel
 
 
@@ -86,7 +86,6 @@ class BatchStats:
     skipped: int = 0  # already done in the output file
     skipped_failed: int = 0  # failed in an earlier run and not retried (no --redo-failed)
     blank: int = 0
-    flagged: int = 0  # ok, but with a flag other than blank (repetition, repaired, low_dpi, ...)
     pages: int = 0  # pages (and unreadable files) visited
     loaded: bool = False  # the model was loaded
     files_written: int = 0  # document files written to the output folder
@@ -102,7 +101,6 @@ class BatchStats:
         if rec.status == "ok":
             self.ok += 1
             self.blank += "blank" in rec.flags
-            self.flagged += bool(set(rec.flags) - {"blank"})
         else:
             self.failed += 1
 
@@ -429,7 +427,7 @@ def _feeder(runner: PageRunner, job: Job, workers: int) -> Feeder:
 def _engine(runner: PageRunner, job: Job, batch_size: int | None) -> EnginePages:
     """The batched engine for a run: ``batch_size`` slots (None: what memory allows), each
     long enough for the largest page the job can send."""
-    from ixcdoc.runner import EnginePages
+    from ixcdoc.pagerun import EnginePages
     from ixcdoc.sizing import auto_batch, job_positions
 
     model = runner.model

@@ -12,7 +12,7 @@ from ixcdoc.vram import PROMPT_TEXT_TOKENS, auto_batch_size, kv_cache_bytes
 from ixcdoc.vram import available_ram as _ram
 
 if TYPE_CHECKING:
-    from ixcdoc.runner import Job
+    from ixcdoc.pagerun import Job
     from ixcdoc.runtime import DocModel
 
 RAM_SHARE = 0.5  # on the CPU, the KV cache may take at most this share of the available RAM

@@ -19,8 +19,8 @@ import pytest
 
 from ixcdoc.batch import Events, run
 from ixcdoc.inputs import Sources
+from ixcdoc.pagerun import Job
 from ixcdoc.records import PageRecord, resume_key, validate_line
-from ixcdoc.runner import Job
 from ixcdoc.tasks import EXTRACT
 from tests.cli.helpers import (
     IXCDOC,

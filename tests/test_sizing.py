@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from ixcdoc import sizing
-from ixcdoc.runner import Job
+from ixcdoc.pagerun import Job
 from ixcdoc.tasks import ASK, EXTRACT
 from ixcdoc.tiling import hd_geometry, image_token_count
 

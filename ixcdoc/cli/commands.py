@@ -53,7 +53,7 @@ if TYPE_CHECKING:
     from ixcdoc.cli.display import Display
     from ixcdoc.cli.tables import Column
     from ixcdoc.inputs import Sources
-    from ixcdoc.runner import Job
+    from ixcdoc.pagerun import Job
 
 OutFormat = Enum("OutFormat", [(f, f) for f in FORMATS], type=str)  # type: ignore[misc]
 TableJsonOpt = Annotated[bool, typer.Option("--json", help="One JSON object per tier.")]
@@ -451,7 +451,7 @@ def ask(
     echo "what is the total?" | ixcdoc ask invoice.pdf
     """
     from ixcdoc.inputs import Sources
-    from ixcdoc.runner import Job
+    from ixcdoc.pagerun import Job
     from ixcdoc.tasks import ASK
 
     q = _question_from_stdin(doc, question)
@@ -543,7 +543,7 @@ def extract(
     ixcdoc extract scans/ -o out/ --ray
     """
     from ixcdoc.inputs import Sources
-    from ixcdoc.runner import Job
+    from ixcdoc.pagerun import Job
     from ixcdoc.tasks import EXTRACT
 
     if out_dir is not None:
@@ -639,7 +639,7 @@ def chart(
     ixcdoc chart revenue.png --table
     """
     from ixcdoc.inputs import Sources
-    from ixcdoc.runner import Job
+    from ixcdoc.pagerun import Job
     from ixcdoc.tasks import CHART, CHART_TABLE
 
     preset = CHART_TABLE if table else CHART

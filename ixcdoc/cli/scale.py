@@ -8,7 +8,7 @@ import typer
 
 from ixcdoc.cli.app import Quant
 from ixcdoc.errors import EXIT_PARTIAL
-from ixcdoc.runner import Job
+from ixcdoc.pagerun import Job
 
 
 def run_ray_job(

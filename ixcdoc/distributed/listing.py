@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING
 
 from ixcdoc.batch import BatchStats, Events, skip_rule
 from ixcdoc.errors import IxcdocError, UsageError
+from ixcdoc.pagerun import Job, PageRunner
 from ixcdoc.reading import PageItem, file_sha256_or_none
-from ixcdoc.runner import Job, PageRunner
 
 if TYPE_CHECKING:
     from ixcdoc.inputs import Document, Sources

@@ -8,8 +8,8 @@ import pickle
 from typing import TYPE_CHECKING, Any
 
 from ixcdoc.distributed.listing import PageTask, is_uri, open_uri
+from ixcdoc.pagerun import Job, PageRunner
 from ixcdoc.reading import PageItem, read_page
-from ixcdoc.runner import Job, PageRunner
 
 if TYPE_CHECKING:
     from ixcdoc.records import PageRecord

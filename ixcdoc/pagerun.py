@@ -287,7 +287,7 @@ class PageRunner:
         flags: list[str] = []
         while True:
             guard = RepetitionGuard()
-            on_token = token_callback(guard, model, on_text, on_count)
+            on_token = TokenCallback(guard, model, on_text, on_count)
             if on_start is not None:
                 on_start(item, tier)
             try:
@@ -353,16 +353,6 @@ class TokenCallback:
                 self.on_text(tail)
 
 
-def token_callback(
-    guard: RepetitionGuard,
-    model: DocModel,
-    on_text: Callable[[str], None] | None,
-    on_count: Callable[[], None] | None = None,
-) -> TokenCallback:
-    """The ``on_token`` callback of one generation (see ``TokenCallback``)."""
-    return TokenCallback(guard, model, on_text, on_count)
-
-
 @dataclass
 class _InFlight:
     item: PageItem
@@ -420,7 +410,7 @@ class EnginePages:
         tier = self.runner.first_tier(item, self.job) if tier is None else tier
         flags = [] if flags is None else flags
         guard = RepetitionGuard()
-        on_token = token_callback(guard, self.runner.model, on_text, on_count)
+        on_token = TokenCallback(guard, self.runner.model, on_text, on_count)
         request = ChatRequest(
             [self.runner.image(item)],
             self.job.prompt,

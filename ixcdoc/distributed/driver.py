@@ -10,8 +10,8 @@ from ixcdoc.batch import BatchStats, Events
 from ixcdoc.distributed.cluster import RayOptions, check_address, ray_session, run_pages
 from ixcdoc.distributed.listing import list_pages
 from ixcdoc.errors import IxcdocError
+from ixcdoc.pagerun import Job, PageRunner
 from ixcdoc.reading import PageItem
-from ixcdoc.runner import Job, PageRunner
 
 if TYPE_CHECKING:
     from ixcdoc.inputs import Sources
