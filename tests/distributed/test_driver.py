@@ -3,7 +3,7 @@ in-process stand-in that runs the real render task and model replica on each lis
 
 What Ray would do by chance (deliver a retried batch twice, lose a page) the stand-in does on
 purpose, so these rules are tested on every run, not only when a kill lands at the right
-moment (tests/test_distributed.py has those runs, on a real Ray, marked ``ray``).
+moment (tests/distributed/test_end_to_end.py has those runs, on a real Ray, marked ``ray``).
 """
 
 from __future__ import annotations
