@@ -17,10 +17,10 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple, TextIO
+from typing import Any, NamedTuple
 
 from ixcdoc.records.jsonl import (
     JsonlWriter,
@@ -263,17 +263,7 @@ def open_eval_output(path: str | os.PathLike[str]) -> tuple[EvalWriter, EvalStat
 class EvalWriter(JsonlWriter):
     """Appends evaluation records with ``JsonlWriter``'s locking, fsync and torn-write rules."""
 
-    def __init__(self, path: str | os.PathLike[str] | TextIO, *, fsync: bool = True) -> None:
-        super().__init__(path, fsync=fsync)
-
     def write_record(self, rec: Mapping[str, Any]) -> None:
         """Write one validated record as one complete line, then flush (and fsync a file)."""
         validate(dict(rec))
         self.write_line(to_line(rec))
-
-
-def write_all(path: str | os.PathLike[str], records: Iterable[Mapping[str, Any]]) -> None:
-    """Append records to a file (used by tests and tools that build records themselves)."""
-    with EvalWriter(path) as w:
-        for rec in records:
-            w.write_record(rec)
