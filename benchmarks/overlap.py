@@ -26,7 +26,7 @@ import torch
 
 from ixcdoc.batch import run
 from ixcdoc.inputs import Sources
-from ixcdoc.runner import Job
+from ixcdoc.pagerun import Job
 from ixcdoc.runtime import load
 from ixcdoc.tasks import EXTRACT
 from ixcdoc.tinyckpt import write_tiny_checkpoint

@@ -30,7 +30,7 @@ from PIL import Image, ImageDraw
 from ixcdoc.batch import run
 from ixcdoc.distributed import RayOptions, run_ray
 from ixcdoc.inputs import Sources
-from ixcdoc.runner import Job
+from ixcdoc.pagerun import Job
 from ixcdoc.tasks import EXTRACT
 from ixcdoc.tinyckpt import write_tiny_checkpoint
 

@@ -2,7 +2,7 @@
 
     >>> from ixcdoc.batch import run
     >>> from ixcdoc.inputs import Sources
-    >>> from ixcdoc.runner import Job
+    >>> from ixcdoc.pagerun import Job
     >>> from ixcdoc.tasks import EXTRACT
     >>> stats = run(Job(EXTRACT, EXTRACT.prompt), Sources(["scans/"]), output="scans.jsonl")
 
@@ -22,14 +22,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
+from ixcdoc.pagerun import Job, PageRunner, open_pages
 from ixcdoc.reading import Opened, PageItem, TierPlan, ahead, read_pages, through_feeder
-from ixcdoc.runner import Job, PageRunner
 
 if TYPE_CHECKING:
     from ixcdoc.feeder import Feeder
     from ixcdoc.inputs import Sources
-    from ixcdoc.records import PageRecord, ResumeState
-    from ixcdoc.runner import EnginePages
+    from ixcdoc.outdir import DocumentFiles
+    from ixcdoc.pagerun import ChatPages, EnginePages
+    from ixcdoc.records import PageRecord, ResumeKey, ResumeState
     from ixcdoc.runtime import DocModel
 
 
@@ -86,7 +87,6 @@ class BatchStats:
     skipped: int = 0  # already done in the output file
     skipped_failed: int = 0  # failed in an earlier run and not retried (no --redo-failed)
     blank: int = 0
-    flagged: int = 0  # ok, but with a flag other than blank (repetition, repaired, low_dpi, ...)
     pages: int = 0  # pages (and unreadable files) visited
     loaded: bool = False  # the model was loaded
     files_written: int = 0  # document files written to the output folder
@@ -102,7 +102,6 @@ class BatchStats:
         if rec.status == "ok":
             self.ok += 1
             self.blank += "blank" in rec.flags
-            self.flagged += bool(set(rec.flags) - {"blank"})
         else:
             self.failed += 1
 
@@ -117,10 +116,10 @@ class SkipDone:
         return (sha, page) in self.pairs
 
 
-def skip_rule(runner: PageRunner, job: Job, state: ResumeState, redo_failed: bool) -> SkipDone:
+def skip_rule(runner: PageRunner, state: ResumeState, redo_failed: bool) -> SkipDone:
     """The pages of ``state`` this job need not run again (failed ones too, unless
     ``redo_failed``): the rule ``run`` and the Ray run (``distributed``) share."""
-    probe = runner.key(job, "", "", 0)
+    probe = runner.key("", "", 0)
     return SkipDone(
         {
             (k.content, k.page)
@@ -212,16 +211,15 @@ def run(
     KeyboardInterrupt propagates after the reader stops; every record written before it is
     complete.
     """
+    from ixcdoc.hub import local_revision, model_name
     from ixcdoc.records import open_records
 
     events = events or Events()
     if isinstance(model, (str, Path)) or model is None:
-        from ixcdoc.hub import local_revision, model_name
-
-        runner = PageRunner(model_name(model), local_revision(model), device)
+        runner = PageRunner(job, model_name(model), local_revision(model), device)
         to_load: Any = model
     else:
-        runner = PageRunner.loaded(model)
+        runner = PageRunner.loaded(job, model)
         to_load = None
     docs = None
     if out_dir is not None:
@@ -242,159 +240,214 @@ def run(
                 f"repaired {output}: cut a torn last line ({state.repaired_bytes} bytes) "
                 "left by an interrupted run"
             )
-    plan = TierPlan()
-    if runner.model is not None:
-        plan.set(lambda info: runner.tier_for(job, info), runner.hd_image)
-
-    def load() -> None:
-        from ixcdoc.hub import model_name as name_of
-        from ixcdoc.runtime import load as load_model
-
-        with events.loading(f"{name_of(to_load)} ({quant}, {device})"):
-            dm = load_model(to_load, device=device, quant=quant)
-        runner.attach(dm)
-        plan.set(lambda info: runner.tier_for(job, info), runner.hd_image)
-
-    skip = skip_rule(runner, job, state, redo_failed) if state is not None else None
-    stats = BatchStats()
-    choose = job.choose_pages()
-    if job.question is not None and job.top_k is not None:
-        # ask: pages without a text layer are screened by the model first (ixcdoc.screening)
-        from ixcdoc.screening import ask_choice
-
-        def screening_model() -> DocModel:
-            if runner.model is None:
-                load()
-                stats.loaded = True
-            assert runner.model is not None
-            return runner.model
-
-        choose = ask_choice(
-            job.question,
-            job.top_k,
-            sources,
-            screening_model,
-            probe=runner.key(job, "", "", 0),
-            output=output if state is not None and state.count else None,
-            batch_size=batch_size,
-            note=events.note,
-            busy=events.screening,
-        )
-    pages = read_pages(sources, choose=choose, skip=skip, plan=plan, render=workers == 0)
-    items = ahead(pages, depth=read_ahead) if read_ahead > 0 else pages
-    closers: list[Callable[[], None]] = []
-    single_arg = _single_input(sources)
-    engine: EnginePages | None = None
-    inflight: set[Any] = set()  # resume keys of pages on the engine now
-    twins: dict[Any, list[PageItem]] = {}  # pages waiting for identical bytes on the engine
     with _outputs(file_writer, json_stream) as (to_file, to_stream):
-        earlier = _Earlier(output)
+        r = _Run(
+            runner,
+            sources,
+            events=events,
+            state=state,
+            redo_failed=redo_failed,
+            docs=docs,
+            output=output,
+            to_file=to_file,
+            to_stream=to_stream,
+            load=functools.partial(_load, to_load, device, quant),
+            load_label=f"{model_name(to_load)} ({quant}, {device})",
+            batch_size=batch_size,
+            workers=workers,
+        )
+        choose = job.choose_pages()
+        if job.question is not None and job.top_k is not None:
+            # ask: pages without a text layer are screened by the model first (ixcdoc.screening)
+            from ixcdoc.screening import ask_choice
 
-        def show(item: PageItem, rec: PageRecord) -> None:
-            if to_stream is not None:
-                to_stream.write(rec)
-            events.record(item, rec)
-
-        ordered = _InOrder(show)
-
-        def finished(item: PageItem, rec: PageRecord) -> None:
-            # Written before the state hears of it: a crash never marks an unwritten page done.
-            # The file gets records as pages finish; stdout and the display in input order.
-            if to_file is not None:
-                to_file.write(rec)
-            if state is not None:
-                state.add(rec)
-            key = runner.key(job, item.sha256, item.source, item.page)
-            inflight.discard(key)
-            if docs is not None:
-                earlier.remember(rec)
-                docs.add(rec, fresh=True)
-                for twin in twins.pop(key, []):  # identical bytes under another name
-                    docs.add(_as(rec, twin), fresh=True)
-            stats.count(rec)
-            events.finished(item, rec)
-            ordered.done(item, rec)
-
+            choose = ask_choice(
+                job.question,
+                job.top_k,
+                sources,
+                r.model,
+                probe=runner.key("", "", 0),
+                output=output if state is not None and state.count else None,
+                batch_size=batch_size,
+                note=events.note,
+                busy=events.screening,
+            )
+        skip = skip_rule(runner, state, redo_failed) if state is not None else None
+        pages = read_pages(sources, choose=choose, skip=skip, plan=r.plan, render=workers == 0)
+        items = ahead(pages, depth=read_ahead) if read_ahead > 0 else pages
         try:
-            stream: list[Iterator[Opened | PageItem]] = [iter(items)]  # swapped for the feeder
-            feeder = None
-            for item in _switchable(stream):
-                if workers and feeder is None and isinstance(item, PageItem) and item.info:
-                    # The first page to render: the model (its tile, the tier rule), then the
-                    # feeder's worker processes render this page and every later one.
-                    if runner.model is None:
-                        load()
-                        stats.loaded = True
-                    feeder = _feeder(runner, job, workers)
-                    closers.append(feeder.close)
-                    stream[0] = through_feeder(
-                        itertools.chain([item], stream[0]),
-                        feeder,
-                        lambda info: runner.tier_for(job, info),
-                        password=sources.password,
-                        max_pixels=sources.max_pixels,
-                    )
-                    continue
-                if isinstance(item, Opened):
-                    for note in item.notes:  # once per file
-                        events.note(f"{item.source}: {note}")
-                    events.opened(item.source, item.pages, single=single_arg and item.pages == 1)
-                    if docs is not None:
-                        docs.opened(item.source, item.numbers, item.sha256)
-                    continue
-                stats.pages += 1
-                key = runner.key(job, item.sha256, item.source, item.page)
-                if _skip(item, runner, job, state, redo_failed, stats) or key in inflight:
-                    if key in inflight:  # the same bytes again, already on the engine
-                        stats.skipped += 1
-                        twins.setdefault(key, []).append(item)
-                    elif docs is not None:
-                        before = earlier.get(key)
-                        if before is not None:
-                            # Its own file too (same text, its own name and page count).
-                            docs.add(_as(before, item), fresh=False)
-                    events.skipped(item)
-                    continue
-                ordered.expect(item)
-                needs_model = item.error is None and not item.blank
-                if needs_model and runner.model is None:
-                    load()
-                    stats.loaded = True
-                if needs_model and engine is None and (batch_size != 1 or job.num_beams > 1):
-                    engine = _engine(runner, job, batch_size)
-                    stats.batch_size = engine.capacity
-                on_text: Callable[[str], None] | None = events.text if events.wants_text() else None
-                on_count = functools.partial(events.token, item)
-                if engine is None:
-                    rec = runner.run_page(
-                        item, job, on_start=events.page_started, on_text=on_text, on_count=on_count
-                    )
-                    finished(item, rec)
-                    continue
-                done = runner.settled(item, job)
-                if done is None:
-                    inflight.add(key)
-                    done = engine.submit(
-                        item, on_start=events.page_started, on_text=on_text, on_count=on_count
-                    )
-                if done is not None:
-                    finished(item, done)
-                while engine.busy >= engine.capacity:  # keep the slots full, no more
-                    for it, rec in engine.step():
-                        finished(it, rec)
-            while engine is not None and engine.busy:
-                for it, rec in engine.step():
-                    finished(it, rec)
+            for item in _feeding(items, r.feed) if workers else items:
+                r.take(item)
+            r.drain()
         finally:
             if hasattr(items, "close"):
                 items.close()
-            for close in closers:
-                close()
-            if engine is not None:
-                engine.close()
-            stats.files_written = 0 if docs is None else docs.written
-            stats.records_path = None if output is None else Path(output)
-    return stats
+            r.close()
+    return r.stats
+
+
+class _Run:
+    """One ``run`` in progress: the runner (the job, the model once loaded), where records go,
+    what the output already holds, and the pages in flight. ``take`` gets each item the reader
+    hands over, in input order; ``finished`` writes each record as its page finishes."""
+
+    def __init__(
+        self,
+        runner: PageRunner,
+        sources: Sources,
+        *,
+        events: Events,
+        state: ResumeState | None,
+        redo_failed: bool,
+        docs: DocumentFiles | None,
+        output: str | os.PathLike[str] | None,
+        to_file: Any,
+        to_stream: Any,
+        load: Callable[[], DocModel],
+        load_label: str,
+        batch_size: int | None,
+        workers: int,
+    ) -> None:
+        self.runner = runner
+        self.sources = sources
+        self.events = events
+        self.state = state
+        self.redo_failed = redo_failed
+        self.docs = docs
+        self.output = output
+        self.to_file = to_file
+        self.to_stream = to_stream
+        self.load = load
+        self.load_label = load_label
+        self.batch_size = batch_size
+        self.workers = workers
+        self.stats = BatchStats()
+        self.single = _single_input(sources)
+        self.plan = TierPlan()
+        if runner.model is not None:
+            self.plan.set(runner.tier_for, runner.hd_image)
+        self.pages: EnginePages | ChatPages | None = None
+        self.closers: list[Callable[[], None]] = []
+        self.inflight: set[ResumeKey] = set()  # pages on the engine now
+        self.twins: dict[ResumeKey, list[PageItem]] = {}  # identical bytes, waiting for those
+        self.earlier = _Earlier(output)
+        self.ordered = _InOrder(self.show)
+
+    def model(self) -> DocModel:
+        """The model, loaded now when this is the first page (or screening) that needs it."""
+        if self.runner.model is None:
+            with self.events.loading(self.load_label):
+                self.runner.attach(self.load())
+            self.plan.set(self.runner.tier_for, self.runner.hd_image)
+            self.stats.loaded = True
+        assert self.runner.model is not None
+        return self.runner.model
+
+    def feed(self, rest: Iterator[Opened | PageItem]) -> Iterator[Opened | PageItem]:
+        """The feeder's worker processes render ``rest`` from its first page on; they need the
+        model (its tile, the tier rule), loaded now."""
+        self.model()
+        feeder = _feeder(self.runner, self.workers)
+        self.closers.append(feeder.close)
+        return through_feeder(
+            rest,
+            feeder,
+            self.runner.tier_for,
+            password=self.sources.password,
+            max_pixels=self.sources.max_pixels,
+        )
+
+    def take(self, item: Opened | PageItem) -> None:
+        """A document opened, or a page: skipped, settled without the model, or submitted."""
+        runner, events, docs = self.runner, self.events, self.docs
+        if isinstance(item, Opened):
+            for note in item.notes:  # once per file
+                events.note(f"{item.source}: {note}")
+            events.opened(item.source, item.pages, single=self.single and item.pages == 1)
+            if docs is not None:
+                docs.opened(item.source, item.numbers, item.sha256)
+            return
+        self.stats.pages += 1
+        key = runner.key(item.sha256, item.source, item.page)
+        skipped = skip_page(item, runner, self.state, self.redo_failed, self.stats)
+        if skipped or key in self.inflight:
+            if key in self.inflight:  # the same bytes again, already on the engine
+                self.stats.skipped += 1
+                self.twins.setdefault(key, []).append(item)
+            elif docs is not None:
+                before = self.earlier.get(key)
+                if before is not None:
+                    # Its own file too (same text, its own name and page count).
+                    docs.add(_as(before, item), fresh=False)
+            events.skipped(item)
+            return
+        self.ordered.expect(item)
+        rec = runner.settled(item)
+        if rec is None:
+            pages = self._pages()
+            self.inflight.add(key)
+            rec = pages.submit(
+                item,
+                on_start=events.page_started,
+                on_text=events.text if events.wants_text() else None,
+                on_count=functools.partial(events.token, item),
+            )
+        if rec is not None:
+            self.finished(item, rec)
+        while self.pages is not None and self.pages.busy >= self.pages.capacity:
+            self._step()  # keep the engine's slots full, no more
+
+    def drain(self) -> None:
+        """Wait for every page still in flight."""
+        while self.pages is not None and self.pages.busy:
+            self._step()
+
+    def _step(self) -> None:
+        assert self.pages is not None
+        for item, rec in self.pages.step():
+            self.finished(item, rec)
+
+    def _pages(self) -> EnginePages | ChatPages:
+        """Where pages run, opened for the first page that needs the model."""
+        if self.pages is None:
+            self.model()
+            self.pages = open_pages(self.runner, self.batch_size)
+            self.stats.batch_size = self.pages.capacity
+        return self.pages
+
+    def finished(self, item: PageItem, rec: PageRecord) -> None:
+        """Write a page's record as it finishes; stdout and the display get it in input
+        order."""
+        # Written before the state hears of it: a crash never marks an unwritten page done.
+        if self.to_file is not None:
+            self.to_file.write(rec)
+        if self.state is not None:
+            self.state.add(rec)
+        key = self.runner.key(item.sha256, item.source, item.page)
+        self.inflight.discard(key)
+        if self.docs is not None:
+            self.earlier.remember(rec)
+            self.docs.add(rec, fresh=True)
+            for twin in self.twins.pop(key, []):  # identical bytes under another name
+                self.docs.add(_as(rec, twin), fresh=True)
+        self.stats.count(rec)
+        self.events.finished(item, rec)
+        self.ordered.done(item, rec)
+
+    def show(self, item: PageItem, rec: PageRecord) -> None:
+        """A record in input order: to the JSON stream and the display."""
+        if self.to_stream is not None:
+            self.to_stream.write(rec)
+        self.events.record(item, rec)
+
+    def close(self) -> None:
+        """Stop the feeder and free the engine; the summary's last counts."""
+        for close in self.closers:
+            close()
+        if self.pages is not None:
+            self.pages.close()
+        self.stats.files_written = 0 if self.docs is None else self.docs.written
+        self.stats.records_path = None if self.output is None else Path(self.output)
 
 
 def _as(rec: PageRecord, item: PageItem) -> PageRecord:
@@ -406,42 +459,37 @@ def _as(rec: PageRecord, item: PageItem) -> PageRecord:
     return dataclasses.replace(rec, source=item.source, page_count=item.page_count)
 
 
-def _switchable(current: list[Iterator[Any]]) -> Iterator[Any]:
-    """Items of whatever iterator ``current[0]`` is now (the loop may swap it)."""
-    while True:
-        try:
-            yield next(current[0])
-        except StopIteration:
+def _load(model: str | Path | None, device: str, quant: str) -> DocModel:
+    """``ixcdoc.load`` (torch is imported here, when the first page needs the model)."""
+    from ixcdoc.runtime import load
+
+    return load(model, device=device, quant=quant)
+
+
+def _feeding(
+    items: Iterator[Opened | PageItem],
+    start: Callable[[Iterator[Opened | PageItem]], Iterator[Opened | PageItem]],
+) -> Iterator[Opened | PageItem]:
+    """``items`` as they come until the first page to render, then ``start(rest)`` (the
+    feeder renders that page and every later one)."""
+    items = iter(items)
+    for item in items:
+        if isinstance(item, PageItem) and item.info:
+            yield from start(itertools.chain([item], items))
             return
+        yield item
 
 
-def _feeder(runner: PageRunner, job: Job, workers: int) -> Feeder:
+def _feeder(runner: PageRunner, workers: int) -> Feeder:
     """The page feeder for a loaded model: ``workers`` processes, blank check included, its
     shared-memory slots sized for the largest tier the job can use."""
     from ixcdoc.feeder import Feeder
 
     assert runner.model is not None
     tile = runner.model.config.tile
+    job = runner.job
     max_hd = job.hd if job.hd is not None else job.task.hd_ceiling
     return Feeder(workers, max_tile=tile, max_hd=max_hd, blank_check=True)
-
-
-def _engine(runner: PageRunner, job: Job, batch_size: int | None) -> EnginePages:
-    """The batched engine for a run: ``batch_size`` slots (None: what memory allows), each
-    long enough for the largest page the job can send."""
-    from ixcdoc.runner import EnginePages
-    from ixcdoc.sizing import SlotNeed, slots_that_fit
-
-    model = runner.model
-    assert model is not None
-    hd = job.hd if job.hd is not None else job.task.hd_ceiling
-    need = SlotNeed.page(
-        model.config, model.tokenizer, job.prompt, hd, job.new_tokens, beams=job.num_beams
-    )
-    positions = need.positions(model.config)
-    n = batch_size if batch_size is not None else slots_that_fit(model, need, positions)
-    slots = max(1, n) * job.num_beams  # every beam of a page has its own slot
-    return EnginePages(runner, job, model.engine(n_slots=slots, max_len=positions))
 
 
 class _Earlier:
@@ -470,17 +518,17 @@ class _Earlier:
         return self._from_file.get(key)
 
 
-def _skip(
+def skip_page(
     item: PageItem,
     runner: PageRunner,
-    job: Job,
     state: ResumeState | None,
     redo_failed: bool,
     stats: BatchStats,
 ) -> bool:
-    """Account for a page that needs no work (done before, failed before, or a duplicate)."""
+    """Account for a page that needs no work (done before, failed before, or identical bytes
+    done earlier in this run): True when it is skipped. One machine's and the Ray driver's."""
     if item.skipped:
-        key = runner.key(job, item.sha256, item.source, item.page)
+        key = runner.key(item.sha256, item.source, item.page)
         if state is not None and key in state.failed:
             stats.skipped_failed += 1
         else:
@@ -489,7 +537,7 @@ def _skip(
     if state is None:
         return False
     if item.error is not None and item.page is None:
-        key = runner.key(job, item.sha256, item.source, None)
+        key = runner.key(item.sha256, item.source, None)
         if state.should_skip(key, redo_failed=redo_failed):
             stats.skipped_failed += 1
             return True
@@ -497,7 +545,7 @@ def _skip(
     if (
         item.page is not None
         and item.sha256 is not None
-        and runner.key(job, item.sha256, item.source, item.page) in state.done
+        and runner.key(item.sha256, item.source, item.page) in state.done
     ):
         stats.skipped += 1
         return True

@@ -2,14 +2,16 @@
 and make the HD image for the page's tier, on a worker thread while the model runs.
 
 ``read_pages`` is the producer (it yields ``Opened`` once per document, then a ``PageItem``
-per page); ``ahead`` runs any iterator on a worker thread a few items in front of its consumer.
+per page), over ``select_pages`` (which pages, and which are done: shared with the Ray
+driver's listing); ``ahead`` runs any iterator on a worker thread a few items in front of its
+consumer.
 """
 
 from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -107,24 +109,30 @@ def file_sha256_or_none(source: str) -> str | None:
         return None
 
 
-def read_pages(
-    sources: Sources,
+@dataclass(frozen=True)
+class Selected:
+    """A page chosen to be read: page ``page`` of the open ``doc`` (open while it is handled)."""
+
+    doc: Document
+    page: int
+    screening: Screening | None = None
+
+
+def select_pages(
+    documents: Iterable[tuple[Document, list[int]] | IxcdocError],
     *,
     choose: Callable[[Document, list[int]], PageChoice] | None = None,
     skip: Callable[[str, int], bool] | None = None,
-    plan: TierPlan | None = None,
-    render: bool = True,
-) -> Iterator[Opened | PageItem]:
-    """Open, select, render and blank-check pages in input order, each document once.
+) -> Iterator[Opened | PageItem | Selected]:
+    """Each document's ``Opened``, then its pages in order: ``Selected`` for a page to read, a
+    ``PageItem`` for a page ``skip`` says is done (``skipped``, not read) or for a file that
+    did not open (``error``, ``page`` None or the page it names).
 
-    ``choose(doc, numbers)`` narrows the selected pages (``ask`` ranks them, and its
-    screening goes with every page);
-    ``skip(sha256, page)`` says a page is already done, so it is not even rendered;
-    ``plan`` chooses each page's tier and HD image ahead once the model is known.
-    ``render=False`` leaves rendering to the feeder (``through_feeder``): pages come with
-    their ``info``, ``origin`` and whether they have a text layer instead.
+    The one page selection of a run, on one machine (``read_pages``) and in the Ray driver's
+    listing: ``choose(doc, numbers)`` narrows the selected pages (``ask`` ranks them, and its
+    screening goes with every page), ``skip(sha256, page)`` drops the done ones.
     """
-    for item in sources.documents():
+    for item in documents:
         if isinstance(item, IxcdocError):
             source = getattr(item, "source", "?")
             unread = item.code in ("not_found", "unreadable")
@@ -144,11 +152,33 @@ def read_pages(
                     doc.source, doc.sha256, n, doc.page_count, skipped=True, screening=screening
                 )
                 continue
-            page = read_page(doc, n, render=render)
-            page.screening = screening
-            if plan is not None:
-                plan.apply(page)
-            yield page
+            yield Selected(doc, n, screening)
+
+
+def read_pages(
+    sources: Sources,
+    *,
+    choose: Callable[[Document, list[int]], PageChoice] | None = None,
+    skip: Callable[[str, int], bool] | None = None,
+    plan: TierPlan | None = None,
+    render: bool = True,
+) -> Iterator[Opened | PageItem]:
+    """Open, select, render and blank-check pages in input order, each document once.
+
+    ``choose`` and ``skip``: as ``select_pages``; ``plan`` chooses each page's tier and HD
+    image ahead once the model is known. ``render=False`` leaves rendering to the feeder
+    (``through_feeder``): pages come with their ``info``, ``origin`` and whether they have a
+    text layer instead.
+    """
+    for item in select_pages(sources.documents(), choose=choose, skip=skip):
+        if not isinstance(item, Selected):
+            yield item
+            continue
+        page = read_page(item.doc, item.page, render=render)
+        page.screening = item.screening
+        if plan is not None:
+            plan.apply(page)
+        yield page
 
 
 def read_page(doc: Document, n: int, *, source: str | None = None, render: bool = True) -> PageItem:

@@ -16,9 +16,9 @@ from ixcdoc.batch import BatchStats, Events, run
 from ixcdoc.errors import InputError, IxcdocError, UsageError
 from ixcdoc.feeder import shm_prefix
 from ixcdoc.inputs import Sources
+from ixcdoc.pagerun import Job
 from ixcdoc.planning import lower_tier
 from ixcdoc.records import PageRecord, latest_records
-from ixcdoc.runner import Job
 from ixcdoc.runtime import DocModel, load
 from ixcdoc.tasks import EXTRACT
 from ixcdoc.tiling import hd_geometry

@@ -24,7 +24,7 @@ LAYERS: list[list[str]] = [
     ["engine"],
     ["runtime", "feeder"],
     ["reading", "screening"],
-    ["runner", "outdir"],
+    ["pagerun", "outdir"],
     ["batch", "doctor", "evaluation"],
     ["serve", "distributed"],
     ["cli"],

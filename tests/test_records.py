@@ -25,6 +25,7 @@ from ixcdoc.records import (
     ResumeState,
     Screening,
     Timings,
+    jsonl,
     latest_records,
     load_existing,
     make_key,
@@ -626,7 +627,7 @@ def test_failed_write_leaves_no_partial_line(
     assert [validate_line(line).page for line in lines_of(out)] == [1, 3]
 
 
-@pytest.mark.skipif(records.fcntl is None, reason="no advisory locks on this platform")
+@pytest.mark.skipif(jsonl.fcntl is None, reason="no advisory locks on this platform")
 def test_second_writer_on_the_same_file_is_refused(tmp_path: Path) -> None:
     out = tmp_path / "out.jsonl"
     with JsonlWriter(out) as w:
@@ -754,7 +755,7 @@ def test_outputs_that_are_not_regular_files_are_refused(tmp_path: Path) -> None:
 
 
 def test_line_length_is_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(records, "MAX_LINE_BYTES", 2000)
+    monkeypatch.setattr(jsonl, "MAX_LINE_BYTES", 2000)
     out = tmp_path / "out.jsonl"
     content = (make(page=1).to_json() + "\n").encode() + b'{"schema_version":1,' + b"x" * 3000
     out.write_bytes(content)

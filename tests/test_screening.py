@@ -11,8 +11,8 @@ from PIL import Image
 
 from ixcdoc.batch import Events, run
 from ixcdoc.inputs import Sources
+from ixcdoc.pagerun import Job
 from ixcdoc.records import latest_records
-from ixcdoc.runner import Job
 from ixcdoc.runtime import DocModel, load
 from ixcdoc.screening import choose_among
 from ixcdoc.tasks import ASK, SCREEN_HD, SCREEN_PROMPT

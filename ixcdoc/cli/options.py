@@ -20,7 +20,7 @@ from ixcdoc.tasks import PRESETS, parse_hd
 
 if TYPE_CHECKING:
     from ixcdoc.inputs import Sources
-    from ixcdoc.runner import Job
+    from ixcdoc.pagerun import Job
     from ixcdoc.tasks import TaskPreset
 
 
@@ -348,7 +348,7 @@ def make_job(
     preset: TaskPreset, prompt: str, *, hd: str, max_new_tokens: int | None, beams: int, **more: Any
 ) -> Job:
     """The job --hd, --max-new-tokens and --beams describe for a task's pages."""
-    from ixcdoc.runner import Job
+    from ixcdoc.pagerun import Job
 
     return Job(
         preset, prompt, hd=parse_hd(hd), max_new_tokens=max_new_tokens, num_beams=beams, **more

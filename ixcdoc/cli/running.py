@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from ixcdoc.batch import BatchStats
     from ixcdoc.cli.options import RunOptions
     from ixcdoc.inputs import Sources
-    from ixcdoc.runner import Job
+    from ixcdoc.pagerun import Job
 
 SAVED_PAGES = " (every finished page is saved; run the same command again to resume)"
 

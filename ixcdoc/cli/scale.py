@@ -9,7 +9,7 @@ import typer
 from ixcdoc.cli.options import PageOptions, RunOptions
 from ixcdoc.cli.running import SAVED_PAGES, batch_counts, interruptible, summary_line
 from ixcdoc.errors import EXIT_PARTIAL
-from ixcdoc.runner import Job
+from ixcdoc.pagerun import Job
 
 
 def run_ray_job(

@@ -14,13 +14,13 @@ a page still missing after that is retried once more by a second pass; a record 
 twice is written once.
 
 ``listing`` (the driver's listing and resume filter, URIs), ``workers`` (the render task and
-the model replica), ``cluster`` (Ray: session, replica plan, the dataset), ``run``
+the model replica), ``cluster`` (Ray: session, replica plan, the dataset), ``driver``
 (``run_ray``). Ray is imported only inside functions: importing this package does not.
 """
 
 from ixcdoc.distributed.cluster import RayOptions, ray_session, replica_plan, run_pages
+from ixcdoc.distributed.driver import run_ray
 from ixcdoc.distributed.listing import PageTask, is_uri, list_pages, read_uri
-from ixcdoc.distributed.run import run_ray
 from ixcdoc.distributed.workers import ModelReplica, render_row
 from ixcdoc.records import is_shard_dir
 

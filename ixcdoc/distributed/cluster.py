@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from ixcdoc.distributed.listing import PageTask
 from ixcdoc.distributed.workers import RENDER_CPUS, ModelReplica, render_row
 from ixcdoc.errors import IxcdocError, UsageError
-from ixcdoc.runner import Job
+from ixcdoc.pagerun import Job
 
 if TYPE_CHECKING:
     from ixcdoc.inputs import Sources

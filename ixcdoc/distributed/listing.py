@@ -10,10 +10,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from ixcdoc.batch import BatchStats, Events, skip_rule
+from ixcdoc.batch import BatchStats, Events, skip_page, skip_rule
 from ixcdoc.errors import IxcdocError, UsageError
-from ixcdoc.reading import PageItem, file_sha256_or_none
-from ixcdoc.runner import Job, PageRunner
+from ixcdoc.pagerun import PageRunner
+from ixcdoc.reading import Opened, PageItem, select_pages
 
 if TYPE_CHECKING:
     from ixcdoc.inputs import Document, Sources
@@ -40,7 +40,6 @@ class Listing:
 
 
 def list_pages(
-    job: Job,
     sources: Sources,
     runner: PageRunner,
     state: ResumeState | None,
@@ -49,52 +48,42 @@ def list_pages(
     stats: BatchStats,
     events: Events,
 ) -> Listing:
-    """Open each document once, select its pages, and keep those not done yet (in order)."""
+    """Open each document once, select its pages and keep those not done yet, in order: the
+    selection and skip rules of one machine (``reading.select_pages``, ``batch.skip_page``)."""
     if sources.stdin is not None or sources.stdin_error is not None or "-" in sources.paths:
         raise UsageError(
             'stdin ("-") cannot be read with --ray: the replicas read the files themselves; '
             "save it to a file on the shared file system"
         )
-    skip = skip_rule(runner, job, state, redo_failed) if state is not None else None
-    choose = job.choose_pages()
+    skip = skip_rule(runner, state, redo_failed) if state is not None else None
     listing = Listing()
     scheduled: set[ResumeKey] = set()
-    for item in _documents(sources):
-        if isinstance(item, IxcdocError):
-            source = getattr(item, "source", "?")
-            unread = item.code in ("not_found", "unreadable")
-            sha = None if unread else file_sha256_or_none(source)
-            events.opened(source, 1, single=False)
-            error_item = PageItem(source, sha, getattr(item, "page", None), None, error=item)
-            stats.pages += 1
-            key = runner.key(job, sha, source, error_item.page)
-            if state is not None and state.should_skip(key, redo_failed=redo_failed):
-                stats.skipped_failed += key in state.failed
-                stats.skipped += key in state.done
-                events.skipped(error_item)
-                continue
-            listing.file_errors.append(error_item)
+    pages = select_pages(_documents(sources), choose=runner.job.choose_pages(), skip=skip)
+    for item in pages:
+        if isinstance(item, Opened):
+            events.opened(item.source, item.pages, single=False)
             continue
-        doc, numbers = item
-        if choose is not None:
-            numbers = list(choose(doc, numbers).pages)
-        events.opened(doc.source, len(numbers), single=False)
+        stats.pages += 1
+        if isinstance(item, PageItem):  # done in an earlier run, or a file that did not open
+            if skip_page(item, runner, state, redo_failed, stats):
+                events.skipped(item)
+            else:
+                listing.file_errors.append(item)
+            continue
+        doc, n = item.doc, item.page
+        key = runner.key(doc.sha256, doc.source, n)
+        if key in scheduled:  # the same bytes met earlier in this run (docs/output.md)
+            if state is not None and key in state.failed:
+                stats.skipped_failed += 1
+            else:
+                stats.skipped += 1
+            events.skipped(PageItem(doc.source, doc.sha256, n, doc.page_count))
+            continue
+        scheduled.add(key)
         # Absolute: Ray's workers do not share the driver's working folder. A URI's document
         # was read from bytes; the render task reads the URI again.
         path = os.path.abspath(doc.path) if doc.path is not None else doc.source
-        for n in numbers:
-            stats.pages += 1
-            key = runner.key(job, doc.sha256, doc.source, n)
-            # Done in an earlier run, or the same bytes met earlier in this one (docs/output.md).
-            if (skip is not None and skip(doc.sha256, n)) or key in scheduled:
-                if state is not None and key in state.failed:
-                    stats.skipped_failed += 1
-                else:
-                    stats.skipped += 1
-                events.skipped(PageItem(doc.source, doc.sha256, n, doc.page_count))
-                continue
-            scheduled.add(key)
-            listing.tasks.append(PageTask(doc.source, path, doc.sha256, n, doc.page_count))
+        listing.tasks.append(PageTask(doc.source, path, doc.sha256, n, doc.page_count))
     return listing
 
 

@@ -8,8 +8,8 @@ import pickle
 from typing import TYPE_CHECKING, Any
 
 from ixcdoc.distributed.listing import PageTask, is_uri, open_uri
+from ixcdoc.pagerun import Job, PageRunner, open_pages
 from ixcdoc.reading import PageItem, read_page
-from ixcdoc.runner import Job, PageRunner
 
 if TYPE_CHECKING:
     from ixcdoc.records import PageRecord
@@ -62,7 +62,7 @@ class ModelReplica:
         self.batch_size = batch_size  # pages in flight on this replica's engine (1: chat)
         # ``model`` is the driver's name for it (a folder's absolute path, or a hub id), so
         # the records name it as one machine would; the revision is the loaded model's.
-        self.runner = PageRunner(model, None, device)
+        self.runner = PageRunner(job, model, None, device)
         self.runner.attach(load(model, device=device, quant=quant))
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
 
@@ -77,21 +77,19 @@ class ModelReplica:
 
     def _records(self, items: list[PageItem]) -> list[PageRecord]:
         """One record per page: one at a time with ``chat``, or all of the batch in flight on
-        the batched engine (the same records: tests/test_batch.py)."""
-        if self.batch_size == 1 or len(items) == 1:
-            return [self.runner.run_page(item, self.job) for item in items]
-        from ixcdoc.batch import _engine
-
-        engine = _engine(self.runner, self.job, self.batch_size)
+        the batched engine (the same records: tests/test_batch.py), by ``batch.run``'s rule
+        (``pagerun.open_pages``); a call of one greedy page needs no engine."""
+        one_page = len(items) == 1 and self.job.num_beams == 1
+        pages = open_pages(self.runner, 1 if one_page else self.batch_size)
         done: dict[int, PageRecord] = {}
         try:
             for item in items:
-                rec = self.runner.settled(item, self.job) or engine.submit(item)
+                rec = self.runner.settled(item) or pages.submit(item)
                 if rec is not None:
                     done[id(item)] = rec
-            while engine.busy:
-                for item, rec in engine.step():
+            while pages.busy:
+                for item, rec in pages.step():
                     done[id(item)] = rec
         finally:
-            engine.close()
+            pages.close()
         return [done[id(item)] for item in items]

@@ -1,6 +1,6 @@
 """Per-question evaluation records: one JSON object per line, resumable like ``extract -o``.
 
-The file machinery is ``ixcdoc.records``'s: whole lines appended and fsynced one at a time, an
+The file machinery is ``ixcdoc.records.jsonl``'s: whole lines appended and fsynced one at a time, an
 exclusive lock on the file for the whole run, a torn final line (a crash mid-write) cut off
 when the file is loaded, a corrupt line anywhere else refused. Only the schema differs: an
 evaluation record is about a question, not a page (docs/accuracy.md lists the keys).
@@ -17,13 +17,20 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple, TextIO
+from typing import Any, NamedTuple
 
-from ixcdoc.records import JsonlWriter, RecordsError, _check_parent, open_locked_scan, utc_now
-from ixcdoc.records import _scan as _records_scan
+from ixcdoc.records.jsonl import (
+    JsonlWriter,
+    RecordsError,
+    Scan,
+    check_output,
+    open_locked_scan,
+    scan_jsonl,
+)
+from ixcdoc.records.schema import utc_now
 
 EVAL_SCHEMA = "ixcdoc.eval/1"
 FIELDS: tuple[str, ...] = (
@@ -211,12 +218,12 @@ def _parse(text: str) -> dict[str, Any]:
     return rec
 
 
-def _scan_into(state: EvalState) -> Any:
+def _scan_into(state: EvalState) -> Callable[[Path], Scan]:
     """A scan of an evaluation file into ``state``, with the records file's rules: bounded
     lines, a non-ixcdoc file refused untouched, only a torn evaluation record cut."""
 
-    def scan(path: Path) -> Any:
-        return _records_scan(path, state.add, parse=_parse, header=EVAL_HEADER)
+    def scan(path: Path) -> Scan:
+        return scan_jsonl(path, state.add, parse=_parse, header=EVAL_HEADER)
 
     return scan
 
@@ -224,18 +231,19 @@ def _scan_into(state: EvalState) -> Any:
 def load_records(path: str | os.PathLike[str], *, repair: bool = True) -> EvalState:
     """Read a records file (``repair``: cut a torn final record, under the file's lock).
 
-    The same rules as the page records (records.py): every line is read with a bound, a file
-    that is not ixcdoc's is refused untouched, and only a torn final record is ever cut.
+    The same rules as the page records (``ixcdoc.records.jsonl``): every line is read with a
+    bound, a file that is not ixcdoc's is refused untouched, and only a torn final record is
+    ever cut.
     """
     path = Path(path)
     state = EvalState(path=path)
     if not path.exists():
         if not repair:
             raise RecordsError(f"{path}: no such records file", code="not_found")
-        _check_parent(path)
+        check_output(path)
         return state
     if not repair:
-        _check_parent(path)
+        check_output(path)
         _scan_into(state)(path)
         return state
     fd, state.repaired_bytes = open_locked_scan(path, _scan_into(state))
@@ -249,44 +257,13 @@ def open_eval_output(path: str | os.PathLike[str]) -> tuple[EvalWriter, EvalStat
     path = Path(path)
     state = EvalState(path=path)
     fd, state.repaired_bytes = open_locked_scan(path, _scan_into(state))
-    w = EvalWriter.__new__(EvalWriter)
-    w.count, w._fd, w._stream, w._closed, w._broken = 0, fd, None, False, None
-    w.path, w._fsync, w._ascii = path, True, False
-    return w, state
-
-
-def _corrupt(path: Path, lineno: int, why: str) -> None:
-    raise RecordsError(
-        f"{path} line {lineno}: not a valid evaluation record ({why}); only a torn final line "
-        "is repaired automatically, so fix or remove this line and run again",
-        code="corrupt_output",
-    )
+    return EvalWriter.adopt(path, fd), state
 
 
 class EvalWriter(JsonlWriter):
     """Appends evaluation records with ``JsonlWriter``'s locking, fsync and torn-write rules."""
 
-    def __init__(self, path: str | os.PathLike[str] | TextIO, *, fsync: bool = True) -> None:
-        super().__init__(path, fsync=fsync)
-
     def write_record(self, rec: Mapping[str, Any]) -> None:
         """Write one validated record as one complete line, then flush (and fsync a file)."""
         validate(dict(rec))
-        if self._closed:
-            raise ValueError("write to a closed EvalWriter")
-        if self._broken is not None:
-            raise RecordsError(self._broken, code="write_failed")
-        line = to_line(rec)
-        if self._stream is not None:
-            self._stream.write(line)
-            self._stream.flush()
-        else:
-            self._append(line.encode("utf-8"))
-        self.count += 1
-
-
-def write_all(path: str | os.PathLike[str], records: Iterable[Mapping[str, Any]]) -> None:
-    """Append records to a file (used by tests and tools that build records themselves)."""
-    with EvalWriter(path) as w:
-        for rec in records:
-            w.write_record(rec)
+        self.write_line(to_line(rec))

@@ -33,7 +33,7 @@ from ixcdoc.serve.uploads import UploadStore, open_upload, upload_name
 from ixcdoc.serve.webrun import MAX_QUESTION, PageRun, page_job
 
 if TYPE_CHECKING:
-    from ixcdoc.runner import Job
+    from ixcdoc.pagerun import Job
     from ixcdoc.serve.backend import ServeBackend
     from ixcdoc.serve.budget import PixelBudget
     from ixcdoc.serve.uploads import Upload

@@ -33,9 +33,9 @@ from ixcdoc.tasks import ASK, CHART, CHART_TABLE, EXTRACT, TaskPreset, parse_hd
 
 if TYPE_CHECKING:
     from ixcdoc.inputs import Sources
+    from ixcdoc.pagerun import Job
     from ixcdoc.reading import PageItem
     from ixcdoc.records import PageRecord
-    from ixcdoc.runner import Job
     from ixcdoc.serve.backend import ServeBackend
     from ixcdoc.serve.uploads import Upload
 
@@ -56,7 +56,7 @@ def page_job(
 ) -> Job:
     """The ``Job`` the CLI builds for the same command (``ixcdoc ask|extract|chart [--table]``),
     with the server's ``--max-tokens`` as the generation limit when it is lower."""
-    from ixcdoc.runner import Job
+    from ixcdoc.pagerun import Job
 
     preset = PAGE_TASKS.get(task)
     if preset is None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -13,10 +14,16 @@ from ixcdoc.evaluation.records import (
     key_of,
     load_records,
     make_record,
-    write_all,
 )
 from ixcdoc.evaluation.report import mean_ci, report_dict, summarize
 from ixcdoc.records import RecordsError
+
+
+def write_all(path: Path, records: list[dict[str, Any]]) -> None:
+    """Append records to a file, as an evaluation run writes them."""
+    with EvalWriter(path) as w:
+        for rec in records:
+            w.write_record(rec)
 
 
 def rec(qid: str, score: float | None, *, bench: str = "docvqa", **kw: object) -> dict:

@@ -19,18 +19,17 @@ import pytest
 
 from ixcdoc.batch import Events, run
 from ixcdoc.inputs import Sources
+from ixcdoc.pagerun import Job
 from ixcdoc.records import PageRecord, resume_key, validate_line
-from ixcdoc.runner import Job
 from ixcdoc.tasks import EXTRACT
 from tests.cli.helpers import (
     IXCDOC,
-    corrupt_pdf,
     read_records,
     subprocess_env,
     text_pdf,
     text_png,
-    white_png,
 )
+from tests.distributed.helpers import by_page, mixed_folder
 
 ray = pytest.importorskip("ray", reason="needs the ray extra: pip install 'ixcdoc[ray]'")
 
@@ -71,30 +70,6 @@ def ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from ixcdoc.tinyckpt import write_tiny_checkpoint
 
     return write_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny")
-
-
-def mixed_folder(root: Path) -> Path:
-    """Images, a blank page, a two-page PDF with a text layer, a corrupt PDF, and PNG bytes
-    named .pdf (flagged type_mismatch: Ray records must carry the flags one machine writes)."""
-    text_png(root / "a.png", "alpha")
-    text_png(root / "shot.png", "misnamed").rename(root / "misnamed.pdf")
-    text_png(root / "b.png", "beta", size=(200, 100))
-    white_png(root / "blank.png")
-    text_pdf(root / "two.pdf", ["hello page one", "page two"])
-    corrupt_pdf(root / "bad.pdf")
-    return root
-
-
-def comparable(rec: PageRecord) -> dict[str, Any]:
-    """What must not depend on where a page ran (times, worker and device left out)."""
-    d = rec.to_dict()
-    for name in ("created_at", "timings", "precision", "device", "worker"):
-        d.pop(name, None)
-    return d
-
-
-def by_page(records: list[PageRecord]) -> dict[tuple[str, int | None], dict[str, Any]]:
-    return {(r.source, r.page): comparable(r) for r in records}
 
 
 def test_ray_run_gives_the_records_of_one_machine(

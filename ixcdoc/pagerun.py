@@ -1,5 +1,9 @@
-"""One page to one record: the task's prompt, the page's tier, the guards, and the ladder that
-retries a page one tier lower when the GPU runs out of memory. Never raises for a page."""
+"""Running a job on pages, one page to one record: ``Job`` (what to do with every page),
+``PageRunner`` (the job and the model: records, tiers, the guards, and ``after_failure``, the
+one rule that makes a failed page its error record or retries it one tier lower when the GPU
+runs out of memory), and where pages run: ``ChatPages`` (one at a time with ``chat``) or
+``EnginePages`` (many in flight on the batched engine), behind one interface
+(``open_pages``). Never raises for a page."""
 
 from __future__ import annotations
 
@@ -81,10 +85,38 @@ def _is_oom(e: BaseException) -> bool:
     return isinstance(e, oom)
 
 
+@dataclass(frozen=True)
+class Failure:
+    """Why a page's generation failed, kept without the exception: its traceback holds the
+    failed forward's tensors, which must be gone before a retry can have their memory."""
+
+    oom: bool
+    code: str
+    why: str
+
+    @classmethod
+    def of(cls, e: BaseException) -> Failure:
+        """What ``e`` means for the page: out of GPU memory, or its error record's code and
+        message (docs/output.md: an unexpected failure is code "error", naming the exception)."""
+        from ixcdoc.records import ErrorInfo
+
+        why = e.message if isinstance(e, IxcdocError) else f"{type(e).__name__}: {e}"
+        return cls(_is_oom(e), ErrorInfo.from_exception(e).code, why)
+
+
+@dataclass(frozen=True)
+class Retry:
+    """Run the page again at ``tier`` (one lower), its records flagged with ``flags``."""
+
+    tier: int
+    flags: list[str]
+
+
 @dataclass
 class PageRunner:
-    """A model (or None while none is loaded) and what every record says about it."""
+    """The job, a model (or None while none is loaded) and what every record says about them."""
 
+    job: Job
     model_name: str
     revision: str | None = None
     device: str = "auto"
@@ -92,9 +124,10 @@ class PageRunner:
     gpu: GpuInfo | None = field(default=None, repr=False)
 
     @classmethod
-    def loaded(cls, model: DocModel) -> PageRunner:
-        """A runner over a loaded model, naming it as its records will."""
+    def loaded(cls, job: Job, model: DocModel) -> PageRunner:
+        """A runner of ``job`` over a loaded model, naming it as its records will."""
         return cls(
+            job=job,
             model_name=str(model.model_id),
             revision=model.revision,
             device=str(model.device),
@@ -113,10 +146,11 @@ class PageRunner:
     def precision(self) -> str | None:
         return None if self.model is None else str(self.model.precision)
 
-    def key(self, job: Job, sha256: str | None, source: str, page: int | None) -> ResumeKey:
-        """The resume key of ``job`` on one page (or whole file) under this model."""
+    def key(self, sha256: str | None, source: str, page: int | None) -> ResumeKey:
+        """The resume key of the job on one page (or whole file) under this model."""
         from ixcdoc.records import make_key
 
+        job = self.job
         return make_key(
             content_sha256=sha256,
             source=source,
@@ -129,10 +163,11 @@ class PageRunner:
             num_beams=job.num_beams if job.num_beams > 1 else None,
         )
 
-    def record(self, job: Job, item: PageItem, **fields: Any) -> PageRecord:
+    def record(self, item: PageItem, **fields: Any) -> PageRecord:
         """A record for ``item`` with the job's and the model's fields filled in."""
         from ixcdoc.records import PageRecord
 
+        job = self.job
         info = item.rendered.info if item.rendered is not None else None
         base: dict[str, Any] = {
             "source": item.source,
@@ -157,9 +192,10 @@ class PageRunner:
         base["flags"] = tuple(dict.fromkeys((*base.get("flags", ()), *item.flags)))
         return PageRecord(**base)
 
-    def tier_for(self, job: Job, info: PageInfo) -> TierChoice:
+    def tier_for(self, info: PageInfo) -> TierChoice:
         """The tier choice for a page of ``info``'s native size (needs the model)."""
         assert self.model is not None
+        job = self.job
         return choose_tier(
             info.native_h,
             info.native_w,
@@ -178,18 +214,15 @@ class PageRunner:
         assert self.model is not None
         return hd_image(rendered.image, choice.hd, self.model.config.tile)
 
-    def settled(self, item: PageItem, job: Job) -> PageRecord | None:
+    def settled(self, item: PageItem) -> PageRecord | None:
         """The record of a page that needs no model (unreadable, or blank), else None."""
         from ixcdoc.records import ErrorInfo, Timings
 
         if item.error is not None:
-            return self.record(
-                job, item, status="error", error=ErrorInfo.from_exception(item.error)
-            )
+            return self.record(item, status="error", error=ErrorInfo.from_exception(item.error))
         if item.blank:
             assert item.rendered is not None
             return self.record(
-                job,
                 item,
                 status="ok",
                 text="",
@@ -198,11 +231,11 @@ class PageRunner:
             )
         return None
 
-    def first_tier(self, item: PageItem, job: Job) -> int:
+    def first_tier(self, item: PageItem) -> int:
         """The tier a page starts at (chosen once: by the reader, or here)."""
         assert item.rendered is not None
         if item.tier is None:
-            item.tier = self.tier_for(job, item.rendered.info)
+            item.tier = self.tier_for(item.rendered.info)
         return item.tier.hd
 
     def lower(self, item: PageItem, tier: int) -> int | None:
@@ -213,14 +246,13 @@ class PageRunner:
         return lower_tier(info.native_h, info.native_w, tier, self.model.config.tile)
 
     def failed(
-        self, item: PageItem, job: Job, tier: int, flags: list[str], code: str, why: str
+        self, item: PageItem, tier: int, flags: list[str], code: str, why: str
     ) -> PageRecord:
         """The error record of a page the model could not finish."""
         from ixcdoc.records import ErrorInfo, Timings
 
         assert item.rendered is not None
         return self.record(
-            job,
             item,
             status="error",
             tier=tier,
@@ -230,7 +262,7 @@ class PageRunner:
         )
 
     def answered(
-        self, item: PageItem, job: Job, ans: Answer, guard: RepetitionGuard, flags: list[str]
+        self, item: PageItem, ans: Answer, guard: RepetitionGuard, flags: list[str]
     ) -> PageRecord:
         """The record of a page the model answered (a stopped loop is trimmed and flagged)."""
         from ixcdoc.records import Timings
@@ -242,7 +274,6 @@ class PageRunner:
             text = self.model.tokenizer.decode(guard.trimmed())
         t = ans.timings
         return self.record(
-            job,
             item,
             status="ok",
             text=text.strip(),
@@ -264,10 +295,25 @@ class PageRunner:
         assert item.rendered is not None
         return item.hd_image if item.hd_image is not None else item.rendered.image
 
+    def after_failure(
+        self, item: PageItem, tier: int, flags: list[str], failure: Failure
+    ) -> PageRecord | Retry:
+        """The one rule for a page whose generation at ``tier`` failed, on ``chat`` and on the
+        engine alike: its error record, or, out of GPU memory, a retry one tier lower (flagged
+        ``tier_fallback``) until there is none lower (then its ``oom`` record)."""
+        if not failure.oom:
+            # docs/output.md: an unexpected failure is this page's error record; the batch
+            # goes on.
+            return self.failed(item, tier, flags, failure.code, failure.why)
+        lower = self.lower(item, tier)
+        if lower is None:
+            why = f"out of GPU memory even at HD{tier}; try --quant 4bit"
+            return self.failed(item, tier, flags, "oom", why)
+        return Retry(lower, flags if "tier_fallback" in flags else [*flags, "tier_fallback"])
+
     def run_page(
         self,
         item: PageItem,
-        job: Job,
         *,
         on_start: Callable[[PageItem, int], None] | None = None,
         on_text: Callable[[str], None] | None = None,
@@ -276,47 +322,35 @@ class PageRunner:
         """Run the job on one page with ``chat`` and return its record (never raises).
         ``on_text`` gets the text as it is generated, ``on_count()`` is called per token."""
         from ixcdoc.guards import RepetitionGuard
-        from ixcdoc.records import ErrorInfo
 
-        done = self.settled(item, job)
+        done = self.settled(item)
         if done is not None:
             return done
         model = self.model
         assert model is not None, "load the model before running pages"
-        tier = self.first_tier(item, job)
-        flags: list[str] = []
-        while True:
+        step: PageRecord | Retry = Retry(self.first_tier(item), [])
+        while isinstance(step, Retry):
+            tier, flags = step.tier, step.flags
             guard = RepetitionGuard()
-            on_token = token_callback(guard, model, on_text, on_count)
+            on_token = TokenCallback(guard, model, on_text, on_count)
             if on_start is not None:
                 on_start(item, tier)
             try:
                 ans = model.chat(
                     [self.image(item)],
-                    job.prompt,
+                    self.job.prompt,
                     hd=tier,
-                    max_new_tokens=job.new_tokens,
+                    max_new_tokens=self.job.new_tokens,
                     on_token=on_token,
                 )
                 on_token.flush()
-                return self.answered(item, job, ans, guard, flags)
+                return self.answered(item, ans, guard, flags)
             except Exception as e:
-                if not _is_oom(e):
-                    # docs/output.md: an unexpected failure is this page's error record (code
-                    # "error", the message names the exception); the batch goes on.
-                    why = e.message if isinstance(e, IxcdocError) else f"{type(e).__name__}: {e}"
-                    return self.failed(
-                        item, job, tier, flags, ErrorInfo.from_exception(e).code, why
-                    )
+                failure = Failure.of(e)
             # Outside the except block: the exception's traceback holds the failed forward's
             # tensors until it is gone, and only then can the cached blocks be released.
-            lower = self.lower(item, tier)
-            if lower is None:
-                why = f"out of GPU memory even at HD{tier}; try --quant 4bit"
-                return self.failed(item, job, tier, flags, "oom", why)
-            tier = lower
-            if "tier_fallback" not in flags:
-                flags.append("tier_fallback")
+            step = self.after_failure(item, tier, flags, failure)
+        return step
 
 
 class TokenCallback:
@@ -353,16 +387,6 @@ class TokenCallback:
                 self.on_text(tail)
 
 
-def token_callback(
-    guard: RepetitionGuard,
-    model: DocModel,
-    on_text: Callable[[str], None] | None,
-    on_count: Callable[[], None] | None = None,
-) -> TokenCallback:
-    """The ``on_token`` callback of one generation (see ``TokenCallback``)."""
-    return TokenCallback(guard, model, on_text, on_count)
-
-
 @dataclass
 class _InFlight:
     item: PageItem
@@ -380,9 +404,9 @@ class EnginePages:
     finish (not in input order), retrying a page one tier lower when its prefill runs out of
     GPU memory, without disturbing the others."""
 
-    def __init__(self, runner: PageRunner, job: Job, engine: Engine) -> None:
+    def __init__(self, runner: PageRunner, engine: Engine) -> None:
         self.runner = runner
-        self.job = job
+        self.job = runner.job
         self.engine = engine
         self._inflight: dict[int, _InFlight] = {}
         self._done: list[Handle] = []
@@ -417,10 +441,10 @@ class EnginePages:
         from ixcdoc.guards import RepetitionGuard
 
         assert self.runner.model is not None
-        tier = self.runner.first_tier(item, self.job) if tier is None else tier
+        tier = self.runner.first_tier(item) if tier is None else tier
         flags = [] if flags is None else flags
         guard = RepetitionGuard()
-        on_token = token_callback(guard, self.runner.model, on_text, on_count)
+        on_token = TokenCallback(guard, self.runner.model, on_text, on_count)
         request = ChatRequest(
             [self.runner.image(item)],
             self.job.prompt,
@@ -433,7 +457,7 @@ class EnginePages:
         try:
             handle = self.engine.submit(request, on_token=on_token, on_done=self._done.append)
         except IxcdocError as e:  # e.g. a prompt longer than the engine's slots
-            return self.runner.failed(item, self.job, tier, flags, e.code, e.message)
+            return self.runner.failed(item, tier, flags, e.code, e.message)
         self._inflight[handle.id] = _InFlight(
             item, tier, flags, guard, on_token, on_start, on_text, on_count
         )
@@ -456,28 +480,73 @@ class EnginePages:
 
     def _finished(self, f: _InFlight, handle: Handle) -> PageRecord | None:
         """The record of a finished page, or None when it went back in one tier lower."""
-        from ixcdoc.records import ErrorInfo
-
-        runner, job, err = self.runner, self.job, handle.error
-        if err is None:
+        if handle.error is None:
             assert handle.answer is not None
             f.on_token.flush()
-            return runner.answered(f.item, job, handle.answer, f.guard, f.flags)
-        if not _is_oom(err):
-            why = err.message if isinstance(err, IxcdocError) else f"{type(err).__name__}: {err}"
-            return runner.failed(
-                f.item, job, f.tier, f.flags, ErrorInfo.from_exception(err).code, why
-            )
-        lower = runner.lower(f.item, f.tier)
-        if lower is None:
-            why = f"out of GPU memory even at HD{f.tier}; try --quant 4bit"
-            return runner.failed(f.item, job, f.tier, f.flags, "oom", why)
-        flags = f.flags if "tier_fallback" in f.flags else [*f.flags, "tier_fallback"]
+            return self.runner.answered(f.item, handle.answer, f.guard, f.flags)
+        step = self.runner.after_failure(f.item, f.tier, f.flags, Failure.of(handle.error))
+        if not isinstance(step, Retry):
+            return step
         return self.submit(
             f.item,
-            tier=lower,
-            flags=flags,
+            tier=step.tier,
+            flags=step.flags,
             on_start=f.on_start,
             on_text=f.on_text,
             on_count=f.on_count,
         )
+
+    @classmethod
+    def for_run(cls, runner: PageRunner, batch_size: int | None) -> EnginePages:
+        """The batched engine for a run: ``batch_size`` pages in flight (None: what memory
+        allows), each beam in its own slot, slots long enough for the largest page the job
+        can send."""
+        from ixcdoc.sizing import SlotNeed, slots_that_fit
+
+        model, job = runner.model, runner.job
+        assert model is not None
+        hd = job.hd if job.hd is not None else job.task.hd_ceiling
+        need = SlotNeed.page(
+            model.config, model.tokenizer, job.prompt, hd, job.new_tokens, beams=job.num_beams
+        )
+        positions = need.positions(model.config)
+        n = batch_size if batch_size is not None else slots_that_fit(model, need, positions)
+        slots = max(1, n) * job.num_beams  # every beam of a page has its own slot
+        return cls(runner, model.engine(n_slots=slots, max_len=positions))
+
+
+class ChatPages:
+    """One page at a time with ``chat``, behind ``EnginePages``' interface (``submit`` returns
+    the page's record at once), so a run has one page loop for both."""
+
+    busy = 0  # nothing is ever left in flight
+    capacity = 1
+
+    def __init__(self, runner: PageRunner) -> None:
+        self.runner = runner
+
+    def submit(
+        self,
+        item: PageItem,
+        *,
+        on_start: Callable[[PageItem, int], None] | None = None,
+        on_text: Callable[[str], None] | None = None,
+        on_count: Callable[[], None] | None = None,
+    ) -> PageRecord:
+        """Run the page now (``PageRunner.run_page``): its record."""
+        return self.runner.run_page(item, on_start=on_start, on_text=on_text, on_count=on_count)
+
+    def step(self) -> list[tuple[PageItem, PageRecord]]:
+        """Nothing: every page finished in ``submit``."""
+        return []
+
+    def close(self) -> None:
+        """Nothing to free."""
+
+
+def open_pages(runner: PageRunner, batch_size: int | None) -> EnginePages | ChatPages:
+    """Where a run's pages go: the batched engine, unless one page at a time with ``chat`` was
+    asked for (``batch_size`` 1) and the job needs no beams (beam search is the engine's)."""
+    if batch_size == 1 and runner.job.num_beams == 1:
+        return ChatPages(runner)
+    return EnginePages.for_run(runner, batch_size)

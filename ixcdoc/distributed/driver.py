@@ -10,8 +10,8 @@ from ixcdoc.batch import BatchStats, Events
 from ixcdoc.distributed.cluster import RayOptions, check_address, ray_session, run_pages
 from ixcdoc.distributed.listing import list_pages
 from ixcdoc.errors import IxcdocError
+from ixcdoc.pagerun import Job, PageRunner
 from ixcdoc.reading import PageItem
-from ixcdoc.runner import Job, PageRunner
 
 if TYPE_CHECKING:
     from ixcdoc.inputs import Sources
@@ -61,7 +61,7 @@ def run_ray(
     model_arg = None if model is None else os.fspath(model)
     # A local folder becomes its absolute path (Ray's workers run elsewhere), a hub id stays.
     name = model_name(model_arg)
-    runner = PageRunner(name, local_revision(model_arg), device)
+    runner = PageRunner(job, name, local_revision(model_arg), device)
     state = None
     file_writer: Any = None
     if output is not None:
@@ -76,7 +76,6 @@ def run_ray(
             )
     try:
         return _drive(
-            job,
             sources,
             runner,
             state,
@@ -95,7 +94,6 @@ def run_ray(
 
 
 def _drive(
-    job: Job,
     sources: Sources,
     runner: PageRunner,
     state: ResumeState | None,
@@ -112,10 +110,10 @@ def _drive(
     """List the pages, run them on Ray, and write every record once (see ``run_ray``)."""
     stats = BatchStats()
     listing = list_pages(
-        job, sources, runner, state, redo_failed=redo_failed, stats=stats, events=events
+        sources, runner, state, redo_failed=redo_failed, stats=stats, events=events
     )
     seen: set[ResumeKey] = set()
-    by_key = {runner.key(job, t.sha256, t.source, t.page): t for t in listing.tasks}
+    by_key = {runner.key(t.sha256, t.source, t.page): t for t in listing.tasks}
     from ixcdoc.batch import _outputs
     from ixcdoc.records import resume_key
 
@@ -132,7 +130,7 @@ def _drive(
             events.record(item, rec)
 
         for err_item in listing.file_errors:
-            sink(err_item, runner.run_page(err_item, job))
+            sink(err_item, runner.run_page(err_item))
         todo = listing.tasks
         if not todo:
             return stats
@@ -143,7 +141,7 @@ def _drive(
                     for rec in run_pages(
                         ray_mod,
                         todo,
-                        job,
+                        runner.job,
                         sources,
                         model=name,
                         device=device,

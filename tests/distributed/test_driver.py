@@ -3,7 +3,7 @@ in-process stand-in that runs the real render task and model replica on each lis
 
 What Ray would do by chance (deliver a retried batch twice, lose a page) the stand-in does on
 purpose, so these rules are tested on every run, not only when a kill lands at the right
-moment (tests/test_distributed.py has those runs, on a real Ray, marked ``ray``).
+moment (tests/distributed/test_end_to_end.py has those runs, on a real Ray, marked ``ray``).
 """
 
 from __future__ import annotations
@@ -18,12 +18,12 @@ from typing import Any
 
 import pytest
 
-from ixcdoc.distributed import run as run_mod
+from ixcdoc.distributed import driver
 from ixcdoc.distributed.listing import PageTask
 from ixcdoc.distributed.workers import ModelReplica, render_row
 from ixcdoc.inputs import Sources
+from ixcdoc.pagerun import Job
 from ixcdoc.records import PageRecord
-from ixcdoc.runner import Job
 from ixcdoc.tasks import EXTRACT
 from tests.cli.helpers import read_records, text_pdf, text_png
 
@@ -70,8 +70,8 @@ def ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _install(monkeypatch: pytest.MonkeyPatch, fake: InProcessRay) -> None:
-    monkeypatch.setattr(run_mod, "ray_session", fake.session)
-    monkeypatch.setattr(run_mod, "run_pages", fake.run_pages)
+    monkeypatch.setattr(driver, "ray_session", fake.session)
+    monkeypatch.setattr(driver, "run_pages", fake.run_pages)
 
 
 def test_records_delivered_twice_are_written_once(
@@ -83,7 +83,7 @@ def test_records_delivered_twice_are_written_once(
     fake = InProcessRay(twice=True)
     _install(monkeypatch, fake)
     out = tmp_path / "out.jsonl"
-    stats = run_mod.run_ray(JOB, Sources([str(folder)]), model=ckpt, device="cpu", output=out)
+    stats = driver.run_ray(JOB, Sources([str(folder)]), model=ckpt, device="cpu", output=out)
     records = read_records(out)
     assert sorted((Path(r.source).name, r.page) for r in records) == [
         ("a.png", 1),
@@ -102,7 +102,7 @@ def test_a_page_missing_after_the_first_pass_is_run_again_alone(
     fake = InProcessRay(lose_first_pass=True)
     _install(monkeypatch, fake)
     out = tmp_path / "out.jsonl"
-    stats = run_mod.run_ray(JOB, Sources([str(folder)]), model=ckpt, device="cpu", output=out)
+    stats = driver.run_ray(JOB, Sources([str(folder)]), model=ckpt, device="cpu", output=out)
     assert [[t.page for t in p] for p in fake.passes] == [[1, 2], [2]]
     assert sorted(r.page for r in read_records(out)) == [1, 2]
     assert stats.ok == 2 and stats.failed == 0
@@ -117,7 +117,7 @@ def test_the_same_bytes_under_two_names_are_scheduled_once(
     fake = InProcessRay()
     _install(monkeypatch, fake)
     out = tmp_path / "out.jsonl"
-    stats = run_mod.run_ray(JOB, Sources([str(folder)]), model=ckpt, device="cpu", output=out)
+    stats = driver.run_ray(JOB, Sources([str(folder)]), model=ckpt, device="cpu", output=out)
     [[task]] = fake.passes
     assert Path(task.source).name == "a.png"
     [rec] = read_records(out)
