@@ -273,7 +273,14 @@ def run(
                 busy=events.screening,
             )
         skip = skip_rule(runner, state, redo_failed) if state is not None else None
-        pages = read_pages(sources, choose=choose, skip=skip, plan=r.plan, render=workers == 0)
+        pages = read_pages(
+            sources,
+            choose=choose,
+            skip=skip,
+            plan=r.plan,
+            render=workers == 0,
+            drafts=job.drafts,
+        )
         items = ahead(pages, depth=read_ahead) if read_ahead > 0 else pages
         try:
             for item in _feeding(items, r.feed) if workers else items:

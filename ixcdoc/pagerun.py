@@ -34,7 +34,8 @@ class Job:
     """What to do with every page: the task, the exact prompt, tier and length settings.
 
     ``question`` is set for ``ask``; ``top_k`` (ask only) reads the best pages for the question
-    instead of every selected page (``ixcdoc.screening``).
+    instead of every selected page (``ixcdoc.screening``). ``speculate`` "auto": speculative
+    decoding, each page with a text layer drafting from it (``drafts``); "off": plain decoding.
     """
 
     task: TaskPreset
@@ -44,10 +45,13 @@ class Job:
     max_new_tokens: int | None = None
     top_k: int | None = None
     num_beams: int = 1  # > 1: beam search (transformers' rules), on the batched engine
+    speculate: str = "auto"  # "auto" | "off" (engine.request.SPECULATE_MODES)
 
     def __post_init__(self) -> None:
+        from ixcdoc.engine.request import check_speculate
         from ixcdoc.tokenizer import check_text
 
+        check_speculate(self.speculate)
         # Before any model loads: a byte that is not UTF-8 is one usage line, not a traceback.
         if self.question is not None:
             check_text(self.question, "the question")
@@ -57,6 +61,15 @@ class Job:
     def new_tokens(self) -> int:
         """The generation limit: the job's, else the task's."""
         return self.max_new_tokens or self.task.max_new_tokens
+
+    @property
+    def drafts(self) -> bool:
+        """Whether pages carry their text layer as the model's draft: speculation on, and one
+        beam (beams decode as today). Every task drafts: a transcription copies the page's
+        text, and answers and chart tables quote its words and numbers; where they do not, the
+        engine stops drafting for that page after a few misses, and the text costs the reader
+        one extraction per page."""
+        return self.speculate == "auto" and self.num_beams == 1
 
     @property
     def hd_label(self) -> str:
@@ -287,6 +300,8 @@ class PageRunner:
                 prefill_ms=t.get("prefill_ms"),
                 decode_ms=t.get("decode_ms"),
                 tokens=len(ans.token_ids),
+                draft_tokens=ans.draft_tokens,
+                accepted_tokens=ans.accepted_tokens,
             ),
         )
 
@@ -342,6 +357,8 @@ class PageRunner:
                     hd=tier,
                     max_new_tokens=self.job.new_tokens,
                     on_token=on_token,
+                    draft=item.draft,
+                    speculate=self.job.speculate,
                 )
                 on_token.flush()
                 return self.answered(item, ans, guard, flags)
@@ -451,6 +468,8 @@ class EnginePages:
             hd=tier,
             max_new_tokens=self.job.new_tokens,
             num_beams=self.job.num_beams,
+            draft=item.draft,
+            speculate=self.job.speculate,
         )
         if on_start is not None:
             on_start(item, tier)

@@ -48,6 +48,9 @@ class PageItem:
     origin: Path | bytes | None = None
     has_text: bool = False
     screening: Screening | None = None  # how ask chose this page among the document's
+    # The page's text layer in reading order, the model's draft (speculative decoding), read
+    # when the job drafts and the page has one (at most ``tasks.DRAFT_CHARS``); None: no draft.
+    draft: str | None = None
 
 
 @dataclass(frozen=True)
@@ -162,30 +165,39 @@ def read_pages(
     skip: Callable[[str, int], bool] | None = None,
     plan: TierPlan | None = None,
     render: bool = True,
+    drafts: bool = False,
 ) -> Iterator[Opened | PageItem]:
     """Open, select, render and blank-check pages in input order, each document once.
 
     ``choose`` and ``skip``: as ``select_pages``; ``plan`` chooses each page's tier and HD
     image ahead once the model is known. ``render=False`` leaves rendering to the feeder
     (``through_feeder``): pages come with their ``info``, ``origin`` and whether they have a
-    text layer instead.
+    text layer instead. ``drafts``: each page with a text layer carries it (``PageItem.draft``).
     """
     for item in select_pages(sources.documents(), choose=choose, skip=skip):
         if not isinstance(item, Selected):
             yield item
             continue
-        page = read_page(item.doc, item.page, render=render)
+        page = read_page(item.doc, item.page, render=render, draft=drafts)
         page.screening = item.screening
         if plan is not None:
             plan.apply(page)
         yield page
 
 
-def read_page(doc: Document, n: int, *, source: str | None = None, render: bool = True) -> PageItem:
+def read_page(
+    doc: Document,
+    n: int,
+    *,
+    source: str | None = None,
+    render: bool = True,
+    draft: bool = False,
+) -> PageItem:
     """Page ``n`` of an open document as the reader hands it over: its flags (``repaired``,
     ``type_mismatch``, ``low_dpi``, ...), rendered and blank-checked, or the error that stopped
     it. The one page reader of ``read_pages`` and the Ray render task. ``source``: the name
-    records use (default: the document's). ``render=False``: what the feeder needs instead."""
+    records use (default: the document's). ``render=False``: what the feeder needs instead.
+    ``draft``: the page's text layer goes with it, the model's draft (``page_draft``)."""
     from ixcdoc.guards import is_blank
 
     base = (source or doc.source, doc.sha256, n, doc.page_count)
@@ -193,13 +205,30 @@ def read_page(doc: Document, n: int, *, source: str | None = None, render: bool 
         flags = doc.page_flags(n)
         if not render:
             info, text = doc.page_info(n), doc.has_text_layer(n)
-            return PageItem(*base, flags=flags, info=info, origin=doc.origin, has_text=text)
+            words = page_draft(doc, n) if draft and text else None
+            return PageItem(
+                *base, flags=flags, info=info, origin=doc.origin, has_text=text, draft=words
+            )
         r = doc.render(n)
     except InputError as e:
         return PageItem(*base, error=e, flags=doc.flags)
     # A page whose text layer has words is never blank, however faint its render.
     blank = is_blank(r.image) and not doc.has_text_layer(n)
-    return PageItem(*base, rendered=r, blank=blank, flags=flags)
+    words = page_draft(doc, n) if draft and not blank and doc.has_text_layer(n) else None
+    return PageItem(*base, rendered=r, blank=blank, flags=flags, draft=words)
+
+
+def page_draft(doc: Document, n: int) -> str | None:
+    """Page ``n``'s text layer in reading order as the model's draft, cut to
+    ``tasks.DRAFT_CHARS`` (a draft only speeds decoding up: a page whose text cannot be read,
+    or has none, simply has no draft)."""
+    from ixcdoc.tasks import DRAFT_CHARS
+
+    try:
+        text = doc.page_text(n)
+    except InputError:
+        return None
+    return text[:DRAFT_CHARS] if text.strip() else None
 
 
 def _screening(choice: PageChoice) -> Screening | None:

@@ -66,6 +66,12 @@ CHART_TABLE = TaskPreset(
 
 PRESETS: dict[str, TaskPreset] = {"ask": ASK, "extract": EXTRACT, "chart": CHART}
 
+# The most characters of a draft for speculative decoding (a page's text layer, or the draft a
+# chat request passes): about 8x the longest transcription ``extract`` writes (2,048 tokens of
+# ~4 characters), over any real page's text (a dense A4 page is ~6,000), while a page whose text
+# layer is a megabyte of hidden text costs the engine no more than this to tokenize and search.
+DRAFT_CHARS = 65_536
+
 # ``ask`` on pages without a text layer: the model screens every candidate page at this tier
 # and only the best are answered at the task's own tier (docs/screening.md). HD4 is a 2x2 grid:
 # a letter page at 672 px on its long side, 757 image tokens, about a quarter of the 3,097 a

@@ -63,7 +63,13 @@ def make(**over: Any) -> PageRecord:
         precision="bf16",
         device="cuda:0",
         timings=Timings(
-            render_ms=41.5, preprocess_ms=12.0, prefill_ms=900.0, decode_ms=2000.0, tokens=120
+            render_ms=41.5,
+            preprocess_ms=12.0,
+            prefill_ms=900.0,
+            decode_ms=2000.0,
+            tokens=120,
+            draft_tokens=90,
+            accepted_tokens=61,
         ),
         created_at="2026-01-31T12:00:00Z",
     )
@@ -104,6 +110,8 @@ def test_round_trip_through_one_json_line() -> None:
         "prefill_ms": 900.0,
         "decode_ms": 2000.0,
         "tokens": 120,
+        "draft_tokens": 90,
+        "accepted_tokens": 61,
     }
     back = PageRecord.from_dict(d)
     assert back == rec
@@ -169,6 +177,10 @@ def test_extra_key_is_named() -> None:
         ("render_dpi", float("nan")),
         ("timings", {"render_ms": 1.0}),
         ("timings", {**dict.fromkeys(records.TIMING_KEYS), "tokens": 1.5}),
+        ("timings", {**dict.fromkeys(records.TIMING_KEYS), "draft_tokens": 2.0}),
+        ("timings", {**dict.fromkeys(records.TIMING_KEYS), "accepted_tokens": -1}),
+        # the two draft counts come together or not at all
+        ("timings", {k: None for k in records.TIMING_KEYS if k != "accepted_tokens"}),
         ("created_at", "2026-01-31 12:00:00"),
         ("created_at", "2026-13-31T12:00:00Z"),
         ("schema_version", 2),
@@ -179,6 +191,28 @@ def test_wrong_type_is_named(key: str, value: Any) -> None:
     d = make().to_dict()
     d[key] = value
     with pytest.raises(ValueError, match=rf"^{key}: expected"):
+        validate_record(d)
+
+
+def test_records_written_before_draft_counts_still_read() -> None:
+    """A line from before speculative decoding (timings without ``draft_tokens`` and
+    ``accepted_tokens``) reads, with both null; a new record always writes both."""
+    d = make().to_dict()
+    old = {k: v for k, v in d["timings"].items() if k not in ("draft_tokens", "accepted_tokens")}
+    line = json.dumps({**d, "timings": old}, ensure_ascii=False, separators=(",", ":"))
+    rec = validate_line(line)
+    assert rec.timings.tokens == 120
+    assert rec.timings.draft_tokens is None and rec.timings.accepted_tokens is None
+    assert json.loads(rec.to_json())["timings"]["accepted_tokens"] is None
+
+
+def test_more_accepted_than_drafted_is_refused() -> None:
+    timings = dataclasses.replace(make().timings, draft_tokens=5, accepted_tokens=6)
+    with pytest.raises(ValueError, match="accepted_tokens 6 is more than draft_tokens 5"):
+        make(timings=timings)
+    d = make().to_dict()
+    d["timings"] = {**d["timings"], "draft_tokens": None}
+    with pytest.raises(ValueError, match="accepted_tokens 61 is more than draft_tokens None"):
         validate_record(d)
 
 

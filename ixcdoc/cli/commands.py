@@ -36,6 +36,7 @@ from ixcdoc.cli.options import (
     RedoOpt,
     ReplicasOpt,
     RunOptions,
+    SpeculateOpt,
     TopKOpt,
     VerboseOpt,
     make_job,
@@ -92,6 +93,7 @@ def ask(
     quant: QuantOpt = Quant.auto,
     batch_size: BatchOpt = "auto",
     beams: BeamsOpt = 1,
+    speculate: SpeculateOpt = "auto",
     model: ModelOpt = None,
     device: DeviceOpt = "auto",
     max_new_tokens: MaxNewOpt = None,
@@ -129,6 +131,7 @@ def ask(
         hd=hd,
         max_new_tokens=max_new_tokens,
         beams=beams,
+        speculate=speculate,
         top_k=None if all_pages else top_k,
     )
     run = RunOptions(
@@ -156,6 +159,7 @@ def extract(
     quant: QuantOpt = Quant.auto,
     batch_size: BatchOpt = "auto",
     beams: BeamsOpt = 1,
+    speculate: SpeculateOpt = "auto",
     model: ModelOpt = None,
     device: DeviceOpt = "auto",
     max_new_tokens: MaxNewOpt = None,
@@ -214,7 +218,12 @@ def extract(
     if redo_failed and output is None and out_dir is None:
         raise UsageError("--redo-failed needs -o/--output or --out-dir (where failures are kept)")
     job = make_job(
-        EXTRACT, prompt or EXTRACT.prompt, hd=hd, max_new_tokens=max_new_tokens, beams=beams
+        EXTRACT,
+        prompt or EXTRACT.prompt,
+        hd=hd,
+        max_new_tokens=max_new_tokens,
+        beams=beams,
+        speculate=speculate,
     )
     run = RunOptions(
         model=model,
@@ -261,6 +270,7 @@ def chart(
     quant: QuantOpt = Quant.auto,
     batch_size: BatchOpt = "auto",
     beams: BeamsOpt = 1,
+    speculate: SpeculateOpt = "auto",
     model: ModelOpt = None,
     device: DeviceOpt = "auto",
     max_new_tokens: MaxNewOpt = None,
@@ -283,7 +293,12 @@ def chart(
 
     preset = CHART_TABLE if table else CHART
     job = make_job(
-        preset, prompt or preset.prompt, hd=hd, max_new_tokens=max_new_tokens, beams=beams
+        preset,
+        prompt or preset.prompt,
+        hd=hd,
+        max_new_tokens=max_new_tokens,
+        beams=beams,
+        speculate=speculate,
     )
     run = RunOptions(
         model=model,

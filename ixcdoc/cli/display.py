@@ -28,7 +28,7 @@ from rich.console import Console
 from rich.text import Text
 
 from ixcdoc.batch import Events
-from ixcdoc.cli.progress import RunProgress, page_name
+from ixcdoc.cli.progress import RunProgress, drafts_accepted, page_name
 from ixcdoc.cli.wrapping import WrapWriter, wrap
 
 if TYPE_CHECKING:
@@ -60,6 +60,8 @@ def page_note(rec: PageRecord) -> str:
     speed = ""
     if t.decode_ms and t.tokens:
         speed = f", {t.tokens} tokens, {1000 * t.tokens / t.decode_ms:.1f} tok/s"
+    if t.draft_tokens and t.accepted_tokens is not None:
+        speed += ", " + drafts_accepted(t.accepted_tokens, t.draft_tokens)
     return f"({where}{tier}{speed}{'; ' + '; '.join(notes) if notes else ''})"
 
 
@@ -155,7 +157,11 @@ class Display(Events):
         self._stop_waiting()
         self._shown.add(id(item))
         ran = rec.status == "ok" and rec.grid is not None and rec.timings.tokens is not None
-        self.counts.end(id(item), rec.timings.tokens if ran else None)
+        t = rec.timings
+        if ran:
+            self.counts.end(id(item), t.tokens, t.draft_tokens or 0, t.accepted_tokens or 0)
+        else:
+            self.counts.end(id(item), None)
         if rec.status == "error":
             self._close_writer()
             assert rec.error is not None

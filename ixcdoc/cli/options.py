@@ -232,6 +232,26 @@ BeamsOpt = Annotated[
         help="Beam search with N beams (upstream's demo uses 3); 1 is greedy.",
     ),
 ]
+
+
+def _speculate_callback(value: str) -> str:
+    from ixcdoc.engine.request import SPECULATE_MODES
+
+    if value not in SPECULATE_MODES:
+        raise typer.BadParameter(f"use {' or '.join(SPECULATE_MODES)}, got {value!r}")
+    return value
+
+
+SpeculateOpt = Annotated[
+    str,
+    typer.Option(
+        "--speculate",
+        metavar="auto|off",
+        help="auto: the model checks drafts (the page's text layer, its own earlier output) "
+        "several tokens per step, the same text faster; off: one token per step.",
+        callback=_speculate_callback,
+    ),
+]
 PathsArg = Annotated[
     list[str],
     typer.Argument(metavar="PATH...", help="Files, folders, globs, or - for stdin."),
@@ -345,11 +365,24 @@ class RunOptions:
 
 
 def make_job(
-    preset: TaskPreset, prompt: str, *, hd: str, max_new_tokens: int | None, beams: int, **more: Any
+    preset: TaskPreset,
+    prompt: str,
+    *,
+    hd: str,
+    max_new_tokens: int | None,
+    beams: int,
+    speculate: str = "auto",
+    **more: Any,
 ) -> Job:
-    """The job --hd, --max-new-tokens and --beams describe for a task's pages."""
+    """The job --hd, --max-new-tokens, --beams and --speculate describe for a task's pages."""
     from ixcdoc.pagerun import Job
 
     return Job(
-        preset, prompt, hd=parse_hd(hd), max_new_tokens=max_new_tokens, num_beams=beams, **more
+        preset,
+        prompt,
+        hd=parse_hd(hd),
+        max_new_tokens=max_new_tokens,
+        num_beams=beams,
+        speculate=speculate,
+        **more,
     )

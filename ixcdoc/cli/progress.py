@@ -9,7 +9,8 @@ tokens per second. Before any page has finished it is an upper bound, and it say
 
 The drawing (``__rich_console__``) packs short items into lines no wider than the terminal,
 so nothing is ever cropped: a bar, pages done/total and the ETA; the pages in flight by name
-(as many as fit, then ``+N more``); tokens, tokens/s and pages/s.
+(as many as fit, then ``+N more``); tokens, tokens/s and pages/s, and how many of the draft
+tokens the finished pages proposed the model accepted (speculative decoding).
 """
 
 from __future__ import annotations
@@ -50,6 +51,12 @@ def rate(x: float) -> str:
     return f"{x:.2g}"
 
 
+def drafts_accepted(accepted: int, drafted: int) -> str:
+    """``drafts accepted 61%``: the share of ``drafted`` draft tokens the model accepted,
+    floored (100% means every one)."""
+    return f"drafts accepted {100 * accepted // drafted}%"
+
+
 def pack(items: Iterable[str], width: int, sep: str = " · ") -> list[str]:
     """``items`` joined by ``sep`` into lines of at most ``width`` cells; an item never splits
     (one wider than ``width`` gets a line of its own, which the terminal wraps)."""
@@ -74,6 +81,8 @@ class RunProgress:
     tokens: int = 0  # tokens generated in this run (a retried page's first try too)
     started: float | None = None  # when the model started its first page
     lengths: list[int] = field(default_factory=list)  # tokens of each page the model finished
+    drafted: int = 0  # draft tokens the finished pages proposed (speculative decoding)
+    accepted: int = 0  # of those, the ones the model accepted
     running: dict[int, _Running] = field(default_factory=dict)
     # The display redraws on its own thread: counting and drawing take turns.
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -97,15 +106,18 @@ class RunProgress:
             page.tokens += 1
             return page.tokens
 
-    def end(self, key: int, tokens: int | None) -> None:
+    def end(self, key: int, tokens: int | None, drafted: int = 0, accepted: int = 0) -> None:
         """A page has its record; ``tokens``: what the model generated for it (None: no
-        model work, e.g. a blank or unreadable page)."""
+        model work, e.g. a blank or unreadable page), ``drafted`` and ``accepted``: the draft
+        tokens it proposed and the model accepted."""
         with self.lock:
             self.running.pop(key, None)
             self.done += 1
             if tokens is not None:
                 self.finished += 1
                 self.lengths.append(tokens)
+                self.drafted += drafted
+                self.accepted += accepted
 
     # -- what the numbers say --------------------------------------------------------------
 
@@ -134,16 +146,21 @@ class RunProgress:
 
     def summary(self) -> str:
         """The run's means for the closing line: ``3 pages in 1:02, 0.05 pages/s, 912 tokens,
-        14.7 tok/s`` ("" when the model finished no page)."""
-        if not self.finished or self.started is None:
-            return ""
-        parts = [f"{self.finished} page{'s' * (self.finished != 1)} in {clock(self.elapsed())}"]
-        pps, tps = self.pages_per_s(), self.tokens_per_s()
-        if pps:
-            parts.append(f"{rate(pps)} pages/s")
-        parts.append(f"{self.tokens:,} tokens")
-        if tps:
-            parts.append(f"{rate(tps)} tok/s")
+        14.7 tok/s``, then ``drafts accepted 61% (3,402 of 5,577 tokens)`` when a page drafted
+        ("" when the model finished no page)."""
+        parts = []
+        if self.finished and self.started is not None:
+            n = self.finished
+            parts.append(f"{n} page{'s' * (n != 1)} in {clock(self.elapsed())}")
+            pps, tps = self.pages_per_s(), self.tokens_per_s()
+            if pps:
+                parts.append(f"{rate(pps)} pages/s")
+            parts.append(f"{self.tokens:,} tokens")
+            if tps:
+                parts.append(f"{rate(tps)} tok/s")
+        if self.drafted:
+            share = drafts_accepted(self.accepted, self.drafted)
+            parts.append(f"{share} ({self.accepted:,} of {self.drafted:,} tokens)")
         return ", ".join(parts)
 
     # -- drawing ---------------------------------------------------------------------------
@@ -176,6 +193,8 @@ class RunProgress:
             stats.append(f"{rate(tps)} tok/s")
         if pps:
             stats.append(f"{rate(pps)} pages/s")
+        if self.drafted:
+            stats.append(drafts_accepted(self.accepted, self.drafted))
         out.extend(pack(stats, width))
         return out
 

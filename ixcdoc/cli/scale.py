@@ -43,6 +43,9 @@ def run_ray_job(
             ),
         )
     if not run.quiet:
-        summary_line(batch_counts(stats), f"; records in {run.output}" if saved else "")
+        timing = display.summary()  # on Ray: the drafts' acceptance, if any page drafted
+        where = f"; {timing}" if timing else ""
+        where += f"; records in {run.output}" if saved else ""
+        summary_line(batch_counts(stats), where)
     if stats.any_failed:
         raise typer.Exit(EXIT_PARTIAL)

@@ -346,7 +346,11 @@ def run_pages(
     ds = ray.data.from_items(rows, override_num_blocks=max(1, len(rows)))
     ds = ds.map(
         render_row,
-        fn_kwargs={"password": sources.password, "max_pixels": sources.max_pixels},
+        fn_kwargs={
+            "password": sources.password,
+            "max_pixels": sources.max_pixels,
+            "drafts": job.drafts,
+        },
         num_cpus=RENDER_CPUS,
     )
     ds = ds.map_batches(

@@ -19,11 +19,14 @@ if TYPE_CHECKING:
 RENDER_CPUS = 0.25
 
 
-def render_row(row: dict[str, Any], password: str | None, max_pixels: int | None) -> dict[str, Any]:
+def render_row(
+    row: dict[str, Any], password: str | None, max_pixels: int | None, drafts: bool = False
+) -> dict[str, Any]:
     """Open a listed page's file, render and blank-check the page (a Ray CPU task).
 
     The page is read by ``reading.read_page``, the reader of one machine, so it carries the
-    same flags (``repaired``, ``type_mismatch``, ``low_dpi``, ...). The result travels as one
+    same flags (``repaired``, ``type_mismatch``, ``low_dpi``, ...) and, with ``drafts`` (the
+    job's ``Job.drafts``), its text layer as the model's draft. The result travels as one
     pickled ``PageItem`` (a PIL image and, if the page could not be read, its error), so the
     page fails alone, as on one machine.
     """
@@ -42,7 +45,7 @@ def render_row(row: dict[str, Any], password: str | None, max_pixels: int | None
         with opened as doc:
             if doc.sha256 != task.sha256:
                 raise InputError(task.source, "changed while the run was listing it", code="input")
-            item = read_page(doc, task.page, source=task.source)
+            item = read_page(doc, task.page, source=task.source, draft=drafts)
     except InputError as e:
         item.error = e
     return {**row, "item": pickle.dumps(item, protocol=pickle.HIGHEST_PROTOCOL)}

@@ -33,7 +33,18 @@ FLAGS = (
     "low_dpi",
 )
 PRECISIONS = ("bf16", "fp16", "4bit", "fp32")
-TIMING_KEYS = ("render_ms", "preprocess_ms", "prefill_ms", "decode_ms", "tokens")
+TIMING_KEYS = (
+    "render_ms",
+    "preprocess_ms",
+    "prefill_ms",
+    "decode_ms",
+    "tokens",
+    "draft_tokens",
+    "accepted_tokens",
+)
+COUNT_KEYS = ("tokens", "draft_tokens", "accepted_tokens")  # integers; the rest milliseconds
+# Timing keys a record written before speculative decoding lacks (read as null).
+LATER_TIMING_KEYS = ("draft_tokens", "accepted_tokens")
 TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"  # what jq's fromdateiso8601 reads
 
 # Every line the writer makes starts with these bytes: the only thing a torn tail may look like.
@@ -61,13 +72,17 @@ class ErrorInfo:
 
 @dataclass(frozen=True)
 class Timings:
-    """Per-page timings in milliseconds (None: the stage did not run) and generated tokens."""
+    """Per-page timings in milliseconds (None: the stage did not run), generated tokens, and
+    of those the draft tokens proposed to the model and accepted by it (speculative decoding;
+    0 and 0 when it did not draft)."""
 
     render_ms: float | None = None
     preprocess_ms: float | None = None
     prefill_ms: float | None = None
     decode_ms: float | None = None
     tokens: int | None = None
+    draft_tokens: int | None = None
+    accepted_tokens: int | None = None
 
 
 @dataclass(frozen=True)
@@ -157,7 +172,7 @@ class PageRecord:
         timings = self.timings
         if isinstance(timings, Mapping):
             timings = Timings(**timings)
-        fix(self, "timings", _floats(timings, ("tokens",)))
+        fix(self, "timings", _floats(timings, COUNT_KEYS))
         if self.render_dpi is not None:
             fix(self, "render_dpi", float(self.render_dpi))
 
@@ -277,10 +292,14 @@ def _is_error(v: Any) -> bool:
 def _is_timings(v: Any) -> bool:
     if isinstance(v, Timings):
         v = dataclasses.asdict(v)
-    if not (isinstance(v, Mapping) and set(v) == set(TIMING_KEYS)):
+    if not isinstance(v, Mapping):
         return False
-    ms_ok = all(v[k] is None or _is_num(v[k]) for k in TIMING_KEYS if k != "tokens")
-    return ms_ok and (v["tokens"] is None or _is_int(v["tokens"]))
+    keys = set(v)
+    if keys != set(TIMING_KEYS) and keys != set(TIMING_KEYS) - set(LATER_TIMING_KEYS):
+        return False
+    ms_ok = all(v[k] is None or _is_num(v[k]) for k in TIMING_KEYS if k not in COUNT_KEYS)
+    counts_ok = all(v.get(k) is None or _is_int(v[k]) for k in COUNT_KEYS)
+    return ms_ok and counts_ok
 
 
 def _is_screening(v: Any) -> bool:
@@ -357,7 +376,9 @@ _CHECKS: dict[str, tuple[Check, str]] = {
     "device": (_is_str, "a non-empty string"),
     "timings": (
         _is_timings,
-        "{" + ", ".join(TIMING_KEYS) + "} with numbers >= 0 or null (tokens an integer)",
+        "{"
+        + ", ".join(TIMING_KEYS)
+        + "} with numbers >= 0 or null (the counts integers; the last two may be absent)",
     ),
     "created_at": (_is_time, "ISO-8601 UTC like 2026-01-31T12:00:00Z"),
     "worker": (_opt(_is_str), "a non-empty string or null (optional)"),
@@ -415,6 +436,9 @@ def _cross_checks(d: Mapping[str, Any]) -> list[str]:
         problems.append('flags: a "blank" page has status "ok" and text ""')
     if d["task"] == "ask" and not d["question"]:
         problems.append('question: required when task is "ask"')
+    drafted, accepted = d["timings"].get("draft_tokens"), d["timings"].get("accepted_tokens")
+    if accepted is not None and (drafted is None or accepted > drafted):
+        problems.append(f"timings: accepted_tokens {accepted} is more than draft_tokens {drafted}")
     return problems
 
 

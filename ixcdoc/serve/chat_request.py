@@ -1,6 +1,7 @@
 """A checked chat.completions body -> the engine's ``ChatRequest``: the server's limits on
 tokens and tier, the images opened (headers only), the tier chosen, then the pixels decoded
-within the shared pixel budget."""
+within the shared pixel budget; the ``ixcdoc`` extension's ``speculate`` and ``draft`` passed
+on as they are (checked and bounded by the schema)."""
 
 from __future__ import annotations
 
@@ -87,4 +88,6 @@ class RequestBuilder:
             temperature=body.temperature if sampling else ChatRequest.temperature,
             top_p=body.top_p if body.top_p is not None else ChatRequest.top_p,
             seed=body.seed,
+            draft=body.ixcdoc.draft,
+            speculate=body.ixcdoc.speculate,
         )

@@ -12,9 +12,10 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ixcdoc.config import MIN_TEMPERATURE
+from ixcdoc.engine.request import check_speculate
 from ixcdoc.errors import UsageError
 from ixcdoc.prompt import DEFAULT_META_INSTRUCTION, IMAGE_PLACEHOLDER
-from ixcdoc.tasks import parse_hd
+from ixcdoc.tasks import DRAFT_CHARS, parse_hd
 from ixcdoc.tokenizer import ROLE_START, TURN_END
 
 
@@ -85,9 +86,22 @@ class StreamOptions(_Lenient):
 
 
 class IxcdocOptions(_Lenient):
-    """The ``ixcdoc`` extension field: the HD tier, ``"auto"`` or a whole number >= 1."""
+    """The ``ixcdoc`` extension field: the HD tier, ``"auto"`` or a whole number >= 1;
+    ``speculate`` ("auto": the model checks drafts, several tokens a step; "off") and the
+    ``draft`` text it may copy from (a page's text layer, at most ``tasks.DRAFT_CHARS``)."""
 
     hd: int | str = "auto"
+    speculate: str = "auto"
+    draft: str | None = Field(default=None, max_length=DRAFT_CHARS)
+
+    @field_validator("speculate")
+    @classmethod
+    def _check_speculate(cls, v: str) -> str:
+        try:
+            check_speculate(v)
+        except UsageError as e:
+            raise ValueError(e.message) from None
+        return v
 
     @field_validator("hd")
     @classmethod

@@ -9,7 +9,7 @@ the key and bounds the body as for every ``/v1`` route.
     DELETE /v1/ixcdoc/documents/ID                forget it
     GET    /v1/ixcdoc/documents/ID/plan?task=&hd= its pages planned for the model served
     GET    /v1/ixcdoc/documents/ID/pages/N.jpg    page N as a JPEG (?max=SIDE)
-    POST   /v1/ixcdoc/documents/ID/runs           {task, question, pages, hd}: a batch run,
+    POST   /v1/ixcdoc/documents/ID/runs           {task, question, pages, hd, speculate}: a run,
                                                   streamed as JSON lines (webrun.py)
     GET    /v1/ixcdoc/documents/ID/records        ?task=&format=jsonl|md: its latest records
 
@@ -61,6 +61,7 @@ class RunBody(BaseModel):
     question: str | None = Field(default=None, max_length=MAX_QUESTION)
     pages: str | None = Field(default=None, max_length=200)
     hd: str | int = "auto"
+    speculate: str = "auto"  # "auto" | "off", as --speculate
 
 
 def _input_error(e: IxcdocError) -> ApiError:
@@ -113,9 +114,9 @@ def page_router(
             )
         return upload
 
-    def job_for(task: str, question: str | None, hd: str | int) -> Job:
+    def job_for(task: str, question: str | None, hd: str | int, speculate: str = "auto") -> Job:
         try:
-            return page_job(task, question, hd, max_tokens)
+            return page_job(task, question, hd, max_tokens, speculate=speculate)
         except IxcdocError as e:
             raise ApiError(400, e.message, code="invalid_request") from None
 
@@ -194,7 +195,7 @@ def page_router(
         from ixcdoc.inputs import select_pages
 
         upload = upload_or_404(doc_id)
-        job = job_for(body.task, body.question, body.hd)
+        job = job_for(body.task, body.question, body.hd, body.speculate)
         try:
             select_pages(body.pages, upload.page_count, source=upload.name)
         except IxcdocError as e:

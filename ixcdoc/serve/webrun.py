@@ -9,7 +9,8 @@ becomes newline-delimited JSON (``PageRun.stream``):
     {"event": "started", "page": 1, "tier": 30}          the model starts on a page
     {"event": "text", "page": 1, "delta": "..."}         generated text, as it comes
     {"event": "progress", "tokens": 120, "elapsed_s": 2.1, "done": 0, "total": 2,
-     "inflight": [{"page": 1, "tier": 30}]}              about every TICK_S seconds
+     "inflight": [{"page": 1, "tier": 30}],
+     "draft_tokens": 90, "accepted_tokens": 55}          about every TICK_S seconds
     {"event": "record", "record": {...}}                 a page's record (records.PageRecord)
     {"event": "note", "message": "..."}                  something the user should know
     {"event": "error", "code": "...", "message": "..."}  the run failed (one line)
@@ -52,10 +53,16 @@ PAGE_TASKS: dict[str, TaskPreset] = {
 
 
 def page_job(
-    task: str, question: str | None = None, hd: str | int = "auto", max_tokens: int | None = None
+    task: str,
+    question: str | None = None,
+    hd: str | int = "auto",
+    max_tokens: int | None = None,
+    *,
+    speculate: str = "auto",
 ) -> Job:
     """The ``Job`` the CLI builds for the same command (``ixcdoc ask|extract|chart [--table]``),
-    with the server's ``--max-tokens`` as the generation limit when it is lower."""
+    with the server's ``--max-tokens`` as the generation limit when it is lower. Its pages draft
+    from their text layer as the CLI's do (``speculate`` "auto")."""
     from ixcdoc.pagerun import Job
 
     preset = PAGE_TASKS.get(task)
@@ -70,8 +77,16 @@ def page_job(
         if len(q) > MAX_QUESTION:
             raise UsageError(f"the question is over {MAX_QUESTION} characters")
         # `ixcdoc ask`'s defaults: the question is the prompt; --top-k 1 (the best page).
-        return Job(ASK, prompt=q, question=q, hd=tier, max_new_tokens=limit, top_k=1)
-    return Job(preset, preset.prompt, hd=tier, max_new_tokens=limit)
+        return Job(
+            ASK,
+            prompt=q,
+            question=q,
+            hd=tier,
+            max_new_tokens=limit,
+            top_k=1,
+            speculate=speculate,
+        )
+    return Job(preset, preset.prompt, hd=tier, max_new_tokens=limit, speculate=speculate)
 
 
 class PageEvents(Events):
@@ -92,6 +107,8 @@ class PageEvents(Events):
         self.tokens = 0
         self.total = 0
         self.done = 0
+        self.drafted = 0  # draft tokens the finished pages proposed (speculative decoding)
+        self.accepted = 0  # of those, the ones the model accepted
         self.inflight: dict[int | None, int] = {}
 
     def note(self, message: str) -> None:
@@ -130,10 +147,13 @@ class PageEvents(Events):
         with self._lock:
             self.inflight.pop(rec.page, None)
             self.done += 1
+            self.drafted += rec.timings.draft_tokens or 0
+            self.accepted += rec.timings.accepted_tokens or 0
         self.emit({"event": "record", "record": rec.to_dict()})
 
     def progress(self) -> dict[str, Any]:
-        """The run's counts now: tokens, seconds, pages done of the total, pages in flight."""
+        """The run's counts now: tokens, seconds, pages done of the total, pages in flight, and
+        the draft tokens the finished pages proposed and the model accepted."""
         with self._lock:
             return {
                 "event": "progress",
@@ -142,6 +162,8 @@ class PageEvents(Events):
                 "done": self.done,
                 "total": self.total,
                 "inflight": [{"page": p, "tier": t} for p, t in self.inflight.items()],
+                "draft_tokens": self.drafted,
+                "accepted_tokens": self.accepted,
             }
 
 

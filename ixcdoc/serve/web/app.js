@@ -144,6 +144,13 @@
     say("error: " + text, "error");
   }
 
+  // The share of the draft tokens the model accepted (speculative decoding), floored as the
+  // CLI's summary line floors it: "drafts accepted 61% (3,402 of 5,577 tokens)".
+  function draftsAccepted(accepted, drafted) {
+    const share = Math.floor((100 * accepted) / drafted);
+    return `drafts accepted ${share}% (${num(accepted)} of ${num(drafted)} tokens)`;
+  }
+
   function runLine(run) {
     const elapsed = run.elapsed_s !== undefined ? run.elapsed_s * 1000 : performance.now() - run.t0;
     const rate = elapsed > 0 ? (run.tokens / (elapsed / 1000)).toFixed(1) : "0.0";
@@ -167,6 +174,7 @@
       }
     }
     parts.push(`${num(run.tokens)} tokens`, `${rate} tok/s`);
+    if (run.draft_tokens) parts.push(draftsAccepted(run.accepted_tokens, run.draft_tokens));
     return parts.join(" · ");
   }
 
@@ -486,6 +494,7 @@
     const parts = [`HD${rec.tier}` + (rec.grid ? ` ${rec.grid[0]}×${rec.grid[1]}` : "")];
     if (rec.image_tokens) parts.push(`${num(rec.image_tokens)} image tokens`);
     if (t.tokens !== null && t.tokens !== undefined) parts.push(`${num(t.tokens)} tokens`);
+    if (t.draft_tokens) parts.push(draftsAccepted(t.accepted_tokens, t.draft_tokens));
     if (t.prefill_ms) parts.push(`prefill ${secs(t.prefill_ms)}`);
     if (t.decode_ms) parts.push(`decode ${secs(t.decode_ms)}`);
     parts.push("flags: " + (rec.flags.length ? rec.flags.join(", ") : "none"));
@@ -614,7 +623,8 @@
       slot(run, ev.page).text += ev.delta;
     } else if (ev.event === "progress") {
       Object.assign(run, { tokens: ev.tokens, elapsed_s: ev.elapsed_s, done: ev.done,
-                           total: Math.max(run.total, ev.total), inflight: ev.inflight });
+                           total: Math.max(run.total, ev.total), inflight: ev.inflight,
+                           draft_tokens: ev.draft_tokens, accepted_tokens: ev.accepted_tokens });
     } else if (ev.event === "record") {
       const rec = ev.record;
       if (rec.page === null) {
