@@ -20,6 +20,12 @@ class Answer:
     truncated: bool = False
     timings: dict[str, float] = field(default_factory=dict)
     stop_detail: str | None = None
+    # Speculative decoding (docs/architecture.md): tokens in the tokenized draft text, and the
+    # proposed tokens the model accepted, i.e. produced without a decode step of their own.
+    # accepted_tokens counts proposals from the draft text and from the answer's own earlier
+    # output alike (both are verified the same way); 0 when nothing was speculated.
+    draft_tokens: int = 0
+    accepted_tokens: int = 0
 
     @property
     def grid(self) -> tuple[int, int] | None:

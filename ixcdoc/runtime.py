@@ -30,7 +30,7 @@ from ixcdoc.engine.prompts import (
     part_pixels,
     prompt_parts,
 )
-from ixcdoc.engine.request import DEFAULT_HD
+from ixcdoc.engine.request import DEFAULT_HD, check_speculate
 from ixcdoc.errors import DeviceError, UsageError, WeightsError
 from ixcdoc.generate import (
     GenerationResult,
@@ -339,6 +339,8 @@ class DocModel:
         should_stop: ShouldStop | None = None,
         seed: int | None = None,
         num_beams: int = 1,
+        draft: str | None = None,
+        speculate: str = "auto",
     ) -> Answer:
         """Answer ``query`` about ``images`` (one ``<ImageHere>`` per image; prepended if absent).
 
@@ -346,7 +348,10 @@ class DocModel:
         stops. Stops at EOS or ``[UNUSED_TOKEN_145]`` (neither is part of the answer).
         ``num_beams`` > 1: beam search on the batched engine (a one-request ``chat_batch``);
         ``on_token`` then sees the chosen answer's tokens once it is chosen and
-        ``should_stop`` is not consulted.
+        ``should_stop`` is not consulted. ``draft``: text the answer likely copies (a page's
+        text layer); with ``speculate="auto"`` the request runs on a one-request engine that
+        verifies the draft's proposals exactly (the answer is the same, ``Answer.
+        accepted_tokens`` says how many were free). Without a draft: the batch-1 loop.
         """
         options = {
             "max_new_tokens": max_new_tokens,
@@ -360,7 +365,8 @@ class DocModel:
             cfg = SamplingConfig(**options)
         except ValueError as e:
             raise UsageError(str(e)) from None
-        if num_beams != 1:
+        check_speculate(speculate)
+        if num_beams != 1 or (draft is not None and speculate != "off"):
             from ixcdoc.engine.request import ChatRequest
 
             try:
@@ -371,12 +377,16 @@ class DocModel:
                     meta_instruction=meta_instruction,
                     seed=seed,
                     num_beams=num_beams,
+                    draft=draft,
+                    speculate=speculate,
                     **options,
                 )
             except ValueError as e:
                 raise UsageError(str(e)) from None
             with self.owning_cache("chat"):  # the engine rebuilds the cache for the beams
-                [answer] = self._run_engine([req], num_beams, on_token=on_token)
+                [answer] = self._run_engine(
+                    [req], num_beams, on_token=on_token, should_stop=should_stop
+                )
             if isinstance(answer, BaseException):
                 raise answer
             return answer
@@ -537,6 +547,7 @@ class DocModel:
         n: int,
         *,
         on_token: OnToken | None = None,
+        should_stop: ShouldStop | None = None,
         logits_hook: Any = None,
     ) -> list[Any]:
         """Run ``requests`` on an engine of up to ``n`` sequences; answers or errors in order."""
@@ -549,7 +560,7 @@ class DocModel:
         max_len = slot_positions(need, self.config.max_position_embeddings)
         eng = self.engine(n_slots=n_slots, max_len=max_len, logits_hook=logits_hook)
         try:
-            handles = [eng.submit(r, on_token=on_token) for r in requests]
+            handles = [eng.submit(r, on_token=on_token, should_stop=should_stop) for r in requests]
             while not eng.idle:
                 done = sum(h.done for h in handles)
                 try:

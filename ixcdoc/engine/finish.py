@@ -118,6 +118,8 @@ def complete(seq: Sequence, tokenizer: Tokenizer) -> None:
         truncated=seq.truncated,
         timings=timings,
         stop_detail=seq.detail,
+        draft_tokens=seq.draft_tokens,
+        accepted_tokens=seq.accepted,
     )
     error = seq.handle.error
     seq.handle._finish(None if error else answer, error)

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ixcdoc.config import SamplingConfig
+from ixcdoc.errors import UsageError
 from ixcdoc.prompt import DEFAULT_META_INSTRUCTION
 
 if TYPE_CHECKING:
@@ -18,6 +19,13 @@ if TYPE_CHECKING:
 
 DEFAULT_HD = 25  # upstream model.chat's hd_num default (DocModel.chat reads it from here)
 _S = SamplingConfig()  # the decoding defaults
+SPECULATE_MODES = ("auto", "off")  # ChatRequest.speculate, --speculate
+
+
+def check_speculate(mode: object) -> None:
+    """UsageError (one line) unless ``mode`` is one of ``SPECULATE_MODES``."""
+    if mode not in SPECULATE_MODES:
+        raise UsageError(f"speculate must be one of {', '.join(SPECULATE_MODES)}, got {mode!r}")
 
 
 @dataclass
@@ -36,6 +44,11 @@ class ChatRequest:
     repetition_penalty: float = _S.repetition_penalty
     seed: int | None = None
     num_beams: int = 1
+    # Text the answer is likely to copy (a page's text layer): the engine tokenizes it with
+    # the model's tokenizer (no BOS) and proposes its continuations, verified exactly
+    # (docs/architecture.md, Speculative decoding). None: proposals from the own output only.
+    draft: str | None = field(default=None, repr=False)
+    speculate: str = "auto"  # "auto": speculate where it pays (greedy rows); "off": never
     tag: Any = field(default=None, compare=False)  # the caller's own label, returned untouched
 
     def __post_init__(self) -> None:
@@ -43,6 +56,9 @@ class ChatRequest:
             raise ValueError("num_beams must be >= 1")
         if self.num_beams > 1 and self.do_sample:
             raise ValueError("beam search is deterministic: num_beams > 1 needs do_sample=False")
+        check_speculate(self.speculate)
+        if self.draft is not None and not isinstance(self.draft, str):
+            raise UsageError(f"draft must be text or None, got {type(self.draft).__name__}")
 
     def chat_options(self) -> dict[str, Any]:
         """The keyword options of ``DocModel.chat(images, query, **options)``."""
@@ -57,4 +73,6 @@ class ChatRequest:
             "repetition_penalty": self.repetition_penalty,
             "seed": self.seed,
             "num_beams": self.num_beams,
+            "draft": self.draft,
+            "speculate": self.speculate,
         }

@@ -83,6 +83,9 @@ class Sequence:
     detail: str | None = None
     timings: dict[str, float] = field(default_factory=dict)
     t_prefilled: float = 0.0
+    # speculation (``Answer.draft_tokens`` / ``accepted_tokens``)
+    draft_tokens: int = 0
+    accepted: int = 0
 
     @property
     def request(self) -> ChatRequest:
