@@ -134,3 +134,78 @@ def test_chat_and_the_engine_record_failures_by_the_same_rule(
     assert b.flags == () and b.tier is not None
     assert c.status == "ok" and c.flags == ()
     assert (stats.ok, stats.failed, stats.batch_size) == (1, 2, batch_size)
+
+
+def _spy_drafts(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str | None, str]]:
+    """Every page's (draft, speculate) as it reaches the model, on both paths (the real
+    generation runs unchanged)."""
+    seen: list[tuple[str | None, str]] = []
+    chat, engine = DocModel.chat, DocModel.engine
+
+    def spying_chat(self, images, prompt, **kw):  # type: ignore[no-untyped-def]
+        seen.append((kw["draft"], kw["speculate"]))
+        return chat(self, images, prompt, **kw)
+
+    def hook(request) -> None:  # type: ignore[no-untyped-def]
+        seen.append((request.draft, request.speculate))
+
+    def spying_engine(self, **kw):  # type: ignore[no-untyped-def]
+        return engine(self, fault_hook=hook, **kw)
+
+    monkeypatch.setattr(DocModel, "chat", spying_chat)
+    monkeypatch.setattr(DocModel, "engine", spying_engine)
+    return seen
+
+
+@pytest.mark.parametrize("batch_size", [1, 3])
+def test_a_page_drafts_from_its_text_layer_and_off_sends_no_draft(
+    model: DocModel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, batch_size: int
+) -> None:
+    """On chat and on the engine: a PDF page sends its text layer as the draft, a scan none;
+    ``--speculate off`` sends none at all and writes the same records, drafts counted 0."""
+    from tests.cli.helpers import text_pdf
+
+    folder = tmp_path / "in"
+    text_pdf(folder / "a.pdf", ["Invoice 0042 total 12.50"])
+    _png(folder / "b.png", (300, 200))
+    seen = _spy_drafts(monkeypatch)
+    runs, sent = {}, {}
+    for mode in ("auto", "off"):
+        out = tmp_path / f"{mode}.jsonl"
+        job = Job(EXTRACT, EXTRACT.prompt, max_new_tokens=4, speculate=mode)
+        run(job, Sources([str(folder)]), model=model, output=out, batch_size=batch_size)
+        runs[mode] = {Path(r.source).name: r for r in latest_records(out)}
+        # chat with a draft runs on a one-request engine: the same request seen twice
+        sent[mode] = set(seen)
+        seen.clear()
+    with open_document(folder / "a.pdf") as doc:
+        text = doc.page_text(1)
+    assert sent == {"auto": {(None, "auto"), (text, "auto")}, "off": {(None, "off")}}
+    for name in ("a.pdf", "b.png"):
+        on, off = runs["auto"][name], runs["off"][name]
+        assert off.timings.draft_tokens == off.timings.accepted_tokens == 0
+        assert on.timings.draft_tokens is not None and on.timings.accepted_tokens is not None
+        assert 0 <= on.timings.accepted_tokens <= on.timings.draft_tokens
+        assert (on.text, on.timings.tokens, on.tier) == (off.text, off.timings.tokens, off.tier)
+
+
+def test_a_records_draft_counts_are_the_answers(model: DocModel, tmp_path: Path) -> None:
+    from ixcdoc.answer import Answer
+    from ixcdoc.guards import RepetitionGuard
+
+    runner = PageRunner.loaded(AUTO, model)
+    item = _page(_png(tmp_path / "a.png", (300, 200)))
+    ans = Answer("a b", [5, 6, 7], "stop_token", 6, [(2, 3)], 100, 120)
+    ans.draft_tokens, ans.accepted_tokens = 9, 4
+    rec = runner.answered(item, ans, RepetitionGuard(), [])
+    assert (rec.timings.tokens, rec.timings.draft_tokens, rec.timings.accepted_tokens) == (3, 9, 4)
+
+
+def test_a_job_drafts_only_when_speculating_with_one_beam() -> None:
+    from ixcdoc.errors import UsageError
+
+    assert AUTO.speculate == "auto" and AUTO.drafts
+    assert not Job(EXTRACT, EXTRACT.prompt, speculate="off").drafts
+    assert not Job(EXTRACT, EXTRACT.prompt, num_beams=3).drafts
+    with pytest.raises(UsageError, match="speculate must be one of auto, off, got 'on'"):
+        Job(EXTRACT, EXTRACT.prompt, speculate="on")

@@ -147,6 +147,45 @@ def test_the_reader_without_rendering_hands_over_what_the_feeder_needs(folder: P
     assert page.origin == folder / "b.pdf"
 
 
+def test_a_page_with_a_text_layer_carries_it_as_the_draft_when_asked(folder: Path) -> None:
+    """The draft is the page's text layer as ``page_text`` reads it, rendered or not; a page
+    without one (page 2, an image) has none, and a job that does not draft reads none."""
+    with open_document(folder / "b.pdf") as doc:
+        text = doc.page_text(1)
+        assert "page one" in text
+        assert read_page(doc, 1, draft=True).draft == text
+        assert read_page(doc, 1, render=False, draft=True).draft == text
+        assert read_page(doc, 2, draft=True).draft is None
+        assert read_page(doc, 2, render=False, draft=True).draft is None
+        assert read_page(doc, 1).draft is None
+    with open_document(folder / "a.png") as doc:
+        assert read_page(doc, 1, draft=True).draft is None
+    items = read_pages(Sources([str(folder / "b.pdf")]), drafts=True)
+    drafts = [(it.page, it.draft) for it in items if isinstance(it, PageItem)]
+    assert [(p, d is not None and "page" in d) for p, d in drafts] == [
+        (1, True),
+        (2, False),
+        (3, True),
+    ]
+
+
+def test_a_huge_text_layer_is_cut_to_the_draft_limit(tmp_path: Path) -> None:
+    import pymupdf
+
+    from ixcdoc.tasks import DRAFT_CHARS
+
+    # A page whose text layer is far longer than any transcription: 400 rows of 1-pt text.
+    pdf = pymupdf.open()
+    rows = "\n".join(f"{i:04d} " + "0123456789 " * 24 for i in range(400))
+    pdf.new_page(width=400, height=400).insert_text((2, 2), rows, fontsize=1)
+    pdf.save(tmp_path / "huge.pdf")
+    with open_document(tmp_path / "huge.pdf") as doc:
+        text = doc.page_text(1)
+        draft = read_page(doc, 1, draft=True).draft
+    assert len(text) > DRAFT_CHARS
+    assert draft == text[:DRAFT_CHARS]
+
+
 def test_the_tier_plan_applies_only_once_set_and_only_to_pages_the_model_reads(
     folder: Path,
 ) -> None:

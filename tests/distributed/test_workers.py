@@ -47,7 +47,7 @@ def _tiny_text_pdf(path: Path) -> Path:
 
 def test_the_render_task_reads_a_page_as_one_machine_does(tmp_path: Path) -> None:
     """Ray records carry the flags one machine writes: the render task reads each page with
-    the reader of ``read_pages``, so its PageItem is the same, flags included."""
+    the reader of ``read_pages``, so its PageItem is the same, flags and draft included."""
     folder = tmp_path / "docs"
     folder.mkdir()
     _damaged_pdf(folder / "damaged.pdf")
@@ -56,10 +56,14 @@ def test_the_render_task_reads_a_page_as_one_machine_does(tmp_path: Path) -> Non
     limit = 100_000
     local = [
         it
-        for it in read_pages(Sources([str(folder)], max_pixels=limit))
+        for it in read_pages(Sources([str(folder)], max_pixels=limit), drafts=True)
         if isinstance(it, PageItem)
     ]
     assert sorted(f for it in local for f in it.flags) == ["low_dpi", "repaired", "type_mismatch"]
+    assert sorted(Path(it.source).name for it in local if it.draft) == [
+        "damaged.pdf",
+        "tiny-text.pdf",
+    ]
     for it in local:
         row = {
             "source": it.source,
@@ -68,8 +72,9 @@ def test_the_render_task_reads_a_page_as_one_machine_does(tmp_path: Path) -> Non
             "page": it.page,
             "page_count": it.page_count,
         }
-        remote = pickle.loads(render_row(row, None, limit)["item"])
+        remote = pickle.loads(render_row(row, None, limit, drafts=True)["item"])
         assert remote.flags == it.flags and remote.blank == it.blank and remote.error is None
+        assert remote.draft == it.draft
         assert dataclasses.astuple(remote.rendered.info) == dataclasses.astuple(it.rendered.info)
 
 
