@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from rich.cells import cell_len
 
-from ixcdoc.cli.progress import RunProgress, clock, pack
+from ixcdoc.cli.progress import RunProgress, clock, drafts_accepted, pack
 
 
 class Clock:
@@ -79,9 +79,10 @@ def test_no_line_is_wider_than_the_screen(width: int) -> None:
     c.t += 3725
     for _ in range(123456):
         p.token(3)
-    p.end(0, 500)
+    p.end(0, 500, 4321, 1234)
     lines = p.lines(width)
     assert all(cell_len(line) <= width for line in lines), lines
+    assert any("drafts accepted 28%" in line for line in lines)
     assert any("1/1234 pages" in line for line in lines)
     assert any(line.startswith("running 39") for line in lines)
     assert any("123,456 tokens" in line for line in lines)
@@ -108,3 +109,33 @@ def test_clock() -> None:
         "1:00:00",
         "1:02:05",
     ]
+
+
+def test_the_drafts_acceptance_is_summed_over_the_pages_the_model_finished() -> None:
+    p, c = _run(total=4)
+    p.start(1, "a.pdf p1")
+    c.t += 10
+    for _ in range(20):
+        p.token(1)
+    p.end(1, 20, 30, 12)
+    p.end(2, None)  # blank: no model work, nothing drafted
+    p.end(3, 5, 7, 7)
+    assert (p.drafted, p.accepted) == (37, 19)
+    # 19 of 37 is 51.4%: floored, so 100% only when every draft token was accepted
+    assert p.summary().endswith(", drafts accepted 51% (19 of 37 tokens)")
+    assert "drafts accepted 51%" in p.lines(80)[-1]
+
+
+def test_no_draft_no_acceptance() -> None:
+    p, c = _run(total=2)
+    p.start(1, "a.pdf p1")
+    c.t += 4
+    p.token(1)
+    p.end(1, 1, 0, 0)  # --speculate off: the record says 0 and 0
+    assert "drafts" not in p.summary() and not any("drafts" in x for x in p.lines(80))
+
+
+def test_drafts_accepted_floors_the_share() -> None:
+    assert drafts_accepted(3402, 5577) == "drafts accepted 61%"
+    assert drafts_accepted(999, 1000) == "drafts accepted 99%"
+    assert drafts_accepted(7, 7) == "drafts accepted 100%"

@@ -75,6 +75,14 @@ def test_malformed_json_is_400(http: httpx.Client) -> None:
         ({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 0}, "max_tokens"),
         ({"messages": [{"role": "user", "content": "hi"}], "ixcdoc": {"hd": "huge"}}, "ixcdoc.hd"),
         ({"messages": [{"role": "user", "content": "hi"}], "seed": 10**30}, "seed"),
+        (
+            {"messages": [{"role": "user", "content": "hi"}], "ixcdoc": {"speculate": "on"}},
+            "ixcdoc.speculate",
+        ),
+        (
+            {"messages": [{"role": "user", "content": "hi"}], "ixcdoc": {"draft": 42}},
+            "ixcdoc.draft",
+        ),
     ],
 )
 def test_schema_errors_are_400_naming_the_field(
@@ -82,6 +90,37 @@ def test_schema_errors_are_400_naming_the_field(
 ) -> None:
     err = _error(http.post(CHAT, json=body, headers=AUTH), 400, "invalid_request")
     assert err["param"] is not None and err["param"].startswith(param)
+
+
+def test_a_draft_over_the_limit_is_one_line_400(http: httpx.Client) -> None:
+    from ixcdoc.tasks import DRAFT_CHARS
+
+    body = chat_body("hi", ixcdoc={"draft": "x" * (DRAFT_CHARS + 1)})
+    err = _error(http.post(CHAT, json=body, headers=AUTH), 400, "invalid_request")
+    assert err["param"] == "ixcdoc.draft"
+    assert err["message"] == f"ixcdoc.draft: String should have at most {DRAFT_CHARS} characters"
+    body = chat_body("hi", ixcdoc={"speculate": "on"})
+    err = _error(http.post(CHAT, json=body, headers=AUTH), 400, "invalid_request")
+    assert err["param"] == "ixcdoc.speculate"
+    assert err["message"].endswith("speculate must be one of auto, off, got 'on'")
+
+
+def test_the_draft_and_speculate_reach_the_engines_request(tiny: Any) -> None:
+    seen: list[tuple[str | None, str]] = []
+
+    class Recording(ProbeEngineBackend):
+        def _before_prefill(self, request: Any) -> None:
+            seen.append((request.draft, request.speculate))
+
+    backend = Recording(tiny, n_slots=2, max_len=512)
+    with (
+        live_server(create_app(tiny, backend=backend)) as url,
+        httpx.Client(base_url=url, timeout=TIMEOUT) as http,
+    ):
+        for extension in ({"draft": "Total 42.00", "speculate": "off"}, {}):
+            body = chat_body("hi", ixcdoc={"hd": 4, **extension})
+            assert http.post(CHAT, json=body).status_code == 200
+    assert seen == [("Total 42.00", "off"), (None, "auto")]
 
 
 def test_json_nested_too_deeply_is_400(http: httpx.Client) -> None:

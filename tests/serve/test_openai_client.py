@@ -175,3 +175,24 @@ def test_a_pdf_reads_its_first_page_as_image_url_or_file_part(client: Any, twin:
         )
         assert r.choices[0].message.content == want.text
         assert r.model_extra["ixcdoc"]["grids"] == [list(want.grid)]
+
+
+@pytest.mark.parametrize("speculate", ["auto", "off"])
+def test_a_draft_in_extra_body_gives_the_library_answer(
+    client: Any, twin: Any, speculate: str
+) -> None:
+    """``extra_body={"ixcdoc": {"draft": ..., "speculate": ...}}``: the answer ``chat`` gives
+    with the same draft (the same as without one: drafts are verified exactly)."""
+    png, page = _page()
+    draft = "Invoice total: 42.00"
+    want = twin.chat(
+        [page], "What is the total?", hd=4, max_new_tokens=6, draft=draft, speculate=speculate
+    )
+    r = client.chat.completions.create(
+        model="ixc-tiny",
+        messages=[user_message("What is the total?", data_url(png))],
+        max_tokens=6,
+        extra_body={"ixcdoc": {"hd": 4, "draft": draft, "speculate": speculate}},
+    )
+    assert r.choices[0].message.content == want.text
+    assert r.usage.completion_tokens == len(want.token_ids)

@@ -262,6 +262,11 @@ def test_a_transcription_streams_and_is_extracts_record(
     assert events[-1] == {"event": "done", "ok": 1, "failed": 0, "blank": 0, "pages": 1}
     last = [e for e in events if e["event"] == "progress"][-1]
     assert (last["tokens"], last["done"], last["total"]) == (rec["timings"]["tokens"], 1, 1)
+    t = rec["timings"]  # the drafts' counts of the finished pages, as their records say
+    assert (last["draft_tokens"], last["accepted_tokens"]) == (
+        t["draft_tokens"],
+        t["accepted_tokens"],
+    )
     # It went through the server's backend: the engine answered the extract prompt.
     assert probe.answers[EXTRACT.prompt].text.strip() == rec["text"]
     monkeypatch.chdir(SAMPLES)  # so that the CLI names the file as the browser did
@@ -366,6 +371,15 @@ def test_a_bad_page_range_is_400_before_anything_runs(http: httpx.Client) -> Non
     assert (r.status_code, r.json()["error"]["code"]) == (400, "page_out_of_range")
     r = http.post(f"{DOCS}/{doc['id']}/runs", json={"task": "extract", "extra": 1})
     assert r.status_code == 400
+    r = http.post(f"{DOCS}/{doc['id']}/runs", json={"task": "extract", "speculate": "on"})
+    assert (r.status_code, r.json()["error"]["code"]) == (400, "invalid_request")
+    assert r.json()["error"]["message"] == "speculate must be one of auto, off, got 'on'"
+
+
+def test_a_run_with_speculation_off_drafts_nothing(http: httpx.Client) -> None:
+    doc = upload(http, SAMPLES / "paper.pdf")
+    (rec,) = records(run(http, doc["id"], task="extract", pages="1", speculate="off"))
+    assert (rec["timings"]["draft_tokens"], rec["timings"]["accepted_tokens"]) == (0, 0)
 
 
 def test_one_request_at_a_time_runs_the_page_through_chat(
