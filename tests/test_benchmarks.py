@@ -103,3 +103,22 @@ def test_serve_backends_benchmark_runs_and_the_one_slot_engine_answers_as_chat(
     data = run_benchmark("serve_backends.py", tmp_path, *args)
     assert [r["backend"] for r in data["rows"]] == ["Backend (chat)", "EngineBackend, 1 slot"]
     assert all(r["same"] == 3 for r in data["rows"])
+
+
+def test_drafts_benchmark_measures_a_pdf_end_to_end(tmp_path: Path) -> None:
+    import pytest
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from drafts import REAL_TOKENIZER  # type: ignore[import-not-found]
+
+    if not (REAL_TOKENIZER / "tokenizer.model").is_file():
+        pytest.skip(f"no real tokenizer at {REAL_TOKENIZER} (IXCDOC_REAL_TOKENIZER)")
+    data = run_benchmark("drafts.py", tmp_path, "samples/paper.pdf", "--max-new-tokens", "3")
+    (row,) = data["rows"]
+    assert (row["document"], row["pages"], row["text_pages"]) == ("paper.pdf", 2, 2)
+    assert len(row["draft_tokens_per_page"]) == 2 and min(row["draft_tokens_per_page"]) > 100
+    assert row["kept_chars"] == row["text_chars"] > 0  # no page over the draft limit
+    assert 0 < row["oracle_accepted"] <= row["oracle_proposed"]
+    assert row["oracle_steps"] < row["oracle_tokens"]  # drafts save steps on a copied page
+    e2e = row["tiny_e2e"]
+    assert e2e["pages"] == 2 and 0 <= e2e["accepted_tokens"] <= e2e["draft_tokens"]
