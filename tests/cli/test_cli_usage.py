@@ -92,6 +92,8 @@ def test_no_arguments_shows_help_and_exits_2(tmp_path: Path) -> None:
         (["plan", "page.png", "--pages", "0"], "--pages"),
         (["extract", "page.png", "--max-new-tokens", "0"], "--max-new-tokens"),
         (["extract", "page.png", "--quant", "8bit"], "--quant"),
+        (["extract", "page.png", "--speculate", "on"], "--speculate"),
+        (["ask", "page.png", "what?", "--speculate", "yes"], "use auto or off, got 'yes'"),
         (["extract", "page.png", "--redo-failed"], "--redo-failed needs -o"),
         (["tiers", "--aspect", "wide"], "--aspect"),
         (["frobnicate"], "frobnicate"),

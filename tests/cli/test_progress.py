@@ -139,3 +139,13 @@ def test_drafts_accepted_floors_the_share() -> None:
     assert drafts_accepted(3402, 5577) == "drafts accepted 61%"
     assert drafts_accepted(999, 1000) == "drafts accepted 99%"
     assert drafts_accepted(7, 7) == "drafts accepted 100%"
+
+
+def test_the_note_under_a_page_gives_its_drafts_acceptance() -> None:
+    from ixcdoc.cli.display import page_note
+    from tests.test_records import make
+
+    rec = make()  # 120 tokens in 2 s; 61 of 90 draft tokens accepted
+    assert page_note(rec).endswith(", 120 tokens, 60.0 tok/s, drafts accepted 67%)")
+    off = make(timings={**make().to_dict()["timings"], "draft_tokens": 0, "accepted_tokens": 0})
+    assert page_note(off).endswith(", 120 tokens, 60.0 tok/s)")
