@@ -76,6 +76,14 @@ def walk_pages(page: Any, records: list[PageRecord]) -> None:
         expect(page.locator("#records .record-facts").first).to_contain_text(
             f"HD{rec.tier} {rec.grid[0]}×{rec.grid[1]}"
         )
+        # speculative decoding: the share of the page's draft tokens the model accepted
+        drafted, accepted = rec.timings.draft_tokens or 0, rec.timings.accepted_tokens or 0
+        facts = page.locator("#records .record-facts").first
+        if drafted:
+            share = f"drafts accepted {100 * accepted // drafted}%"
+            expect(facts).to_contain_text(f"{share} ({accepted:,} of {drafted:,} tokens)")
+        else:
+            expect(facts).not_to_contain_text("drafts")
 
 
 def test_the_html_file_shows_every_page_and_fetches_nothing(
@@ -96,6 +104,7 @@ def test_the_html_file_shows_every_page_and_fetches_nothing(
 
     page.route("**/*", only_the_file)
     page.goto(me)
+    assert any(r.timings.draft_tokens for r in run_records)  # paper.pdf drafts from its text
     walk_pages(page, run_records)
     expect(page.locator("#docs .file-errors")).to_have_text(
         "failed (corrupt): broken.pdf: named .pdf but the content is not PDF (looks like text)"
