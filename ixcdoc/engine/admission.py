@@ -20,9 +20,11 @@ import torch
 
 from ixcdoc.engine import finish
 from ixcdoc.engine.beam import BeamSearch
+from ixcdoc.engine.draft import Proposer
 from ixcdoc.engine.finish import is_oom, oom_error
 from ixcdoc.engine.prefix import Key, prefix_key
 from ixcdoc.engine.prompts import Part, embed_parts, part_grids, part_pixels, prompt_parts
+from ixcdoc.engine.speculate import SeqSpec
 from ixcdoc.errors import UsageError
 from ixcdoc.generate import MAX_LENGTH, MAX_NEW_TOKENS, choose_token
 
@@ -205,6 +207,19 @@ class Admission:
             except Exception as e:  # its sampling failed (NaN probabilities, say): it alone
                 self._fail_alone(p.seq, e)
 
+    def _speculation(self: Engine, seq: Sequence) -> None:
+        """Tokenize ``seq``'s draft text (no BOS; token ids are taken as they are) and, for a
+        greedy unpenalised request that did not turn speculation off, give it a proposer over
+        the draft and its own output."""
+        req, cfg = seq.request, seq.config
+        draft = req.draft or []
+        if isinstance(draft, str):
+            draft = self.loaded.tokenizer.encode(draft, bos=False)
+        seq.draft_tokens = len(draft)
+        if req.speculate == "off" or cfg.do_sample or cfg.repetition_penalty != 1.0:
+            return
+        seq.spec = SeqSpec(Proposer(draft))
+
     def _first_token(self: Engine, seq: Sequence, logits: torch.Tensor, t0: float) -> None:
         """The prefill's logits [V] of ``seq``: its first token, or the first beam step."""
         req, cfg = seq.request, seq.config
@@ -218,6 +233,7 @@ class Admission:
         else:
             if cfg.repetition_penalty != 1.0:
                 seq.generated = torch.empty(seq.budget, dtype=torch.long, device=self.runner.device)
+            self._speculation(seq)
             tok = int(choose_token(logits, seq.history, cfg, seq.generator))
             finish.accept(seq, tok, self.stop_ids)
         self.runner.sync()

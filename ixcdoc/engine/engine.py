@@ -33,6 +33,7 @@ from ixcdoc.engine.runner import ModelRunner
 from ixcdoc.engine.scheduler import Scheduler
 from ixcdoc.engine.sequence import Handle, OnDone, Sequence
 from ixcdoc.engine.slots import SlotTable
+from ixcdoc.engine.speculate import StepCost
 from ixcdoc.errors import IxcdocError, UsageError
 from ixcdoc.generate import OnToken, ShouldStop, seeded_generator
 from ixcdoc.vram import VISION_BATCH_TILES  # one HD55 page: 55 crops + the global view
@@ -86,6 +87,8 @@ class Engine(Admission, Decoding):
         self._stop = threading.Event()
         self._closed = False
         self.steps = 0  # decode forwards run
+        self.costs = StepCost(cuda=self.runner.device.type == "cuda")  # speculation's k
+        self._t_read = 0.0  # when the last step's tokens reached the host
         # After a decode step ran out of memory: decode only rows 0..row_cap-1 (a power of
         # two, a captured step's own bucket) until the batch empties; sequences above it wait.
         self.row_cap: int | None = None

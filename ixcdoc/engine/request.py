@@ -46,8 +46,9 @@ class ChatRequest:
     num_beams: int = 1
     # Text the answer is likely to copy (a page's text layer): the engine tokenizes it with
     # the model's tokenizer (no BOS) and proposes its continuations, verified exactly
-    # (docs/architecture.md, Speculative decoding). None: proposals from the own output only.
-    draft: str | None = field(default=None, repr=False)
+    # (docs/architecture.md, Speculative decoding); or token ids of that tokenizer, used as
+    # they are. None: proposals from the own output only.
+    draft: str | Sequence[int] | None = field(default=None, repr=False)
     speculate: str = "auto"  # "auto": speculate where it pays (greedy rows); "off": never
     tag: Any = field(default=None, compare=False)  # the caller's own label, returned untouched
 
@@ -57,8 +58,9 @@ class ChatRequest:
         if self.num_beams > 1 and self.do_sample:
             raise ValueError("beam search is deterministic: num_beams > 1 needs do_sample=False")
         check_speculate(self.speculate)
-        if self.draft is not None and not isinstance(self.draft, str):
-            raise UsageError(f"draft must be text or None, got {type(self.draft).__name__}")
+        d = self.draft
+        if not (d is None or isinstance(d, str) or all(type(t) is int for t in d)):
+            raise UsageError("draft must be text, token ids or None")
 
     def chat_options(self) -> dict[str, Any]:
         """The keyword options of ``DocModel.chat(images, query, **options)``."""

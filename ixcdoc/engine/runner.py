@@ -235,6 +235,22 @@ class ModelRunner:
             torch.compiler.cudagraph_mark_step_begin()
         return fn(self.net, idt.view(n, 1), pos.view(n, 1), None, self.bmm)[:b].clone()
 
+    def verify(
+        self, ids: Sequence[Sequence[int]], positions: Sequence[Sequence[int]], keep: Sequence[int]
+    ) -> torch.Tensor:
+        """Several tokens per cache row 0..B-1 (a speculative step: each row's last token and
+        its draft, padded to one length S) at their own positions -> fp32 logits [N, V] of
+        the flat positions ``keep`` (row b, token j is b * S + j). Always eager: the captured
+        step keeps one token per row (a verify step would need its own capture per S)."""
+        b, s = len(ids), len(ids[0])
+        idt = torch.tensor(ids, dtype=torch.long, device=self.device).view(b, s)
+        pos = torch.tensor(positions, dtype=torch.long, device=self.device).view(b, s)
+        top = max(max(p) for p in positions)
+        span = min(-(-(top + 1) // ATTEND_ROUND) * ATTEND_ROUND, self.max_len)
+        batch = AttentionBatch(span=span, bmm=self.bmm)
+        kt = torch.tensor(keep, dtype=torch.long, device=self.device)
+        return self.net(self.net.embed_tokens(idt), None, pos, batch=batch, keep=kt)[0]
+
     def copy_rows(
         self, src: Sequence[int], dst: Sequence[int], length: int, start: int = 0
     ) -> None:

@@ -12,6 +12,7 @@ import torch
 
 from ixcdoc.engine.beam import BeamSearch
 from ixcdoc.engine.request import ChatRequest
+from ixcdoc.engine.speculate import SeqSpec
 from ixcdoc.generate import OnToken, SamplingConfig, ShouldStop
 
 if TYPE_CHECKING:
@@ -84,6 +85,7 @@ class Sequence:
     timings: dict[str, float] = field(default_factory=dict)
     t_prefilled: float = 0.0
     # speculation (``Answer.draft_tokens`` / ``accepted_tokens``)
+    spec: SeqSpec | None = None  # greedy sequences that speculate (``speculate.py``)
     draft_tokens: int = 0
     accepted: int = 0
 

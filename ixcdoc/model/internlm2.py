@@ -481,13 +481,16 @@ class InternLM2ForCausalLM(nn.Module):
         *,
         last_only: bool = False,
         batch: AttentionBatch | None = None,
+        keep: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """inputs_embeds [B, S, D], im_mask [B, S] bool, input_pos [S] -> fp32 logits [B, S, V].
 
         ``input_pos=None``: fresh sequence at 0..S-1; [B, S]: per-row positions. ``last_only``:
         logits of the last position only ([B, 1, V]); prefill of thousands of tokens needs no
         [S, 92544] tensor. ``batch``: where the rows live in the KV cache (``AttentionBatch``;
-        None: row b is cache row b, the whole cache attended, SDPA).
+        None: row b is cache row b, the whole cache attended, SDPA). ``keep``: flat indices
+        into the B * S positions; only their logits are computed, as [1, N, V] (a speculative
+        verify step's padded positions need none).
         """
         batch = ONE_BATCH if batch is None else batch
         segments = batch.segments
@@ -541,5 +544,7 @@ class InternLM2ForCausalLM(nn.Module):
             x = x[:, ends]
         elif last_only:
             x = x[:, -1:]
+        elif keep is not None:
+            x = x.reshape(-1, x.shape[-1])[keep][None]
         logits = self.output(self.model.norm(x))
         return logits if logits.dtype == torch.float32 else logits.float()

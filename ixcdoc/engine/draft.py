@@ -1,0 +1,87 @@
+"""Draft proposals for speculative decoding: n-gram lookup in a draft text and the own output.
+
+Pure Python (no torch). A ``Proposer`` holds one sequence's tokenized draft (a page's text
+layer, say) indexed by n-grams, and an index of the sequence's own output that grows by one
+entry per n per generated token. ``propose(k)`` takes the last n generated tokens, n from
+``MAX_N`` down to ``MIN_N`` (longest first), and looks them up:
+
+- in the draft: the occurrence at or after the cursor (the draft position right after the
+  last verified proposal), else the first one; it proposes the draft tokens that follow;
+- else earlier in the own output (the latest occurrence; repeated table rows): the tokens that
+  followed it there.
+
+Only generated tokens are matched (never the prompt). The engine verifies every proposal
+exactly (``decode.py``) and reports back how many tokens were accepted (``accepted``), which
+moves the cursor. Each lookup is a few dict probes and a bisect: constant time per step.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from collections.abc import Iterable, Sequence
+
+MAX_N = 4  # longest n-gram matched
+MIN_N = 1  # shortest n-gram matched
+DRAFT = "draft"  # where a proposal came from: the draft text
+OWN = "own"  # or the sequence's own earlier output
+
+
+class Proposer:
+    """One sequence's n-gram proposer over its draft tokens and its own output."""
+
+    def __init__(self, draft: Sequence[int], max_n: int = MAX_N, min_n: int = MIN_N) -> None:
+        if not 1 <= min_n <= max_n:
+            raise ValueError("need 1 <= min_n <= max_n")
+        self.draft = list(draft)
+        self.max_n, self.min_n = max_n, min_n
+        # n-gram -> sorted draft positions right after its occurrences
+        self._draft: dict[tuple[int, ...], list[int]] = {}
+        for n in range(min_n, max_n + 1):
+            for i in range(len(self.draft) - n + 1):
+                self._draft.setdefault(tuple(self.draft[i : i + n]), []).append(i + n)
+        self.output: list[int] = []
+        # n-gram -> the latest own-output position right after it, excluding the current end
+        self._own: dict[tuple[int, ...], int] = {}
+        self.cursor = 0  # draft position right after the last verified draft tokens
+        self._last: tuple[str, int] | None = None  # (source, start) of the last proposal
+
+    def extend(self, tokens: Iterable[int]) -> None:
+        """Append generated tokens to the own output (and index it)."""
+        out = self.output
+        for t in tokens:
+            out.append(t)
+            end = len(out) - 1  # n-grams ending just before the newest token: a continuation
+            for n in range(self.min_n, min(self.max_n, end) + 1):
+                self._own[tuple(out[end - n : end])] = end
+
+    def propose(self, k: int) -> list[int]:
+        """Up to ``k`` tokens likely to follow the output (empty: no n-gram matched)."""
+        self._last = None
+        out = self.output
+        if k < 1 or not out:
+            return []
+        for n in range(min(self.max_n, len(out)), self.min_n - 1, -1):
+            key = tuple(out[-n:])
+            starts = self._draft.get(key)
+            if starts:
+                i = bisect_left(starts, self.cursor)
+                start = starts[i] if i < len(starts) else starts[0]
+                if start < len(self.draft):
+                    self._last = (DRAFT, start)
+                    return self.draft[start : start + k]
+            start = self._own.get(key, -1)
+            if start >= 0:
+                self._last = (OWN, start)
+                return out[start : start + k]
+        return []
+
+    @property
+    def source(self) -> str | None:
+        """Where the last proposal came from (``DRAFT`` or ``OWN``), None if there was none."""
+        return None if self._last is None else self._last[0]
+
+    def accepted(self, m: int) -> None:
+        """``m`` tokens of the last proposal were verified: a draft proposal moves the cursor."""
+        if self._last is not None and self._last[0] == DRAFT:
+            self.cursor = self._last[1] + m
+        self._last = None
