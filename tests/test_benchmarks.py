@@ -121,4 +121,5 @@ def test_drafts_benchmark_measures_a_pdf_end_to_end(tmp_path: Path) -> None:
     assert 0 < row["oracle_accepted"] <= row["oracle_proposed"]
     assert row["oracle_steps"] < row["oracle_tokens"]  # drafts save steps on a copied page
     e2e = row["tiny_e2e"]
-    assert e2e["pages"] == 2 and 0 <= e2e["accepted_tokens"] <= e2e["draft_tokens"]
+    assert e2e["pages"] == 2 and 0 <= e2e["accepted_tokens"] <= e2e["tokens"]
+    assert e2e["draft_tokens"] == sum(row["draft_tokens_per_page"])  # the same tokenizer

@@ -28,7 +28,7 @@ from rich.console import Console
 from rich.text import Text
 
 from ixcdoc.batch import Events
-from ixcdoc.cli.progress import RunProgress, drafts_accepted, page_name
+from ixcdoc.cli.progress import RunProgress, from_drafts, page_name
 from ixcdoc.cli.wrapping import WrapWriter, wrap
 
 if TYPE_CHECKING:
@@ -60,8 +60,8 @@ def page_note(rec: PageRecord) -> str:
     speed = ""
     if t.decode_ms and t.tokens:
         speed = f", {t.tokens} tokens, {1000 * t.tokens / t.decode_ms:.1f} tok/s"
-    if t.draft_tokens and t.accepted_tokens is not None:
-        speed += ", " + drafts_accepted(t.accepted_tokens, t.draft_tokens)
+    if t.tokens and (t.draft_tokens or t.accepted_tokens):
+        speed += ", " + from_drafts(t.accepted_tokens or 0, t.tokens)
     return f"({where}{tier}{speed}{'; ' + '; '.join(notes) if notes else ''})"
 
 

@@ -10,7 +10,7 @@ tokens per second. Before any page has finished it is an upper bound, and it say
 The drawing (``__rich_console__``) packs short items into lines no wider than the terminal,
 so nothing is ever cropped: a bar, pages done/total and the ETA; the pages in flight by name
 (as many as fit, then ``+N more``); tokens, tokens/s and pages/s, and how many of the draft
-tokens the finished pages proposed the model accepted (speculative decoding).
+the finished pages' tokens the model accepted from drafts (speculative decoding).
 """
 
 from __future__ import annotations
@@ -51,10 +51,12 @@ def rate(x: float) -> str:
     return f"{x:.2g}"
 
 
-def drafts_accepted(accepted: int, drafted: int) -> str:
-    """``drafts accepted 61%``: the share of ``drafted`` draft tokens the model accepted,
-    floored (100% means every one)."""
-    return f"drafts accepted {100 * accepted // drafted}%"
+def from_drafts(accepted: int, tokens: int, *, short: bool = False) -> str:
+    """``61% of tokens from drafts`` (``short``: ``61% from drafts``, for the live display's
+    narrowest screens): the share of ``tokens`` generated tokens the model accepted from
+    drafts instead of decoding each in a step of its own, floored."""
+    share = 100 * accepted // tokens if tokens else 0
+    return f"{share}% from drafts" if short else f"{share}% of tokens from drafts"
 
 
 def pack(items: Iterable[str], width: int, sep: str = " · ") -> list[str]:
@@ -81,8 +83,10 @@ class RunProgress:
     tokens: int = 0  # tokens generated in this run (a retried page's first try too)
     started: float | None = None  # when the model started its first page
     lengths: list[int] = field(default_factory=list)  # tokens of each page the model finished
-    drafted: int = 0  # draft tokens the finished pages proposed (speculative decoding)
-    accepted: int = 0  # of those, the ones the model accepted
+    # speculative decoding: whether a finished page had a draft or accepted a proposal, and
+    # the tokens of finished pages the model accepted from drafts
+    drafting: bool = False
+    accepted: int = 0
     running: dict[int, _Running] = field(default_factory=dict)
     # The display redraws on its own thread: counting and drawing take turns.
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -108,15 +112,15 @@ class RunProgress:
 
     def end(self, key: int, tokens: int | None, drafted: int = 0, accepted: int = 0) -> None:
         """A page has its record; ``tokens``: what the model generated for it (None: no
-        model work, e.g. a blank or unreadable page), ``drafted`` and ``accepted``: the draft
-        tokens it proposed and the model accepted."""
+        model work, e.g. a blank or unreadable page), ``drafted``: its draft's tokens,
+        ``accepted``: the tokens of ``tokens`` the model accepted from drafts."""
         with self.lock:
             self.running.pop(key, None)
             self.done += 1
             if tokens is not None:
                 self.finished += 1
                 self.lengths.append(tokens)
-                self.drafted += drafted
+                self.drafting = self.drafting or bool(drafted or accepted)
                 self.accepted += accepted
 
     # -- what the numbers say --------------------------------------------------------------
@@ -146,8 +150,8 @@ class RunProgress:
 
     def summary(self) -> str:
         """The run's means for the closing line: ``3 pages in 1:02, 0.05 pages/s, 912 tokens,
-        14.7 tok/s``, then ``drafts accepted 61% (3,402 of 5,577 tokens)`` when a page drafted
-        ("" when the model finished no page)."""
+        14.7 tok/s``, then ``61% of tokens from drafts (3,402 of 5,577)`` when a page had a
+        draft or accepted one ("" when the model finished no page)."""
         parts = []
         if self.finished and self.started is not None:
             n = self.finished
@@ -158,9 +162,10 @@ class RunProgress:
             parts.append(f"{self.tokens:,} tokens")
             if tps:
                 parts.append(f"{rate(tps)} tok/s")
-        if self.drafted:
-            share = drafts_accepted(self.accepted, self.drafted)
-            parts.append(f"{share} ({self.accepted:,} of {self.drafted:,} tokens)")
+        if self.drafting:
+            written = sum(self.lengths)
+            share = from_drafts(self.accepted, written)
+            parts.append(f"{share} ({self.accepted:,} of {written:,})")
         return ", ".join(parts)
 
     # -- drawing ---------------------------------------------------------------------------
@@ -193,8 +198,8 @@ class RunProgress:
             stats.append(f"{rate(tps)} tok/s")
         if pps:
             stats.append(f"{rate(pps)} pages/s")
-        if self.drafted:
-            stats.append(drafts_accepted(self.accepted, self.drafted))
+        if self.drafting:
+            stats.append(from_drafts(self.accepted, sum(self.lengths), short=True))
         out.extend(pack(stats, width))
         return out
 

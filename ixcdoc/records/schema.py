@@ -72,9 +72,9 @@ class ErrorInfo:
 
 @dataclass(frozen=True)
 class Timings:
-    """Per-page timings in milliseconds (None: the stage did not run), generated tokens, and
-    of those the draft tokens proposed to the model and accepted by it (speculative decoding;
-    0 and 0 when it did not draft)."""
+    """Per-page timings in milliseconds (None: the stage did not run), generated tokens, and of
+    speculative decoding the draft's tokens (the page's text layer; 0 without one) and the
+    generated tokens the model accepted from proposals instead of decoding each in a step."""
 
     render_ms: float | None = None
     preprocess_ms: float | None = None
@@ -436,9 +436,9 @@ def _cross_checks(d: Mapping[str, Any]) -> list[str]:
         problems.append('flags: a "blank" page has status "ok" and text ""')
     if d["task"] == "ask" and not d["question"]:
         problems.append('question: required when task is "ask"')
-    drafted, accepted = d["timings"].get("draft_tokens"), d["timings"].get("accepted_tokens")
-    if accepted is not None and (drafted is None or accepted > drafted):
-        problems.append(f"timings: accepted_tokens {accepted} is more than draft_tokens {drafted}")
+    written, accepted = d["timings"]["tokens"], d["timings"].get("accepted_tokens")
+    if accepted is not None and (written is None or accepted > written):
+        problems.append(f"timings: accepted_tokens {accepted} is more than tokens {written}")
     return problems
 
 

@@ -9,8 +9,8 @@ becomes newline-delimited JSON (``PageRun.stream``):
     {"event": "started", "page": 1, "tier": 30}          the model starts on a page
     {"event": "text", "page": 1, "delta": "..."}         generated text, as it comes
     {"event": "progress", "tokens": 120, "elapsed_s": 2.1, "done": 0, "total": 2,
-     "inflight": [{"page": 1, "tier": 30}],
-     "draft_tokens": 90, "accepted_tokens": 55}          about every TICK_S seconds
+     "inflight": [{"page": 1, "tier": 30}], "finished_tokens": 0,
+     "draft_tokens": 0, "accepted_tokens": 0}            about every TICK_S seconds
     {"event": "record", "record": {...}}                 a page's record (records.PageRecord)
     {"event": "note", "message": "..."}                  something the user should know
     {"event": "error", "code": "...", "message": "..."}  the run failed (one line)
@@ -107,8 +107,11 @@ class PageEvents(Events):
         self.tokens = 0
         self.total = 0
         self.done = 0
-        self.drafted = 0  # draft tokens the finished pages proposed (speculative decoding)
-        self.accepted = 0  # of those, the ones the model accepted
+        # The finished pages' records: their generated tokens, their drafts' tokens and the
+        # tokens the model accepted from drafts (speculative decoding).
+        self.finished_tokens = 0
+        self.drafted = 0
+        self.accepted = 0
         self.inflight: dict[int | None, int] = {}
 
     def note(self, message: str) -> None:
@@ -147,13 +150,14 @@ class PageEvents(Events):
         with self._lock:
             self.inflight.pop(rec.page, None)
             self.done += 1
+            self.finished_tokens += rec.timings.tokens or 0
             self.drafted += rec.timings.draft_tokens or 0
             self.accepted += rec.timings.accepted_tokens or 0
         self.emit({"event": "record", "record": rec.to_dict()})
 
     def progress(self) -> dict[str, Any]:
         """The run's counts now: tokens, seconds, pages done of the total, pages in flight, and
-        the draft tokens the finished pages proposed and the model accepted."""
+        the finished pages' tokens, their drafts' tokens and the tokens accepted from drafts."""
         with self._lock:
             return {
                 "event": "progress",
@@ -162,6 +166,7 @@ class PageEvents(Events):
                 "done": self.done,
                 "total": self.total,
                 "inflight": [{"page": p, "tier": t} for p, t in self.inflight.items()],
+                "finished_tokens": self.finished_tokens,
                 "draft_tokens": self.drafted,
                 "accepted_tokens": self.accepted,
             }

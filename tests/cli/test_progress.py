@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from rich.cells import cell_len
 
-from ixcdoc.cli.progress import RunProgress, clock, drafts_accepted, pack
+from ixcdoc.cli.progress import RunProgress, clock, from_drafts, pack
 
 
 class Clock:
@@ -79,10 +79,10 @@ def test_no_line_is_wider_than_the_screen(width: int) -> None:
     c.t += 3725
     for _ in range(123456):
         p.token(3)
-    p.end(0, 500, 4321, 1234)
+    p.end(0, 500, 4321, 123)
     lines = p.lines(width)
     assert all(cell_len(line) <= width for line in lines), lines
-    assert any("drafts accepted 28%" in line for line in lines)
+    assert any("24% from drafts" in line for line in lines)
     assert any("1/1234 pages" in line for line in lines)
     assert any(line.startswith("running 39") for line in lines)
     assert any("123,456 tokens" in line for line in lines)
@@ -111,19 +111,19 @@ def test_clock() -> None:
     ]
 
 
-def test_the_drafts_acceptance_is_summed_over_the_pages_the_model_finished() -> None:
+def test_the_tokens_from_drafts_are_summed_over_the_pages_the_model_finished() -> None:
     p, c = _run(total=4)
     p.start(1, "a.pdf p1")
     c.t += 10
     for _ in range(20):
         p.token(1)
-    p.end(1, 20, 30, 12)
+    p.end(1, 20, 300, 12)  # 20 tokens, 12 of them accepted from a 300-token draft
     p.end(2, None)  # blank: no model work, nothing drafted
-    p.end(3, 5, 7, 7)
-    assert (p.drafted, p.accepted) == (37, 19)
-    # 19 of 37 is 51.4%: floored, so 100% only when every draft token was accepted
-    assert p.summary().endswith(", drafts accepted 51% (19 of 37 tokens)")
-    assert "drafts accepted 51%" in p.lines(80)[-1]
+    p.end(3, 17, 0, 7)  # no draft (a scan): 7 accepted from its own output
+    assert (p.drafting, p.accepted, sum(p.lengths)) == (True, 19, 37)
+    # 19 of 37 is 51.4%: floored, so 100% only when every token came from a draft
+    assert p.summary().endswith(", 51% of tokens from drafts (19 of 37)")
+    assert p.lines(80)[-1].endswith(" · 51% from drafts")
 
 
 def test_no_draft_no_acceptance() -> None:
@@ -135,17 +135,19 @@ def test_no_draft_no_acceptance() -> None:
     assert "drafts" not in p.summary() and not any("drafts" in x for x in p.lines(80))
 
 
-def test_drafts_accepted_floors_the_share() -> None:
-    assert drafts_accepted(3402, 5577) == "drafts accepted 61%"
-    assert drafts_accepted(999, 1000) == "drafts accepted 99%"
-    assert drafts_accepted(7, 7) == "drafts accepted 100%"
+def test_the_share_from_drafts_is_floored() -> None:
+    assert from_drafts(3402, 5577) == "61% of tokens from drafts"
+    assert from_drafts(999, 1000) == "99% of tokens from drafts"
+    assert from_drafts(7, 7) == "100% of tokens from drafts"
+    assert from_drafts(0, 0) == "0% of tokens from drafts"
+    assert from_drafts(3402, 5577, short=True) == "61% from drafts"
 
 
 def test_the_note_under_a_page_gives_its_drafts_acceptance() -> None:
     from ixcdoc.cli.display import page_note
     from tests.test_records import make
 
-    rec = make()  # 120 tokens in 2 s; 61 of 90 draft tokens accepted
-    assert page_note(rec).endswith(", 120 tokens, 60.0 tok/s, drafts accepted 67%)")
+    rec = make()  # 120 tokens in 2 s, 61 of them accepted from drafts
+    assert page_note(rec).endswith(", 120 tokens, 60.0 tok/s, 50% of tokens from drafts)")
     off = make(timings={**make().to_dict()["timings"], "draft_tokens": 0, "accepted_tokens": 0})
     assert page_note(off).endswith(", 120 tokens, 60.0 tok/s)")

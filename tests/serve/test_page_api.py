@@ -262,11 +262,13 @@ def test_a_transcription_streams_and_is_extracts_record(
     assert events[-1] == {"event": "done", "ok": 1, "failed": 0, "blank": 0, "pages": 1}
     last = [e for e in events if e["event"] == "progress"][-1]
     assert (last["tokens"], last["done"], last["total"]) == (rec["timings"]["tokens"], 1, 1)
-    t = rec["timings"]  # the drafts' counts of the finished pages, as their records say
-    assert (last["draft_tokens"], last["accepted_tokens"]) == (
+    t = rec["timings"]  # the finished pages' counts, as their records say
+    assert (last["finished_tokens"], last["draft_tokens"], last["accepted_tokens"]) == (
+        t["tokens"],
         t["draft_tokens"],
         t["accepted_tokens"],
     )
+    assert t["draft_tokens"] > 0  # the page's text layer was its draft
     # It went through the server's backend: the engine answered the extract prompt.
     assert probe.answers[EXTRACT.prompt].text.strip() == rec["text"]
     monkeypatch.chdir(SAMPLES)  # so that the CLI names the file as the browser did

@@ -144,11 +144,11 @@
     say("error: " + text, "error");
   }
 
-  // The share of the draft tokens the model accepted (speculative decoding), floored as the
-  // CLI's summary line floors it: "drafts accepted 61% (3,402 of 5,577 tokens)".
-  function draftsAccepted(accepted, drafted) {
-    const share = Math.floor((100 * accepted) / drafted);
-    return `drafts accepted ${share}% (${num(accepted)} of ${num(drafted)} tokens)`;
+  // The share of the generated tokens the model accepted from drafts (speculative decoding),
+  // floored as the CLI's summary line floors it: "61% of tokens from drafts (3,402 of 5,577)".
+  function fromDrafts(accepted, tokens) {
+    const share = tokens ? Math.floor((100 * accepted) / tokens) : 0;
+    return `${share}% of tokens from drafts (${num(accepted)} of ${num(tokens)})`;
   }
 
   function runLine(run) {
@@ -174,7 +174,7 @@
       }
     }
     parts.push(`${num(run.tokens)} tokens`, `${rate} tok/s`);
-    if (run.draft_tokens) parts.push(draftsAccepted(run.accepted_tokens, run.draft_tokens));
+    if (run.draft_tokens || run.accepted_tokens) parts.push(fromDrafts(run.accepted_tokens, run.finished_tokens));
     return parts.join(" · ");
   }
 
@@ -494,7 +494,7 @@
     const parts = [`HD${rec.tier}` + (rec.grid ? ` ${rec.grid[0]}×${rec.grid[1]}` : "")];
     if (rec.image_tokens) parts.push(`${num(rec.image_tokens)} image tokens`);
     if (t.tokens !== null && t.tokens !== undefined) parts.push(`${num(t.tokens)} tokens`);
-    if (t.draft_tokens) parts.push(draftsAccepted(t.accepted_tokens, t.draft_tokens));
+    if (t.tokens && (t.draft_tokens || t.accepted_tokens)) parts.push(fromDrafts(t.accepted_tokens, t.tokens));
     if (t.prefill_ms) parts.push(`prefill ${secs(t.prefill_ms)}`);
     if (t.decode_ms) parts.push(`decode ${secs(t.decode_ms)}`);
     parts.push("flags: " + (rec.flags.length ? rec.flags.join(", ") : "none"));
@@ -624,7 +624,8 @@
     } else if (ev.event === "progress") {
       Object.assign(run, { tokens: ev.tokens, elapsed_s: ev.elapsed_s, done: ev.done,
                            total: Math.max(run.total, ev.total), inflight: ev.inflight,
-                           draft_tokens: ev.draft_tokens, accepted_tokens: ev.accepted_tokens });
+                           finished_tokens: ev.finished_tokens, draft_tokens: ev.draft_tokens,
+                           accepted_tokens: ev.accepted_tokens });
     } else if (ev.event === "record") {
       const rec = ev.record;
       if (rec.page === null) {

@@ -35,10 +35,10 @@
     if (rec.image_tokens) parts.push(`${num(rec.image_tokens)} image tokens`);
     const t = rec.timings || {};
     if (t.tokens !== null && t.tokens !== undefined) parts.push(`${num(t.tokens)} tokens`);
-    if (t.draft_tokens) {
-      // speculative decoding: the share of the page's draft tokens the model accepted
-      const share = Math.floor((100 * t.accepted_tokens) / t.draft_tokens);
-      parts.push(`drafts accepted ${share}% (${num(t.accepted_tokens)} of ${num(t.draft_tokens)} tokens)`);
+    if (t.tokens && (t.draft_tokens || t.accepted_tokens)) {
+      // speculative decoding: the share of the page's tokens the model accepted from drafts
+      const share = Math.floor((100 * t.accepted_tokens) / t.tokens);
+      parts.push(`${share}% of tokens from drafts (${num(t.accepted_tokens)} of ${num(t.tokens)})`);
     }
     const times = ["render", "preprocess", "prefill", "decode"]
       .filter((k) => t[k + "_ms"] !== null && t[k + "_ms"] !== undefined)
