@@ -5,8 +5,9 @@ layer, say) indexed by n-grams, and an index of the sequence's own output that g
 entry per n per generated token. ``propose(k)`` takes the last n generated tokens, n from
 ``MAX_N`` down to ``MIN_N`` (longest first), and looks them up:
 
-- in the draft: the occurrence at or after the cursor (the draft position right after the
-  last verified proposal), else the first one; it proposes the draft tokens that follow;
+- in the draft: the first occurrence that continues after the cursor (the draft position
+  right after the last verified proposal, which the model's own next token took), else the
+  first one; it proposes the draft tokens that follow;
 - else earlier in the own output (the latest occurrence; repeated table rows): the tokens that
   followed it there. The caller may put the own output first (``own_first``: its proposals
   have been accepted more often lately than the draft's).
@@ -81,7 +82,8 @@ class Proposer:
                 return out[own : own + k]
             starts = self._draft.get(key)
             if starts:
-                i = bisect_left(starts, self.cursor)
+                # right after the cursor: the output's last token is the draft's at the cursor
+                i = bisect_left(starts, self.cursor + 1)
                 start = starts[i] if i < len(starts) else starts[0]
                 if start < len(self.draft):
                     self._last = (DRAFT, start)

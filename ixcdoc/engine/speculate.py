@@ -53,7 +53,8 @@ class SeqSpec:
     proposed: int = 0  # draft tokens fed for verification, in all
     accepted: int = 0  # of those, the ones the model produced itself
     # the same EWMA per source (the draft text, the own output): the better one goes first
-    by_source: dict[str, float] = field(default_factory=lambda: {DRAFT: ALPHA0, OWN: ALPHA0})
+    # (the own output starts at 0: it goes first only once it has done better than the draft)
+    by_source: dict[str, float] = field(default_factory=lambda: {DRAFT: ALPHA0, OWN: 0.0})
 
     def propose(self, k: int) -> list[int]:
         """Up to ``k`` tokens from the proposer, the source accepted more often lately first."""

@@ -293,6 +293,10 @@ def test_chat_with_a_draft_equals_chat(fixture_dm) -> None:
         fixture_dm.chat(req.images, req.query, draft=text, speculate="yes")
     with pytest.raises(UsageError, match="speculate"):
         ChatRequest(req.images, req.query, speculate="on")
+    with pytest.raises(UsageError, match="draft token id 5000 is outside the vocabulary"):
+        fixture_dm.chat(req.images, req.query, draft=[1, 5000])
+    with pytest.raises(UsageError, match="draft must be text, token ids or None"):
+        ChatRequest(req.images, req.query, draft=3.5)
 
 
 def test_an_oom_in_a_verify_step_retries_it_plain(fixture_dm, monkeypatch) -> None:
