@@ -5,6 +5,7 @@
     python benchmarks/gpu.py --tiny          # the same code on the CPU with tiny shapes
     python benchmarks/gpu.py --batched [--batches 1,4,16,64] [--tiers 16,25]
                              [--quant bf16,4bit] [--new-tokens 512]   # the batched engine
+                             [--speculate 0,25,50,75,100 [--speculate-pages 16]]
 
 The model has the official shapes (ModelConfig() = the 7B) and random weights made on the
 device (``weights.random_model``), so no checkpoint is needed. Each tier runs one synthetic
@@ -28,6 +29,11 @@ batch; then it times one engine decode step of that many rows mid-answer against
 memory-bandwidth bound (decoder weights + every row's KV cache read once, at the copy bandwidth
 measured in the same run) and names the first batch whose step is compute-bound (slower than
 1.5x that bound).
+
+``--batched --speculate P,...``: per (precision, tier) also benchmarks/speculate.py's table on
+this model: ``--speculate-pages`` copies of the page, tokens/s with speculation off and with
+drafts that are each page's greedy answer corrupted at P% of positions, per batch size (the
+GPU twin of the CPU proxy's table; ``--tiny`` runs it on the CPU as a dry run).
 """
 
 from __future__ import annotations
@@ -305,6 +311,24 @@ def summarize(group: list[dict]) -> None:
         r["compute_bound_from"] = turn
 
 
+def speculation_rows(dm, dev, quant: str, hd: int, img, args) -> list[dict]:
+    """benchmarks/speculate.py's table for ``--speculate-pages`` copies of the page at ``hd``."""
+    from speculate import speculation_table  # benchmarks/speculate.py (this folder is on the path)
+
+    from ixcdoc.engine import ChatRequest
+
+    req = ChatRequest([img], "Transcribe the page.", hd=hd, max_new_tokens=args.new_tokens)
+    print(f"{quant} HD{hd}: speculation, {args.speculate_pages} pages")
+    table = speculation_table(
+        dm,
+        [req] * args.speculate_pages,
+        [int(x) for x in args.batches.split(",")],
+        [int(x) for x in args.speculate.split(",")],
+        sync=lambda: sync(dev),
+    )
+    return [{"quant": quant, "tier": hd, "table": "speculate", **r} for r in table]
+
+
 def main_batched(args, cfg, dev, dtype) -> None:
     """The --batched mode: every (precision, tier, batch), one JSON row each."""
     img = page_image()
@@ -324,6 +348,8 @@ def main_batched(args, cfg, dev, dtype) -> None:
                 print(json.dumps(row))
             summarize(group)
             rows += group
+            if args.speculate:
+                rows += speculation_rows(dm, dev, quant, hd, img, args)
         del model, dm
         if dev.type == "cuda":
             torch.cuda.empty_cache()
@@ -378,6 +404,10 @@ def main() -> None:
     ap.add_argument("--batched", action="store_true", help="the batched engine, per batch")
     ap.add_argument("--batches", default="1,2,4,8,16,32,64")
     ap.add_argument("--batch-pages", type=int, default=1, help="pages per run = this x batch")
+    ap.add_argument(
+        "--speculate", default="", help="with --batched: draft corruption percents, e.g. 0,100"
+    )
+    ap.add_argument("--speculate-pages", type=int, default=16, help="pages per speculation run")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     if args.json is None:

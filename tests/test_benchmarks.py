@@ -72,6 +72,38 @@ def test_engine_cpu_proxy_runs(tmp_path: Path) -> None:
     assert all(r["same"] == 5 for r in rows)  # and, on 5 requests, exactly the chat loop's
 
 
+def test_speculation_cpu_proxy_runs(tmp_path: Path) -> None:
+    args = ["--requests", "3", "--batches", "1,2", "--corrupt", "0,100", "--layers", "2"]
+    rows = run_benchmark("speculate.py", tmp_path, *args, "--new-tokens", "6,8")["rows"]
+    assert [(r["batch"], r["draft"]) for r in rows] == [
+        (1, "off"),
+        (1, "0%"),
+        (1, "100%"),
+        (2, "off"),
+        (2, "0%"),
+        (2, "100%"),
+    ]
+    assert all(r["same"] == 3 for r in rows)  # speculation never changes a token
+    assert all(r["accepted"] == 0 for r in rows if r["draft"] == "off")
+    assert all(r["accepted"] > 0 for r in rows if r["draft"] == "0%")  # perfect drafts
+
+
+def test_gpu_batched_speculation_table_runs_on_the_cpu(tmp_path: Path) -> None:
+    args = ["--tiny", "--batched", "--quant", "bf16", "--tiers", "1", "--batches", "1,2"]
+    args += ["--new-tokens", "6", "--speculate", "0,100", "--speculate-pages", "2"]
+    rows = run_benchmark("gpu.py", tmp_path, *args)["rows"]
+    table = [r for r in rows if r.get("table") == "speculate"]
+    assert [(r["batch"], r["draft"]) for r in table] == [
+        (1, "off"),
+        (1, "0%"),
+        (1, "100%"),
+        (2, "off"),
+        (2, "0%"),
+        (2, "100%"),
+    ]
+    assert all(r["same"] == 2 and r["quant"] == "bf16" for r in table)
+
+
 def test_feeder_benchmark_runs_on_a_tiny_input(tmp_path: Path) -> None:
     data = run_benchmark("feeder.py", tmp_path, "--tiers", "1", "--pages", "2", "--repeat", "1")
     assert [r["tier"] for r in data["rows"]] == [1]

@@ -208,17 +208,13 @@ class Admission:
                 self._fail_alone(p.seq, e)
 
     def _speculation(self: Engine, seq: Sequence) -> None:
-        """Tokenize ``seq``'s draft text (no BOS; token ids are taken as they are) and, for a
-        greedy unpenalised request that did not turn speculation off, give it a proposer over
-        the draft and its own output."""
+        """A greedy unpenalised request that did not turn speculation off gets a proposer over
+        its draft (tokenized at submit) and its own output."""
         req, cfg = seq.request, seq.config
-        draft = req.draft or []
-        if isinstance(draft, str):
-            draft = self.loaded.tokenizer.encode(draft, bos=False)
-        seq.draft_tokens = len(draft)
+        seq.draft_tokens = len(seq.draft_ids)
         if req.speculate == "off" or cfg.do_sample or cfg.repetition_penalty != 1.0:
             return
-        seq.spec = SeqSpec(Proposer(draft))
+        seq.spec = SeqSpec(Proposer(seq.draft_ids))
 
     def _first_token(self: Engine, seq: Sequence, logits: torch.Tensor, t0: float) -> None:
         """The prefill's logits [V] of ``seq``: its first token, or the first beam step."""

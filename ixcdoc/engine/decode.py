@@ -120,7 +120,7 @@ class Decoding:
                 continue
             sp.proposer.extend(seq.tokens[len(sp.proposer.output) :])
             room = seq.budget - len(seq.tokens) - 1  # never past the budget
-            draft = sp.proposer.propose(min(K_CHOICES[-1], room))
+            draft = sp.propose(min(K_CHOICES[-1], room))
             if draft:
                 drafts[seq] = draft
         if not drafts:
@@ -229,5 +229,6 @@ class Decoding:
         seq.accepted += matched
         sp = seq.spec
         if sp is not None:
-            sp.proposer.accepted(matched)
-            sp.update(len(draft), matched, self.steps)
+            source = sp.proposer.source
+            sp.proposer.accepted(matched, len(draft))
+            sp.update(len(draft), matched, self.steps, source)

@@ -5,10 +5,12 @@ layer, say) indexed by n-grams, and an index of the sequence's own output that g
 entry per n per generated token. ``propose(k)`` takes the last n generated tokens, n from
 ``MAX_N`` down to ``MIN_N`` (longest first), and looks them up:
 
-- in the draft: the occurrence at or after the cursor (the draft position right after the
-  last verified proposal), else the first one; it proposes the draft tokens that follow;
+- in the draft: the first occurrence that continues after the cursor (the draft position
+  right after the last verified proposal, which the model's own next token took), else the
+  first one; it proposes the draft tokens that follow;
 - else earlier in the own output (the latest occurrence; repeated table rows): the tokens that
-  followed it there.
+  followed it there. The caller may put the own output first (``own_first``: its proposals
+  have been accepted more often lately than the draft's).
 
 Only generated tokens are matched (never the prompt). The engine verifies every proposal
 exactly (``decode.py``) and reports back how many tokens were accepted (``accepted``), which
@@ -44,6 +46,8 @@ class Proposer:
         self._own: dict[tuple[int, ...], int] = {}
         self.cursor = 0  # draft position right after the last verified draft tokens
         self._last: tuple[str, int] | None = None  # (source, start) of the last proposal
+        self._resume = False  # the last draft proposal failed: try right after the miss
+        self._resumed = False  # the last proposal was such a try
 
     def extend(self, tokens: Iterable[int]) -> None:
         """Append generated tokens to the own output (and index it)."""
@@ -54,25 +58,39 @@ class Proposer:
             for n in range(self.min_n, min(self.max_n, end) + 1):
                 self._own[tuple(out[end - n : end])] = end
 
-    def propose(self, k: int) -> list[int]:
-        """Up to ``k`` tokens likely to follow the output (empty: no n-gram matched)."""
+    def propose(self, k: int, own_first: bool = False) -> list[int]:
+        """Up to ``k`` tokens likely to follow the output (empty: no n-gram matched).
+        ``own_first``: where both match at the same n, the own output's continuation (the
+        caller's choice: its proposals have been accepted more often lately)."""
         self._last = None
         out = self.output
         if k < 1 or not out:
             return []
+        if self._resume and self.cursor < len(self.draft):
+            # the model wrote its own token where the draft had another (a substitution, a
+            # misread character): the draft likely goes on right after it
+            self._resume = False
+            self._last = (DRAFT, self.cursor)
+            self._resumed = True
+            return self.draft[self.cursor : self.cursor + k]
+        self._resume = self._resumed = False
         for n in range(min(self.max_n, len(out)), self.min_n - 1, -1):
             key = tuple(out[-n:])
+            own = self._own.get(key, -1)
+            if own_first and own >= 0:
+                self._last = (OWN, own)
+                return out[own : own + k]
             starts = self._draft.get(key)
             if starts:
-                i = bisect_left(starts, self.cursor)
+                # right after the cursor: the output's last token is the draft's at the cursor
+                i = bisect_left(starts, self.cursor + 1)
                 start = starts[i] if i < len(starts) else starts[0]
                 if start < len(self.draft):
                     self._last = (DRAFT, start)
                     return self.draft[start : start + k]
-            start = self._own.get(key, -1)
-            if start >= 0:
-                self._last = (OWN, start)
-                return out[start : start + k]
+            if own >= 0:
+                self._last = (OWN, own)
+                return out[own : own + k]
         return []
 
     @property
@@ -80,8 +98,15 @@ class Proposer:
         """Where the last proposal came from (``DRAFT`` or ``OWN``), None if there was none."""
         return None if self._last is None else self._last[0]
 
-    def accepted(self, m: int) -> None:
-        """``m`` tokens of the last proposal were verified: a draft proposal moves the cursor."""
+    def accepted(self, m: int, proposed: int) -> None:
+        """``m`` of the ``proposed`` tokens of the last proposal were the model's: a draft
+        proposal moves the cursor past them, and past the draft token the model did not take
+        (once in a row the next proposal then resumes there)."""
         if self._last is not None and self._last[0] == DRAFT:
-            self.cursor = self._last[1] + m
+            start = self._last[1]
+            if m < proposed:
+                self.cursor = start + m + 1
+                self._resume = m > 0 or not self._resumed  # a resume that missed at once: no
+            else:
+                self.cursor = start + m
         self._last = None

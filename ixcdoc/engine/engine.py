@@ -139,9 +139,11 @@ class Engine(Admission, Decoding):
                 f"the request needs {need} positions (prompt + max_new_tokens); "
                 f"this engine's slots hold {self.max_len}"
             )
+        draft = self._draft_ids(request)
         handle = Handle(request)
         gen = seeded_generator(request.seed, self.runner.device)
         seq = Sequence(handle, cfg, on_token, should_stop, on_done, gen)
+        seq.draft_ids = draft
         tiles = vision_tiles(self.loaded, request)
         with self._cond:
             if self._closed:  # under the lock: close() fails all that is queued, never this
@@ -149,6 +151,20 @@ class Engine(Admission, Decoding):
             self._incoming.append((seq, tiles))
             self._cond.notify_all()
         return handle
+
+    def _draft_ids(self, request: ChatRequest) -> list[int]:
+        """The request's draft as token ids: text tokenized with the model's tokenizer (no
+        BOS), ids checked against the vocabulary (a UsageError names the bad one)."""
+        draft = request.draft
+        if not draft:
+            return []
+        if isinstance(draft, str):
+            return self.loaded.tokenizer.encode(draft, bos=False)
+        vocab = self.loaded.config.vocab_size
+        bad = next((t for t in draft if not 0 <= t < vocab), None)
+        if bad is not None:
+            raise UsageError(f"draft token id {bad} is outside the vocabulary (0..{vocab - 1})")
+        return list(draft)
 
     # -- the loop (one thread) -----------------------------------------------------------------
 

@@ -59,7 +59,8 @@ class ChatRequest:
             raise ValueError("beam search is deterministic: num_beams > 1 needs do_sample=False")
         check_speculate(self.speculate)
         d = self.draft
-        if not (d is None or isinstance(d, str) or all(type(t) is int for t in d)):
+        ids = isinstance(d, (list, tuple)) and all(type(t) is int for t in d)
+        if not (d is None or isinstance(d, str) or ids):
             raise UsageError("draft must be text, token ids or None")
 
     def chat_options(self) -> dict[str, Any]:

@@ -85,6 +85,7 @@ class Sequence:
     timings: dict[str, float] = field(default_factory=dict)
     t_prefilled: float = 0.0
     # speculation (``Answer.draft_tokens`` / ``accepted_tokens``)
+    draft_ids: list[int] = field(default_factory=list)  # the request's draft, tokenized
     spec: SeqSpec | None = None  # greedy sequences that speculate (``speculate.py``)
     draft_tokens: int = 0
     accepted: int = 0

@@ -35,12 +35,12 @@ def test_the_cursor_prefers_the_occurrence_after_the_last_verified_tokens() -> N
     p = Proposer(draft, max_n=2)
     p.extend([10, 11])
     assert p.propose(2) == [20, 21]  # no cursor yet: the first occurrence
-    p.accepted(2)  # the model took 20, 21: the cursor is at 4
+    p.accepted(2, 2)  # the model took 20, 21: the cursor is at 4
     p.extend([20, 21, 10, 11])
     assert p.propose(2) == [30, 31]  # the occurrence at/after the cursor
     assert p.cursor == 4
     # an occurrence before the cursor only when none follows it
-    p.accepted(2)
+    p.accepted(2, 2)
     assert p.cursor == 8
     p.extend([30, 31, 10, 11])
     assert p.propose(2) == [20, 21]
@@ -54,14 +54,30 @@ def test_own_output_repeats_are_proposed_latest_first() -> None:
     assert p.source == OWN
     p.extend([7, 8, 2, 5, 6])  # two earlier "5 6": the latest is followed by 7, 8, 2
     assert p.propose(3) == [7, 8, 2]
-    p.accepted(3)  # own-output proposals do not move the draft cursor
+    p.accepted(3, 3)  # own-output proposals do not move the draft cursor
     assert p.cursor == 0
 
 
-def test_the_draft_wins_over_own_output_at_the_same_length() -> None:
+def test_the_draft_wins_over_own_output_at_the_same_length_unless_told() -> None:
     p = Proposer([1, 2, 99], max_n=2)
     p.extend([1, 2, 3, 1, 2])
     assert p.propose(1) == [99] and p.source == DRAFT
+    assert p.propose(1, own_first=True) == [3] and p.source == OWN
+
+
+def test_after_a_miss_the_draft_resumes_right_after_the_missed_token() -> None:
+    # the model wrote 77 where the draft says 13 (a misread character): the next proposal
+    # is the draft after the 13, though "77" occurs nowhere in the draft
+    draft = [10, 11, 12, 13, 14, 15, 16]
+    p = Proposer(draft, max_n=2)
+    p.extend([10])
+    assert p.propose(4) == [11, 12, 13, 14]
+    p.accepted(2, 4)  # 11, 12 taken; then the model wrote 77 instead of 13
+    p.extend([11, 12, 77])
+    assert p.propose(3) == [14, 15, 16] and p.source == DRAFT
+    p.accepted(0, 3)  # that missed at once too: back to n-gram lookups, nothing matches 77
+    p.extend([78])
+    assert p.propose(3) == []
 
 
 def test_bad_ranges_are_refused() -> None:

@@ -122,6 +122,22 @@ def test_mixed_batch_with_drafts_equals_chat(request, which: str, kind: str) -> 
         assert h.result().draft_tokens == len(dm.tokenizer.encode(r.draft, bos=False))
 
 
+def test_the_cuda_attention_layout_with_drafts_equals_chat_on_the_cpu(tiny_dm, monkeypatch) -> None:
+    """A verify step's attention as CUDA runs it (SDPA with a 4-D mask over k + 1 query
+    positions per row), here on the CPU: CI has no GPU."""
+    from ixcdoc.engine import runner
+
+    def no_bmm(*a, **k):
+        raise AssertionError("the CPU layout ran")
+
+    monkeypatch.setattr(runner, "masked_bmm", lambda device: False)
+    monkeypatch.setattr(torch, "baddbmm", no_bmm)
+    reqs = _mixed(5)
+    refs = _with_drafts(tiny_dm, reqs, "right_then_wrong")
+    handles, logits, _, _ = _run(tiny_dm, reqs, n_slots=3, submit_later=2)
+    assert _check(refs, handles, logits) > 0
+
+
 @pytest.mark.parametrize("kind", ["perfect", "right_then_wrong", "reordered"])
 def test_queueing_with_drafts_equals_chat(fixture_dm, kind: str) -> None:
     reqs = _mixed(7)
@@ -277,6 +293,10 @@ def test_chat_with_a_draft_equals_chat(fixture_dm) -> None:
         fixture_dm.chat(req.images, req.query, draft=text, speculate="yes")
     with pytest.raises(UsageError, match="speculate"):
         ChatRequest(req.images, req.query, speculate="on")
+    with pytest.raises(UsageError, match="draft token id 5000 is outside the vocabulary"):
+        fixture_dm.chat(req.images, req.query, draft=[1, 5000])
+    with pytest.raises(UsageError, match="draft must be text, token ids or None"):
+        ChatRequest(req.images, req.query, draft=3.5)
 
 
 def test_an_oom_in_a_verify_step_retries_it_plain(fixture_dm, monkeypatch) -> None:
@@ -321,16 +341,23 @@ def test_a_sequence_whose_drafts_keep_failing_pauses_then_retries() -> None:
 def test_k_follows_the_measured_cost_and_the_acceptance() -> None:
     cost = StepCost()
     good = [(0.9, 8)] * 4
-    assert cost.choose(4, 4, good, cap=100) == K_CHOICES[-1]  # nothing measured: try it
+    assert cost.choose(4, 4, good, cap=100) == 0  # a plain step first: the yardstick
     cost.record(4, 0, 0.010)
+    assert cost.choose(4, 4, good, cap=100) == K_CHOICES[-1]  # then the most tokens, once
     cost.record(4, 8, 0.011)
     assert cost.choose(4, 4, good, cap=100) == 8
     assert cost.choose(4, 4, good, cap=3) == 2  # the slot's end caps it
     assert cost.choose(4, 4, [(0.02, 8)] * 4, cap=100) == 0  # drafts that fail: plain steps
+    for _ in range(30):  # now a k = 8 step costs ten plain ones: less than 8 pays, or none
+        cost.record(4, 8, 0.1)
+    assert cost.choose(4, 4, good, cap=100) < 8
     for k in K_CHOICES:  # a step that costs k + 1 times a plain one never pays
-        cost.record(4, k, 0.010 * (k + 1) * 10)
+        for _ in range(30):
+            cost.record(4, k, 0.010 * (k + 1) * 10)
     assert cost.choose(4, 4, good, cap=100) == 0
     assert cost.choose(4, 4, [], cap=100) == 0
     gpu = StepCost(cuda=True)  # past ~256 tokens a step, a GPU step is compute-bound
+    for b in (64, 256):
+        gpu.record(b, 0, 0.01)
     assert gpu.choose(64, 64, [(0.9, 8)] * 64, cap=100) == 2
     assert gpu.choose(256, 256, [(0.9, 8)] * 256, cap=100) == 0
