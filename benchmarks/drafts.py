@@ -14,7 +14,8 @@ in MuPDF's order, cut at ``tasks.DRAFT_CHARS``), measured with the real InternLM
 - ``oracle``: what the engine's n-gram proposer (``engine.draft.Proposer``, up to ``--k``
   tokens a step) would give if the model wrote a known transcription token for token: the
   share of its tokens accepted from proposals (the draft's and its own output's), the share of
-  the proposed tokens accepted, and tokens per decode step. The transcription is the page's
+  the proposed tokens accepted, and tokens per decode step (``no pause``: the same without the
+  engine's pause after failing drafts). The transcription is the page's
   text re-read in position order (MuPDF's ``sort=True``: blocks reordered as a transcription
   reorders them) or, for the generated manual, the Markdown it was written from (tables with
   pipes, headings with ``#``);
@@ -117,24 +118,31 @@ def make_manual(path: Path, pages: int, seed: int = 0) -> list[str]:
 # --- measuring ---------------------------------------------------------------------------------
 
 
-def oracle(draft: list[int], reference: list[int], k: int) -> tuple[int, int, int]:
-    """The engine's proposer on a model that writes ``reference`` exactly: (draft tokens
-    proposed, of those accepted, decode steps)."""
+def oracle(
+    draft: list[int], reference: list[int], k: int, pause: bool = True
+) -> tuple[int, int, int]:
+    """The engine's per-sequence speculation (``engine.speculate.SeqSpec``: the proposer, the
+    source accepted more often first, the pause after failing drafts unless not ``pause``) on
+    a model that writes ``reference`` exactly, ``k`` tokens a step: (tokens proposed, of those
+    accepted, decode steps)."""
     from ixcdoc.engine.draft import Proposer
+    from ixcdoc.engine.speculate import SeqSpec
 
-    prop = Proposer(draft)
+    spec = SeqSpec(Proposer(draft))
     proposed = accepted = steps = i = 0
     while i < len(reference):
-        guess = prop.propose(k)
+        guess = spec.propose(k) if spec.drafting(steps) or not pause else []
         m = 0
         while m < len(guess) and i + m < len(reference) and guess[m] == reference[i + m]:
             m += 1
         proposed += len(guess)
         accepted += m
         if guess:
-            prop.accepted(m)
+            source = spec.proposer.source
+            spec.proposer.accepted(m, len(guess))
+            spec.update(len(guess), m, steps, source)
         new = reference[i : i + m + 1]
-        prop.extend(new)
+        spec.proposer.extend(new)
         i += len(new)
         steps += 1
     return proposed, accepted, steps
@@ -153,6 +161,8 @@ class DocRow:
     oracle_proposed: int = 0
     oracle_accepted: int = 0
     oracle_steps: int = 0
+    unpaused_accepted: int = 0
+    unpaused_steps: int = 0
     e2e: dict[str, int] = field(default_factory=dict)
 
 
@@ -182,6 +192,9 @@ def measure(path: Path, tok: Any, k: int, markdown: list[str] | None) -> DocRow:
             row.oracle_proposed += proposed
             row.oracle_accepted += accepted
             row.oracle_steps += steps
+            _, accepted, steps = oracle(ids, ref, k, pause=False)
+            row.unpaused_accepted += accepted
+            row.unpaused_steps += steps
     return row
 
 
@@ -236,7 +249,7 @@ def main() -> None:
     ap.add_argument("pdfs", nargs="*", help="PDFs (default: samples, /usr/share/doc, manual)")
     ap.add_argument("--manual-pages", type=int, default=32, help="the generated manual (0: none)")
     ap.add_argument("--max-new-tokens", type=int, default=48, help="per page, end to end")
-    ap.add_argument("--k", type=int, default=8, help="draft tokens a step may verify (oracle)")
+    ap.add_argument("--k", type=int, default=0, help="tokens a step verifies (oracle; 0: most)")
     ap.add_argument("--no-model", action="store_true", help="skip the end-to-end run")
     ap.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "drafts.json"))
     args = ap.parse_args()
@@ -244,9 +257,11 @@ def main() -> None:
     sys.path.insert(0, str(ROOT))
     from decode import cpu_model  # benchmarks/decode.py: the script's folder is on sys.path
 
+    from ixcdoc.engine.speculate import K_CHOICES
     from ixcdoc.tasks import DRAFT_CHARS
     from ixcdoc.tokenizer import Tokenizer
 
+    args.k = args.k or K_CHOICES[-1]  # the most draft tokens the engine verifies in a step
     tok = Tokenizer.from_dir(REAL_TOKENIZER)
     paths = [Path(p) for p in args.pdfs]
     if not paths:
@@ -264,7 +279,7 @@ def main() -> None:
     head = (
         f"{'document':<26} {'pages':>5} {'text':>4} {'draft tok/page':>14} {'kept':>6} "
         f"{'oracle of':>12} {'from drafts':>11} {'acc/prop':>8} {'tok/step':>8} "
-        f"{'tiny e2e from drafts':>22}"
+        f"{'no pause':>8} {'tiny e2e from drafts':>22}"
     )
     print(head)
     out_rows = []
@@ -272,13 +287,15 @@ def main() -> None:
         mean = sum(r.draft_tokens) / len(r.draft_tokens) if r.draft_tokens else 0.0
         top = max(r.draft_tokens, default=0)
         per_step = r.oracle_tokens / r.oracle_steps if r.oracle_steps else 0.0
+        unpaused = r.oracle_tokens / r.unpaused_steps if r.unpaused_steps else 0.0
         e = r.e2e
         e2e = f"{pct(e['accepted_tokens'], e['tokens'])} of {e['tokens']:,}" if e else "-"
         print(
             f"{r.name[:26]:<26} {r.pages:>5} {r.text_pages:>4} {f'{mean:,.0f} / {top:,}':>14} "
             f"{pct(r.kept_chars, r.text_chars):>6} {r.oracle_of:>12} "
             f"{pct(r.oracle_accepted, r.oracle_tokens):>11} "
-            f"{pct(r.oracle_accepted, r.oracle_proposed):>8} {per_step:>8.2f} {e2e:>22}"
+            f"{pct(r.oracle_accepted, r.oracle_proposed):>8} {per_step:>8.2f} "
+            f"{unpaused:>8.2f} {e2e:>22}"
         )
         out_rows.append(
             {
@@ -295,6 +312,8 @@ def main() -> None:
                 "oracle_proposed": r.oracle_proposed,
                 "oracle_accepted": r.oracle_accepted,
                 "oracle_steps": r.oracle_steps,
+                "unpaused_accepted": r.unpaused_accepted,
+                "unpaused_steps": r.unpaused_steps,
                 "tiny_e2e": e,
             }
         )
