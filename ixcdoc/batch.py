@@ -175,6 +175,24 @@ class _InOrder:
             self._next += 1
 
 
+def open_run_output(output: str | Path | None, events: Events) -> tuple[Any, ResumeState | None]:
+    """A run's records output, locked first and held for the whole run, and its resume state
+    read under the lock (``records.open_records``: a file, or ``DIR/``, a folder of shards with a
+    new shard for this run); a torn last line it cut is one note. (None, None) without one. One
+    machine and the Ray driver open their output the same way."""
+    from ixcdoc.records import open_records
+
+    if output is None:
+        return None, None
+    file_writer, state = open_records(output)
+    if state.repaired_bytes:
+        events.note(
+            f"repaired {output}: cut a torn last line ({state.repaired_bytes} bytes) "
+            "left by an interrupted run"
+        )
+    return file_writer, state
+
+
 def run(
     job: Job,
     sources: Sources,
@@ -212,7 +230,6 @@ def run(
     complete.
     """
     from ixcdoc.hub import local_revision, model_name
-    from ixcdoc.records import open_records
 
     events = events or Events()
     if isinstance(model, (str, Path)) or model is None:
@@ -230,16 +247,7 @@ def run(
         if output is None:
             output = docs.own_records()
         docs.records = Path(output)
-    state = file_writer = None
-    if output is not None:
-        # Locked first and held for the whole run; the resume state is read under the lock.
-        # ``DIR/``: a folder of shards, as the Ray run writes (records.open_records).
-        file_writer, state = open_records(output)
-        if state.repaired_bytes:
-            events.note(
-                f"repaired {output}: cut a torn last line ({state.repaired_bytes} bytes) "
-                "left by an interrupted run"
-            )
+    file_writer, state = open_run_output(output, events)
     with _outputs(file_writer, json_stream) as (to_file, to_stream):
         r = _Run(
             runner,

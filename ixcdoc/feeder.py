@@ -334,7 +334,12 @@ def _worker(
     tier: TierFn | None,
     blank_check: bool,
 ) -> None:
-    """Worker loop: render each ("page", index, item, slot, blob, data) task into its slot."""
+    """Worker loop: render each ("page", index, item, slot, blob, data) task into its slot.
+
+    ``results`` is this worker's own pipe to the parent. ``send`` returns once the message is
+    in the pipe, so a page answered before the worker dies is never lost (a ``Queue`` hands its
+    messages to a thread that a crash kills), and a worker dying mid-message tears only its own
+    pipe (a shared queue's write lock would stay held and stall every other worker)."""
     import queue
     import signal
     from multiprocessing import shared_memory
@@ -343,13 +348,12 @@ def _worker(
     shm = shared_memory.SharedMemory(name=shm_name)
     docs = _Docs()
     blobs: dict[str, bytes] = {}
-    results.put(("ready", wid, None))
+    results.send(("ready", wid, None))
     try:
         while True:
             if os.getppid() != parent:
-                # The parent died (killed): stop now, without waiting to flush results nobody
-                # reads. Exiting lets the resource tracker unlink the shared memory.
-                results.cancel_join_thread()
+                # The parent died (killed): stop now. Exiting lets the resource tracker unlink
+                # the shared memory.
                 return
             try:
                 task = tasks.get(timeout=_POLL_S)
@@ -380,7 +384,7 @@ def _worker(
             del out
             fed.pixels = None
             fed.item = replace(fed.item, source=b"") if blob is not None else fed.item
-            results.put(("page", wid, (fed, in_slot, pixels)))
+            results.send(("page", wid, (fed, in_slot, pixels)))
             del fed
     finally:
         docs.close()
@@ -439,7 +443,7 @@ class Feeder:
         self.blank_check = blank_check
         self._procs: list[Any] = []
         self._tasks: list[Any] = []
-        self._results: Any = None
+        self._results: list[Any] = []  # per worker: the parent's end of its pipe
         self._shm: Any = None
         self._busy = False
 
@@ -455,12 +459,13 @@ class Feeder:
 
         ctx = mp.get_context("spawn")  # never fork a process that holds CUDA or OpenMP state
         tasks = ctx.Queue()
+        reader, writer = ctx.Pipe(duplex=False)
         proc = ctx.Process(
             target=_worker,
             args=(
                 wid,
                 tasks,
-                self._results,
+                writer,
                 self._shm.name,
                 self.slot_bytes,
                 os.getpid(),
@@ -471,15 +476,17 @@ class Feeder:
             daemon=True,
         )
         proc.start()
+        writer.close()  # the worker holds the only write end: its exit is the reader's EOF
         if wid < len(self._procs):
             self._tasks[wid].close()
-            self._procs[wid], self._tasks[wid] = proc, tasks
+            self._results[wid].close()
+            self._procs[wid], self._tasks[wid], self._results[wid] = proc, tasks, reader
         else:
             self._procs.append(proc)
             self._tasks.append(tasks)
+            self._results.append(reader)
 
     def _start(self) -> None:
-        import multiprocessing as mp
         from multiprocessing import shared_memory
 
         if self._shm is not None:
@@ -489,7 +496,6 @@ class Feeder:
             name=name, create=True, size=self.slot_bytes * (self.depth + 1)
         )
         try:
-            self._results = mp.get_context("spawn").Queue()
             for wid in range(self.workers):
                 self._spawn(wid)
             ready = 0
@@ -517,10 +523,9 @@ class Feeder:
         for tasks in self._tasks:
             tasks.close()
             tasks.join_thread()
-        if self._results is not None:
-            self._results.close()
-            self._results.join_thread()
-        self._procs, self._tasks, self._results = [], [], None
+        for reader in self._results:
+            reader.close()
+        self._procs, self._tasks, self._results = [], [], []
         if self._shm is not None:
             shm, self._shm = self._shm, None
             _close_shm(shm)  # a caller may still hold a page: unmapped when it lets go
@@ -574,15 +579,25 @@ class Feeder:
             docs.close()
 
     def _get(self) -> tuple[str, int, Any]:
-        import queue
+        """The next message of any worker, or ("died", wid, exit code) once a worker's pipe
+        ends: after every message it sent before dying."""
+        from multiprocessing.connection import wait
 
         while True:
-            try:
-                return self._results.get(timeout=_POLL_S)
-            except queue.Empty:
-                for wid, proc in enumerate(self._procs):
-                    if not proc.is_alive():
-                        return ("died", wid, proc.exitcode)
+            for reader in wait(self._results, timeout=_POLL_S):
+                wid = self._results.index(reader)
+                try:
+                    return reader.recv()
+                except (EOFError, OSError):  # its end closed (it exited), or a torn message
+                    proc = self._procs[wid]
+                    proc.join(timeout=5)
+                    if proc.is_alive():  # a torn message from a live worker: stop it
+                        proc.kill()
+                        proc.join(timeout=5)
+                    return ("died", wid, proc.exitcode)
+            for wid, proc in enumerate(self._procs):
+                if not proc.is_alive() and not self._results[wid].poll():
+                    return ("died", wid, proc.exitcode)
 
     def _map_workers(self, items: Iterable[FeedItem]) -> Iterator[FedPage]:
         source = enumerate(items)
@@ -698,7 +713,7 @@ class Feeder:
     def _drain(self, inflight: dict[int, tuple[int, int, FeedItem]], forget: bool) -> None:
         # Stopped early (or done with bytes sources): wait for pages still being rendered, so
         # no worker writes into a slot the next map hands out, and let workers drop the bytes.
-        if self._results is None:
+        if not self._results:
             return
         if forget:
             for tasks in self._tasks:

@@ -441,7 +441,7 @@ class EnginePages:
     def close(self) -> None:
         """Free the engine's batch-sized KV cache (the model can run ``chat`` again)."""
         assert self.runner.model is not None
-        self.runner.model.model.reset_caches()
+        self.runner.model.free_cache()
 
     def submit(
         self,

@@ -239,6 +239,11 @@ class DocModel:
         name = torch.cuda.get_device_name(self.device)
         return GpuInfo(name, total, free + held, "torch")
 
+    def free_cache(self) -> None:
+        """Drop the decoder's KV cache (a batch-sized one must not outlive its engine); the next
+        ``chat`` or engine allocates what it needs."""
+        self.model.reset_caches()
+
     def release_memory(self) -> None:
         """Give cached GPU memory back after an out-of-memory error, before a retry."""
         from ixcdoc.engine.runner import release_memory

@@ -152,7 +152,7 @@ def eval_(
     from ixcdoc.evaluation.report import report_dict, summarize
 
     if benchmark == "report":
-        from ixcdoc.evaluation.records import load_records
+        from ixcdoc.evaluation.results import load_records
 
         rows = summarize(load_records(data, repair=False).records())
     else:

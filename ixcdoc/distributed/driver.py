@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
-from ixcdoc.batch import BatchStats, Events
+from ixcdoc.batch import BatchStats, Events, open_run_output
 from ixcdoc.distributed.cluster import RayOptions, check_address, ray_session, run_pages
 from ixcdoc.distributed.listing import list_pages
 from ixcdoc.errors import IxcdocError
@@ -52,7 +52,6 @@ def run_ray(
     shards together are the resume state. Records carry ``worker`` (host:pid of the replica).
     """
     from ixcdoc.hub import local_revision, model_name
-    from ixcdoc.records import open_records
 
     options = ray or RayOptions()
     if options.address is not None:
@@ -62,18 +61,7 @@ def run_ray(
     # A local folder becomes its absolute path (Ray's workers run elsewhere), a hub id stays.
     name = model_name(model_arg)
     runner = PageRunner(job, name, local_revision(model_arg), device)
-    state = None
-    file_writer: Any = None
-    if output is not None:
-        # As on one machine: the output (a file, or a folder of shards with a new shard for
-        # this run) is locked first and for the whole run, and the resume state is read under
-        # that lock (records.open_records).
-        file_writer, state = open_records(output)
-        if state.repaired_bytes:
-            events.note(
-                f"repaired {output}: cut a torn last line ({state.repaired_bytes} bytes) "
-                "left by an interrupted run"
-            )
+    file_writer, state = open_run_output(output, events)  # as on one machine
     try:
         return _drive(
             sources,

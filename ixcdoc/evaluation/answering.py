@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from ixcdoc.errors import IxcdocError, UsageError
 from ixcdoc.evaluation.datasets import Benchmark, EvalItem, benchmark, read_items
 from ixcdoc.evaluation.metrics import score
-from ixcdoc.evaluation.records import (
+from ixcdoc.evaluation.results import (
     EvalKey,
     EvalState,
     key_of,

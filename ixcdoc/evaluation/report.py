@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ixcdoc.evaluation.datasets import BENCHMARKS
-from ixcdoc.evaluation.records import beams_of
+from ixcdoc.evaluation.results import beams_of
 
 Z95 = 1.959963984540054  # two-sided 95% quantile of the standard normal
 

@@ -174,7 +174,7 @@ class EngineBackend:
             self._inflight.clear()
         if self.engine is not None:
             if self.engine.close(timeout):
-                self.model.model.reset_caches()  # the engine's KV cache goes with it
+                self.model.free_cache()  # the engine's KV cache goes with it
             self.engine = None
         for handle in left:
             self._report(handle, None, shutting_down())

@@ -110,14 +110,6 @@ def _submit(
         ) from None
 
 
-class _SharedCache:
-    """``ServedModel.model``: the runner frees the engine's KV cache when a run ends, but the
-    server's engine owns that cache and goes on."""
-
-    def reset_caches(self) -> None:
-        """Keep the server engine's cache."""
-
-
 class _Handle:
     """What the runner reads of an engine handle: ``id``, ``answer``, ``error``."""
 
@@ -198,7 +190,10 @@ class ServedModel:
         self._model = model
         self.backend = backend
         self.control = control
-        self.model = _SharedCache()
+
+    def free_cache(self) -> None:
+        """Keep the cache: the runner frees the engine's KV cache when a run ends, but the
+        server's engine owns that cache and goes on."""
 
     def __getattr__(self, name: str) -> Any:
         if name in FACTS:

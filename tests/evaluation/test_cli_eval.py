@@ -136,8 +136,8 @@ def test_eval_mpdocvqa_reports_anls_and_page_accuracy(
     from rich.console import Console
 
     from ixcdoc.cli.evaluate import eval_table
-    from ixcdoc.evaluation.records import load_records
     from ixcdoc.evaluation.report import summarize
+    from ixcdoc.evaluation.results import load_records
 
     def drawn(rows: list) -> str:
         console = Console(record=True, width=240)

@@ -504,4 +504,6 @@ def test_the_served_model_offers_only_what_goes_through_the_backend(
     assert served.config is tiny.config and served.tokenizer is tiny.tokenizer
     with pytest.raises(AttributeError, match=r"DocModel\.chat_batch is not routed"):
         _ = served.chat_batch
-    served.model.reset_caches()  # the server's engine keeps its cache: a no-op here
+    cache = tiny.model.model.layers[0].attention.kv_cache
+    served.free_cache()  # the server's engine keeps its cache: the run's end frees nothing
+    assert tiny.model.model.layers[0].attention.kv_cache is cache

@@ -9,13 +9,13 @@ from typing import Any
 
 import pytest
 
-from ixcdoc.evaluation.records import (
+from ixcdoc.evaluation.report import mean_ci, report_dict, summarize
+from ixcdoc.evaluation.results import (
     EvalWriter,
     key_of,
     load_records,
     make_record,
 )
-from ixcdoc.evaluation.report import mean_ci, report_dict, summarize
 from ixcdoc.records import RecordsError
 
 
@@ -210,7 +210,7 @@ def test_mean_ci_clips_and_degenerates() -> None:
 
 def test_an_eval_output_is_locked_bounded_and_never_someone_elses(tmp_path: Path) -> None:
     """The records file's rules hold for evaluation records too (issue 9 items 1, 2 and 4)."""
-    from ixcdoc.evaluation.records import load_records, open_eval_output
+    from ixcdoc.evaluation.results import load_records, open_eval_output
     from ixcdoc.records import RecordsError
 
     theirs = tmp_path / "package.json"
