@@ -4,7 +4,7 @@ step cost (no torch here; ``decode.py`` runs the verification forward).
 Per sequence (``SeqSpec``): ``alpha``, an EWMA of the fraction of proposed tokens the model
 accepted (start ``ALPHA0``, weight ``EWMA_W``), and the same per source (draft text, own
 output): where both match, the one accepted more often lately proposes. Below ``FLOOR`` the
-sequence stops drafting for ``backoff`` steps (16, doubling to 256 while drafts keep
+sequence stops drafting for ``backoff`` steps (8, doubling to 64 while drafts keep
 failing; a fully accepted proposal resets it), then tries again from ``RETRY_ALPHA``.
 
 Per step (``StepCost.choose``): k, the most draft tokens any row feeds, from ``K_CHOICES`` (0:
@@ -30,9 +30,9 @@ from ixcdoc.engine.draft import DRAFT, OWN, Proposer
 K_CHOICES = (1, 2, 4, 8)  # draft tokens per row a step may feed (besides 0)
 ALPHA0 = 0.5  # a new sequence's acceptance estimate
 EWMA_W = 0.3  # weight of the newest step in the acceptance EWMA
-FLOOR = 0.1  # below it a sequence stops drafting for a while
+FLOOR = 0.05  # below it a sequence stops drafting for a while
 RETRY_ALPHA = 0.2  # the estimate it retries with after the pause
-BACKOFF = (16, 256)  # steps a failing sequence pauses: first, most (doubling in between)
+BACKOFF = (8, 64)  # steps a failing sequence pauses: first, most (doubling in between)
 COST_W = 0.2  # weight of the newest step in the step-cost EWMA
 MARGIN = 0.05  # a speculative step must promise this much more than a plain one
 # A bf16 decode step reads each weight (2 bytes) once and does 2 FLOP per weight per token:

@@ -10,7 +10,7 @@ import torch
 
 from ixcdoc.engine import ChatRequest
 from ixcdoc.engine.draft import Proposer
-from ixcdoc.engine.speculate import FLOOR, K_CHOICES, SeqSpec, StepCost
+from ixcdoc.engine.speculate import BACKOFF, FLOOR, K_CHOICES, SeqSpec, StepCost
 from ixcdoc.errors import UsageError
 from ixcdoc.runtime import DocModel
 
@@ -328,14 +328,15 @@ def test_a_sequence_whose_drafts_keep_failing_pauses_then_retries() -> None:
     while sp.drafting(step):
         sp.update(4, 0, step)
         step += 1
-    assert step < 8  # a few failures are enough
-    assert not sp.drafting(step) and sp.drafting(step + 16)
+    assert step <= 8  # a few failures are enough
+    first, last = BACKOFF[0], step - 1  # the failure that paused it came at step ``last``
+    assert not sp.drafting(last + first - 1) and sp.drafting(last + first)
     paused = sp.paused_until
     while sp.drafting(paused):  # failing again pauses twice as long
         sp.update(4, 0, paused)
-    assert sp.paused_until - paused == 32
+    assert sp.paused_until - paused == 2 * first
     sp.update(4, 4, sp.paused_until)  # a full acceptance resets the pause
-    assert sp.backoff == 16 and sp.alpha > FLOOR
+    assert sp.backoff == first and sp.alpha > FLOOR
 
 
 def test_k_follows_the_measured_cost_and_the_acceptance() -> None:
