@@ -11,7 +11,9 @@ errors on stderr. What a person sees on a terminal is the text the model produce
   text, wrapped, above it the moment the page finishes (on the batched engine, in finishing
   order); off a terminal, stdout gets the pages in input order, as ``--json`` does;
 - notes, errors and the page headers wrap too; the progress display goes away at the end and
-  the summary line takes its place.
+  the summary line takes its place. It is not drawn when stdout is a pipe: the reading program
+  (``| cat``, ``| head``, ``| less``) may write to the same terminal between two redraws, which
+  would then tear; the notes, one line per page, and the summary line still say how it goes.
 
 The text is shown raw, never as Markdown: a ``*`` or ``#`` in a transcription is a character,
 and what is on the screen is what goes to the file or the pipe.
@@ -20,6 +22,8 @@ and what is on the screen is what goes to the file or the pipe.
 from __future__ import annotations
 
 import contextlib
+import os
+import stat
 import sys
 from typing import TYPE_CHECKING, Any
 
@@ -34,6 +38,16 @@ from ixcdoc.cli.wrapping import WrapWriter, wrap
 if TYPE_CHECKING:
     from ixcdoc.reading import PageItem
     from ixcdoc.records import PageRecord
+
+
+def _stdout_is_pipe() -> bool:
+    """Whether stdout is a pipe or a socket (another program reads it and may write to this
+    terminal), not a terminal, a file or /dev/null."""
+    try:
+        mode = os.fstat(sys.stdout.fileno()).st_mode
+    except (OSError, ValueError, AttributeError):  # no real file descriptor (a test's capture)
+        return False
+    return stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)
 
 
 def page_label(source: str, page: int | None, page_count: int | None) -> str:
@@ -96,6 +110,10 @@ class Display(Events):
         # lines printed above the live display never tear it or get cropped.
         self.err = Console(stderr=True, highlight=False)
         self.out = Console(highlight=False)  # results on a terminal (stdout)
+        # Redrawn lines on stderr only where nothing else writes to the same terminal
+        # meanwhile: not when stdout is a pipe (``| cat``, ``| head``, ``| less`` show their
+        # lines on that terminal between the redraws, which then erase the wrong lines).
+        self.animate = not quiet and self.err.is_terminal and not _stdout_is_pipe()
 
     # -- Events ----------------------------------------------------------------------------
 
@@ -109,7 +127,7 @@ class Display(Events):
             self._people(Text(message))
 
     def screening(self, source: str, pages: int) -> contextlib.AbstractContextManager[Any]:
-        if self.quiet or not self.err.is_terminal:
+        if not self.animate:
             return contextlib.nullcontext()
         from ixcdoc.tasks import SCREEN_HD
 
@@ -207,7 +225,7 @@ class Display(Events):
     # -- drawing ---------------------------------------------------------------------------
 
     def _start_progress(self) -> None:
-        if self.quiet or not self.err.is_terminal:
+        if not self.animate:
             return
         from rich.live import Live
 

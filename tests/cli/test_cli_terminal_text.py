@@ -98,6 +98,41 @@ def test_every_page_of_a_run_is_on_the_screen_whole(
     assert "pages/s" in summary and "tok/s" in summary
 
 
+def test_piped_to_a_program_on_the_same_terminal_nothing_is_torn(ckpts: Checkpoints) -> None:
+    """``extract samples/ | cat`` on a terminal: cat writes the pages to the terminal while
+    ixcdoc runs, so a redrawn progress display there would be torn and left in pieces between
+    them. Every page's text is on the screen whole, no progress frame is, and the summary
+    line ends it."""
+    args = ["extract", "samples/", *model_args(ckpts.normal, max_new_tokens=48)]
+    records = _json_texts(args)
+    screen = run_in_terminal(
+        ["sh", "-c", '"$@" | cat', "sh", *IXCDOC, *args],
+        width=80,
+        env=subprocess_env(),
+        cwd=ROOT,
+    )
+    assert screen.exit_code == 0, "\n".join(screen.lines)
+    text = "\n".join(screen.lines)
+    assert "pages · eta" not in text and "tok/s ·" not in text, text
+    assert not any(line.startswith("running ") for line in screen.lines), text
+    # cat writes the text raw: the terminal shows no control character (the random model
+    # writes some), so both sides are compared without them.
+    flat = _printable(text)
+    for rec in records:
+        header = f"==> {rec['source']} page {rec['page']}/{rec['page_count']} <=="
+        assert _printable(header + rec["text"]) in flat, rec["source"]
+    first = max(k for k, line in enumerate(screen.lines) if line.startswith(f"{len(records)} ok;"))
+    # (how many tokens came from drafts depends on the measured step times: not compared)
+    tokens = sum(r["timings"]["tokens"] for r in records)
+    summary = _squeeze(" ".join(screen.lines[first:]))
+    assert re.fullmatch(rf".*,{tokens:,}tokens,.*fromdrafts\(\d+of{tokens:,}\)", summary), summary
+
+
+def _printable(s: str) -> str:
+    """``s`` without whitespace and without the characters a terminal does not draw."""
+    return "".join(c for c in s if c.isprintable() and not c.isspace())
+
+
 @pytest.mark.skipif(shutil.which("script") is None, reason="util-linux's script is not installed")
 def test_the_progress_display_names_the_pages_in_flight_and_counts_tokens(
     ckpts: Checkpoints, tmp_path: Path
