@@ -35,9 +35,7 @@ from __future__ import annotations
 import argparse
 import collections
 import itertools
-import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -45,11 +43,11 @@ import tempfile
 import time
 import types
 from collections.abc import Callable
-from datetime import datetime, timezone
 from pathlib import Path
 
 import _reference  # benchmarks/_reference.py: the script's folder is first on sys.path
 import torch
+from _results import cpu_model, run_info, save  # benchmarks/_results.py
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from ixcdoc.generate import SamplingConfig, generate
@@ -66,17 +64,6 @@ MODEL = {
     "tile": 56,
 }
 EOS_ID = 2  # the tiny checkpoint's pad id, which HF greedy search pads finished rows with
-
-
-def cpu_model() -> str:
-    """The CPU model name from /proc/cpuinfo (platform.processor() is often empty)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def make_prompt(
@@ -328,25 +315,15 @@ def main() -> None:
     print_table(rows)
     out = {
         "benchmark": "decode",
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "command": "python " + " ".join([sys.argv[0], *sys.argv[1:]]),
-        "machine": {
-            "cpu_count": os.cpu_count(),
-            "cpu_model": cpu_model(),
-            "platform": platform.platform(),
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "torch_threads": torch.get_num_threads(),
-        },
+        **run_info(),
+        "torch_threads": torch.get_num_threads(),
         "model": {**spec, "dtype": "float32", "device": "cpu"},
         "method": "interval between streamed tokens (median, p10, mean, min; wall and thread "
         "CPU time) after one warm-up run per loop, loops interleaved run by run",
         "seconds": round(elapsed, 1),
         "rows": rows,
     }
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(out, indent=1) + "\n")
-    print(f"wrote {args.json}")
+    save(args.json, out)
 
 
 if __name__ == "__main__":

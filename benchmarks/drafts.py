@@ -31,14 +31,12 @@ Prints a table, writes JSON (default benchmarks/results/drafts.json).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
 import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -255,7 +253,7 @@ def main() -> None:
     args = ap.parse_args()
 
     sys.path.insert(0, str(ROOT))
-    from decode import cpu_model  # benchmarks/decode.py: the script's folder is on sys.path
+    from _results import run_info, save  # benchmarks/_results.py
 
     from ixcdoc.engine.speculate import K_CHOICES
     from ixcdoc.tasks import DRAFT_CHARS
@@ -317,20 +315,16 @@ def main() -> None:
                 "tiny_e2e": e,
             }
         )
-    import torch
 
     result = {
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "torch": torch.__version__},
+        **run_info(),
         "args": vars(args),
         "draft_chars": DRAFT_CHARS,
         "tokenizer": str(REAL_TOKENIZER / "tokenizer.model"),
         "e2e_wall_s": None if wall is None else round(wall, 2),
         "rows": out_rows,
     }
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
-    print(f"wrote {args.json}")
+    save(args.json, result)
 
 
 if __name__ == "__main__":

@@ -22,15 +22,13 @@ time of the plain render (``ratio`` = feeder s/page / plain s/page).
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import shutil
-import sys
 import tempfile
 import time
-from datetime import datetime, timezone
 from pathlib import Path
+
+from _results import run_info, save  # benchmarks/_results.py
 
 TARGET_RATIO = 1.5
 
@@ -235,16 +233,12 @@ def main() -> None:
     print("worker start-up s: " + ", ".join(f"{n}: {startup[n]:.2f}" for n in workers))
     out = {
         "benchmark": "feeder",
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": {"cpu_count": cores, "platform": platform.platform()},
-        "command": "python benchmarks/feeder.py " + " ".join(sys.argv[1:]),
+        **run_info(),
         "target_ratio": TARGET_RATIO,
         "startup_s": {str(n): round(startup[n], 2) for n in workers},
         "rows": rows,
     }
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(out, indent=1) + "\n")
-    print(f"wrote {args.json}")
+    save(args.json, out)
 
 
 if __name__ == "__main__":

@@ -44,13 +44,14 @@ import os
 import platform
 import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
 from PIL import Image, ImageDraw
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # for _reference
+
+from _results import run_info, save  # benchmarks/_results.py
 
 from ixcdoc.config import ModelConfig, VisionConfig
 from ixcdoc.generate import SamplingConfig, generate
@@ -364,15 +365,11 @@ def main_batched(args, cfg, dev, dtype) -> None:
         "benchmark": "gpu-batched",
         "cudagraph_skips": skips,
         "copy_bandwidth_gb_s": None if bw is None else round(bw / 1e9, 1),
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        **run_info(),
         "device": device,
-        "torch": torch.__version__,
-        "command": "python benchmarks/gpu.py " + " ".join(sys.argv[1:]),
         "rows": rows,
     }
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(out, indent=1) + "\n")
-    print(f"wrote {args.json}")
+    save(args.json, out)
 
 
 def fit_line(xs: list[float], ys: list[float]) -> dict:
@@ -462,17 +459,14 @@ def main() -> None:
     device = torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor()
     out = {
         "benchmark": "gpu",
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        **run_info(),
         "device": device,
-        "torch": torch.__version__,
-        "command": "python benchmarks/gpu.py " + " ".join(sys.argv[1:]),
         "copy_bandwidth_gb_s": None if bw is None else round(bw / 1e9, 1),
         "rows": rows,
         "prefill_fit": fits,
         "cpu_count": os.cpu_count(),
     }
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(out, indent=1) + "\n")
+    save(args.json, out)
     print(f"prefill fit: {fits}")
     print(f"wrote {args.json}")
 

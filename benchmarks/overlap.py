@@ -13,16 +13,12 @@ screenshot and a chart).
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
-import sys
 import tempfile
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
+from _results import run_info, save  # benchmarks/_results.py
 
 from ixcdoc.batch import run
 from ixcdoc.inputs import Sources
@@ -85,21 +81,13 @@ def main() -> None:
     print(f"gain of the default (thread) over sequential: x{gain:.2f}")
     out = {
         "benchmark": "overlap",
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": {
-            "cpu_count": os.cpu_count(),
-            "platform": platform.platform(),
-            "torch": torch.__version__,
-        },
-        "command": "python benchmarks/overlap.py " + " ".join(sys.argv[1:]),
+        **run_info(),
         "hd": args.hd,
         "max_new_tokens": args.max_new_tokens,
         "rows": result,
         "gain": round(gain, 3),
     }
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(out, indent=1) + "\n")
-    print(f"wrote {args.json}")
+    save(args.json, out)
 
 
 if __name__ == "__main__":

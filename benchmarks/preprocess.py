@@ -14,16 +14,12 @@ table and writes JSON (default: benchmarks/results/preprocess.json).
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
-import sys
 import tempfile
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
+from _results import run_info, save  # benchmarks/_results.py
 
 from ixcdoc.inputs import open_sources
 
@@ -148,17 +144,13 @@ def main() -> None:
         )
     out = {
         "benchmark": "preprocess",
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform()},
-        "command": "python benchmarks/preprocess.py " + " ".join(sys.argv[1:]),
+        **run_info(),
         "inputs": [
             Path(p).name for p in (args.pdfs or ["paper.pdf (12 pages)", "scan.pdf (6 pages)"])
         ],
         "rows": rows,
     }
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(out, indent=1) + "\n")
-    print(f"wrote {args.json}")
+    save(args.json, out)
 
 
 if __name__ == "__main__":

@@ -14,17 +14,14 @@ The modes run ``--repeat`` times, interleaved (drift hits each alike); the best 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
-import platform
-import sys
 import tempfile
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
+from _results import run_info, save  # benchmarks/_results.py
 from PIL import Image, ImageDraw
 
 from ixcdoc.batch import run
@@ -115,18 +112,14 @@ def main() -> None:
         print(f"{r['mode']:<26} {r['pages']:>6} {r['seconds']:>8} {r['pages_per_s']:>8}")
     out = {
         "benchmark": "ray_scale",
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform()},
-        "command": "python benchmarks/ray_scale.py " + " ".join(sys.argv[1:]),
+        **run_info(),
         "hd": args.hd,
         "max_new_tokens": args.max_new_tokens,
         "repeat": args.repeat,
         "torch_threads_one_machine": torch.get_num_threads(),
         "rows": result,
     }
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(out, indent=1) + "\n")
-    print(f"wrote {args.json}")
+    save(args.json, out)
 
 
 if __name__ == "__main__":

@@ -24,17 +24,14 @@ add time). Prints a table, writes JSON (default benchmarks/results/screening.jso
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import sys
 import tempfile
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 import torch
-from decode import cpu_model  # benchmarks/decode.py: the script's folder is on sys.path
+from _results import cpu_model, run_info, save  # benchmarks/_results.py
 from engine import MODEL  # benchmarks/engine.py: the CPU proxy's shape
 from PIL import Image
 
@@ -142,21 +139,13 @@ def main() -> None:
             f"{r['wall_s_per_page']:>8.4f} {r['cpu_s_per_page']:>10.4f} {ratios}"
         )
     out = {
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": {
-            "cpu": cpu_model(),
-            "cores": os.cpu_count(),
-            "torch": torch.__version__,
-            "python": sys.version.split()[0],
-        },
+        **run_info(),
         "args": vars(args),
         "model": {**shape, "layers": args.layers},
         "loadavg": [load_before[0], os.getloadavg()[0]],
         "rows": rows,
     }
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(out, indent=1) + "\n")
-    print(f"wrote {args.json}")
+    save(args.json, out)
 
 
 if __name__ == "__main__":

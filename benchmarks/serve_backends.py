@@ -18,16 +18,15 @@ benchmarks/results/serve_backends.json).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
 import threading
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
+from _results import run_info, save  # benchmarks/_results.py
 from engine import MODEL, requests  # benchmarks/engine.py: the script's folder is on sys.path
 
 from ixcdoc.runtime import load
@@ -114,8 +113,7 @@ def main() -> None:
         print(f"{name:<24}{r['wall_s']:>8.2f}{tps:>8.1f}{tpc:>11.1f}{r['same']:>4}/{len(reqs)}")
         rows.append({"backend": name, **r, "tokens_per_s": tps, "tokens_per_cpu_s": tpc})
     data = {
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "torch": torch.__version__,
+        **run_info(),
         "requests": args.requests,
         "tokens": total,
         "layers": args.layers,
@@ -125,8 +123,7 @@ def main() -> None:
         "loadavg_after": os.getloadavg(),
         "rows": rows,
     }
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(data, indent=2) + "\n")
+    save(args.json, data)
 
 
 if __name__ == "__main__":

@@ -26,19 +26,16 @@ row 1 + its accepted tokens), and "same": requests whose tokens equal the ``off`
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
-from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
-from decode import cpu_model  # benchmarks/decode.py: the script's folder is on sys.path
+from _results import cpu_model, run_info, save  # benchmarks/_results.py
 from engine import MODEL, requests  # benchmarks/engine.py: the same proxy and requests
 
 from ixcdoc.engine import ChatRequest
@@ -158,22 +155,13 @@ def main() -> None:
     )
     print(f"load average {load_before[0]:.1f} -> {os.getloadavg()[0]:.1f}")
     out = {
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": {
-            "cpu": cpu_model(),
-            "cores": os.cpu_count(),
-            "torch": torch.__version__,
-            "python": sys.version.split()[0],
-        },
-        "command": "python benchmarks/speculate.py " + " ".join(sys.argv[1:]),
+        **run_info(),
         "args": vars(args),
         "model": {**MODEL, "layers": args.layers},
         "loadavg": [load_before[0], os.getloadavg()[0]],
         "rows": rows,
     }
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(out, indent=1) + "\n")
-    print(f"wrote {args.json}")
+    save(args.json, out)
 
 
 if __name__ == "__main__":
