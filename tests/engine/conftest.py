@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import defaultdict
 from dataclasses import dataclass
 
 import numpy as np
@@ -77,3 +78,27 @@ def chat_reference(dm: DocModel, req: ChatRequest, **callbacks) -> Reference:
         **callbacks,
     )
     return Reference(res.token_ids, res.stop_reason, logits)
+
+
+def run_engine(
+    dm: DocModel, reqs, *, n_slots: int, submit_later: int = 0, after_steps: int = 2, **engine
+):
+    """Run ``reqs`` through an engine, every greedy row's logits recorded; the last
+    ``submit_later`` join after ``after_steps`` steps. Returns (handles, logits by handle id,
+    sequences running when they joined, the engine)."""
+    logits: dict[int, list[torch.Tensor]] = defaultdict(list)
+    eng = dm.engine(
+        n_slots=n_slots,
+        max_len=1024,
+        logits_hook=lambda h, row: logits[h.id].append(row.clone()),
+        **engine,
+    )
+    first = len(reqs) - submit_later
+    handles = [eng.submit(r) for r in reqs[:first]]
+    for _ in range(after_steps):
+        eng.step()
+    running_when_joined = len(eng.running)
+    handles += [eng.submit(r) for r in reqs[first:]]
+    eng.run_until_idle()
+    dm.free_cache()
+    return handles, logits, running_when_joined, eng

@@ -9,7 +9,8 @@ import torch
 
 from ixcdoc.engine.admission import _packs, _Prompt
 
-from .test_parity import _check, _mixed, _run, chat_reference
+from .conftest import run_engine
+from .test_parity import _check, _mixed, chat_reference
 
 
 @pytest.fixture
@@ -46,7 +47,7 @@ def test_packs_keep_each_group_within_the_token_budget() -> None:
 def test_engine_packs_the_prompts_admitted_together(fixture_dm, pack_sizes, prefix):
     sizes = pack_sizes
     reqs = _mixed(7)
-    handles, logits, _ = _run(fixture_dm, reqs, n_slots=3, prefix_cache=prefix)
+    handles, logits, _, _ = run_engine(fixture_dm, reqs, n_slots=3, prefix_cache=prefix)
     _check(fixture_dm, reqs, handles, logits)
     # the first round's three pages share the system prompt. With the reuse on, the first
     # prefills it whole and keeps it, then the other two reuse it in one forward; off, all
@@ -83,7 +84,7 @@ def test_a_failing_packed_prefill_falls_back_to_one_prompt_at_a_time(fixture_dm,
 
     monkeypatch.setattr(ModelRunner, "prefill_packed", oom_when_packed)
     reqs = _mixed(6)
-    handles, logits, _ = _run(fixture_dm, reqs, n_slots=3)
+    handles, logits, _, _ = run_engine(fixture_dm, reqs, n_slots=3)
     assert failed  # the packed forward was tried and failed
     _check(fixture_dm, reqs, handles, logits)  # nobody lost anything: each prompt went alone
 
@@ -96,7 +97,7 @@ def test_pages_whose_prefix_cannot_be_kept_are_not_held_back(fixture_dm, pack_si
     for r in reqs:
         r.meta_instruction = "You read long documents with care. " * 80
         r.max_new_tokens = 2
-    handles, logits, _ = _run(fixture_dm, reqs, n_slots=3, prefill_tokens=10_000)
+    handles, logits, _, _ = run_engine(fixture_dm, reqs, n_slots=3, prefill_tokens=10_000)
     _check(fixture_dm, reqs, handles, logits)
     prefix = len(fixture_dm.tokenizer.encode(reqs[0].meta_instruction))
     assert prefix > 1024 // 2  # the slots hold 1024 positions

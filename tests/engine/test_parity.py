@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from collections import defaultdict
-
 import pytest
 import torch
 
 from ixcdoc.engine import ChatRequest
 from ixcdoc.runtime import DocModel
 
-from .conftest import chat_reference, page
+from .conftest import chat_reference, page, run_engine
 
 ATOL = 1e-4
 
@@ -30,28 +28,6 @@ def _mixed(n: int) -> list[ChatRequest]:
     ]
 
 
-def _run(
-    dm: DocModel, reqs, *, n_slots: int, submit_later: int = 0, after_steps: int = 2, **engine
-):
-    """Run ``reqs`` through an engine; the last ``submit_later`` join after ``after_steps``."""
-    logits: dict[int, list[torch.Tensor]] = defaultdict(list)
-    eng = dm.engine(
-        n_slots=n_slots,
-        max_len=1024,
-        logits_hook=lambda h, row: logits[h.id].append(row.clone()),
-        **engine,
-    )
-    first = len(reqs) - submit_later
-    handles = [eng.submit(r) for r in reqs[:first]]
-    for _ in range(after_steps):
-        eng.step()
-    running_when_joined = len(eng.running)
-    handles += [eng.submit(r) for r in reqs[first:]]
-    eng.run_until_idle()
-    dm.model.reset_caches()
-    return handles, logits, running_when_joined
-
-
 def _check(dm: DocModel, reqs, handles, logits) -> None:
     for req, h in zip(reqs, handles, strict=True):
         ref = chat_reference(dm, req)
@@ -68,7 +44,7 @@ def _check(dm: DocModel, reqs, handles, logits) -> None:
 def test_mixed_batch_equals_chat(request, which) -> None:
     dm = request.getfixturevalue(which)
     reqs = _mixed(6)
-    handles, logits, _ = _run(dm, reqs, n_slots=6)
+    handles, logits, _, _ = run_engine(dm, reqs, n_slots=6)
     _check(dm, reqs, handles, logits)
     stops = {len(h.result().token_ids) for h in handles}
     assert len(stops) > 2  # the sequences really left the batch at different steps
@@ -87,7 +63,7 @@ def test_the_cuda_attention_layout_equals_chat_on_the_cpu(request, which, monkey
     monkeypatch.setattr(torch, "baddbmm", no_bmm)
     dm = request.getfixturevalue(which)
     reqs = _mixed(7)
-    handles, logits, _ = _run(dm, reqs, n_slots=3, submit_later=2)
+    handles, logits, _, _ = run_engine(dm, reqs, n_slots=3, submit_later=2)
     _check(dm, reqs, handles, logits)
 
 
@@ -102,7 +78,7 @@ def test_a_4bit_model_batches_as_it_chats() -> None:
     dm = load(TINY_CKPT, device="cpu", quant="4bit")
     assert dm.precision == "4bit"
     reqs = _mixed(7)
-    handles, logits, _ = _run(dm, reqs, n_slots=3, submit_later=2)
+    handles, logits, _, _ = run_engine(dm, reqs, n_slots=3, submit_later=2)
     _check(dm, reqs, handles, logits)
 
 
@@ -118,7 +94,7 @@ def test_a_bf16_model_batches_as_it_chats_within_bf16_rounding() -> None:
     dm = load(TINY_CKPT, device="cpu", dtype="bfloat16")
     reqs = _mixed(6)
     reqs[1].num_beams = 2
-    handles, logits, _ = _run(dm, reqs, n_slots=4, submit_later=2)
+    handles, logits, _, _ = run_engine(dm, reqs, n_slots=4, submit_later=2)
     compared = 0
     for req, h in zip(reqs, handles, strict=True):
         ans = h.result()
@@ -137,7 +113,7 @@ def test_a_bf16_model_batches_as_it_chats_within_bf16_rounding() -> None:
 
 def test_more_requests_than_slots_queue(fixture_dm) -> None:
     reqs = _mixed(7)
-    handles, logits, _ = _run(fixture_dm, reqs, n_slots=2)
+    handles, logits, _, _ = run_engine(fixture_dm, reqs, n_slots=2)
     _check(fixture_dm, reqs, handles, logits)
 
 
@@ -145,7 +121,9 @@ def test_admission_mid_flight(tiny_dm) -> None:
     reqs = _mixed(5)
     for r in reqs[:2]:
         r.max_new_tokens = 12  # still decoding when the others arrive
-    handles, logits, running = _run(tiny_dm, reqs, n_slots=4, submit_later=3, after_steps=3)
+    handles, logits, running, _ = run_engine(
+        tiny_dm, reqs, n_slots=4, submit_later=3, after_steps=3
+    )
     assert running == 2
     _check(tiny_dm, reqs, handles, logits)
 
@@ -176,7 +154,7 @@ def test_seeded_sampling_and_penalty_match_chat(tiny_dm) -> None:
     reqs[3].do_sample, reqs[3].seed, reqs[3].repetition_penalty = True, 3, 1.2
     for r in reqs:
         r.max_new_tokens = 10
-    handles, logits, _ = _run(tiny_dm, reqs, n_slots=4)
+    handles, logits, _, _ = run_engine(tiny_dm, reqs, n_slots=4)
     _check(tiny_dm, reqs, handles, logits)
     assert handles[0].result().token_ids != handles[1].result().token_ids
 

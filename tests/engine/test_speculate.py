@@ -3,8 +3,6 @@ parity suite, with drafts that are perfect, all wrong, right then wrong, reorder
 
 from __future__ import annotations
 
-from collections import defaultdict
-
 import pytest
 import torch
 
@@ -14,7 +12,7 @@ from ixcdoc.engine.speculate import BACKOFF, FLOOR, K_CHOICES, SeqSpec, StepCost
 from ixcdoc.errors import UsageError
 from ixcdoc.runtime import DocModel
 
-from .conftest import Reference, chat_reference, page
+from .conftest import Reference, chat_reference, page, run_engine
 
 ATOL = 1e-4
 KINDS = ["perfect", "wrong", "right_then_wrong", "reordered", "empty"]
@@ -64,24 +62,6 @@ def _reference(dm: DocModel, i: int, req: ChatRequest) -> Reference:
     return _refs[key]
 
 
-def _run(dm, reqs, *, n_slots: int, submit_later: int = 0, after_steps: int = 2):
-    logits: dict[int, list[torch.Tensor]] = defaultdict(list)
-    eng = dm.engine(
-        n_slots=n_slots,
-        max_len=1024,
-        logits_hook=lambda h, row: logits[h.id].append(row.clone()),
-    )
-    first = len(reqs) - submit_later
-    handles = [eng.submit(r) for r in reqs[:first]]
-    for _ in range(after_steps):
-        eng.step()
-    running_when_joined = len(eng.running)
-    handles += [eng.submit(r) for r in reqs[first:]]
-    eng.run_until_idle()
-    dm.model.reset_caches()
-    return handles, logits, running_when_joined, eng
-
-
 def _with_drafts(dm: DocModel, reqs: list[ChatRequest], kind: str) -> list[Reference]:
     refs = [_reference(dm, i, r) for i, r in enumerate(reqs)]
     for r, ref in zip(reqs, refs, strict=True):
@@ -111,7 +91,7 @@ def test_mixed_batch_with_drafts_equals_chat(request, which: str, kind: str) -> 
     dm = request.getfixturevalue(which)
     reqs = _mixed(6)
     refs = _with_drafts(dm, reqs, kind)
-    handles, logits, _, _ = _run(dm, reqs, n_slots=6)
+    handles, logits, _, _ = run_engine(dm, reqs, n_slots=6)
     accepted = _check(refs, handles, logits)
     if kind == "perfect":
         # it really speculated (the tiny tokenizer does not give back the same ids for the
@@ -134,7 +114,7 @@ def test_the_cuda_attention_layout_with_drafts_equals_chat_on_the_cpu(tiny_dm, m
     monkeypatch.setattr(torch, "baddbmm", no_bmm)
     reqs = _mixed(5)
     refs = _with_drafts(tiny_dm, reqs, "right_then_wrong")
-    handles, logits, _, _ = _run(tiny_dm, reqs, n_slots=3, submit_later=2)
+    handles, logits, _, _ = run_engine(tiny_dm, reqs, n_slots=3, submit_later=2)
     assert _check(refs, handles, logits) > 0
 
 
@@ -142,7 +122,7 @@ def test_the_cuda_attention_layout_with_drafts_equals_chat_on_the_cpu(tiny_dm, m
 def test_queueing_with_drafts_equals_chat(fixture_dm, kind: str) -> None:
     reqs = _mixed(7)
     refs = _with_drafts(fixture_dm, reqs, kind)
-    handles, logits, _, _ = _run(fixture_dm, reqs, n_slots=2)
+    handles, logits, _, _ = run_engine(fixture_dm, reqs, n_slots=2)
     _check(refs, handles, logits)
 
 
@@ -150,7 +130,9 @@ def test_queueing_with_drafts_equals_chat(fixture_dm, kind: str) -> None:
 def test_admission_mid_flight_with_drafts_equals_chat(tiny_dm, kind: str) -> None:
     reqs = _mixed(5)
     refs = _with_drafts(tiny_dm, reqs, kind)
-    handles, logits, running, _ = _run(tiny_dm, reqs, n_slots=4, submit_later=3, after_steps=3)
+    handles, logits, running, _ = run_engine(
+        tiny_dm, reqs, n_slots=4, submit_later=3, after_steps=3
+    )
     assert running == 2
     _check(refs, handles, logits)
 
@@ -216,7 +198,7 @@ def test_a_4bit_model_speculates_as_it_chats() -> None:
     reqs = _mixed(5)
     refs = _with_drafts(dm, reqs, "perfect")
     reqs[3].draft = _draft(dm, refs[3].token_ids, "right_then_wrong")
-    handles, logits, _, _ = _run(dm, reqs, n_slots=3, submit_later=2)
+    handles, logits, _, _ = run_engine(dm, reqs, n_slots=3, submit_later=2)
     assert _check(refs, handles, logits) > 0
 
 
@@ -230,7 +212,7 @@ def test_a_bf16_model_speculates_within_bf16_rounding() -> None:
     dm = load(TINY_CKPT, device="cpu", dtype="bfloat16")
     reqs = _mixed(4)
     refs = _with_drafts(dm, reqs, "perfect")
-    handles, logits, _, _ = _run(dm, reqs, n_slots=4)
+    handles, logits, _, _ = run_engine(dm, reqs, n_slots=4)
     compared = 0
     for ref, h in zip(refs, handles, strict=True):
         ans = h.result()
@@ -253,7 +235,7 @@ def test_a_perfect_token_draft_is_accepted_and_steps_are_saved(request, which: s
     refs = [_reference(dm, i, r) for i, r in enumerate(reqs)]
     for r, ref in zip(reqs, refs, strict=True):
         r.draft = list(ref.token_ids)
-    handles, logits, _, eng = _run(dm, reqs, n_slots=6)
+    handles, logits, _, eng = run_engine(dm, reqs, n_slots=6)
     accepted = _check(refs, handles, logits)
     tokens = sum(len(r.token_ids) for r in refs)
     assert accepted >= tokens // 2
@@ -266,7 +248,7 @@ def test_off_sampling_and_penalty_do_not_speculate(tiny_dm) -> None:
     reqs[0].speculate = "off"
     reqs[1].do_sample, reqs[1].seed = True, 4
     reqs[2].repetition_penalty = 1.3
-    handles, _, _, _ = _run(tiny_dm, reqs, n_slots=4)
+    handles, _, _, _ = run_engine(tiny_dm, reqs, n_slots=4)
     assert [h.result().accepted_tokens for h in handles[:3]] == [0, 0, 0]
     assert handles[0].result().token_ids == refs[0].token_ids
     assert handles[3].result().accepted_tokens > 0  # the greedy one beside them does
@@ -314,7 +296,7 @@ def test_an_oom_in_a_verify_step_retries_it_plain(fixture_dm, monkeypatch) -> No
         return real(self, ids, positions, keep)
 
     monkeypatch.setattr(ModelRunner, "verify", oom_once)
-    handles, logits, _, eng = _run(fixture_dm, reqs, n_slots=3)
+    handles, logits, _, eng = run_engine(fixture_dm, reqs, n_slots=3)
     _check(refs, handles, logits)
     assert len(calls) > 1 and eng.row_cap is None
 
