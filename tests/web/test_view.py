@@ -146,7 +146,7 @@ def test_the_served_viewer_renders_pages_from_their_files(
 
 
 def test_a_moved_source_says_so_instead_of_an_image(
-    page: Any, run_dir: Path, tmp_path: Path
+    page: Any, run_dir: Path, run_records: list[PageRecord], tmp_path: Path
 ) -> None:
     moved = tmp_path / "moved"
     moved.mkdir()
@@ -157,8 +157,9 @@ def test_a_moved_source_says_so_instead_of_an_image(
     )
     assert result.exit_code == 0 and "(0 with their image)" in result.stderr
     page.goto(out.as_uri())
+    first = page_records(run_records)[0].source  # the page the viewer opens with
     expect(page.locator("#page .no-image")).to_have_text(
-        "paper.pdf: not found (the image is re-rendered from the source)"
+        f"{first}: not found (the image is re-rendered from the source)"
     )
 
 
