@@ -299,6 +299,27 @@ def test_chat_with_a_draft_equals_chat(fixture_dm) -> None:
         ChatRequest(req.images, req.query, draft=3.5)
 
 
+def test_a_draft_is_cut_to_draft_tokens(fixture_dm) -> None:
+    """A draft of DRAFT_CHARS rare characters is byte tokens, ~4 per character: the engine
+    keeps its first DRAFT_TOKENS (the index it builds per sequence stays bounded), ids too;
+    the answer is still chat's and the draft's head still proposes."""
+    from ixcdoc.tasks import DRAFT_CHARS, DRAFT_TOKENS
+
+    req = _mixed(2)[1]
+    plain = fixture_dm.chat(req.images, req.query, hd=req.hd, max_new_tokens=req.max_new_tokens)
+    head = fixture_dm.tokenizer.decode(plain.token_ids, skip_special=True)
+    text = (head + "\U00010000" * DRAFT_CHARS)[:DRAFT_CHARS]
+    assert len(fixture_dm.tokenizer.encode(text, bos=False)) > 2 * DRAFT_TOKENS
+    ids = list(plain.token_ids) + [5] * DRAFT_TOKENS
+    for draft in (text, ids):
+        ans = fixture_dm.chat(
+            req.images, req.query, hd=req.hd, max_new_tokens=req.max_new_tokens, draft=draft
+        )
+        assert ans.token_ids == plain.token_ids
+        assert ans.draft_tokens == DRAFT_TOKENS
+        assert ans.accepted_tokens > 0
+
+
 def test_an_oom_in_a_verify_step_retries_it_plain(fixture_dm, monkeypatch) -> None:
     from ixcdoc.engine.runner import ModelRunner
 
