@@ -37,6 +37,7 @@ from ixcdoc.engine.speculate import StepCost
 from ixcdoc.errors import IxcdocError, UsageError
 from ixcdoc.generate import OnToken, ShouldStop, seeded_generator
 from ixcdoc.tasks import DRAFT_TOKENS
+from ixcdoc.tokenizer import check_text
 from ixcdoc.vram import VISION_BATCH_TILES  # one HD55 page: 55 crops + the global view
 
 FaultHook = Callable[[ChatRequest], None]
@@ -161,6 +162,7 @@ class Engine(Admission, Decoding):
         if not draft:
             return []
         if isinstance(draft, str):
+            check_text(draft, "the draft")  # the error names the draft, not the query
             return self.loaded.tokenizer.encode(draft, bos=False)[:DRAFT_TOKENS]
         vocab = self.loaded.config.vocab_size
         bad = next((t for t in draft if not 0 <= t < vocab), None)

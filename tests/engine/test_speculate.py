@@ -299,6 +299,16 @@ def test_chat_with_a_draft_equals_chat(fixture_dm) -> None:
         ChatRequest(req.images, req.query, draft=3.5)
 
 
+def test_a_draft_that_utf8_cannot_carry_is_named(fixture_dm) -> None:
+    """A lone surrogate in the draft (a non-UTF-8 byte decoded with surrogateescape) is a
+    usage error naming the draft, not "the text", which would send the caller to the query."""
+    req = _mixed(1)[0]
+    with pytest.raises(
+        UsageError, match=r"^the draft is not valid UTF-8: byte 0x80 at character 3$"
+    ):
+        fixture_dm.chat(req.images, req.query, draft="ab\udc80c")
+
+
 def test_a_draft_is_cut_to_draft_tokens(fixture_dm) -> None:
     """A draft of DRAFT_CHARS rare characters is byte tokens, ~4 per character: the engine
     keeps its first DRAFT_TOKENS (the index it builds per sequence stays bounded), ids too;
