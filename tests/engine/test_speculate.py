@@ -350,6 +350,29 @@ def test_an_oom_in_a_verify_step_retries_it_plain(fixture_dm, monkeypatch) -> No
     assert len(calls) > 1 and eng.row_cap is None
 
 
+def test_a_verify_step_that_keeps_running_out_of_memory_is_not_retried_every_step(
+    fixture_dm, monkeypatch
+) -> None:
+    """Where a verify step does not fit, each further try costs a failed forward and a
+    release of memory (gc.collect, empty_cache) before the plain step: the engine stops
+    trying that k at that batch size, so a request tries at most one k per choice."""
+    from ixcdoc.engine.runner import ModelRunner
+
+    reqs = _mixed(2)[1:]  # one request, 40 tokens: one batch size all along
+    refs = _with_drafts(fixture_dm, reqs, "perfect")
+    calls: list[int] = []
+
+    def oom(self, ids, positions, keep):
+        calls.append(len(ids[0]) - 1)
+        raise torch.cuda.OutOfMemoryError("injected")
+
+    monkeypatch.setattr(ModelRunner, "verify", oom)
+    handles, logits, _, eng = _run(fixture_dm, reqs, n_slots=1)
+    _check(refs, handles, logits)
+    assert sorted(calls, reverse=True) == calls and len(set(calls)) == len(calls)
+    assert 1 <= len(calls) <= len(K_CHOICES) and eng.steps > 2 * len(K_CHOICES)
+
+
 # -- the adaptive rules (pure) -----------------------------------------------------------------
 
 
@@ -393,3 +416,11 @@ def test_k_follows_the_measured_cost_and_the_acceptance() -> None:
         gpu.record(b, 0, 0.01)
     assert gpu.choose(64, 64, [(0.9, 8)] * 64, cap=100) == 2
     assert gpu.choose(256, 256, [(0.9, 8)] * 256, cap=100) == 0
+    tight = StepCost()  # a verify step of k = 4 ran out of memory at bucket 4: less from then on
+    for b in (4, 8):
+        tight.record(b, 0, 0.01)
+    tight.out_of_memory(4, 4)
+    assert tight.choose(4, 4, good, cap=100) == 2
+    assert tight.choose(8, 8, [(0.9, 8)] * 8, cap=100) == 8  # another batch size: untouched
+    tight.out_of_memory(4, 1)
+    assert tight.choose(4, 4, good, cap=100) == 0
