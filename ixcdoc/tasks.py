@@ -73,9 +73,10 @@ PRESETS: dict[str, TaskPreset] = {"ask": ASK, "extract": EXTRACT, "chart": CHART
 DRAFT_CHARS = 65_536
 # The most tokens of a draft the engine keeps (the first ones): DRAFT_CHARS at ~4 characters a
 # token. Text of a script the vocabulary lacks is byte tokens, up to 4 per character, so a
-# DRAFT_CHARS draft can be 262,144 tokens; indexing that took 1.3 s on the engine's thread and
-# ~130 MB per sequence (2-core VM, 2026-12-07), 16,384 tokens 0.03 s. A real page's text stays
-# whole even at a token per character (digits are one token each; a dense A4 page is ~6,000).
+# DRAFT_CHARS draft can be 262,144 tokens; indexing that many distinct ids took 1.0 s on the
+# engine's thread and 200 MiB per sequence, 16,384 tokens 0.02 s and 13 MiB (2-core VM,
+# 2026-12-07). A real page's text stays whole even at a token per character (digits are one
+# token each; a dense A4 page is ~6,000 characters).
 DRAFT_TOKENS = DRAFT_CHARS // 4
 
 # ``ask`` on pages without a text layer: the model screens every candidate page at this tier
