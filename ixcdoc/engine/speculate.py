@@ -19,7 +19,7 @@ over a plain step: the estimates are noisy), so a step that turns compute-bound 
 proxy at batch 64, a GPU past its ridge) stops speculating by measurement. On CUDA k is
 also capped by the arithmetic rule of docs/throughput.md: at most ``CUDA_STEP_TOKENS``
 tokens per step (rows x (k + 1)). A k whose verify step ran out of memory at a bucket is not
-tried there again, nor any larger one (``StepCost.out_of_memory``).
+tried there again, nor any larger one, until the batch empties (``StepCost.out_of_memory``).
 """
 
 from __future__ import annotations
@@ -96,6 +96,7 @@ class StepCost:
     cuda: bool = False
     seconds: dict[tuple[int, int], float] = field(default_factory=dict)
     # batch bucket -> the least k whose verify step ran out of memory there: only less after
+    # (the engine clears it when the batch empties, as it lifts its row cap)
     too_big: dict[int, int] = field(default_factory=dict)
 
     def out_of_memory(self, bucket: int, k: int) -> None:

@@ -371,6 +371,7 @@ def test_a_verify_step_that_keeps_running_out_of_memory_is_not_retried_every_ste
     _check(refs, handles, logits)
     assert sorted(calls, reverse=True) == calls and len(set(calls)) == len(calls)
     assert 1 <= len(calls) <= len(K_CHOICES) and eng.steps > 2 * len(K_CHOICES)
+    assert eng.costs.too_big == {}  # as the row cap: the batch emptied, every k may run again
 
 
 # -- the adaptive rules (pure) -----------------------------------------------------------------
