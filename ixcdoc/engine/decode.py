@@ -93,6 +93,7 @@ class Decoding:
             except torch.cuda.OutOfMemoryError:
                 self.runner.release_memory()
                 if plan is not None:  # a plain step needs less: try that first
+                    self.costs.out_of_memory(bucket_for(k, self.n_slots), plan.k)
                     speculate = False
                     continue
                 # Make room without losing work: the sequences on the top rows wait (keeping

@@ -36,6 +36,8 @@ from ixcdoc.engine.slots import SlotTable
 from ixcdoc.engine.speculate import StepCost
 from ixcdoc.errors import IxcdocError, UsageError
 from ixcdoc.generate import OnToken, ShouldStop, seeded_generator
+from ixcdoc.tasks import DRAFT_TOKENS
+from ixcdoc.tokenizer import check_text
 from ixcdoc.vram import VISION_BATCH_TILES  # one HD55 page: 55 crops + the global view
 
 FaultHook = Callable[[ChatRequest], None]
@@ -154,17 +156,19 @@ class Engine(Admission, Decoding):
 
     def _draft_ids(self, request: ChatRequest) -> list[int]:
         """The request's draft as token ids: text tokenized with the model's tokenizer (no
-        BOS), ids checked against the vocabulary (a UsageError names the bad one)."""
+        BOS), ids checked against the vocabulary (a UsageError names the bad one); its first
+        ``tasks.DRAFT_TOKENS`` only (what the engine indexes per sequence stays bounded)."""
         draft = request.draft
         if not draft:
             return []
         if isinstance(draft, str):
-            return self.loaded.tokenizer.encode(draft, bos=False)
+            check_text(draft, "the draft")  # the error names the draft, not the query
+            return self.loaded.tokenizer.encode(draft, bos=False)[:DRAFT_TOKENS]
         vocab = self.loaded.config.vocab_size
         bad = next((t for t in draft if not 0 <= t < vocab), None)
         if bad is not None:
             raise UsageError(f"draft token id {bad} is outside the vocabulary (0..{vocab - 1})")
-        return list(draft)
+        return list(draft[:DRAFT_TOKENS])
 
     # -- the loop (one thread) -----------------------------------------------------------------
 
@@ -301,6 +305,7 @@ class Engine(Admission, Decoding):
             self.running.remove(seq)
             if not self.running:
                 self.row_cap = None  # the batch emptied: the next one may use every slot
+                self.costs.too_big.clear()  # and try every k again
         if not seq.rows:
             return
         moves = self.slots.release(seq)

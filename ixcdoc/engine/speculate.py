@@ -18,7 +18,8 @@ is tried). The k with the most expected tokens per second wins (k > 0 only by ``
 over a plain step: the estimates are noisy), so a step that turns compute-bound (the CPU
 proxy at batch 64, a GPU past its ridge) stops speculating by measurement. On CUDA k is
 also capped by the arithmetic rule of docs/throughput.md: at most ``CUDA_STEP_TOKENS``
-tokens per step (rows x (k + 1)).
+tokens per step (rows x (k + 1)). A k whose verify step ran out of memory at a bucket is not
+tried there again, nor any larger one, until the batch empties (``StepCost.out_of_memory``).
 """
 
 from __future__ import annotations
@@ -94,6 +95,14 @@ class StepCost:
 
     cuda: bool = False
     seconds: dict[tuple[int, int], float] = field(default_factory=dict)
+    # batch bucket -> the least k whose verify step ran out of memory there: only less after
+    # (the engine clears it when the batch empties, as it lifts its row cap)
+    too_big: dict[int, int] = field(default_factory=dict)
+
+    def out_of_memory(self, bucket: int, k: int) -> None:
+        """A verify step of ``k`` draft tokens at ``bucket`` rows ran out of memory: from now
+        on that bucket's steps feed fewer (each try costs a failed forward and a release)."""
+        self.too_big[bucket] = min(k, self.too_big.get(bucket, k))
 
     def record(self, bucket: int, k: int, seconds: float) -> None:
         """A step of ``bucket`` rows (a power of two) and ``k`` draft tokens took ``seconds``."""
@@ -109,6 +118,7 @@ class StepCost:
         longest = max((n for _, n in drafts), default=0)
         if longest == 0:
             return 0
+        cap = min(cap, self.too_big.get(bucket, cap + 1) - 1)
         ks = [k for k in K_CHOICES if k <= cap and (k == K_CHOICES[0] or k // 2 < longest)]
         if self.cuda:
             ks = [k for k in ks if bucket * (k + 1) <= CUDA_STEP_TOKENS]

@@ -281,6 +281,37 @@ def test_chat_with_a_draft_equals_chat(fixture_dm) -> None:
         ChatRequest(req.images, req.query, draft=3.5)
 
 
+def test_a_draft_that_utf8_cannot_carry_is_named(fixture_dm) -> None:
+    """A lone surrogate in the draft (a non-UTF-8 byte decoded with surrogateescape) is a
+    usage error naming the draft, not "the text", which would send the caller to the query."""
+    req = _mixed(1)[0]
+    with pytest.raises(
+        UsageError, match=r"^the draft is not valid UTF-8: byte 0x80 at character 3$"
+    ):
+        fixture_dm.chat(req.images, req.query, draft="ab\udc80c")
+
+
+def test_a_draft_is_cut_to_draft_tokens(fixture_dm) -> None:
+    """A draft of DRAFT_CHARS rare characters is byte tokens, ~4 per character: the engine
+    keeps its first DRAFT_TOKENS (the index it builds per sequence stays bounded), ids too;
+    the answer is still chat's and the draft's head still proposes."""
+    from ixcdoc.tasks import DRAFT_CHARS, DRAFT_TOKENS
+
+    req = _mixed(2)[1]
+    plain = fixture_dm.chat(req.images, req.query, hd=req.hd, max_new_tokens=req.max_new_tokens)
+    head = fixture_dm.tokenizer.decode(plain.token_ids, skip_special=True)
+    text = (head + "\U00010000" * DRAFT_CHARS)[:DRAFT_CHARS]
+    assert len(fixture_dm.tokenizer.encode(text, bos=False)) > 2 * DRAFT_TOKENS
+    ids = list(plain.token_ids) + [5] * DRAFT_TOKENS
+    for draft in (text, ids):
+        ans = fixture_dm.chat(
+            req.images, req.query, hd=req.hd, max_new_tokens=req.max_new_tokens, draft=draft
+        )
+        assert ans.token_ids == plain.token_ids
+        assert ans.draft_tokens == DRAFT_TOKENS
+        assert ans.accepted_tokens > 0
+
+
 def test_an_oom_in_a_verify_step_retries_it_plain(fixture_dm, monkeypatch) -> None:
     from ixcdoc.engine.runner import ModelRunner
 
@@ -299,6 +330,30 @@ def test_an_oom_in_a_verify_step_retries_it_plain(fixture_dm, monkeypatch) -> No
     handles, logits, _, eng = run_engine(fixture_dm, reqs, n_slots=3)
     _check(refs, handles, logits)
     assert len(calls) > 1 and eng.row_cap is None
+
+
+def test_a_verify_step_that_keeps_running_out_of_memory_is_not_retried_every_step(
+    fixture_dm, monkeypatch
+) -> None:
+    """Where a verify step does not fit, each further try costs a failed forward and a
+    release of memory (gc.collect, empty_cache) before the plain step: the engine stops
+    trying that k at that batch size, so a request tries at most one k per choice."""
+    from ixcdoc.engine.runner import ModelRunner
+
+    reqs = _mixed(2)[1:]  # one request, 40 tokens: one batch size all along
+    refs = _with_drafts(fixture_dm, reqs, "perfect")
+    calls: list[int] = []
+
+    def oom(self, ids, positions, keep):
+        calls.append(len(ids[0]) - 1)
+        raise torch.cuda.OutOfMemoryError("injected")
+
+    monkeypatch.setattr(ModelRunner, "verify", oom)
+    handles, logits, _, eng = run_engine(fixture_dm, reqs, n_slots=1)
+    _check(refs, handles, logits)
+    assert sorted(calls, reverse=True) == calls and len(set(calls)) == len(calls)
+    assert 1 <= len(calls) <= len(K_CHOICES) and eng.steps > 2 * len(K_CHOICES)
+    assert eng.costs.too_big == {}  # as the row cap: the batch emptied, every k may run again
 
 
 # -- the adaptive rules (pure) -----------------------------------------------------------------
@@ -344,3 +399,11 @@ def test_k_follows_the_measured_cost_and_the_acceptance() -> None:
         gpu.record(b, 0, 0.01)
     assert gpu.choose(64, 64, [(0.9, 8)] * 64, cap=100) == 2
     assert gpu.choose(256, 256, [(0.9, 8)] * 256, cap=100) == 0
+    tight = StepCost()  # a verify step of k = 4 ran out of memory at bucket 4: less from then on
+    for b in (4, 8):
+        tight.record(b, 0, 0.01)
+    tight.out_of_memory(4, 4)
+    assert tight.choose(4, 4, good, cap=100) == 2
+    assert tight.choose(8, 8, [(0.9, 8)] * 8, cap=100) == 8  # another batch size: untouched
+    tight.out_of_memory(4, 1)
+    assert tight.choose(4, 4, good, cap=100) == 0
