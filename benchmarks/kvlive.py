@@ -5,8 +5,9 @@
 
 An ``extract`` job (``ixcdoc.batch.run``, speculation off) over square PNG pages whose native
 sizes give each tier in ``--tiers`` (1344 px: HD16, 1680: HD25, 2016: HD36, 2352: HD55),
-``--pages`` of each, on a tiny random checkpoint with the real model's tiles and patches (its
-prompts have the real positions per tier), every page generating ``--new-tokens`` tokens
+``--pages`` of each, the tiers taking turns in reading order, on a tiny random checkpoint
+with the real model's tiles and patches (its prompts have the real positions per tier), every
+page generating ``--new-tokens`` tokens
 (stop ids moved outside the vocabulary, the repetition guard off). The engine counts every
 decode step's rows (``engine.runner.CacheReads``): live positions (each row's position + 1),
 what the step read (the CPU's eager step: every row the longest row's span, rounded up to
@@ -71,7 +72,7 @@ def main() -> None:
         for t in tiers:
             assert min_tier_for_native(SIDE[t], SIDE[t]) <= t, t
             for i in range(args.pages):
-                write_page(pages / f"hd{t:02d}-{i}.png", SIDE[t], seed=100 * t + i)
+                write_page(pages / f"{i:03d}-hd{t:02d}.png", SIDE[t], seed=100 * t + i)
         job = Job(EXTRACT, EXTRACT.prompt, max_new_tokens=args.new_tokens, speculate="off")
         stats = run(job, Sources([str(pages)]), model=dm, batch_size=args.batch)
     reads = stats.cache_reads
