@@ -22,14 +22,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
-from ixcdoc.pagerun import Job, PageRunner, open_pages
+from ixcdoc.pagerun import EnginePages, Job, PageRunner, open_pages
 from ixcdoc.reading import Opened, PageItem, TierPlan, ahead, read_pages, through_feeder
 
 if TYPE_CHECKING:
+    from ixcdoc.engine.runner import CacheReads
     from ixcdoc.feeder import Feeder
     from ixcdoc.inputs import Sources
     from ixcdoc.outdir import DocumentFiles
-    from ixcdoc.pagerun import ChatPages, EnginePages
+    from ixcdoc.pagerun import ChatPages
     from ixcdoc.records import PageRecord, ResumeKey, ResumeState
     from ixcdoc.runtime import DocModel
 
@@ -92,6 +93,7 @@ class BatchStats:
     files_written: int = 0  # document files written to the output folder
     records_path: Path | None = None  # where the records went (also out_dir's own file)
     batch_size: int = 1  # pages in flight at most (the engine's slots)
+    cache_reads: CacheReads | None = None  # what the engine's decode steps read of the cache
 
     @property
     def any_failed(self) -> bool:
@@ -461,6 +463,8 @@ class _Run:
             close()
         if self.pages is not None:
             self.pages.close()
+            if isinstance(self.pages, EnginePages):
+                self.stats.cache_reads = self.pages.engine.runner.reads
         self.stats.files_written = 0 if self.docs is None else self.docs.written
         self.stats.records_path = None if self.output is None else Path(self.output)
 

@@ -155,3 +155,12 @@ def test_drafts_benchmark_measures_a_pdf_end_to_end(tmp_path: Path) -> None:
     e2e = row["tiny_e2e"]
     assert e2e["pages"] == 2 and 0 <= e2e["accepted_tokens"] <= e2e["tokens"]
     assert e2e["draft_tokens"] == sum(row["draft_tokens_per_page"])  # the same tokenizer
+
+
+def test_kvlive_counts_an_extract_job_on_real_geometry(tmp_path: Path) -> None:
+    args = ["--tiers", "16,25", "--pages", "1", "--new-tokens", "3", "--batch", "2"]
+    data = run_benchmark("kvlive.py", tmp_path, *args)
+    assert data["pages"] == 2 and data["steps"] == 2  # 3 tokens: the first from the prefill
+    # a step reads at least what is live; a captured step the whole slot of every row
+    assert data["live"] <= data["attended_eager"] <= data["attended_captured"]
+    assert data["captured_over_live"] > 1.5  # slots sized for HD55 + 3, pages of HD16/25

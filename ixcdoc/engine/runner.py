@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
@@ -81,6 +82,29 @@ def release_memory(device: torch.device) -> None:
         torch.cuda.empty_cache()
 
 
+@dataclass
+class CacheReads:
+    """Cache positions the decode steps' attention reads, against those that are live, summed
+    over steps and rows (docs/architecture.md, Reading the cache). Per row of a step: ``live``
+    = its position + 1 (the cache its query may see); ``attended`` = the positions the step's
+    kernel reads for it (eager: the longest row's span, rounded; captured: the whole slot);
+    ``captured`` = what a captured (CUDA graph) step reads for the same step, counted on every
+    path so the CPU can report it: the batch padded to its bucket, each row the whole slot."""
+
+    steps: int = 0
+    live: int = 0
+    attended: int = 0
+    captured: int = 0
+
+    def count(self, positions: Sequence[int], attended: int, captured: int) -> None:
+        """A step of rows at ``positions`` whose kernel read ``attended`` cache positions in
+        all, and a captured step would read ``captured``."""
+        self.steps += 1
+        self.live += sum(positions) + len(positions)
+        self.attended += attended
+        self.captured += captured
+
+
 class ModelRunner:
     """Owns the slot cache of one network and runs its forwards."""
 
@@ -94,6 +118,7 @@ class ModelRunner:
         self.device = param.device
         self.capture = (self.device.type == "cuda") if capture is None else capture
         self.bmm = masked_bmm(self.device)  # the masked-attention kernel, chosen here once
+        self.reads = CacheReads()  # what the decode steps read of the cache
         for name, v in (("n_slots", n_slots), ("max_len", max_len)):
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise UsageError(f"an engine needs {name} a whole number >= 1, got {v!r}")
@@ -218,6 +243,7 @@ class ModelRunner:
             # no row sees past the longest one: skip the empty tail of the slots (a captured
             # step keeps the whole cache, its shapes must not change)
             span = min(-(-(max(positions) + 1) // ATTEND_ROUND) * ATTEND_ROUND, self.max_len)
+            self.reads.count(positions, b * span, bucket_for(b, self.n_slots) * self.max_len)
             if b == 1:
                 # one row (row 0): generate's batch-1 step, one position for the batch, which
                 # skips the per-row mask and flat cache indices (~7% of a step on the CPU)
@@ -226,6 +252,8 @@ class ModelRunner:
                 return self.net(x, None, pos.view(1), last_only=True, batch=batch)[:, -1]
             return _decode_rows(self.net, idt, pos, span, self.bmm)
         n = bucket_for(b, self.n_slots)
+        # the graph reads every row of its bucket whole (dummy rows too)
+        self.reads.count(positions, n * self.max_len, n * self.max_len)
         pad = n - b  # dummy rows: token 0 at position 0 of free slots
         idt = torch.tensor(list(ids) + [0] * pad, dtype=torch.long, device=self.device)
         pos = torch.tensor(list(positions) + [0] * pad, dtype=torch.long, device=self.device)
@@ -247,6 +275,10 @@ class ModelRunner:
         pos = torch.tensor(positions, dtype=torch.long, device=self.device).view(b, s)
         top = max(max(p) for p in positions)
         span = min(-(-(top + 1) // ATTEND_ROUND) * ATTEND_ROUND, self.max_len)
+        # read as an eager step reads; a row's live cache ends at its first fed token (the
+        # draft's positions are not live until accepted)
+        whole = bucket_for(b, self.n_slots) * self.max_len
+        self.reads.count([p[0] for p in positions], b * span, whole)
         batch = AttentionBatch(span=span, bmm=self.bmm)
         kt = torch.tensor(keep, dtype=torch.long, device=self.device)
         return self.net(self.net.embed_tokens(idt), None, pos, batch=batch, keep=kt)[0]

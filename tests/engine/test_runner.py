@@ -284,3 +284,40 @@ def test_a_packed_row_refuses_inconsistent_lengths(fixture_dm) -> None:
     x = torch.zeros(1, 5, model.config.hidden_size)
     with pytest.raises(ValueError, match="packed row"):
         model(x, None, None, batch=AttentionBatch(segments=[(3, 0, 0)]))
+
+
+def test_cache_reads_count_the_live_cache_and_what_each_kind_of_step_reads(fixture_dm) -> None:
+    """Two requests decoding side by side, without drafts: each step's rows count their
+    position + 1 as live; an eager step reads the longest row's span rounded up to 64 for
+    every row, a captured one the whole slot for each row of its bucket."""
+    from ixcdoc.engine import ChatRequest
+    from ixcdoc.engine.runner import ATTEND_ROUND
+
+    from .conftest import page, run_engine
+
+    reqs = [
+        ChatRequest([page(40, 30, seed=1)], "Hi", hd=1, max_new_tokens=9, speculate="off"),
+        ChatRequest([page(90, 90, seed=2)], "Transcribe.", hd=4, max_new_tokens=5, speculate="off"),
+    ]
+    handles, _, _, eng = run_engine(fixture_dm, reqs, n_slots=4, after_steps=0)
+    answers = [h.result() for h in handles]
+    assert [(len(a.token_ids), a.stop_reason) for a in answers] == [
+        (9, "max_new_tokens"),
+        (5, "max_new_tokens"),
+    ]
+    # decode step s (s = 0, 1, ...) feeds a request's token s + 1 at position prompt + s
+    rows = [[a.prompt_tokens + s for s in range(len(a.token_ids) - 1)] for a in answers]
+    live = attended = captured = steps = 0
+    for s in range(max(len(r) for r in rows)):
+        pos = [r[s] for r in rows if s < len(r)]
+        steps += 1
+        live += sum(p + 1 for p in pos)
+        attended += len(pos) * -(-(max(pos) + 1) // ATTEND_ROUND) * ATTEND_ROUND
+        captured += (1 if len(pos) == 1 else 2) * 1024  # buckets 1 and 2 of max_len 1024
+    reads = eng.runner.reads
+    assert (reads.steps, reads.live, reads.attended, reads.captured) == (
+        steps,
+        live,
+        attended,
+        captured,
+    )
