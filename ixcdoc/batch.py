@@ -464,7 +464,7 @@ class _Run:
         if self.pages is not None:
             self.pages.close()
             if isinstance(self.pages, EnginePages):
-                self.stats.cache_reads = self.pages.engine.runner.reads
+                self.stats.cache_reads = self.pages.engine.cache_reads
         self.stats.files_written = 0 if self.docs is None else self.docs.written
         self.stats.records_path = None if self.output is None else Path(self.output)
 

@@ -29,7 +29,7 @@ from ixcdoc.engine.finish import is_oom, oom_error
 from ixcdoc.engine.prefix import PrefixCache
 from ixcdoc.engine.prompts import Loaded
 from ixcdoc.engine.request import ChatRequest
-from ixcdoc.engine.runner import ModelRunner
+from ixcdoc.engine.runner import CacheReads, ModelRunner
 from ixcdoc.engine.scheduler import Scheduler
 from ixcdoc.engine.sequence import Handle, OnDone, Sequence
 from ixcdoc.engine.slots import SlotTable
@@ -106,6 +106,11 @@ class Engine(Admission, Decoding):
     @property
     def max_len(self) -> int:
         return self.runner.max_len
+
+    @property
+    def cache_reads(self) -> CacheReads:
+        """What this engine's decode steps read of the cache, against the live cache."""
+        return self.runner.reads
 
     @property
     def prefix_hits(self) -> int:

@@ -133,6 +133,7 @@ class BackendEngine:
         self.backend = backend
         self.control = control
         self.n_slots = n_slots
+        self.cache_reads = None  # the shared engine's reads are the server's, not a run's
         self._done: collections.deque[tuple[_Handle, Callable[[Any], None] | None]] = (
             collections.deque()
         )
