@@ -23,7 +23,6 @@ import shlex
 import shutil
 import subprocess
 import tempfile
-import time
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -34,10 +33,17 @@ import pytest
 TMUX = shutil.which("tmux")
 needs_tmux = pytest.mark.skipif(TMUX is None, reason="tmux is not installed (real-terminal test)")
 
-_POLL_S = 0.05  # how often the screen is read while waiting for the end marker
-# Wraps the command: its output, then the marker and exit code on a line of their own; then
-# the pane stays open (a pane that closes takes its screen with it) until the server is killed.
-_WRAPPER = '"$@"; rc=$?; printf "\\n%s %d\\n" "$0" "$rc"; exec sleep 3600'
+# Wraps the command: its output, then the marker and exit code on a line of their own, then a
+# signal on the tmux channel named by the marker (``wait-for``: no polling); then the pane
+# stays open (a pane that closes takes its screen with it) until the server is killed. $1 is
+# the tmux program (the pane's tmux finds its own server through $TMUX).
+_WRAPPER = (
+    'tmux="$1"; shift; "$@"; rc=$?; printf "\\n%s %d\\n" "$0" "$rc"; '
+    '"$tmux" wait-for -S "$0"; exec cat >/dev/null'
+)
+# Screen reads after the signal before the marker must be drawn: the pane's output was written
+# before the signal, so the server has it; each read is a round trip through the server's loop.
+_READS_AFTER_SIGNAL = 200
 
 
 @dataclass(frozen=True)
@@ -77,7 +83,7 @@ def run_in_terminal(
     tmux = [TMUX, "-S", os.path.join(home, "s"), "-f", os.devnull]
     # One string for the pane's shell, so that tmux itself never parses the command's words
     # (an argument ";" would end a tmux command).
-    command = shlex.join(["sh", "-c", _WRAPPER, marker, *(str(a) for a in argv)])
+    command = shlex.join(["sh", "-c", _WRAPPER, marker, TMUX, *(str(a) for a in argv)])
     try:
         return _run(tmux, command, width, height, cwd, env, timeout, marker)
     finally:
@@ -124,9 +130,9 @@ def _run(
         timeout=timeout,
     )
     done = re.compile(rf"^{marker} (\d+)$")
-    deadline = time.monotonic() + timeout
-    while True:
-        lines = subprocess.run(
+
+    def screen() -> list[str]:
+        return subprocess.run(
             [*tmux, "capture-pane", "-p", "-J", "-S", "-", "-E", "-", "-t", session],
             env=env,
             check=True,
@@ -134,13 +140,19 @@ def _run(
             text=True,
             timeout=timeout,
         ).stdout.splitlines()
+
+    try:  # blocks until the wrapper signals the marker's channel
+        subprocess.run([*tmux, "wait-for", marker], env=env, check=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        shown = "\n".join(screen()).rstrip()
+        raise TimeoutError(f"{command} did not end in {timeout} s; screen:\n{shown}") from None
+    for _ in range(_READS_AFTER_SIGNAL):
+        lines = screen()
         ends = [k for k, line in enumerate(lines) if done.match(line.rstrip())]
         if ends:
             break
-        if time.monotonic() > deadline:
-            screen = "\n".join(lines).rstrip()
-            raise TimeoutError(f"{command} did not end in {timeout} s; screen:\n{screen}")
-        time.sleep(_POLL_S)
+    else:
+        raise AssertionError(f"the end marker was signalled but not drawn:\n{chr(10).join(lines)}")
     end = ends[-1]
     code = int(done.match(lines[end].rstrip()).group(1))  # type: ignore[union-attr]
     out = lines[:end]
