@@ -310,7 +310,7 @@ class Engine(Admission, Decoding):
             self.running.remove(seq)
             if not self.running:
                 self.row_cap = None  # the batch emptied: the next one may use every slot
-                self.costs.too_big.clear()  # and try every k again
+                self.costs.batch_emptied()  # and every k may run again
         if not seq.rows:
             return
         moves = self.slots.release(seq)

@@ -104,6 +104,10 @@ class StepCost:
         on that bucket's steps feed fewer (each try costs a failed forward and a release)."""
         self.too_big[bucket] = min(k, self.too_big.get(bucket, k))
 
+    def batch_emptied(self) -> None:
+        """The engine's batch emptied: every k may be tried again (as the row cap lifts)."""
+        self.too_big.clear()
+
     def record(self, bucket: int, k: int, seconds: float) -> None:
         """A step of ``bucket`` rows (a power of two) and ``k`` draft tokens took ``seconds``."""
         old = self.seconds.get((bucket, k))
